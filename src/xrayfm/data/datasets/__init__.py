@@ -1,0 +1,1 @@
+"""One module per public dataset family; each registers its adapter on import."""

@@ -1,0 +1,164 @@
+"""Mask sources: how a record's segmentation target is produced on demand.
+
+Public datasets store masks in several ways (one label-map PNG, one file per organ, run-length
+strings). Each source here is a small picklable object returning uint8 (M, H, W) with 1 = class,
+0 = background and 255 = ignore, so DataLoader workers can carry it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from xrayfm.data.sample import MASK_IGNORE
+from xrayfm.errors import DatasetError, ImageReadError
+from xrayfm.io.limits import DEFAULT_LIMITS
+
+
+def read_label_map(path: Path) -> np.ndarray:
+    """Read a mask file (PNG/GIF/BMP/TIFF) as a 2-D uint8 array of raw values.
+
+    Raises:
+        ImageReadError: Missing, corrupt or oversized file.
+    """
+    DEFAULT_LIMITS.check_file(path)
+    try:
+        with Image.open(path) as im:
+            DEFAULT_LIMITS.check_dims(path, *im.size)
+            im.load()
+            if im.mode in ("RGB", "RGBA"):
+                im = im.convert("L")
+            arr = np.asarray(im)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"{path}: unreadable mask ({exc})") from None
+    if arr.ndim != 2:
+        raise ImageReadError(f"{path}: mask must be single-channel, got shape {arr.shape}")
+    return arr.astype(np.uint8) if arr.dtype != np.uint8 else arr
+
+
+@dataclass(frozen=True)
+class LabelMapMask:
+    """One label-map file; channel ``i`` is ``value == values[i]``; ``ignore_value`` -> 255.
+
+    A binary 0/255 mask is read with ``values=(255,)`` and ``ignore_value=None``.
+    """
+
+    path: Path
+    values: tuple[int, ...] = (1,)
+    ignore_value: int | None = MASK_IGNORE
+
+    def __call__(self) -> np.ndarray:
+        raw = read_label_map(self.path)
+        out = np.stack([(raw == v) for v in self.values]).astype(np.uint8)
+        if self.ignore_value is not None and self.ignore_value not in self.values:
+            out[:, raw == self.ignore_value] = MASK_IGNORE
+        return out
+
+
+@dataclass(frozen=True)
+class FileMasks:
+    """One binary mask file per channel: non-zero = class; ``ignore_value`` pixels -> 255.
+
+    Covers 0/1 and 0/255 masks alike. With ``ignore_value`` set (e.g. 255 for V7 "ignore"
+    regions), those pixels are marked ignore in every channel instead of counted as class.
+    """
+
+    paths: tuple[Path, ...]
+    ignore_value: int | None = None
+
+    def __call__(self) -> np.ndarray:
+        raws = [read_label_map(p) for p in self.paths]
+        shapes = {r.shape for r in raws}
+        if len(shapes) > 1:
+            raise DatasetError(f"mask files {[str(p) for p in self.paths]} differ in size {sorted(shapes)}")
+        out = np.stack([(r != 0) & (r != self.ignore_value) for r in raws]).astype(np.uint8)
+        if self.ignore_value is not None:
+            ignore = np.logical_or.reduce([r == self.ignore_value for r in raws])
+            out[:, ignore] = MASK_IGNORE
+        return out
+
+
+@dataclass(frozen=True)
+class UnionMask:
+    """Several binary files per channel, merged by union (e.g. Montgomery's left + right lung).
+
+    ``channels[i]`` lists the files whose non-zero pixels form channel ``i``.
+    """
+
+    channels: tuple[tuple[Path, ...], ...]
+
+    def __call__(self) -> np.ndarray:
+        planes = []
+        for files in self.channels:
+            maps = [read_label_map(p) > 0 for p in files]
+            shapes = {m.shape for m in maps}
+            if len(shapes) > 1:
+                raise DatasetError(f"mask files {list(files)} differ in size {sorted(shapes)}")
+            planes.append(np.logical_or.reduce(maps))
+        return np.stack(planes).astype(np.uint8)
+
+
+def decode_rle(rle: str, width: int, height: int, *, relative: bool = True) -> np.ndarray:
+    """Decode a run-length string into a (height, width) uint8 mask.
+
+    Args:
+        rle: Space-separated ``start length`` pairs; ``"-1"`` or empty means no mask.
+        width: Image width.
+        height: Image height.
+        relative: SIIM-ACR style, where each start is an offset from the end of the previous
+            run. False for the absolute starts of most Kaggle competitions. Pixels are
+            numbered column-major (down, then across), as both conventions do.
+
+    Returns:
+        uint8 mask with 1 inside runs.
+
+    Raises:
+        DatasetError: Malformed string or runs outside the image.
+    """
+    mask = np.zeros(width * height, dtype=np.uint8)
+    text = str(rle).strip()
+    if text in ("", "-1", "nan"):
+        return mask.reshape(width, height).T
+    try:
+        nums = np.asarray([int(t) for t in text.split()], dtype=np.int64)
+    except ValueError:
+        raise DatasetError(f"malformed RLE string (non-integer token): {text[:60]!r}") from None
+    if nums.size % 2:
+        raise DatasetError(f"malformed RLE string (odd number of values): {text[:60]!r}")
+    pos = 0
+    for start, length in zip(nums[0::2], nums[1::2]):
+        begin = pos + start if relative else start - 1
+        end = begin + length
+        if begin < 0 or length < 0 or end > mask.size:
+            raise DatasetError(f"RLE run {start} {length} falls outside a {width}x{height} image")
+        mask[begin:end] = 1
+        pos = end
+    return mask.reshape(width, height).T
+
+
+@dataclass(frozen=True)
+class RleMask:
+    """Union of run-length strings for one channel (SIIM-ACR stores one row per region)."""
+
+    rles: tuple[str, ...]
+    width: int
+    height: int
+    relative: bool = True
+
+    def __call__(self) -> np.ndarray:
+        out = np.zeros((self.height, self.width), np.uint8)
+        for rle in self.rles:
+            out |= decode_rle(rle, self.width, self.height, relative=self.relative)
+        return out[None]
+
+
+def stack_masks(sources: Sequence[np.ndarray]) -> np.ndarray:
+    """Concatenate (M_i, H, W) masks along channels, checking sizes agree."""
+    shapes = {s.shape[1:] for s in sources}
+    if len(shapes) > 1:
+        raise DatasetError(f"mask channels differ in size: {sorted(shapes)}")
+    return np.concatenate(list(sources), axis=0)

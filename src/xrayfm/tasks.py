@@ -1,0 +1,70 @@
+"""Task specifications: what a label, mask or box means.
+
+A :class:`TaskSpec` names a task, its kind and its classes. Datasets declare the tasks their
+samples carry, heads are built from them and checkpoints record them, so a model can never be
+paired with labels in another order without the mismatch being caught.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from xrayfm.errors import XrayfmError
+
+TaskKind = Literal["multilabel", "multiclass", "segmentation", "detection"]
+TASK_KINDS: tuple[str, ...] = ("multilabel", "multiclass", "segmentation", "detection")
+
+#: Which Sample key carries the targets of each task kind.
+SAMPLE_KEY: dict[str, str] = {
+    "multilabel": "labels",
+    "multiclass": "labels",
+    "segmentation": "mask",
+    "detection": "boxes",
+}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A named task with its kind and ordered class names.
+
+    Attributes:
+        name: Short identifier, e.g. ``"findings"``, ``"lungs"``, ``"lesions"``.
+        kind: One of ``multilabel``, ``multiclass``, ``segmentation``, ``detection``.
+        classes: Ordered class names; index ``i`` of a label vector, mask channel or box label
+            refers to ``classes[i]``.
+    """
+
+    name: str
+    kind: TaskKind
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.kind not in TASK_KINDS:
+            raise XrayfmError(f"task {self.name!r}: unknown kind {self.kind!r}; expected one of {TASK_KINDS}")
+        if not self.classes:
+            raise XrayfmError(f"task {self.name!r}: has no classes")
+        if len(set(self.classes)) != len(self.classes):
+            raise XrayfmError(f"task {self.name!r}: duplicate class names in {self.classes}")
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+    @property
+    def sample_key(self) -> str:
+        """The Sample key holding this task's targets."""
+        return SAMPLE_KEY[self.kind]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (for checkpoint sidecars)."""
+        d = asdict(self)
+        d["classes"] = list(self.classes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TaskSpec:
+        """Inverse of :meth:`to_dict`."""
+        return cls(name=d["name"], kind=d["kind"], classes=tuple(d["classes"]))
