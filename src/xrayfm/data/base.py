@@ -130,7 +130,7 @@ class XrayDataset(Dataset):
                 meta.setdefault(f"image_{k}", img.meta[k])
         sample: Sample = {"image": torch.from_numpy(np.ascontiguousarray(img.pixels))[None], "meta": meta}
         if rec.labels is not None:
-            sample["labels"] = torch.as_tensor(rec.labels, dtype=torch.float32)
+            sample["labels"] = torch.tensor(rec.labels, dtype=torch.float32)
         if rec.boxes is not None:
             boxes = np.asarray(rec.boxes, dtype=np.float32).copy()
             if rec.box_space is not None and tuple(rec.box_space) != (w, h):

@@ -6,6 +6,7 @@ Published label files are read whole with pandas; a missing file or column becom
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,10 +77,10 @@ def require_images(records: Sequence[Record], name: str, *, missing: str = "erro
     """
     if missing not in ("error", "skip"):
         raise DatasetError(f"missing must be 'error' or 'skip', got {missing!r}")
-    kept = [r for r in records if r.image.is_file()]
+    kept = [r for r in records if os.path.isfile(r.image)]
     absent = len(records) - len(kept)
     if absent and missing == "error":
-        first = next(r.image for r in records if not r.image.is_file())
+        first = next(r.image for r in records if not os.path.isfile(r.image))
         raise DatasetError(
             f"{name}: {absent} of {len(records)} labelled images are missing (first: {first}); "
             "pass missing='skip' to use the images that are present"

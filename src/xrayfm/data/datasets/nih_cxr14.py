@@ -14,7 +14,7 @@ import numpy as np
 
 from xrayfm.data.base import Record, XrayDataset
 from xrayfm.data.registry import register_dataset
-from xrayfm.data.splits import assign_split
+from xrayfm.data.splits import split_groups
 from xrayfm.data.tables import find_first, read_table, require_images, select_split
 from xrayfm.errors import DatasetError
 from xrayfm.tasks import TaskSpec
@@ -108,26 +108,26 @@ def build_nih_cxr14(
     if boxes and (root / "BBox_List_2017.csv").is_file():
         box_table = _read_boxes(root / "BBox_List_2017.csv")
     index = _index_images(root)
+    images_dir = root / "images"
+    findings = "|" + df["Finding Labels"].astype(str) + "|"
+    tokens = {t for combo in df["Finding Labels"].astype(str).unique() for t in combo.split("|")}
+    unknown = tokens - set(FINDINGS) - {"No Finding"}
+    if unknown:
+        raise DatasetError(f"{entry}: unknown finding(s) {sorted(unknown)} in 'Finding Labels'")
+    labels = np.stack([findings.str.contains(f"|{c}|", regex=False).to_numpy() for c in classes], 1)
+    labels = labels.astype(np.float32)
+    pids = [f"{int(p):05d}" for p in df["Patient ID"]]
+    if official_test is not None:
+        trainval = split_groups(pids, seed=seed, fractions={"train": 1 - val_fraction, "val": val_fraction})
+        parts = ["test" if n in official_test else t for n, t in zip(df["Image Index"], trainval)]
+    else:
+        parts = split_groups(pids, seed=seed)
     records = []
-    for name, findings, patient, view in zip(
-        df["Image Index"], df["Finding Labels"], df["Patient ID"], df["View Position"]
-    ):
-        tokens = set(str(findings).split("|"))
-        unknown = tokens - set(FINDINGS) - {"No Finding"}
-        if unknown:
-            raise DatasetError(f"{entry}: unknown finding(s) {sorted(unknown)} for {name}")
-        labels = np.asarray([c in tokens for c in classes], dtype=np.float32)
-        pid = f"{int(patient):05d}"
-        if official_test is not None and name in official_test:
-            part = "test"
-        elif official_test is not None:
-            part = assign_split(pid, seed=seed, fractions={"train": 1 - val_fraction, "val": val_fraction})
-        else:
-            part = assign_split(pid, seed=seed)
+    for i, (name, view) in enumerate(zip(df["Image Index"], df["View Position"])):
         rec = Record(
-            image=index.get(name, root / "images" / name),
-            labels=labels,
-            meta={"id": Path(name).stem, "patient_id": pid, "view": view, "split": part},
+            image=index.get(name) or images_dir / name,
+            labels=labels[i],
+            meta={"id": name[:-4], "patient_id": pids[i], "view": view, "split": parts[i]},
         )
         if name in box_table:
             rec.boxes, rec.box_labels = box_table[name]

@@ -1,0 +1,165 @@
+"""Summaries of one image or a dataset root: what is there and what is wrong with it.
+
+``xrayfm inspect`` prints these; they are plain dicts so notebooks and CI scripts can assert on
+them. Problems (unreadable files, masks of the wrong size, boxes outside the image) are
+collected per file instead of stopping at the first one.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xrayfm.data.base import XrayDataset
+from xrayfm.data.registry import build_dataset
+from xrayfm.errors import XrayfmError
+from xrayfm.io import IMAGE_SUFFIXES, read_xray
+from xrayfm.progress import progress
+
+#: Marker files that identify a dataset layout, checked in order (first match wins).
+LAYOUT_MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("nih_cxr14", ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv", "Data_Entry_2017_v2020.csv.gz")),
+    ("chexpert", ("CheXpert-v1.0-small/train.csv", "CheXpert-v1.0/train.csv", "valid.csv")),
+    ("mimic_cxr", ("mimic-cxr-2.0.0-chexpert.csv.gz", "mimic-cxr-2.0.0-chexpert.csv")),
+    ("vindr_cxr", ("annotations/annotations_train.csv",)),
+    ("rsna_pneumonia", ("stage_2_train_labels.csv", "stage_2_train_labels.csv.zip")),
+    ("siim_acr", ("train-rle.csv",)),
+    ("mura", ("MURA-v1.1/train_image_paths.csv", "train_image_paths.csv")),
+    ("montgomery", ("ManualMask/leftMask",)),
+    ("shenzhen", ("CXR_png",)),
+    ("jsrt", ("All247images", "Train/Images")),
+    ("covidx", ("train.txt",)),
+    ("coco", ("annotations.json",)),
+    ("csv", ("labels.csv",)),
+)
+
+
+def detect_layout(root: Path) -> str | None:
+    """Guess the adapter name for a dataset root from its marker files, or None."""
+    for name, markers in LAYOUT_MARKERS:
+        if any((root / m).exists() for m in markers):
+            if name == "csv" and _is_phantom(root):
+                return "phantom"
+            return name
+    return None
+
+
+def _is_phantom(root: Path) -> bool:
+    with open(root / "labels.csv", encoding="utf-8", errors="replace") as fh:
+        header = fh.readline()
+    return "lungs_mask" in header and "lesions_mask" in header
+
+
+def summarize_image(path: Path) -> dict[str, Any]:
+    """Read one file and describe it (format, size, intensity statistics, safe metadata)."""
+    img = read_xray(path)
+    px = img.pixels
+    return {
+        "path": str(path),
+        "width": img.size[0],
+        "height": img.size[1],
+        "stats": {k: round(float(f(px)), 4) for k, f in (("min", np.min), ("mean", np.mean), ("max", np.max), ("std", np.std))},
+        "meta": {k: v for k, v in img.meta.items() if k != "path"},
+    }
+
+
+def summarize_dataset(ds: XrayDataset, *, check: int = 200) -> dict[str, Any]:
+    """Counts, label prevalence, box/mask counts, image sizes and problems of a dataset.
+
+    Args:
+        ds: Dataset to summarise.
+        check: Number of samples (evenly spread) fully loaded to measure sizes and find
+            problems; 0 skips loading, -1 loads all.
+    """
+    recs = ds.records
+    out: dict[str, Any] = {
+        "dataset": ds.name,
+        "root": str(ds.root),
+        "split": ds.split,
+        "images": len(recs),
+        "splits": dict(Counter(r.meta.get("split", ds.split) for r in recs)),
+        "patients": len({r.meta["patient_id"] for r in recs if r.meta.get("patient_id")}) or None,
+        "tasks": [t.to_dict() for t in ds.tasks],
+    }
+    label_task = ds.task_for("labels")
+    if label_task is not None and recs:
+        lab = np.stack([r.labels for r in recs if r.labels is not None])
+        out["labels"] = {
+            c: {
+                "positive": int(np.nansum(lab[:, i] == 1)),
+                "negative": int(np.nansum(lab[:, i] == 0)),
+                "unknown": int(np.isnan(lab[:, i]).sum()),
+                "prevalence": round(float(np.nanmean(lab[:, i])), 4) if (~np.isnan(lab[:, i])).any() else None,
+            }
+            for i, c in enumerate(label_task.classes)
+        }
+    box_task = ds.task_for("boxes")
+    if box_task is not None:
+        counts = Counter(int(k) for r in recs if r.box_labels is not None for k in r.box_labels)
+        out["boxes"] = {
+            "annotated_images": sum(r.boxes is not None for r in recs),
+            "images_with_boxes": sum(r.boxes is not None and len(r.boxes) > 0 for r in recs),
+            "per_class": {box_task.classes[k]: n for k, n in sorted(counts.items())},
+        }
+    if ds.task_for("mask") is not None:
+        out["masks"] = {"images_with_masks": sum(r.mask is not None for r in recs)}
+    out.update(_check_samples(ds, check))
+    return out
+
+
+def _check_samples(ds: XrayDataset, check: int) -> dict[str, Any]:
+    n = len(ds)
+    if check == 0 or n == 0:
+        return {"checked": 0, "problems": []}
+    idx = range(n) if check < 0 or check >= n else np.linspace(0, n - 1, check).round().astype(int)
+    sizes: Counter[str] = Counter()
+    problems = []
+    for i in progress(list(idx), desc="checking images", unit="img"):
+        try:
+            s = ds.load(int(i))
+        except XrayfmError as exc:
+            problems.append(str(exc))
+            continue
+        sizes[f"{s['image'].shape[2]}x{s['image'].shape[1]}"] += 1
+    return {"checked": len(idx), "image_sizes": dict(sizes.most_common(10)), "problems": problems}
+
+
+def summarize_folder(root: Path, *, check: int = 200) -> dict[str, Any]:
+    """Describe a folder of loose images (no recognised layout)."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES))
+    sizes: Counter[str] = Counter()
+    problems = []
+    chosen = files if check < 0 else files[:: max(1, len(files) // check)] if check else []
+    for p in progress(chosen, desc="checking images", unit="img"):
+        try:
+            img = read_xray(p)
+        except XrayfmError as exc:
+            problems.append(str(exc))
+            continue
+        sizes[f"{img.size[0]}x{img.size[1]}"] += 1
+    formats = Counter(p.suffix.lower() for p in files)
+    return {
+        "dataset": None,
+        "root": str(root),
+        "images": len(files),
+        "formats": dict(formats),
+        "checked": len(chosen),
+        "image_sizes": dict(sizes.most_common(10)),
+        "problems": problems,
+    }
+
+
+def inspect_path(path: Path, *, dataset: str | None = None, split: str = "all", check: int = 200, **opts: Any) -> dict[str, Any]:
+    """Summarise a file, a dataset root (layout detected or named), or a loose image folder."""
+    path = Path(path)
+    if path.is_file():
+        return summarize_image(path)
+    if not path.is_dir():
+        raise XrayfmError(f"{path}: no such file or directory")
+    name = dataset or detect_layout(path)
+    if name is None:
+        return summarize_folder(path, check=check)
+    return summarize_dataset(build_dataset(name, path, split, **opts), check=check)
