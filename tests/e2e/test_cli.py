@@ -1,0 +1,98 @@
+"""The CLI as a user runs it: real subprocesses of the installed ``xrayfm`` entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xrayfm.io.writers import write_png
+
+
+SCRIPT = Path(sys.executable).parent / "xrayfm"
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script (as a user would), falling back to ``python -m``."""
+    cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "xrayfm.cli"]
+    return subprocess.run(
+        [*cmd, *args], capture_output=True, text=True, cwd=cwd, timeout=300,
+        env={"CI": "true", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
+    )
+
+
+def test_help_lists_commands() -> None:
+    res = run("--help")
+    assert res.returncode == 0
+    for cmd in ("phantom", "datasets", "inspect", "demo"):
+        assert cmd in res.stdout
+
+
+def test_datasets_lists_every_adapter_and_shows_layout() -> None:
+    res = run("datasets")
+    assert res.returncode == 0
+    for name in ("nih_cxr14", "chexpert", "mimic_cxr", "vindr_cxr", "rsna_pneumonia", "siim_acr", "shenzhen",
+                 "montgomery", "jsrt", "mura", "covidx", "image_folder", "csv", "coco", "mask_folder", "phantom"):
+        assert f"\n{name} " in "\n" + res.stdout, name
+    res = run("datasets", "nih_cxr14")
+    assert res.returncode == 0 and "Data_Entry_2017" in res.stdout and "missing = 'error'" in res.stdout
+
+
+def test_unknown_dataset_is_one_clear_line() -> None:
+    res = run("datasets", "nih_cxr41")
+    assert res.returncode == 2
+    assert res.stderr.strip().startswith("xrayfm: error: unknown dataset 'nih_cxr41'")
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_inspect_corrupt_image_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)
+    res = run("inspect", str(tmp_path / "bad.png"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "bad.png" in res.stderr
+
+
+def test_inspect_folder_reports_problems(tmp_path: Path, gradient_image) -> None:
+    write_png(tmp_path / "ok.png", gradient_image)
+    (tmp_path / "broken.png").write_bytes(b"")
+    res = run("inspect", str(tmp_path), "--json", "--check", "-1")
+    summary = json.loads(res.stdout)
+    assert summary["images"] == 2 and len(summary["problems"]) == 1 and "empty" in summary["problems"][0]
+    assert run("inspect", str(tmp_path), "--strict").returncode == 1
+
+
+def test_inspect_real_dataset(shared_datasets: Path) -> None:
+    res = run("inspect", str(shared_datasets / "jsrt_lungs"), "-o", "mask_columns=('mask',)", "--check", "10", "--json")
+    assert res.returncode == 0, res.stderr
+    s = json.loads(res.stdout)
+    assert s["images"] == 247 and s["labels"]["nodule"]["positive"] == 154 and s["problems"] == []
+
+
+def test_phantom_then_inspect(tmp_path: Path) -> None:
+    out = tmp_path / "ph"
+    res = run("phantom", str(out), "-n", "24", "--size", "128")
+    assert res.returncode == 0, res.stderr
+    res = run("inspect", str(out), "--json", "--check", "-1")
+    s = json.loads(res.stdout)
+    assert s["dataset"] == "phantom" and s["images"] == 24 and s["problems"] == []
+    assert {t["kind"] for t in s["tasks"]} == {"multilabel", "segmentation", "detection"}
+
+
+@pytest.mark.parametrize("layout", ["nih_cxr14", "shenzhen", "montgomery", "coco"])
+def test_phantom_public_layouts_are_detected_and_read(tmp_path: Path, layout: str) -> None:
+    out = tmp_path / layout
+    assert run("phantom", str(out), "-n", "12", "--size", "96", "--layout", layout).returncode == 0
+    res = run("inspect", str(out), "--json", "--check", "-1")
+    assert res.returncode == 0, res.stderr
+    s = json.loads(res.stdout)
+    assert s["dataset"] == layout and s["images"] == 12 and s["problems"] == []
+
+
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    res = run("demo", "--out", str(tmp_path / "demo"), "-n", "30", "--size", "128")
+    assert res.returncode == 0, res.stderr
+    assert "Demo finished" in res.stdout and str(tmp_path / "demo") in res.stdout
+    assert (tmp_path / "demo" / "phantom_summary.json").is_file()
