@@ -1,0 +1,182 @@
+"""SIIM-ACR Pneumothorax Segmentation (Kaggle 2019).
+
+Reads the release as published: ``train-rle.csv`` (header ``ImageId, EncodedPixels`` with a
+space before the second name; ``-1`` = no pneumothorax; one row per region, so an image may
+have several rows) and the DICOMs in ``dicom-images-train/<study>/<series>/<ImageId>.dcm``.
+Masks are run-length strings over the 1024x1024 DICOM, column-major, each start relative to
+the end of the previous run (stage 1; the stage-2 file ``stage_2_train.csv`` uses absolute,
+1-based starts: ``rle="absolute"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from xrayfm.data.base import Record, XrayDataset
+from xrayfm.data.masks import RleMask
+from xrayfm.data.registry import register_dataset
+from xrayfm.data.splits import split_groups
+from xrayfm.data.tables import find_first, read_table, require_images
+from xrayfm.errors import DatasetError, UnknownNameError
+from xrayfm.tasks import TaskSpec
+
+CLASSES: tuple[str, ...] = ("Pneumothorax",)
+LABEL_FILES = ("train-rle.csv", "train-rle.csv.gz", "siim-pneumothorax-train-rle.csv.gz")
+RLE_MODES = ("relative", "absolute")
+IMAGE_SUFFIXES = (".dcm", ".dicom", ".png")
+NO_MASK = ("-1", "", "nan")
+
+
+def check_rle(text: str, width: int, height: int, *, relative: bool = True) -> int:
+    """Validate a run-length string without decoding it; return the sum of its run lengths.
+
+    Raises:
+        DatasetError: Non-integer tokens, an odd count, negative values or runs leaving the
+            ``width`` x ``height`` image (the message names the fault, not the file).
+    """
+    text = str(text).strip()
+    if text in NO_MASK:
+        return 0
+    try:
+        nums = np.asarray([int(t) for t in text.split()], dtype=np.int64)
+    except ValueError:
+        raise DatasetError(f"malformed RLE (non-integer token): {text[:40]!r}") from None
+    if nums.size % 2:
+        raise DatasetError(f"malformed RLE (odd number of values): {text[:40]!r}")
+    starts, lengths = nums[0::2], nums[1::2]
+    if (lengths < 0).any() or (starts < (0 if relative else 1)).any():
+        raise DatasetError(f"malformed RLE (negative start or length): {text[:40]!r}")
+    ends = np.cumsum(starts + lengths) if relative else starts - 1 + lengths
+    if ends.size and ends.max() > width * height:
+        raise DatasetError(f"RLE runs end at pixel {int(ends.max())}, beyond a {width}x{height} image")
+    return int(lengths.sum())
+
+
+def _index_images(root: Path) -> dict[str, Path]:
+    """ImageId -> file over ``dicom-images-train/**`` (globbed once) and a flat ``train/``."""
+    index: dict[str, Path] = {}
+    nested = root / "dicom-images-train"
+    if nested.is_dir():
+        for p in sorted(nested.rglob("*.dcm")):
+            index.setdefault(p.stem, p)
+    flat = root / "train"
+    if flat.is_dir():
+        for p in sorted(flat.iterdir()):
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                index.setdefault(p.stem, p)
+    return index
+
+
+def _read_rles(path: Path, width: int, height: int, relative: bool) -> dict[str, tuple[str, ...]]:
+    """ImageId -> its RLE strings (empty tuple = no pneumothorax), in file order."""
+    df = read_table(path, required=["ImageId", "EncodedPixels"], dtype=str, keep_default_na=False)
+    out: dict[str, list[str]] = {}
+    negative: set[str] = set()
+    for i, (image_id, rle) in enumerate(zip(df["ImageId"].str.strip().tolist(), df["EncodedPixels"].tolist())):
+        rle = str(rle).strip()
+        try:
+            check_rle(rle, width, height, relative=relative)
+        except DatasetError as exc:
+            raise DatasetError(f"{path}: row {i + 2} ({image_id}): {exc}") from None
+        runs = out.setdefault(image_id, [])
+        if rle in NO_MASK:
+            negative.add(image_id)
+        else:
+            runs.append(rle)
+        if runs and image_id in negative:
+            raise DatasetError(f"{path}: row {i + 2}: {image_id} has both a '-1' row and a mask")
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def load_siim_acr(
+    root: Path,
+    split: str,
+    *,
+    labels_file: str | None = None,
+    rle: str = "relative",
+    mask_size: tuple[int, int] = (1024, 1024),
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> tuple[list[Record], list[TaskSpec]]:
+    """Parse the SIIM-ACR RLE file into records of ``split`` (images not checked).
+
+    Arguments are those of :func:`build_siim_acr`, less ``missing``.
+    """
+    if rle not in RLE_MODES:
+        raise UnknownNameError(f"unknown rle {rle!r}; choose one of {', '.join(RLE_MODES)}")
+    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
+        raise DatasetError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be >= 0, sum < 1")
+    width, height = (int(v) for v in mask_size)
+    path = root / labels_file if labels_file else find_first(root, LABEL_FILES, "SIIM-ACR RLE label file")
+    rles = _read_rles(path, width, height, rle == "relative")
+    ids = list(rles)
+    fractions = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
+    parts = split_groups(ids, seed=seed, fractions=fractions)
+    index = _index_images(root)
+    records = []
+    for image_id, part in zip(ids, parts):
+        if split != "all" and part != split:
+            continue
+        runs = rles[image_id]
+        records.append(
+            Record(
+                image=index.get(image_id, root / "dicom-images-train" / f"{image_id}.dcm"),
+                labels=np.asarray([float(bool(runs))], np.float32),
+                mask=RleMask(runs, width, height, relative=rle == "relative"),
+                meta={"id": image_id, "regions": len(runs), "split": part},
+            )
+        )
+    tasks = [TaskSpec("pneumothorax", "multilabel", CLASSES), TaskSpec("pneumothorax_mask", "segmentation", CLASSES)]
+    return records, tasks
+
+
+@register_dataset(
+    "siim_acr",
+    description="SIIM-ACR Pneumothorax: RLE masks (1024 px) and a pneumothorax label, hashed split",
+    layout="""
+    ROOT/train-rle.csv                         ImageId, EncodedPixels  ("-1" = no pneumothorax)
+    ROOT/dicom-images-train/<study>/<series>/<ImageId>.dcm
+    or ROOT/train/<ImageId>.dcm | .png         (flat copies; PNGs must keep the 1024x1024 size)
+    """,
+    tasks=("multilabel", "segmentation"),
+)
+def build_siim_acr(
+    root: Path,
+    split: str,
+    *,
+    labels_file: str | None = None,
+    rle: str = "relative",
+    mask_size: tuple[int, int] = (1024, 1024),
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    missing: str = "error",
+) -> XrayDataset:
+    """Build SIIM-ACR Pneumothorax.
+
+    Rows of one ImageId are merged into one mask channel (their union; regions may overlap).
+    The label ``Pneumothorax`` is 1 when the image has a mask, else 0. The split hashes the
+    ImageId: the label file names no patient, and reading every DICOM's PatientID to group
+    images was judged too costly, so images of one patient may fall in different splits.
+
+    Args:
+        root: Dataset root (layout above).
+        split: ``train``, ``val``, ``test`` or ``all``.
+        labels_file: RLE CSV under ``root`` (default: ``train-rle.csv`` or its .gz).
+        rle: ``relative`` (stage-1 ``train-rle.csv``) or ``absolute`` (stage-2 file).
+        mask_size: (width, height) the RLE strings were encoded on; the stored image must have
+            that size.
+        val_fraction: Share of images held out as ``val``.
+        test_fraction: Share of images held out as ``test``.
+        seed: Seed of the hashed split.
+        missing: ``error`` or ``skip`` for label rows whose image is absent.
+    """
+    records, tasks = load_siim_acr(
+        root, split, labels_file=labels_file, rle=rle, mask_size=mask_size, val_fraction=val_fraction,
+        test_fraction=test_fraction, seed=seed,
+    )  # fmt: skip
+    records = require_images(records, "siim_acr", missing=missing)
+    return XrayDataset(records, tasks, name="siim_acr", root=root, split=split)
