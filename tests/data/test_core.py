@@ -10,7 +10,7 @@ import torch
 
 from xrayfm import DatasetError, UnknownNameError, XrayfmError
 from xrayfm.data import apply_uncertainty_policy, assign_split, build_dataset, collate_samples, split_groups
-from xrayfm.data.masks import decode_rle
+from xrayfm.data.masks import RleMask, decode_rle, read_label_map
 from xrayfm.tasks import TaskSpec
 
 
@@ -45,7 +45,7 @@ def test_uncertainty_policies() -> None:
     np.testing.assert_array_equal(apply_uncertainty_policy(raw, "U-Ones"), [1, 0, 1, 0])
     with pytest.raises(UnknownNameError, match="uncertainty policy"):
         apply_uncertainty_policy(raw, "maybe")
-    with pytest.raises(ValueError, match="found"):
+    with pytest.raises(DatasetError, match="found"):
         apply_uncertainty_policy(np.array([2.0]), "ones")
 
 
@@ -86,3 +86,25 @@ def test_registry_errors(tmp_path: Path) -> None:
         build_dataset("csv", tmp_path / "missing")
     with pytest.raises(DatasetError, match="not found"):
         build_dataset("csv", tmp_path)
+
+
+def test_rle_mask_unions_regions() -> None:
+    m = RleMask(("1 2", "5 1"), 4, 3, relative=True)()
+    assert m.shape == (1, 3, 4) and m.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(m[0], decode_rle("1 2", 4, 3) | decode_rle("5 1", 4, 3))
+
+
+def test_palette_masks(tmp_path: Path) -> None:
+    """Grey palettes are read as grey values; coloured palettes keep indices (VOC style)."""
+    from PIL import Image
+
+    idx = np.zeros((4, 4), np.uint8)
+    idx[1:3, 1:3] = 1
+    grey = Image.fromarray(idx, "P")
+    grey.putpalette([255, 255, 255, 0, 0, 0] + [0] * 762)  # index 0 = white, index 1 = black
+    grey.save(tmp_path / "g.gif")
+    np.testing.assert_array_equal(read_label_map(tmp_path / "g.gif") > 0, idx == 0)
+    colour = Image.fromarray(idx, "P")
+    colour.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)
+    colour.save(tmp_path / "c.png")
+    np.testing.assert_array_equal(read_label_map(tmp_path / "c.png"), idx)

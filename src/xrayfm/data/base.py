@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from xrayfm.data.sample import Sample
-from xrayfm.errors import DatasetError
+from xrayfm.errors import DatasetError, XrayfmError
 from xrayfm.io import read_xray
 from xrayfm.tasks import TaskSpec
 
@@ -140,7 +140,10 @@ class XrayDataset(Dataset):
             sample["boxes"] = torch.from_numpy(boxes)
             sample["box_labels"] = torch.as_tensor(rec.box_labels, dtype=torch.int64)
         if rec.mask is not None:
-            mask = np.asarray(rec.mask())
+            try:
+                mask = np.asarray(rec.mask())
+            except XrayfmError as exc:
+                raise DatasetError(f"{rec.image}: its mask cannot be read: {exc}") from None
             if mask.ndim != 3 or mask.shape[1:] != (h, w):
                 raise DatasetError(f"{rec.image}: mask shape {mask.shape} does not match image {h}x{w}")
             mask_task = self.task_for("mask")

@@ -30,7 +30,9 @@ def read_label_map(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             DEFAULT_LIMITS.check_dims(path, *im.size)
             im.load()
-            if im.mode in ("RGB", "RGBA"):
+            if im.mode in ("P", "PA") and _grey_palette(im):
+                im = im.convert("L")  # e.g. SCR GIFs, where "white" need not be index 1
+            elif im.mode in ("RGB", "RGBA", "LA"):
                 im = im.convert("L")
             arr = np.asarray(im)
     except (OSError, SyntaxError, ValueError) as exc:
@@ -38,6 +40,15 @@ def read_label_map(path: Path) -> np.ndarray:
     if arr.ndim != 2:
         raise ImageReadError(f"{path}: mask must be single-channel, got shape {arr.shape}")
     return arr.astype(np.uint8) if arr.dtype != np.uint8 else arr
+
+
+def _grey_palette(im: Image.Image) -> bool:
+    """True when a palette image's colours are all grey, so grey values (not indices) matter.
+
+    Palettes with colours (VOC-style label maps) keep their indices as class values.
+    """
+    pal = np.asarray(im.getpalette() or [], dtype=np.int64).reshape(-1, 3)
+    return bool(len(pal)) and bool((pal[:, 0] == pal[:, 1]).all() and (pal[:, 1] == pal[:, 2]).all())
 
 
 @dataclass(frozen=True)
@@ -119,10 +130,15 @@ def decode_rle(rle: str, width: int, height: int, *, relative: bool = True) -> n
     Raises:
         DatasetError: Malformed string or runs outside the image.
     """
+    return np.ascontiguousarray(_decode_rle_flat(rle, width, height, relative=relative).reshape(width, height).T)
+
+
+def _decode_rle_flat(rle: str, width: int, height: int, *, relative: bool) -> np.ndarray:
+    """Column-major flat mask of one RLE string (see :func:`decode_rle`)."""
     mask = np.zeros(width * height, dtype=np.uint8)
     text = str(rle).strip()
     if text in ("", "-1", "nan"):
-        return mask.reshape(width, height).T
+        return mask
     try:
         nums = np.asarray([int(t) for t in text.split()], dtype=np.int64)
     except ValueError:
@@ -137,7 +153,7 @@ def decode_rle(rle: str, width: int, height: int, *, relative: bool = True) -> n
             raise DatasetError(f"RLE run {start} {length} falls outside a {width}x{height} image")
         mask[begin:end] = 1
         pos = end
-    return mask.reshape(width, height).T
+    return mask
 
 
 @dataclass(frozen=True)
@@ -150,10 +166,10 @@ class RleMask:
     relative: bool = True
 
     def __call__(self) -> np.ndarray:
-        out = np.zeros((self.height, self.width), np.uint8)
+        flat = np.zeros(self.width * self.height, np.uint8)
         for rle in self.rles:
-            out |= decode_rle(rle, self.width, self.height, relative=self.relative)
-        return out[None]
+            flat |= _decode_rle_flat(rle, self.width, self.height, relative=self.relative)
+        return np.ascontiguousarray(flat.reshape(self.width, self.height).T)[None]
 
 
 def stack_masks(sources: Sequence[np.ndarray]) -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-from xrayfm.errors import UnknownNameError
+from xrayfm.errors import DatasetError, UnknownNameError
 
 UncertainPolicy = Literal["ones", "zeros", "ignore"]
 BlankPolicy = Literal["zero", "nan"]
@@ -45,7 +45,7 @@ def apply_uncertainty_policy(
 
     Raises:
         UnknownNameError: Unknown policy name.
-        ValueError: A value other than 1, 0, -1 or blank is present.
+        DatasetError: A value other than 1, 0, -1 or blank is present.
     """
     key = resolve_policy(policy)
     if blank not in ("zero", "nan"):
@@ -54,7 +54,7 @@ def apply_uncertainty_policy(
     known = ~np.isnan(arr)
     bad = known & ~np.isin(arr, (1.0, 0.0, -1.0))
     if bad.any():
-        raise ValueError(f"CheXpert labels must be 1, 0, -1 or blank; found {sorted(set(arr[bad].tolist()))}")
+        raise DatasetError(f"CheXpert labels must be 1, 0, -1 or blank; found {sorted(set(arr[bad].tolist()))}")
     arr[arr == -1.0] = POLICIES[key]
     if blank == "zero":
         arr[~known] = 0.0

@@ -183,6 +183,7 @@ def read_dicom(
         "voi": voi_used,
         "inverted": photometric == "MONOCHROME1",
         "original_size": [cols, rows],
+        "bit_depth": int(ds.get("BitsStored", 0) or 0),
         "intensity": "dicom",
     }
     for tag in (*SAFE_TAGS, *extra_tags):

@@ -98,6 +98,7 @@ def build_csv(
     patient_column: str | None = None,
     seed: int = 0,
     missing: str = "error",
+    name: str = "csv",
 ) -> XrayDataset:
     """Build a dataset from a labels CSV.
 
@@ -120,6 +121,8 @@ def build_csv(
         patient_column: Patient id column for the hash split (default: auto-detected).
         seed: Seed of the hash split.
         missing: ``error`` or ``skip`` rows whose image file is absent.
+        name: Dataset name used in messages and ``meta["source"]`` (adapters built on this one
+            pass their own).
     """
     path = root / labels_file
     df = read_table(path, required=["image", *mask_columns], dtype={"image": str})
@@ -168,5 +171,5 @@ def build_csv(
         elif boxes_complete and box_rows is not None:
             rec.boxes, rec.box_labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
         records.append(rec)
-    records = require_images(select_split(records, split), "csv", missing=missing)
-    return XrayDataset(records, tasks, name="csv", root=root, split=split)
+    records = require_images(select_split(records, split), name, missing=missing)
+    return XrayDataset(records, tasks, name=name, root=root, split=split)

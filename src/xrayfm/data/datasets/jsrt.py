@@ -24,19 +24,16 @@ JSRT holds one image per patient, so the raw layout's 70/10/20 split hashes the 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from xrayfm.data.base import Record, XrayDataset
-from xrayfm.data.masks import FileMasks
+from xrayfm.data.masks import FileMasks, UnionMask
 from xrayfm.data.registry import register_dataset
 from xrayfm.data.splits import split_groups
 from xrayfm.data.tables import require_images, select_split
-from xrayfm.errors import DatasetError, ImageReadError, UnknownNameError
-from xrayfm.io.limits import DEFAULT_LIMITS
+from xrayfm.errors import DatasetError, UnknownNameError
 from xrayfm.io.writers import write_png
 from xrayfm.tasks import TaskSpec
 
@@ -103,36 +100,6 @@ def convert_raw(src: Path, dst: Path, side: int) -> Path:
     return dst
 
 
-@dataclass(frozen=True)
-class GifMasks:
-    """SCR masks: one channel per tuple of GIF files, non-zero pixels merged by union.
-
-    GIFs are palette images; their palette indices are mapped to grey values before
-    thresholding (the index of "white" is not always 1).
-    """
-
-    channels: tuple[tuple[Path, ...], ...]
-
-    def __call__(self) -> np.ndarray:
-        planes = []
-        for files in self.channels:
-            maps = [_read_gif(p) for p in files]
-            if len({m.shape for m in maps}) > 1:
-                raise DatasetError(f"mask files {[str(p) for p in files]} differ in size")
-            planes.append(np.logical_or.reduce(maps))
-        return np.stack(planes).astype(np.uint8)
-
-
-def _read_gif(path: Path) -> np.ndarray:
-    DEFAULT_LIMITS.check_file(path)
-    try:
-        with Image.open(path) as im:
-            DEFAULT_LIMITS.check_dims(path, *im.size)
-            return np.asarray(im.convert("L")) > 0
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(f"{path}: unreadable mask ({exc})") from None
-
-
 def _png_records(root: Path, with_masks: bool) -> list[Record]:
     records = []
     for folder, part in PNG_SPLITS.items():
@@ -197,7 +164,7 @@ def _raw_records(
                     absent = STRUCTURES[name][files.index(None)]
                     raise DatasetError(f"jsrt: no SCR mask scr/.../masks/{absent}/{image_id}.gif under {root}")
                 channels.append(files)
-            rec.mask = GifMasks(tuple(channels))  # type: ignore[arg-type]
+            rec.mask = UnionMask(tuple(channels))  # type: ignore[arg-type]
         if not rec.image.is_file() or rec.image.stat().st_mtime < src.stat().st_mtime:
             convert_raw(src, rec.image, side)
         records.append(rec)

@@ -37,7 +37,7 @@ def build_phantom(root: Path, split: str, *, missing: str = "error") -> XrayData
         split: ``train``, ``val``, ``test`` (the ``split`` column, 70/10/20 by patient) or ``all``.
         missing: ``error`` or ``skip`` rows whose image file is absent.
     """
-    ds = build_csv(
+    return build_csv(
         root,
         split,
         label_columns=FINDINGS,
@@ -48,6 +48,5 @@ def build_phantom(root: Path, split: str, *, missing: str = "error") -> XrayData
         split_column="split",
         patient_column="patient_id",
         missing=missing,
+        name="phantom",
     )
-    ds.name = "phantom"  # samples' meta["source"] follows the dataset name
-    return ds
