@@ -127,6 +127,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         _print_json(summary)
     else:
         print(_format_summary(summary))
+    if args.sheet:
+        from xrayfm.data.registry import build_dataset
+        from xrayfm.report import contact_sheet
+
+        if not summary.get("dataset") or "stats" in summary:
+            raise XrayfmError(f"{args.path}: --sheet needs a dataset root with a known layout")
+        ds = build_dataset(summary["dataset"], Path(args.path), args.split, **parse_options(args.option))
+        print(f"contact sheet: {contact_sheet(ds, args.sheet)}", file=sys.stderr if args.json else sys.stdout)
     return 1 if args.strict and summary.get("problems") else 0
 
 
@@ -136,13 +144,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     data = write_phantom_dataset(out / "phantom", n=args.n, seed=args.seed, layout="native", size=args.size)
+    from xrayfm.data.registry import build_dataset
+    from xrayfm.report import contact_sheet
+
     summary = inspect_path(data, check=-1)
     (out / "phantom_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    sheet = contact_sheet(build_dataset("phantom", data, "all"), out / "phantom_contact_sheet.png")
     print(_format_summary(summary))
     print(
         f"\nDemo finished. It made:\n"
         f"  {data}/            {summary['images']} synthetic chest radiographs with labels, masks and boxes\n"
         f"  {out / 'phantom_summary.json'}  the summary above as JSON\n"
+        f"  {sheet}  16 images with their boxes, mask outlines and labels\n"
         f"Next: xrayfm inspect {data}   |   xrayfm datasets   |   xrayfm phantom --help"
     )
     return 0
@@ -191,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images to load fully to find problems (default 200; -1 all; 0 none)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--strict", action="store_true", help="exit 1 when problems are found")
+    p.add_argument("--sheet", metavar="PNG", help="also write a contact sheet of 16 samples (boxes, masks, labels)")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("demo", help="run the demo on built-in synthetic data", description=(

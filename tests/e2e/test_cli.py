@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from PIL import Image
+
 from xrayfm.io.writers import write_png
 
 
@@ -96,3 +98,4 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert "Demo finished" in res.stdout and str(tmp_path / "demo") in res.stdout
     assert (tmp_path / "demo" / "phantom_summary.json").is_file()
+    assert Image.open(tmp_path / "demo" / "phantom_contact_sheet.png").size == (1024, 1024)

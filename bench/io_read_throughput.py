@@ -1,0 +1,84 @@
+"""Image reading throughput of ``xrayfm.io.read_xray`` on the real samples in shared/datasets.
+
+Usage: python bench/io_read_throughput.py [--shared ../shared/datasets] [--out bench/results/io_read_throughput.json]
+
+Reads every file of a few real sets (8-bit PNG at 224/512 px, uncompressed and JPEG 2000 CR
+DICOM at ~1800x1900) on one thread, best of three rounds, and records the machine. The point is
+to know whether decoding, not the model, will bound a data loader on a given machine.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pydicom  # noqa: E402
+from PIL import __version__ as pillow_version  # noqa: E402
+
+from xrayfm.io import read_xray  # noqa: E402
+
+SETS = {
+    "png8_224 (kermany)": ("kermany_pneumonia_test224/images", "*.png"),
+    "png8_512 (jsrt)": ("jsrt_lungs/images", "*.png"),
+    "dicom_uncompressed (CR ~1.9k)": ("dicom_cr_samples/dicom", "*_UNCR.dcm"),
+    "dicom_jpeg2000 (CR ~1.9k)": ("dicom_cr_samples/dicom", "*_J2KR.dcm"),
+}
+
+
+def measure(files: list[Path], repeats: int = 3) -> dict[str, float]:
+    """Best and median files/s and megapixels/s over ``repeats`` passes."""
+    rates, mpix = [], 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        mpix = sum(read_xray(p).pixels.size for p in files) / 1e6
+        dt = time.perf_counter() - t0
+        rates.append(len(files) / dt)
+    best = max(rates)
+    return {
+        "files": len(files),
+        "files_per_s": round(best, 2),
+        "files_per_s_median": round(float(np.median(rates)), 2),
+        "megapixels_per_s": round(best * mpix / len(files), 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "io_read_throughput.json")
+    args = parser.parse_args()
+    results = {}
+    for name, (folder, pattern) in SETS.items():
+        files = sorted((args.shared / folder).glob(pattern))
+        if files:
+            results[name] = measure(files)
+            print(f"{name:<32} {results[name]}")
+    report = {
+        "benchmark": "io_read_throughput",
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "threads_used": 1,
+            "python": platform.python_version(),
+            "pillow": pillow_version,
+            "pydicom": pydicom.__version__,
+        },
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
