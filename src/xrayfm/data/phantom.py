@@ -32,6 +32,18 @@ from typing import Any
 
 import numpy as np
 
+from xrayfm.data.phantom_anatomy import (
+    FIELD_OF_VIEW_MM,
+    Lesion,
+    _Canvas,
+    _draw_patient,
+    _gaussian_blur,
+    _Lung,
+    _make_heart,
+    _rng,
+    _smooth,
+)
+from xrayfm.data.phantom_findings import _consolidation, _draw_lungs, _effusion, _nodules, _pneumothorax, _Scene
 from xrayfm.errors import XrayfmError
 
 FINDINGS: tuple[str, ...] = ("nodule", "effusion", "pneumothorax", "cardiomegaly", "consolidation")
@@ -39,9 +51,6 @@ BOX_CLASSES: tuple[str, ...] = ("nodule", "effusion", "pneumothorax", "consolida
 DEFAULT_PREVALENCE: dict[str, float] = {
     "nodule": 0.25, "effusion": 0.2, "pneumothorax": 0.15, "cardiomegaly": 0.2, "consolidation": 0.2,
 }  # fmt: skip
-FIELD_OF_VIEW_MM = 358.0  # image width in mm (NIH-like: 1024 px at 0.35 mm)
-MASS_DIAMETER_MM = 30.0  # radiological nodule / mass threshold
-LUNG_NAMES: tuple[str, str] = ("right_lung", "left_lung")  # the patient's sides
 
 
 @dataclass(frozen=True)
@@ -89,16 +98,6 @@ class PhantomConfig:
         if unknown:
             raise XrayfmError(f"unknown finding(s) {unknown}; choose from {FINDINGS}")
         return cls(prevalence={f: float(f in findings) for f in FINDINGS}, **kwargs)
-
-
-@dataclass
-class Lesion:
-    """One lesion: its finding, binary mask, tight box (x_min, y_min, x_max, y_max) and facts."""
-
-    label: str
-    mask: np.ndarray
-    box: tuple[float, float, float, float]
-    attrs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -176,339 +175,6 @@ class PhantomCase:
 
 
 # ----------------------------------------------------------------------------------- helpers
-
-
-def _rng(seed: int, *keys: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, *keys]))
-
-
-def _smooth(t: np.ndarray) -> np.ndarray:
-    """Smoothstep of ``t`` clipped to [0, 1]."""
-    t = np.clip(t, 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
-
-
-def _box_of(mask: np.ndarray) -> tuple[float, float, float, float]:
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    return float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)
-
-
-def _value_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) -> np.ndarray:
-    """Smooth noise (about unit variance): a cells x cells grid, bilinearly upsampled."""
-
-    def weights(n: int) -> np.ndarray:
-        pos = (np.arange(n) + 0.5) / n * (cells - 1)
-        return np.maximum(0.0, 1.0 - np.abs(pos[:, None] - np.arange(cells)[None, :])).astype(np.float32)
-
-    grid = rng.standard_normal((cells, cells)).astype(np.float32)
-    return weights(shape[0]) @ grid @ weights(shape[1]).T
-
-
-def _gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
-    if sigma < 0.3:
-        return img
-    r = max(1, int(math.ceil(2.5 * sigma)))
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2).astype(np.float32)
-    k /= k.sum()
-    h, w = img.shape
-    pad = np.pad(img, r, mode="edge")
-    tmp = sum(k[i] * pad[i : i + h, :] for i in range(2 * r + 1))
-    return sum(k[i] * tmp[:, i : i + w] for i in range(2 * r + 1)).astype(np.float32)
-
-
-# ----------------------------------------------------------------------------------- anatomy
-
-
-@dataclass
-class _Lung:
-    """One hemithorax in lung-local coordinates: ``x`` = lateral distance from the midline."""
-
-    side: int  # -1: patient's right (image left), +1: patient's left (image right)
-    xc: float
-    a: float
-    vc: float
-    b_top: float
-    b_bot: float
-    dome_edge: float
-    dome_height: float
-
-    def local(self, u: np.ndarray) -> np.ndarray:
-        return u * self.side
-
-    def field(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """Superellipse level (< 1 inside), narrower towards the apex."""
-        dv = v - self.vc
-        top = dv < 0
-        a = self.a * (1.0 - 0.28 * np.clip(-dv / self.b_top, 0.0, 1.0))
-        zx = np.abs((x - self.xc) / a)
-        zv = np.abs(dv / np.where(top, self.b_top, self.b_bot))
-        return zx * zx * zx + zv * zv * zv
-
-    def dome(self, x: np.ndarray) -> np.ndarray:
-        return self.dome_edge - self.dome_height * (1.0 - ((x - self.xc) / self.a) ** 2)
-
-    def medial(self, v: np.ndarray) -> np.ndarray:
-        """Mediastinal border: aortic knob on the patient's left, SVC bulge on the right."""
-        if self.side > 0:
-            return 0.085 + 0.075 * np.exp(-(((v + 0.3) / 0.08) ** 2))
-        return 0.075 + 0.03 * np.exp(-(((v + 0.35) / 0.15) ** 2))
-
-    def inside(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """Hemithorax air space (before the heart is cut out)."""
-        return (self.field(x, v) < 1.0) & (v < self.dome(x)) & (x > self.medial(v))
-
-    @property
-    def lateral(self) -> float:
-        return self.xc + self.a
-
-
-@dataclass
-class _Heart:
-    u: float
-    v: float
-    a: float
-    b: float
-    angle: float
-
-    def field(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        c, s = math.cos(self.angle), math.sin(self.angle)
-        du, dv = u - self.u, v - self.v
-        p, q = du * c + dv * s, -du * s + dv * c
-        return (p / self.a) ** 2 + (q / self.b) ** 2
-
-
-@dataclass
-class _Patient:
-    sex: str
-    age: int
-    body_w: float
-    lungs: tuple[_Lung, _Lung]
-    heart_shape: tuple[float, float, float, float]  # depth below the dome, aspect b/a, tilt, shift to the left
-    ctr_normal: float
-    ctr_enlarged: float
-
-
-def _draw_patient(seed: int, patient: int, cfg: PhantomConfig) -> _Patient:
-    rng = _rng(seed, 1, patient)
-    female = rng.random() < cfg.female_fraction
-    scale = rng.uniform(0.92, 1.03) * (0.97 if female else 1.0)
-    height = rng.uniform(0.93, 1.05)
-    dome_edge = rng.uniform(0.46, 0.56) * height
-    lungs = []
-    for side in (-1, 1):
-        xc, a = 0.42 * scale * rng.uniform(0.97, 1.03), 0.36 * scale * rng.uniform(0.96, 1.04)
-        edge = dome_edge - (0.05 if side < 0 else 0.0)
-        b_top = 0.7 * height * rng.uniform(0.97, 1.03)
-        lungs.append(_Lung(side, xc, a, 0.0, b_top, edge + 0.14, edge, rng.uniform(0.13, 0.2)))
-    return _Patient(
-        sex="F" if female else "M",
-        age=int(rng.integers(18, 86)),
-        body_w=rng.uniform(0.86, 0.96) * scale,
-        lungs=(lungs[0], lungs[1]),
-        heart_shape=(rng.uniform(0.05, 0.1), rng.uniform(0.72, 0.85), rng.uniform(0.3, 0.5), rng.uniform(0.22, 0.32)),
-        ctr_normal=rng.uniform(0.37, 0.46),
-        ctr_enlarged=rng.uniform(0.56, 0.68),
-    )
-
-
-def _make_heart(p: _Patient, ctr: float, dome: float) -> _Heart:
-    thorax = sum(lung.lateral for lung in p.lungs)
-    v, aspect, angle, shift = p.heart_shape
-    unit = math.hypot(math.cos(angle), aspect * math.sin(angle))
-    a = ctr * thorax / 2 / unit
-    b = aspect * a
-    # the heart sits on the left dome, its apex tilted down to the patient's left (image right)
-    height = math.hypot(a * math.sin(angle), b * math.cos(angle))
-    return _Heart(u=shift * ctr * thorax / 2 * 1.2, v=dome + v - height, a=a, b=b, angle=angle)
-
-
-# ----------------------------------------------------------------------------------- rendering
-
-
-class _Canvas:
-    """Pixel grid with its canonical coordinates and helpers to work on a sub-window."""
-
-    def __init__(self, n: int, angle: float, shift: tuple[float, float], scale: float) -> None:
-        self.n = n
-        self.angle, self.shift, self.scale = angle, shift, scale
-        g = ((np.arange(n, dtype=np.float32) + 0.5) / n * 2.0 - 1.0)
-        c, s = math.cos(angle), math.sin(angle)
-        x, y = g[None, :] - shift[0], g[:, None] - shift[1]
-        self.u = ((c * x + s * y) / scale).astype(np.float32)
-        self.v = ((-s * x + c * y) / scale).astype(np.float32)
-
-    def to_pixel(self, u: float, v: float) -> tuple[float, float]:
-        c, s = math.cos(self.angle), math.sin(self.angle)
-        x = (c * u - s * v) * self.scale + self.shift[0]
-        y = (s * u + c * v) * self.scale + self.shift[1]
-        return (x + 1) / 2 * self.n, (y + 1) / 2 * self.n
-
-    def window(self, u0: float, v0: float, u1: float, v1: float) -> tuple[slice, slice]:
-        """Pixel slices covering the canonical rectangle (with a 2-px margin)."""
-        pts = [self.to_pixel(u, v) for u in (u0, u1) for v in (v0, v1)]
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        lo = lambda t: max(0, int(math.floor(min(t))) - 2)  # noqa: E731
-        hi = lambda t: min(self.n, int(math.ceil(max(t))) + 2)  # noqa: E731
-        return slice(lo(ys), max(lo(ys), hi(ys))), slice(lo(xs), max(lo(xs), hi(xs)))
-
-
-def _place(scene: _Scene, rng: np.random.Generator, k: int, margin: float) -> tuple[float, float] | None:
-    """A canonical point whose ``margin`` neighbourhood lies in lung ``k`` (outside the heart and
-    earlier lesions), or None when 96 random tries all fail."""
-    lung, heart, n = scene.lungs[k], scene.heart, 96
-    x = rng.uniform(lung.xc - lung.a, lung.lateral, n)
-    v = rng.uniform(lung.vc - lung.b_top, lung.dome_edge, n)
-    ok = lung.inside(x, v)
-    for ang in np.linspace(0, 2 * np.pi, 9)[:-1]:
-        px, pv = x + margin * np.cos(ang), v + margin * np.sin(ang)
-        ok &= lung.inside(px, pv) & (heart.field(px * lung.side, pv) > 1.0)
-    taken = np.zeros(scene.air.shape, bool)
-    for les in scene.lesions:
-        taken |= les.mask
-    for i in np.flatnonzero(ok):
-        col, row = scene.canvas.to_pixel(float(x[i]) * lung.side, float(v[i]))
-        r, c = min(int(row), scene.canvas.n - 1), min(int(col), scene.canvas.n - 1)
-        if not taken[max(r, 0), max(c, 0)]:
-            return float(x[i]) * lung.side, float(v[i])
-    return None
-
-
-def _markings(rng: np.random.Generator, x: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Vessel-like lines radiating from the hilum, fading to the periphery (1-D pixel lists)."""
-    dx, dv = x - 0.16, v + 0.02
-    r = np.sqrt(dx * dx + dv * dv) + 1e-3
-    nt, nr = 40, 12
-    grid = rng.standard_normal((nt + 1) * (nr + 1)).astype(np.float32)
-    ti = (np.arctan2(dv, dx) + np.pi) * (nt / (2 * np.pi))
-    ri = np.minimum(r * (nr / 0.9), nr - 1e-3)
-    t0, r0 = np.minimum(ti.astype(np.int32), nt - 1), ri.astype(np.int32)
-    ft, fr = ti - t0, ri - r0
-    k = t0 * (nr + 1) + r0
-    near = grid[k] * (1 - ft) + grid[k + nr + 1] * ft
-    far = grid[k + 1] * (1 - ft) + grid[k + nr + 2] * ft
-    val = near * (1 - fr) + far * fr
-    ridge = np.clip(1.0 - np.abs(val) / 0.18, 0.0, 1.0)
-    return ridge * np.exp(-r / 0.45)
-
-
-@dataclass
-class _Scene:
-    """The arrays a case is drawn into; per-lung work happens in that hemithorax's window."""
-
-    canvas: _Canvas
-    lungs: list[_Lung]
-    heart: _Heart
-    windows: list[tuple[slice, slice]]
-    air: np.ndarray  # lung air fraction (darkens)
-    marks: np.ndarray  # vessel markings
-    extra: np.ndarray  # finding density
-    masks: dict[str, np.ndarray]
-    lesions: list[Lesion] = field(default_factory=list)
-
-    def side(self, k: int) -> tuple[tuple[slice, slice], _Lung, np.ndarray, np.ndarray, np.ndarray]:
-        """Window, lung, lung-local x, v and lung mask (windowed) of hemithorax ``k``."""
-        sl, lung = self.windows[k], self.lungs[k]
-        return sl, lung, lung.local(self.canvas.u[sl]), self.canvas.v[sl], self.masks[LUNG_NAMES[k]][sl]
-
-    def add_lesion(self, label: str, mask: np.ndarray, sl: tuple[slice, slice], **attrs: Any) -> bool:
-        """Record a lesion given its windowed mask; False (nothing recorded) when it is empty."""
-        if not mask.any():
-            return False
-        full = np.zeros(self.air.shape, bool)
-        full[sl] = mask
-        self.lesions.append(Lesion(label, full, _box_of(full), attrs))
-        return True
-
-
-def _draw_lungs(scene: _Scene, rng: np.random.Generator) -> None:
-    heart_mask = scene.masks["heart"]
-    for k in (0, 1):
-        sl, lung = scene.windows[k], scene.lungs[k]
-        x, v = lung.local(scene.canvas.u[sl]), scene.canvas.v[sl]
-        f, dome, medial = lung.field(x, v), lung.dome(x), lung.medial(v)
-        m = (f < 1.0) & (v < dome) & (x > medial) & ~heart_mask[sl]
-        full = np.zeros(heart_mask.shape, bool)
-        full[sl] = m
-        scene.masks[LUNG_NAMES[k]] = full
-        depth = _smooth((1.0 - f) * 2.5) * _smooth((dome - v) * 12) * _smooth((x - medial) * 15)
-        scene.air[sl] = np.maximum(scene.air[sl], np.where(m, 0.55 + 0.45 * depth, 0.0))
-        marks = scene.marks[sl]
-        xm, vm = x[m], v[m]
-        marks[m] = _markings(rng, xm, vm) + 0.7 * np.exp(-((xm - 0.17) ** 2 + (vm + 0.03) ** 2) / 0.005)  # + hilum
-    scene.masks["lungs"] = scene.masks["right_lung"] | scene.masks["left_lung"]
-
-
-def _pneumothorax(scene: _Scene, rng: np.random.Generator) -> bool:
-    """A dark rim without markings between the chest wall and a collapsed lung's pleural line."""
-    k = int(rng.random() < 0.5)
-    sl, lung, x, v, m = scene.side(k)
-    s = rng.uniform(0.68, 0.88)
-    cx, cv = lung.xc - 0.5 * lung.a, lung.dome_edge
-    f_in = lung.field((x - cx) / s + cx, (v - cv) / s + cv)
-    rim = m & (f_in >= 1.0)
-    if not scene.add_lesion("pneumothorax", rim, sl, side=("right", "left")[k], collapse=round(1 - s, 3)):
-        return False
-    scene.air[sl][rim] = 1.05
-    scene.marks[sl][rim] = 0.0
-    scene.extra[sl] += 0.09 * (m & (np.abs(f_in - 1.0) < 0.09)) + 0.03 * (m & (f_in < 1.0))
-    return True
-
-
-def _effusion(scene: _Scene, rng: np.random.Generator) -> bool:
-    """Fluid at one or both lung bases, its meniscus climbing the lateral chest wall."""
-    found = False
-    for k in [0, 1] if rng.random() < 0.3 else [int(rng.random() < 0.5)]:
-        sl, lung, x, v, m = scene.side(k)
-        apex = lung.vc - lung.b_top
-        level = lung.dome_edge - rng.uniform(0.18, 0.4) * (lung.dome_edge - apex)
-        top = level - rng.uniform(0.12, 0.25) * np.clip((x - 0.1) / (lung.lateral - 0.1), 0, 1) ** 2.5
-        fluid = m & (v > top)
-        if scene.add_lesion("effusion", fluid, sl, side=("right", "left")[k]):
-            found = True
-            ramp = _smooth((v - top) / 0.05)[fluid]
-            scene.air[sl][fluid] *= 1.0 - 0.85 * ramp
-            scene.marks[sl][fluid] *= 1.0 - ramp
-    return found
-
-
-def _consolidation(scene: _Scene, rng: np.random.Generator) -> bool:
-    """A patchy bright region inside one lung."""
-    k = int(rng.random() < 0.5)
-    rx, rv = rng.uniform(0.09, 0.17), rng.uniform(0.09, 0.17)
-    c = _place(scene, rng, k, 0.5 * min(rx, rv))
-    if c is None:
-        return False
-    cu, cv = c
-    sl = scene.canvas.window(cu - rx, cv - rv, cu + rx, cv + rv)
-    u, v = scene.canvas.u[sl], scene.canvas.v[sl]
-    ell = ((u - cu) / rx) ** 2 + ((v - cv) / rv) ** 2
-    patch = _smooth((1.0 - ell) * 2.0 + 0.45 * _value_noise(rng, u.shape, 5) - 0.3)
-    lung_mask = scene.masks[LUNG_NAMES[k]][sl]
-    if not scene.add_lesion("consolidation", lung_mask & (patch > 0.5), sl, side=("right", "left")[k]):
-        return False
-    scene.extra[sl] += 0.24 * patch * lung_mask
-    return True
-
-
-def _nodules(scene: _Scene, rng: np.random.Generator) -> bool:
-    """One or two round bright blobs; a mass when the diameter exceeds 30 mm."""
-    found = False
-    for _ in range(1 if rng.random() < 0.8 else 2):
-        k = int(rng.random() < 0.5)
-        r = math.exp(rng.uniform(math.log(0.022), math.log(0.12)))
-        c = _place(scene, rng, k, r * 1.1)
-        if c is None:
-            continue
-        cu, cv = c
-        sl = scene.canvas.window(cu - r, cv - r, cu + r, cv + r)
-        d2 = ((scene.canvas.u[sl] - cu) ** 2 + (scene.canvas.v[sl] - cv) ** 2) / (r * r)
-        diameter = round(2 * r * scene.canvas.scale * FIELD_OF_VIEW_MM / 2, 1)
-        mask = (d2 < 1.0) & scene.masks["lungs"][sl]
-        attrs = {"side": ("right", "left")[k], "diameter_mm": diameter, "mass": diameter > MASS_DIAMETER_MM}
-        if scene.add_lesion("nodule", mask, sl, **attrs):
-            found = True
-            scene.extra[sl] += rng.uniform(0.2, 0.3) * np.sqrt(np.clip(1.0 - d2, 0.0, 1.0))
-    return found
 
 
 def _body(u: np.ndarray, v: np.ndarray, body_w: float, dome: float) -> tuple[np.ndarray, np.ndarray]:
