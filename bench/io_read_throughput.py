@@ -54,7 +54,9 @@ def measure(files: list[Path], repeats: int = 3) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "io_read_throughput.json")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "io_read_throughput.json"
+    )
     args = parser.parse_args()
     results = {}
     for name, (folder, pattern) in SETS.items():

@@ -88,9 +88,11 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     for r in results:
-        print(f"{r['size']:>4} px: generate {r['generate_images_per_s']:7.1f} img/s "
-              f"(median {r['generate_images_per_s_median']:.1f}), write native {r['write_native_images_per_s']:7.1f} "
-              f"img/s (median {r['write_native_images_per_s_median']:.1f})")
+        print(
+            f"{r['size']:>4} px: generate {r['generate_images_per_s']:7.1f} img/s "
+            f"(median {r['generate_images_per_s_median']:.1f}), write native {r['write_native_images_per_s']:7.1f} "
+            f"img/s (median {r['write_native_images_per_s_median']:.1f})"
+        )
     print(f"wrote {out}")
 
 

@@ -173,43 +173,72 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("phantom", help="write a synthetic chest-radiograph data set", description=(
-        "Write deterministic synthetic chest radiographs with findings, anatomy/lesion masks and "
-        "lesion boxes, in xrayfm's native layout or the folder layout of a public dataset."))
+    p = sub.add_parser(
+        "phantom",
+        help="write a synthetic chest-radiograph data set",
+        description=(
+            "Write deterministic synthetic chest radiographs with findings, anatomy/lesion masks and "
+            "lesion boxes, in xrayfm's native layout or the folder layout of a public dataset."
+        ),
+    )
     p.add_argument("out", help="output folder")
     p.add_argument("-n", type=int, default=200, help="number of images (default 200)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--layout", default="native", choices=["native", "nih_cxr14", "shenzhen", "montgomery", "coco"],
-                   help="folder layout to write (default native)")
+    p.add_argument(
+        "--layout",
+        default="native",
+        choices=["native", "nih_cxr14", "shenzhen", "montgomery", "coco"],
+        help="folder layout to write (default native)",
+    )
     p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     p.add_argument("--bits", type=int, default=8, choices=[8, 16], help="PNG bit depth (default 8)")
     p.add_argument("--dicom", action="store_true", help="write DICOM instead of PNG (native layout)")
     p.set_defaults(func=cmd_phantom)
 
-    p = sub.add_parser("datasets", help="list dataset adapters, or show one's layout and options",
-                       description="List the dataset adapters, or show the folder layout and options of one.")
+    p = sub.add_parser(
+        "datasets",
+        help="list dataset adapters, or show one's layout and options",
+        description="List the dataset adapters, or show the folder layout and options of one.",
+    )
     p.add_argument("name", nargs="?", help="adapter to describe")
     p.set_defaults(func=cmd_datasets)
 
-    p = sub.add_parser("inspect", help="summarise an image file or a dataset folder", description=(
-        "Summarise one image (format, size, intensities, safe metadata) or a dataset root "
-        "(counts, label prevalence, boxes, masks, image sizes, problems found). The dataset "
-        "layout is detected from its label files unless --dataset names it."))
+    p = sub.add_parser(
+        "inspect",
+        help="summarise an image file or a dataset folder",
+        description=(
+            "Summarise one image (format, size, intensities, safe metadata) or a dataset root "
+            "(counts, label prevalence, boxes, masks, image sizes, problems found). The dataset "
+            "layout is detected from its label files unless --dataset names it."
+        ),
+    )
     p.add_argument("path", help="image file or dataset root")
     p.add_argument("--dataset", help="adapter name (default: detect from the files)")
     p.add_argument("--split", default="all", choices=["train", "val", "test", "all"], help="split (default all)")
-    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="adapter option, repeatable (see 'xrayfm datasets NAME')")
-    p.add_argument("--check", type=int, default=200,
-                   help="images to load fully to find problems (default 200; -1 all; 0 none)")
+    p.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="adapter option, repeatable (see 'xrayfm datasets NAME')",
+    )
+    p.add_argument(
+        "--check", type=int, default=200, help="images to load fully to find problems (default 200; -1 all; 0 none)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--strict", action="store_true", help="exit 1 when problems are found")
     p.add_argument("--sheet", metavar="PNG", help="also write a contact sheet of 16 samples (boxes, masks, labels)")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("demo", help="run the demo on built-in synthetic data", description=(
-        "Make a synthetic phantom data set and inspect it (later versions continue into "
-        "pretraining, fine-tuning, evaluation and serving)."))
+    p = sub.add_parser(
+        "demo",
+        help="run the demo on built-in synthetic data",
+        description=(
+            "Make a synthetic phantom data set and inspect it (later versions continue into "
+            "pretraining, fine-tuning, evaluation and serving)."
+        ),
+    )
     p.add_argument("--out", default="demo_output", help="output folder (default demo_output)")
     p.add_argument("-n", type=int, default=300, help="number of phantom images (default 300)")
     p.add_argument("--size", type=int, default=256, help="image side (default 256)")
@@ -221,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``xrayfm`` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args))
     except XrayfmError as exc:

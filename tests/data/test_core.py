@@ -65,8 +65,13 @@ def test_rle_relative_and_absolute() -> None:
 
 def test_collate() -> None:
     def s(n: int) -> dict:
-        return {"image": torch.zeros(1, 8, 8), "labels": torch.zeros(3), "boxes": torch.zeros(n, 4),
-                "box_labels": torch.zeros(n, dtype=torch.int64), "meta": {"id": str(n)}}
+        return {
+            "image": torch.zeros(1, 8, 8),
+            "labels": torch.zeros(3),
+            "boxes": torch.zeros(n, 4),
+            "box_labels": torch.zeros(n, dtype=torch.int64),
+            "meta": {"id": str(n)},
+        }
 
     batch = collate_samples([s(1), s(3)])
     assert batch["image"].shape == (2, 1, 8, 8) and batch["labels"].shape == (2, 3)

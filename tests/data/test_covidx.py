@@ -35,7 +35,9 @@ def _write(root: Path, part: str, lines: list[str]) -> None:
     (root / f"{part}.txt").write_text("\n".join(lines) + "\n")
     for line in lines:
         tokens = line.split()
-        name = " ".join(tokens[1:-2]) if len(tokens) > 3 and tokens[-2] in THREE_CLASS + BINARY else " ".join(tokens[1:-1])
+        name = (
+            " ".join(tokens[1:-2]) if len(tokens) > 3 and tokens[-2] in THREE_CLASS + BINARY else " ".join(tokens[1:-1])
+        )
         if name.endswith(".dcm"):
             write_dicom(root / part / name, rng.uniform(0, 1, (16, 16)))
         else:

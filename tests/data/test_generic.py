@@ -111,11 +111,17 @@ def test_coco_images_at_root_and_rescaled(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("ann", "message"),
     [
-        ({"id": 99, "image_id": 1, "category_id": 1, "bbox": [35, 3, 10, 8]}, "annotation 99: bbox .* outside its 40x30 image tb0004.png"),
+        (
+            {"id": 99, "image_id": 1, "category_id": 1, "bbox": [35, 3, 10, 8]},
+            "annotation 99: bbox .* outside its 40x30 image tb0004.png",
+        ),
         ({"id": 98, "image_id": 1, "category_id": 5, "bbox": [1, 1, 2, 2]}, "annotation 98: unknown category_id 5"),
         ({"id": 97, "image_id": 42, "category_id": 1, "bbox": [1, 1, 2, 2]}, "annotation 97: unknown image_id 42"),
         ({"id": 96, "image_id": 1, "category_id": 1, "bbox": [1, 1, 0, 2]}, "annotation 96: bbox .* no positive size"),
-        ({"id": 95, "image_id": 1, "category_id": 1, "bbox": [1, 1]}, r"annotation 95: bbox must be \[x, y, width, height\]"),
+        (
+            {"id": 95, "image_id": 1, "category_id": 1, "bbox": [1, 1]},
+            r"annotation 95: bbox must be \[x, y, width, height\]",
+        ),
     ],
 )
 def test_coco_invalid_annotations(tmp_path: Path, ann: dict, message: str) -> None:

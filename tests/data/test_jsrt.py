@@ -153,7 +153,10 @@ def test_png_layout_on_real_jsrt_images(tmp_path: Path, shared_datasets: Path) -
     folder = {"train": "Train", "val": "Val", "test": "Test"}
     for row in picked.itertuples():
         image_id = Path(row.image).stem
-        for sub, name, rel in (("Images", f"{image_id}.png", row.image), ("Labels", f"{image_id}_labels.png", row.mask)):
+        for sub, name, rel in (
+            ("Images", f"{image_id}.png", row.image),
+            ("Labels", f"{image_id}_labels.png", row.mask),
+        ):
             (tmp_path / folder[row.split] / sub).mkdir(parents=True, exist_ok=True)
             os.symlink(src / rel, tmp_path / folder[row.split] / sub / name)
     ds = build_dataset("jsrt", tmp_path, "all")

@@ -80,8 +80,12 @@ def test_body_part_filter(tmp_path: Path) -> None:
 def test_folder_name_contradicting_label_is_an_error(tmp_path: Path) -> None:
     mura = _write_mura(tmp_path)
     studies = mura / "train_labeled_studies.csv"
-    studies.write_text(studies.read_text().replace("patient00011/study1_negative/,0", "patient00011/study1_negative/,1"))
-    with pytest.raises(DatasetError, match=r"train_image_paths.csv: line 1: folder 'study1_negative' contradicts label 1"):
+    studies.write_text(
+        studies.read_text().replace("patient00011/study1_negative/,0", "patient00011/study1_negative/,1")
+    )
+    with pytest.raises(
+        DatasetError, match=r"train_image_paths.csv: line 1: folder 'study1_negative' contradicts label 1"
+    ):
         build_dataset("mura", tmp_path, "train")
     assert len(build_dataset("mura", tmp_path, "test")) == 5  # only the files a split needs are read
 

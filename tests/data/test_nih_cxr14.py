@@ -54,7 +54,9 @@ def test_boxes_scaled_from_1024_space(nih_root: Path, shared_datasets: Path) -> 
     s = ds[i]
     assert s["image"].shape == (1, 512, 512)
     row = truth[truth["image"] == "images/00000150_002.png"].iloc[0]
-    np.testing.assert_allclose(s["boxes"][0].numpy(), row[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float), atol=0.02)
+    np.testing.assert_allclose(
+        s["boxes"][0].numpy(), row[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float), atol=0.02
+    )
     assert BOX_CLASSES[int(s["box_labels"][0])] == row["label"]
 
 

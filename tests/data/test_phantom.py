@@ -212,7 +212,9 @@ def test_native_layout_read_back(tmp_path: Path, cases: list) -> None:
         mem = case.to_sample()  # in memory = what the adapter reads from disk (up to 8-bit rounding)
         for key in ("labels", "mask", "boxes", "box_labels"):
             assert torch.equal(mem[key], s[key]), key
-    parts = {p: {r.meta["patient_id"] for r in build_dataset("phantom", root, p).records} for p in ("train", "val", "test")}
+    parts = {
+        p: {r.meta["patient_id"] for r in build_dataset("phantom", root, p).records} for p in ("train", "val", "test")
+    }
     assert sum(len(build_dataset("phantom", root, p)) for p in parts) == N
     assert not (parts["train"] & parts["test"]) and not (parts["train"] & parts["val"])
     csv_ds = build_dataset("csv", root, "all", mask_columns=("lungs_mask", "heart_mask", "lesions_mask"))
@@ -318,7 +320,8 @@ def test_coco_layout(tmp_path: Path, cases: list) -> None:
     for case in cases:
         anns = [a for a in data["annotations"] if a["image_id"] == case.index + 1]
         assert [(BOX_CLASSES[a["category_id"] - 1], a["bbox"]) for a in anns] == [
-            (les.label, [les.box[0], les.box[1], les.box[2] - les.box[0], les.box[3] - les.box[1]]) for les in case.lesions
+            (les.label, [les.box[0], les.box[1], les.box[2] - les.box[0], les.box[3] - les.box[1]])
+            for les in case.lesions
         ]
         assert all(a["iscrowd"] == 0 and a["area"] == les.mask.sum() for a, les in zip(anns, case.lesions))
     _registered("coco")

@@ -62,7 +62,11 @@ def montgomery(tmp_path: Path) -> Path:
 def test_clinical_readings_both_styles() -> None:
     assert parse_clinical_reading("Male     35yrs\nSTB,ATB in left upper field\n") == {
         "sex": "M", "age": 35, "finding": "STB,ATB in left upper field"}  # fmt: skip
-    assert parse_clinical_reading("Patient's Sex: F\nPatient's Age: 058Y\nnormal\n") == {"sex": "F", "age": 58, "finding": "normal"}
+    assert parse_clinical_reading("Patient's Sex: F\nPatient's Age: 058Y\nnormal\n") == {
+        "sex": "F",
+        "age": 58,
+        "finding": "normal",
+    }
     assert parse_clinical_reading("female 7month\nnormal") == {"sex": "F", "age": 0, "finding": "normal"}
     assert parse_clinical_reading("") == {"sex": None, "age": None, "finding": None}
 
@@ -85,7 +89,9 @@ def test_shenzhen_labels_meta_and_optional_masks(shenzhen: Path) -> None:
 
 
 def test_shenzhen_split_is_hashed_image_id_and_disjoint(shenzhen: Path) -> None:
-    parts = {s: {r.meta["id"] for r in build_dataset("shenzhen", shenzhen, s).records} for s in ("train", "val", "test")}
+    parts = {
+        s: {r.meta["id"] for r in build_dataset("shenzhen", shenzhen, s).records} for s in ("train", "val", "test")
+    }
     assert sum(map(len, parts.values())) == 6
     assert not (parts["train"] & parts["val"] or parts["train"] & parts["test"] or parts["val"] & parts["test"])
     ds = build_dataset("shenzhen", shenzhen, "all")

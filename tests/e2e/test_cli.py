@@ -8,11 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from PIL import Image
 
 from xrayfm.io.writers import write_png
-
 
 SCRIPT = Path(sys.executable).parent / "xrayfm"
 
@@ -21,7 +19,11 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     """Run the installed console script (as a user would), falling back to ``python -m``."""
     cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "xrayfm.cli"]
     return subprocess.run(
-        [*cmd, *args], capture_output=True, text=True, cwd=cwd, timeout=300,
+        [*cmd, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
         env={"CI": "true", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
     )
 
@@ -36,8 +38,24 @@ def test_help_lists_commands() -> None:
 def test_datasets_lists_every_adapter_and_shows_layout() -> None:
     res = run("datasets")
     assert res.returncode == 0
-    for name in ("nih_cxr14", "chexpert", "mimic_cxr", "vindr_cxr", "rsna_pneumonia", "siim_acr", "shenzhen",
-                 "montgomery", "jsrt", "mura", "covidx", "image_folder", "csv", "coco", "mask_folder", "phantom"):
+    for name in (
+        "nih_cxr14",
+        "chexpert",
+        "mimic_cxr",
+        "vindr_cxr",
+        "rsna_pneumonia",
+        "siim_acr",
+        "shenzhen",
+        "montgomery",
+        "jsrt",
+        "mura",
+        "covidx",
+        "image_folder",
+        "csv",
+        "coco",
+        "mask_folder",
+        "phantom",
+    ):
         assert f"\n{name} " in "\n" + res.stdout, name
     res = run("datasets", "nih_cxr14")
     assert res.returncode == 0 and "Data_Entry_2017" in res.stdout and "missing = 'error'" in res.stdout

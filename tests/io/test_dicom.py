@@ -34,9 +34,7 @@ def test_window_is_applied(tmp_path: Path, gradient_image: np.ndarray) -> None:
 
 
 def test_rescale_slope_intercept_applied_before_window(tmp_path: Path, gradient_image: np.ndarray) -> None:
-    path = write_dicom(
-        tmp_path / "r.dcm", gradient_image, bits_stored=12, rescale=(2.0, -1000.0), window=(3095, 8190)
-    )
+    path = write_dicom(tmp_path / "r.dcm", gradient_image, bits_stored=12, rescale=(2.0, -1000.0), window=(3095, 8190))
     img = read_xray(path)
     modality = np.round(gradient_image * 4095) * 2.0 - 1000.0
     expected = np.clip((modality - 3094.5) / 8189 + 0.5, 0, 1)

@@ -61,7 +61,9 @@ def summarize_image(path: Path) -> dict[str, Any]:
         "path": str(path),
         "width": img.size[0],
         "height": img.size[1],
-        "stats": {k: round(float(f(px)), 4) for k, f in (("min", np.min), ("mean", np.mean), ("max", np.max), ("std", np.std))},
+        "stats": {
+            k: round(float(f(px)), 4) for k, f in (("min", np.min), ("mean", np.mean), ("max", np.max), ("std", np.std))
+        },
         "meta": {k: v for k, v in img.meta.items() if k != "path"},
     }
 
@@ -152,7 +154,9 @@ def summarize_folder(root: Path, *, check: int = 200) -> dict[str, Any]:
     }
 
 
-def inspect_path(path: Path, *, dataset: str | None = None, split: str = "all", check: int = 200, **opts: Any) -> dict[str, Any]:
+def inspect_path(
+    path: Path, *, dataset: str | None = None, split: str = "all", check: int = 200, **opts: Any
+) -> dict[str, Any]:
     """Summarise a file, a dataset root (layout detected or named), or a loose image folder."""
     path = Path(path)
     if path.is_file():

@@ -169,8 +169,15 @@ class PhantomCase:
             "mask": torch.from_numpy(mask),
             "boxes": torch.from_numpy(self.boxes),
             "box_labels": torch.from_numpy(self.box_labels),
-            "meta": {"id": self.id, "source": "phantom", "patient_id": self.patient_id, "view": self.view,
-                     "sex": self.sex, "age": self.age, "size": [w, h]},  # fmt: skip
+            "meta": {
+                "id": self.id,
+                "source": "phantom",
+                "patient_id": self.patient_id,
+                "view": self.view,
+                "sex": self.sex,
+                "age": self.age,
+                "size": [w, h],
+            },  # fmt: skip
         }
 
 

@@ -30,7 +30,6 @@ class Lesion:
     attrs: dict[str, Any] = field(default_factory=dict)
 
 
-
 def _rng(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, *keys]))
 
@@ -184,7 +183,7 @@ class _Canvas:
     def __init__(self, n: int, angle: float, shift: tuple[float, float], scale: float) -> None:
         self.n = n
         self.angle, self.shift, self.scale = angle, shift, scale
-        g = ((np.arange(n, dtype=np.float32) + 0.5) / n * 2.0 - 1.0)
+        g = (np.arange(n, dtype=np.float32) + 0.5) / n * 2.0 - 1.0
         c, s = math.cos(angle), math.sin(angle)
         x, y = g[None, :] - shift[0], g[:, None] - shift[1]
         self.u = ((c * x + s * y) / scale).astype(np.float32)

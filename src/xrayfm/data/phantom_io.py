@@ -238,8 +238,14 @@ def _write_native(out: Path, cases: Iterator[PhantomCase], *, seed: int, bits: i
             stored = np.round((1.0 - case.image if photometric == "MONOCHROME1" else case.image) * 4095)
             lo, hi = float(stored.min()), float(stored.max())
             sp = round(case.pixel_spacing_mm, 6)
-            tags = {"PatientID": case.patient_id, "ViewPosition": case.view, "PatientSex": case.sex,
-                    "PatientAge": f"{case.age:03d}Y", "BodyPartExamined": "CHEST", "PixelSpacing": [sp, sp]}  # fmt: skip
+            tags = {
+                "PatientID": case.patient_id,
+                "ViewPosition": case.view,
+                "PatientSex": case.sex,
+                "PatientAge": f"{case.age:03d}Y",
+                "BodyPartExamined": "CHEST",
+                "PixelSpacing": [sp, sp],
+            }
             write_dicom(out / img, case.image, bits_stored=12, photometric=photometric,
                         window=((lo + hi) / 2, max(hi - lo + 1, 2.0)), tags=tags)  # fmt: skip
         else:
@@ -298,7 +304,9 @@ def _write_tb(out: Path, cases: Iterator[PhantomCase], *, bits: int, layout: str
             files.append(f"mask/{stem}_mask.png")
         else:  # ManualMask folders name the patient's sides: left lung = image right
             for side in ("left", "right"):
-                write_mask_png(out / "ManualMask" / f"{side}Mask" / f"{stem}.png", _u8(case.anatomy[f"{side}_lung"], 255))
+                write_mask_png(
+                    out / "ManualMask" / f"{side}Mask" / f"{stem}.png", _u8(case.anatomy[f"{side}_lung"], 255)
+                )
                 files.append(f"ManualMask/{side}Mask/{stem}.png")
         reading = out / "ClinicalReadings" / f"{stem}.txt"
         reading.parent.mkdir(parents=True, exist_ok=True)

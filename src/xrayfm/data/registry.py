@@ -45,7 +45,9 @@ class DatasetInfo:
 _REGISTRY: dict[str, DatasetInfo] = {}
 
 
-def register_dataset(name: str, *, description: str, layout: str, tasks: tuple[str, ...]) -> Callable[[Builder], Builder]:
+def register_dataset(
+    name: str, *, description: str, layout: str, tasks: tuple[str, ...]
+) -> Callable[[Builder], Builder]:
     """Register an adapter builder under ``name``.
 
     Args:
@@ -88,9 +90,7 @@ def get_dataset_info(name: str) -> DatasetInfo:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise UnknownNameError(
-            f"unknown dataset {name!r}.{hint} Available: {', '.join(sorted(_REGISTRY))}"
-        )
+        raise UnknownNameError(f"unknown dataset {name!r}.{hint} Available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 

@@ -44,9 +44,7 @@ def assign_split(group_id: str, *, seed: int = 0, fractions: Mapping[str, float]
     return list(fractions)[-1]
 
 
-def split_groups(
-    group_ids: Iterable[str], *, seed: int = 0, fractions: Mapping[str, float] | None = None
-) -> list[str]:
+def split_groups(group_ids: Iterable[str], *, seed: int = 0, fractions: Mapping[str, float] | None = None) -> list[str]:
     """Vectorised :func:`assign_split` over a sequence of group ids (one per image)."""
     cache: dict[str, str] = {}
     out = []

@@ -30,9 +30,7 @@ def resolve_policy(name: str) -> str:
     return key
 
 
-def apply_uncertainty_policy(
-    raw: np.ndarray, policy: str = "ones", blank: BlankPolicy = "zero"
-) -> np.ndarray:
+def apply_uncertainty_policy(raw: np.ndarray, policy: str = "ones", blank: BlankPolicy = "zero") -> np.ndarray:
     """Map raw CheXpert values {1, 0, -1, nan} to training targets.
 
     Args:

@@ -146,9 +146,7 @@ def read_dicom(
         raise ImageReadError(f"{path}: DICOM image attributes missing or invalid ({exc})") from None
     limits.check_dims(path, cols, rows)
     if frames > 1:
-        raise ImageReadError(
-            f"{path}: multi-frame DICOM ({frames} frames) is not supported; export one frame per file"
-        )
+        raise ImageReadError(f"{path}: multi-frame DICOM ({frames} frames) is not supported; export one frame per file")
     if samples != 1:
         raise ImageReadError(
             f"{path}: colour DICOM ({samples} samples per pixel, "

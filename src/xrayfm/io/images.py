@@ -99,9 +99,7 @@ def read_raster(
             with Image.open(path) as im:
                 limits.check_dims(path, *im.size)
                 if getattr(im, "n_frames", 1) > 1:
-                    raise ImageReadError(
-                        f"{path}: has {im.n_frames} frames; xrayfm reads single-frame images only"
-                    )
+                    raise ImageReadError(f"{path}: has {im.n_frames} frames; xrayfm reads single-frame images only")
                 fmt = im.format
                 im.load()
                 im = ImageOps.exif_transpose(im) if fmt == "JPEG" else im

@@ -95,9 +95,7 @@ def read_xray(
         head = fh.read(132)
     fmt = sniff_format(head)
     if fmt is None:
-        raise ImageReadError(
-            f"{path}: unrecognised content (not PNG, JPEG, TIFF, BMP or DICOM with 'DICM' marker)"
-        )
+        raise ImageReadError(f"{path}: unrecognised content (not PNG, JPEG, TIFF, BMP or DICOM with 'DICM' marker)")
     suffix = path.suffix.lower()
     if check_extension and suffix not in EXTENSIONS[fmt] and (suffix in IMAGE_SUFFIXES or fmt != "dicom"):
         raise ImageReadError(

@@ -64,7 +64,9 @@ def _resolve_split(df: pd.DataFrame, split_column: str | None, patient_column: s
             raise DatasetError(f"split column {split_column!r} has values {bad}; expected train/val/test")
         return values
     if patient_column:
-        groups = [str(p) if pd.notna(p) and str(p) != "" else f"image:{i}" for i, p in zip(df["image"], df[patient_column])]
+        groups = [
+            str(p) if pd.notna(p) and str(p) != "" else f"image:{i}" for i, p in zip(df["image"], df[patient_column])
+        ]
     else:
         groups = [f"image:{i}" for i in df["image"]]
     return split_groups(groups, seed=seed)
@@ -144,7 +146,9 @@ def build_csv(
     bad = ~np.isnan(labels) & ~np.isin(labels, (0.0, 1.0))
     if bad.any():
         r, c = np.argwhere(bad)[0]
-        raise DatasetError(f"{path}: row {r + 2}, column {label_columns[c]!r}: label {labels[r, c]} is not 0, 1 or blank")
+        raise DatasetError(
+            f"{path}: row {r + 2}, column {label_columns[c]!r}: label {labels[r, c]} is not 0, 1 or blank"
+        )
     box_rows: dict[str, list] | None = None
     tasks = []
     if label_columns:

@@ -35,9 +35,7 @@ def _mura_dir(root: Path) -> Path:
     for cand in (root / RELEASE_DIR, root):
         if (cand / "train_image_paths.csv").is_file() or (cand / "valid_image_paths.csv").is_file():
             return cand
-    raise DatasetError(
-        f"mura: no train_image_paths.csv / valid_image_paths.csv in {root} or {root / RELEASE_DIR}"
-    )
+    raise DatasetError(f"mura: no train_image_paths.csv / valid_image_paths.csv in {root} or {root / RELEASE_DIR}")
 
 
 def _relative(text: str) -> str:
@@ -79,8 +77,7 @@ def _read_part(mura: Path, official: str, seed: int, val_fraction: float) -> lis
         m = _STUDY.match(study)
         if m and float(m.group(2) == "positive") != label:
             raise DatasetError(
-                f"{paths_file}: line {row + 1}: folder {study!r} contradicts label {int(label)} "
-                f"in {studies_file.name}"
+                f"{paths_file}: line {row + 1}: folder {study!r} contradicts label {int(label)} in {studies_file.name}"
             )
         short = m.group(1) if m else study
         meta = {

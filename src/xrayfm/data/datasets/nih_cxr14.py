@@ -51,9 +51,7 @@ def _read_boxes(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         boxes, labels = out.setdefault(name, ([], []))
         boxes.append((x, y, x + w, y + h))
         labels.append(BOX_CLASSES.index(label))
-    return {
-        k: (np.asarray(b, np.float32).reshape(-1, 4), np.asarray(lab, np.int64)) for k, (b, lab) in out.items()
-    }
+    return {k: (np.asarray(b, np.float32).reshape(-1, 4), np.asarray(lab, np.int64)) for k, (b, lab) in out.items()}
 
 
 @register_dataset(
