@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from pydicom.uid import RLELossless
 
 from xrayfm import ImageReadError, UnsafeInputError
 from xrayfm.io import ReadLimits, read_xray, window_to_unit
@@ -70,6 +71,17 @@ def test_metadata_keeps_no_patient_identifiers(tmp_path: Path, gradient_image: n
     assert meta["ViewPosition"] == "PA"
     text = repr(meta)
     assert "Doe" not in text and "MRN123" not in text and "1960" not in text
+
+
+def test_rle_lossless_decodes_to_the_uncompressed_pixels(tmp_path: Path, gradient_image: np.ndarray) -> None:
+    """RLE Lossless is decoded by pydicom's own pure-Python plugin."""
+    plain = write_dicom(tmp_path / "plain.dcm", gradient_image, bits_stored=12)
+    ds = pydicom.dcmread(plain)
+    ds.compress(RLELossless)
+    ds.save_as(tmp_path / "rle.dcm")
+    rle = read_xray(tmp_path / "rle.dcm")
+    assert rle.meta["transfer_syntax"] == "RLE Lossless"
+    np.testing.assert_array_equal(rle.pixels, read_xray(plain).pixels)
 
 
 def test_no_extension_dicom_is_accepted(tmp_path: Path, gradient_image: np.ndarray) -> None:
