@@ -14,9 +14,9 @@ from xrayfm.data import build_dataset
 from xrayfm.data.datasets.chexpert import (
     CHEXPERT_LABELS,
     COMPETITION_LABELS,
+    build_chexpert,
     chexpert_label_matrix,
     class_policies,
-    load_chexpert,
 )
 from xrayfm.errors import DatasetError, UnknownNameError
 
@@ -63,7 +63,8 @@ def root(label_files: Path, real_df: pd.DataFrame, tmp_path_factory: pytest.Temp
 
 @pytest.fixture(scope="module")
 def all_records(root: Path) -> list:
-    records, tasks = load_chexpert(root, "all", views="all")
+    ds = build_chexpert(root, "all", views="all", missing="keep")
+    records, tasks = ds.records, ds.tasks
     assert tasks[0].classes == CHEXPERT_LABELS
     return records
 

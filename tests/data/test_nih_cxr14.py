@@ -45,6 +45,14 @@ def test_missing_images_are_an_error_by_default(nih_root: Path) -> None:
         build_dataset("nih_cxr14", nih_root, "all")
 
 
+def test_keep_gives_label_statistics_without_images(nih_root: Path, shared_datasets: Path) -> None:
+    ds = build_dataset("nih_cxr14", nih_root, "all", missing="keep")
+    full = pd.read_csv(shared_datasets / "label_files" / "Data_Entry_2017_v2020.csv.gz")
+    assert len(ds) == len(full) == 112120
+    hernia = full["Finding Labels"].str.split("|").apply(lambda t: "Hernia" in t).sum()
+    assert int(sum(r.labels[FINDINGS.index("Hernia")] for r in ds.records)) == hernia
+
+
 def test_boxes_scaled_from_1024_space(nih_root: Path, shared_datasets: Path) -> None:
     ds = build_dataset("nih_cxr14", nih_root, "all", missing="skip", box_images_only=True)
     assert len(ds) == 44 and ds.task_for("boxes").classes == BOX_CLASSES

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from xrayfm.data import build_dataset
-from xrayfm.data.datasets.rsna_pneumonia import DETAILED_CLASSES, load_rsna_pneumonia
+from xrayfm.data.datasets.rsna_pneumonia import DETAILED_CLASSES, build_rsna_pneumonia
 from xrayfm.errors import DatasetError, UnknownNameError
 from xrayfm.io.writers import write_dicom, write_png
 
@@ -47,7 +47,8 @@ def root(label_files: Path, picks: dict, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture(scope="module")
 def records(root: Path) -> list:
-    recs, tasks = load_rsna_pneumonia(root, "all")
+    ds = build_rsna_pneumonia(root, "all", missing="keep")
+    recs, tasks = ds.records, ds.tasks
     assert [(t.kind, t.classes) for t in tasks] == [("multilabel", ("Lung Opacity",)), ("detection", ("Lung Opacity",))]
     return recs
 

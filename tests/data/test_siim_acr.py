@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from xrayfm.data import build_dataset
-from xrayfm.data.datasets.siim_acr import check_rle, load_siim_acr
+from xrayfm.data.datasets.siim_acr import build_siim_acr, check_rle
 from xrayfm.data.masks import decode_rle
 from xrayfm.errors import DatasetError, UnknownNameError
 from xrayfm.io.writers import write_dicom, write_png
@@ -54,7 +54,8 @@ def root(label_files: Path, picks: dict, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture(scope="module")
 def records(root: Path) -> list:
-    recs, tasks = load_siim_acr(root, "all")
+    ds = build_siim_acr(root, "all", missing="keep")
+    recs, tasks = ds.records, ds.tasks
     assert [(t.kind, t.classes) for t in tasks] == [
         ("multilabel", ("Pneumothorax",)), ("segmentation", ("Pneumothorax",)),
     ]  # fmt: skip

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from xrayfm.data import build_dataset
-from xrayfm.data.datasets.vindr_cxr import LESIONS, NO_FINDING, load_vindr_cxr
+from xrayfm.data.datasets.vindr_cxr import LESIONS, NO_FINDING, build_vindr_cxr
 from xrayfm.errors import DatasetError, UnknownNameError
 from xrayfm.io.writers import write_dicom, write_png
 
@@ -58,7 +58,8 @@ def kaggle_root(
 def loaded(kaggle_root: Path) -> dict[str, dict]:
     out = {}
     for rule in ("all", "majority"):
-        records, tasks = load_vindr_cxr(kaggle_root, "all", box_consensus=rule)
+        ds = build_vindr_cxr(kaggle_root, "all", box_consensus=rule, missing="keep")
+        records, tasks = ds.records, ds.tasks
         assert [t.classes for t in tasks] == [CLASSES, LESIONS]
         out[rule] = {r.meta["id"]: r for r in records}
     return out
@@ -160,7 +161,8 @@ def test_physionet_layout(tmp_path: Path, real_df: pd.DataFrame, picks: dict) ->
     classes = set(real_df[real_df["image_id"] == picks["png"]]["class_name"])
     assert {CLASSES[k] for k in np.flatnonzero(s["labels"].numpy())} == classes
     assert len(s["boxes"]) == len(classes)
-    records, _ = load_vindr_cxr(tmp_path, "all", box_consensus="majority")
+    ds = build_vindr_cxr(tmp_path, "all", box_consensus="majority", missing="keep")
+    records = ds.records
     assert {r.meta["id"]: r.meta["split"] for r in records}[picks["png"]] == "test"
     rec = next(r for r in records if r.meta["id"] == picks["dicom"])
     assert rec.meta["readers"] == sorted(set(real_df[real_df["image_id"] == picks["dicom"]]["rad_id"]))

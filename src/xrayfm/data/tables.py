@@ -69,14 +69,18 @@ def require_images(records: Sequence[Record], name: str, *, missing: str = "erro
     Args:
         records: Records to check.
         name: Adapter name for messages.
-        missing: ``error`` (default) or ``skip`` (drop label rows whose image is absent, e.g. a
-            partial download).
+        missing: ``error`` (default); ``skip`` (drop label rows whose image is absent, e.g. a
+            partial download); or ``keep`` (no check: label statistics of a dataset whose
+            images are not downloaded yet, as ``xrayfm inspect ROOT -o missing=keep --check 0``).
 
     Raises:
-        DatasetError: An image is missing and ``missing="error"``, or none is present at all.
+        DatasetError: An image is missing and ``missing="error"``, or none is present at all
+            with ``missing="skip"``.
     """
-    if missing not in ("error", "skip"):
-        raise DatasetError(f"missing must be 'error' or 'skip', got {missing!r}")
+    if missing not in ("error", "skip", "keep"):
+        raise DatasetError(f"missing must be 'error', 'skip' or 'keep', got {missing!r}")
+    if missing == "keep":
+        return list(records)
     kept = [r for r in records if os.path.isfile(r.image)]
     absent = len(records) - len(kept)
     if absent and missing == "error":

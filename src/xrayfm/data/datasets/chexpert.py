@@ -221,41 +221,6 @@ def _records(
     return records
 
 
-def load_chexpert(
-    root: Path,
-    split: str,
-    *,
-    policy: str = "ones",
-    blank: str = "zero",
-    label_policies: LabelPolicies = (),
-    views: str = "frontal",
-    label_set: str = "all14",
-    val_fraction: float = 0.1,
-    seed: int = 0,
-) -> tuple[list[Record], list[TaskSpec]]:
-    """Parse the CheXpert label files into records of ``split`` (images not checked).
-
-    Arguments are those of :func:`build_chexpert`, less ``missing``.
-    """
-    classes = resolve_label_set(label_set)
-    check_label_options(policy, blank, label_policies, classes)
-    if views not in VIEWS:
-        raise UnknownNameError(f"unknown views {views!r}; choose one of {', '.join(VIEWS)}")
-    if not 0 <= val_fraction < 1:
-        raise DatasetError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    folder = _release_dir(root)
-    opts = dict(
-        policy=policy, blank=blank, label_policies=label_policies, views=views,
-        val_fraction=val_fraction, seed=seed, split=split,
-    )  # fmt: skip
-    records: list[Record] = []
-    if split in ("train", "val") or (split == "all" and any(folder.glob("train.csv*"))):
-        records += _records(_label_file(folder, "train"), folder, None, classes, opts)
-    if split == "test" or (split == "all" and any(folder.glob("valid.csv*"))):
-        records += _records(_label_file(folder, "valid"), folder, "test", classes, opts)
-    return records, [TaskSpec("findings", "multilabel", classes)]
-
-
 @register_dataset(
     "chexpert",
     description="CheXpert: 14 observations (multi-label) with uncertainty policies; valid.csv as test",
@@ -299,14 +264,26 @@ def build_chexpert(
             Edema, Pleural Effusion).
         val_fraction: Share of train.csv patients held out as ``val``.
         seed: Seed of the patient-level train/val split.
-        missing: ``error`` or ``skip`` for label rows whose image is absent.
+        missing: Absent images: ``error``, ``skip`` them, or ``keep`` (labels only, no check).
 
     Samples carry meta ``patient_id`` (``patient00001``), ``study`` (``patient00001/study1``),
     ``view`` (AP / PA / LL / RL, or Lateral), ``sex`` and ``age``.
     """
-    records, tasks = load_chexpert(
-        root, split, policy=policy, blank=blank, label_policies=label_policies, views=views,
-        label_set=label_set, val_fraction=val_fraction, seed=seed,
+    classes = resolve_label_set(label_set)
+    check_label_options(policy, blank, label_policies, classes)
+    if views not in VIEWS:
+        raise UnknownNameError(f"unknown views {views!r}; choose one of {', '.join(VIEWS)}")
+    if not 0 <= val_fraction < 1:
+        raise DatasetError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    folder = _release_dir(root)
+    opts = dict(
+        policy=policy, blank=blank, label_policies=label_policies, views=views,
+        val_fraction=val_fraction, seed=seed, split=split,
     )  # fmt: skip
+    records: list[Record] = []
+    if split in ("train", "val") or (split == "all" and any(folder.glob("train.csv*"))):
+        records += _records(_label_file(folder, "train"), folder, None, classes, opts)
+    if split == "test" or (split == "all" and any(folder.glob("valid.csv*"))):
+        records += _records(_label_file(folder, "valid"), folder, "test", classes, opts)
     records = require_images(records, "chexpert", missing=missing)
-    return XrayDataset(records, tasks, name="chexpert", root=root, split=split)
+    return XrayDataset(records, [TaskSpec("findings", "multilabel", classes)], name="chexpert", root=root, split=split)

@@ -96,7 +96,7 @@ def build_covidx(
         split: ``train``, ``val``, ``test`` or ``all``.
         val_fraction: Share of training patients held out as ``val`` when there is no val list.
         seed: Seed of that patient split.
-        missing: ``error`` or ``skip`` for listed images that are absent.
+        missing: Absent images: ``error``, ``skip`` them, or ``keep`` (labels only, no check).
     """
     lists = {p: _list_file(root, p) for p in ("train", "val", "test")}
     needed = {"train": ["train"], "val": ["val"] if lists["val"] else ["train"], "test": ["test"]}

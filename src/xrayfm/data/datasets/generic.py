@@ -215,7 +215,7 @@ def build_coco(
         include_crowd: Keep ``iscrowd`` annotations as boxes (skipped by default, as COCO does).
         group_regex: Regex on the file name giving a patient id for the split (see image_folder).
         seed: Seed of the hashed split.
-        missing: ``error`` or ``skip`` for images listed in the json but absent.
+        missing: Absent images: ``error``, ``skip`` them, or ``keep`` (labels only, no check).
 
     Raises:
         DatasetError: Unknown image or category id, or a bbox outside its image (by > 1 px).

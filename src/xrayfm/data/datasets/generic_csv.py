@@ -122,7 +122,7 @@ def build_csv(
             when present, else a patient-hash split).
         patient_column: Patient id column for the hash split (default: auto-detected).
         seed: Seed of the hash split.
-        missing: ``error`` or ``skip`` rows whose image file is absent.
+        missing: Absent images: ``error``, ``skip`` them, or ``keep`` (labels only, no check).
         name: Dataset name used in messages and ``meta["source"]`` (adapters built on this one
             pass their own).
     """

@@ -210,7 +210,7 @@ def build_jsrt(
             masks, else 2048.
         cache_dir: Raw layout: folder for the converted PNGs (default ``ROOT/png16``).
         seed: Seed of the raw layout's hashed split.
-        missing: ``error`` or ``skip`` for absent images.
+        missing: Absent images: ``error``, ``skip`` them, or ``keep`` (labels only, no check).
     """
     if layout not in LAYOUTS:
         raise UnknownNameError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")

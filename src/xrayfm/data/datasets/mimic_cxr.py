@@ -54,7 +54,19 @@ def _views(views: str | tuple[str, ...]) -> tuple[str, ...] | None:
     return tuple(str(v).upper() for v in views)
 
 
-def load_mimic_cxr(
+@register_dataset(
+    "mimic_cxr",
+    description="MIMIC-CXR-JPG 2.x: 14 CheXpert/NegBio observations per study, official split",
+    layout="""
+    ROOT/mimic-cxr-2.0.0-metadata.csv(.gz)   dicom_id, subject_id, study_id, ViewPosition, ...
+    ROOT/mimic-cxr-2.0.0-split.csv(.gz)      dicom_id, study_id, subject_id, split (train/validate/test)
+    ROOT/mimic-cxr-2.0.0-chexpert.csv(.gz)   subject_id, study_id, 14 observations (1/0/-1/blank)
+    ROOT/mimic-cxr-2.0.0-negbio.csv(.gz)     same columns (labeler="negbio")
+    ROOT/files/p10/p10000032/s50414267/<dicom_id>.jpg   (pXX = first two digits of subject_id)
+    """,
+    tasks=("multilabel",),
+)
+def build_mimic_cxr(
     root: Path,
     split: str,
     *,
@@ -65,10 +77,29 @@ def load_mimic_cxr(
     views: str | tuple[str, ...] = ("PA", "AP"),
     label_set: str = "all14",
     image_ext: str = ".jpg",
-) -> tuple[list[Record], list[TaskSpec]]:
-    """Parse the MIMIC-CXR-JPG tables into records of ``split`` (images not checked).
+    missing: str = "error",
+) -> XrayDataset:
+    """Build MIMIC-CXR-JPG.
 
-    Arguments are those of :func:`build_mimic_cxr`, less ``missing``.
+    Splits are the official ``mimic-cxr-2.0.0-split.csv`` (``validate`` becomes ``val``); they
+    are patient-disjoint by construction. Images whose study has no row in the label file (the
+    labelers skipped a few hundred reports) are left out, as they carry no targets.
+
+    Args:
+        root: Dataset root (layout above).
+        split: ``train``, ``val``, ``test`` or ``all``.
+        labeler: ``chexpert`` or ``negbio`` label file.
+        policy: Uncertain (-1) labels: ``ones``, ``zeros``, ``ignore`` or ``paper`` (see
+            :func:`~xrayfm.data.datasets.chexpert.class_policies`).
+        blank: Unmentioned labels: ``zero`` (negative) or ``nan`` (unknown).
+        label_policies: Per-class overrides, ``{"Edema": "zeros"}`` or ``("Edema=zeros",)``.
+        views: ``ViewPosition`` values to keep (default PA and AP), or ``all`` (also keeps
+            images without a ViewPosition).
+        label_set: ``all14`` or ``competition``.
+        image_ext: Image file extension (``.jpg`` for MIMIC-CXR-JPG, ``.dcm`` for MIMIC-CXR).
+        missing: Absent images: ``error``, ``skip`` them, or ``keep`` (labels only, no check).
+
+    Samples carry meta ``patient_id`` (subject_id), ``study`` (study_id) and ``view``.
     """
     if labeler not in LABELERS:
         raise UnknownNameError(f"unknown labeler {labeler!r}; choose one of {', '.join(LABELERS)}")
@@ -115,59 +146,5 @@ def load_mimic_cxr(
         image = root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}" / f"{dicom}{image_ext}"
         meta_row = {"id": dicom, "patient_id": subject, "study": study, "view": pos or None, "split": part}
         records.append(Record(image=image, labels=target[row], meta=meta_row))
-    return records, [TaskSpec("findings", "multilabel", classes)]
-
-
-@register_dataset(
-    "mimic_cxr",
-    description="MIMIC-CXR-JPG 2.x: 14 CheXpert/NegBio observations per study, official split",
-    layout="""
-    ROOT/mimic-cxr-2.0.0-metadata.csv(.gz)   dicom_id, subject_id, study_id, ViewPosition, ...
-    ROOT/mimic-cxr-2.0.0-split.csv(.gz)      dicom_id, study_id, subject_id, split (train/validate/test)
-    ROOT/mimic-cxr-2.0.0-chexpert.csv(.gz)   subject_id, study_id, 14 observations (1/0/-1/blank)
-    ROOT/mimic-cxr-2.0.0-negbio.csv(.gz)     same columns (labeler="negbio")
-    ROOT/files/p10/p10000032/s50414267/<dicom_id>.jpg   (pXX = first two digits of subject_id)
-    """,
-    tasks=("multilabel",),
-)
-def build_mimic_cxr(
-    root: Path,
-    split: str,
-    *,
-    labeler: str = "chexpert",
-    policy: str = "ones",
-    blank: str = "zero",
-    label_policies: LabelPolicies = (),
-    views: str | tuple[str, ...] = ("PA", "AP"),
-    label_set: str = "all14",
-    image_ext: str = ".jpg",
-    missing: str = "error",
-) -> XrayDataset:
-    """Build MIMIC-CXR-JPG.
-
-    Splits are the official ``mimic-cxr-2.0.0-split.csv`` (``validate`` becomes ``val``); they
-    are patient-disjoint by construction. Images whose study has no row in the label file (the
-    labelers skipped a few hundred reports) are left out, as they carry no targets.
-
-    Args:
-        root: Dataset root (layout above).
-        split: ``train``, ``val``, ``test`` or ``all``.
-        labeler: ``chexpert`` or ``negbio`` label file.
-        policy: Uncertain (-1) labels: ``ones``, ``zeros``, ``ignore`` or ``paper`` (see
-            :func:`~xrayfm.data.datasets.chexpert.class_policies`).
-        blank: Unmentioned labels: ``zero`` (negative) or ``nan`` (unknown).
-        label_policies: Per-class overrides, ``{"Edema": "zeros"}`` or ``("Edema=zeros",)``.
-        views: ``ViewPosition`` values to keep (default PA and AP), or ``all`` (also keeps
-            images without a ViewPosition).
-        label_set: ``all14`` or ``competition``.
-        image_ext: Image file extension (``.jpg`` for MIMIC-CXR-JPG, ``.dcm`` for MIMIC-CXR).
-        missing: ``error`` or ``skip`` for label rows whose image is absent.
-
-    Samples carry meta ``patient_id`` (subject_id), ``study`` (study_id) and ``view``.
-    """
-    records, tasks = load_mimic_cxr(
-        root, split, labeler=labeler, policy=policy, blank=blank, label_policies=label_policies,
-        views=views, label_set=label_set, image_ext=image_ext,
-    )  # fmt: skip
     records = require_images(records, "mimic_cxr", missing=missing)
-    return XrayDataset(records, tasks, name="mimic_cxr", root=root, split=split)
+    return XrayDataset(records, [TaskSpec("findings", "multilabel", classes)], name="mimic_cxr", root=root, split=split)

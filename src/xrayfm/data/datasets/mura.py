@@ -131,7 +131,7 @@ def build_mura(
             ``HUMERUS``, ``SHOULDER``, ``WRIST``; ``XR_`` prefix and case are ignored).
         val_fraction: Share of training patients held out as ``val``.
         seed: Seed of the patient split.
-        missing: ``error`` or ``skip`` for listed images that are absent.
+        missing: Absent images: ``error``, ``skip`` them, or ``keep`` (labels only, no check).
     """
     keep: set[str] | None = None
     if body_parts is not None:

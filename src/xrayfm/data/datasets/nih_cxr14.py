@@ -89,7 +89,7 @@ def build_nih_cxr14(
         views: View positions to keep.
         val_fraction: Share of train_val patients held out as ``val``.
         seed: Seed of the patient-level train/val split.
-        missing: ``error`` or ``skip`` for label rows whose image is absent.
+        missing: Absent images: ``error``, ``skip`` them, or ``keep`` (labels only, no check).
     """
     entry = find_first(
         root,

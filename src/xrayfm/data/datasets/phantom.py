@@ -35,7 +35,7 @@ def build_phantom(root: Path, split: str, *, missing: str = "error") -> XrayData
     Args:
         root: Folder written by :func:`xrayfm.data.phantom_io.write_phantom_dataset`.
         split: ``train``, ``val``, ``test`` (the ``split`` column, 70/10/20 by patient) or ``all``.
-        missing: ``error`` or ``skip`` rows whose image file is absent.
+        missing: Absent images: ``error``, ``skip`` them, or ``keep`` (labels only, no check).
     """
     return build_csv(
         root,

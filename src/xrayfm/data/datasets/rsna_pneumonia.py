@@ -91,56 +91,6 @@ def _index_images(root: Path) -> tuple[Path, dict[str, Path]]:
     return folder, index
 
 
-def load_rsna_pneumonia(
-    root: Path,
-    split: str,
-    *,
-    labels: str = "opacity",
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-) -> tuple[list[Record], list[TaskSpec]]:
-    """Parse the RSNA label files into records of ``split`` (images not checked).
-
-    Arguments are those of :func:`build_rsna_pneumonia`, less ``missing``.
-    """
-    if labels not in LABEL_MODES:
-        raise UnknownNameError(f"unknown labels {labels!r}; choose one of {', '.join(LABEL_MODES)}")
-    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
-        raise DatasetError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be >= 0, sum < 1")
-    path = find_first(root, LABEL_FILES, "RSNA box label file")
-    ids, boxes = _read_boxes(path)
-    classes = None
-    if labels == "detailed":
-        classes = _read_classes(find_first(root, CLASS_FILES, "RSNA detailed class file"), boxes)
-    fractions = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
-    parts = split_groups(ids, seed=seed, fractions=fractions)
-    folder, index = _index_images(root)
-    records = []
-    for pid, part in zip(ids, parts):
-        if split != "all" and part != split:
-            continue
-        rec = Record(
-            image=index.get(pid, folder / f"{pid}.dcm"),
-            boxes=np.asarray(boxes[pid], np.float32).reshape(-1, 4),
-            box_labels=np.zeros(len(boxes[pid]), np.int64),
-            box_space=BOX_SPACE,
-            meta={"id": pid, "patient_id": pid, "split": part},
-        )
-        if labels == "opacity":
-            rec.labels = np.asarray([float(bool(boxes[pid]))], np.float32)
-        elif classes is not None:
-            rec.labels = (np.asarray(DETAILED_CLASSES) == classes[pid]).astype(np.float32)
-            rec.meta["class"] = classes[pid]
-        records.append(rec)
-    tasks = [TaskSpec("lesions", "detection", (OPACITY,))]
-    if labels == "opacity":
-        tasks.insert(0, TaskSpec("pneumonia", "multilabel", (OPACITY,)))
-    elif labels == "detailed":
-        tasks.insert(0, TaskSpec("pneumonia", "multiclass", DETAILED_CLASSES))
-    return records, tasks
-
-
 @register_dataset(
     "rsna_pneumonia",
     description="RSNA Pneumonia Detection: lung-opacity boxes, binary or 3-class labels, hashed split",
@@ -178,10 +128,41 @@ def build_rsna_pneumonia(
         val_fraction: Share of images held out as ``val``.
         test_fraction: Share of images held out as ``test``.
         seed: Seed of the hashed split.
-        missing: ``error`` or ``skip`` for label rows whose image is absent.
+        missing: Absent images: ``error``, ``skip`` them, or ``keep`` (labels only, no check).
     """
-    records, tasks = load_rsna_pneumonia(
-        root, split, labels=labels, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
-    )
+    if labels not in LABEL_MODES:
+        raise UnknownNameError(f"unknown labels {labels!r}; choose one of {', '.join(LABEL_MODES)}")
+    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
+        raise DatasetError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be >= 0, sum < 1")
+    path = find_first(root, LABEL_FILES, "RSNA box label file")
+    ids, boxes = _read_boxes(path)
+    classes = None
+    if labels == "detailed":
+        classes = _read_classes(find_first(root, CLASS_FILES, "RSNA detailed class file"), boxes)
+    fractions = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
+    parts = split_groups(ids, seed=seed, fractions=fractions)
+    folder, index = _index_images(root)
+    records = []
+    for pid, part in zip(ids, parts):
+        if split != "all" and part != split:
+            continue
+        rec = Record(
+            image=index.get(pid, folder / f"{pid}.dcm"),
+            boxes=np.asarray(boxes[pid], np.float32).reshape(-1, 4),
+            box_labels=np.zeros(len(boxes[pid]), np.int64),
+            box_space=BOX_SPACE,
+            meta={"id": pid, "patient_id": pid, "split": part},
+        )
+        if labels == "opacity":
+            rec.labels = np.asarray([float(bool(boxes[pid]))], np.float32)
+        elif classes is not None:
+            rec.labels = (np.asarray(DETAILED_CLASSES) == classes[pid]).astype(np.float32)
+            rec.meta["class"] = classes[pid]
+        records.append(rec)
+    tasks = [TaskSpec("lesions", "detection", (OPACITY,))]
+    if labels == "opacity":
+        tasks.insert(0, TaskSpec("pneumonia", "multilabel", (OPACITY,)))
+    elif labels == "detailed":
+        tasks.insert(0, TaskSpec("pneumonia", "multiclass", DETAILED_CLASSES))
     records = require_images(records, "rsna_pneumonia", missing=missing)
     return XrayDataset(records, tasks, name="rsna_pneumonia", root=root, split=split)

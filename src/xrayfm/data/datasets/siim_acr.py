@@ -90,49 +90,6 @@ def _read_rles(path: Path, width: int, height: int, relative: bool) -> dict[str,
     return {k: tuple(v) for k, v in out.items()}
 
 
-def load_siim_acr(
-    root: Path,
-    split: str,
-    *,
-    labels_file: str | None = None,
-    rle: str = "relative",
-    mask_size: tuple[int, int] = (1024, 1024),
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-) -> tuple[list[Record], list[TaskSpec]]:
-    """Parse the SIIM-ACR RLE file into records of ``split`` (images not checked).
-
-    Arguments are those of :func:`build_siim_acr`, less ``missing``.
-    """
-    if rle not in RLE_MODES:
-        raise UnknownNameError(f"unknown rle {rle!r}; choose one of {', '.join(RLE_MODES)}")
-    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
-        raise DatasetError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be >= 0, sum < 1")
-    width, height = (int(v) for v in mask_size)
-    path = root / labels_file if labels_file else find_first(root, LABEL_FILES, "SIIM-ACR RLE label file")
-    rles = _read_rles(path, width, height, rle == "relative")
-    ids = list(rles)
-    fractions = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
-    parts = split_groups(ids, seed=seed, fractions=fractions)
-    index = _index_images(root)
-    records = []
-    for image_id, part in zip(ids, parts):
-        if split != "all" and part != split:
-            continue
-        runs = rles[image_id]
-        records.append(
-            Record(
-                image=index.get(image_id, root / "dicom-images-train" / f"{image_id}.dcm"),
-                labels=np.asarray([float(bool(runs))], np.float32),
-                mask=RleMask(runs, width, height, relative=rle == "relative"),
-                meta={"id": image_id, "regions": len(runs), "split": part},
-            )
-        )
-    tasks = [TaskSpec("pneumothorax", "multilabel", CLASSES), TaskSpec("pneumothorax_mask", "segmentation", CLASSES)]
-    return records, tasks
-
-
 @register_dataset(
     "siim_acr",
     description="SIIM-ACR Pneumothorax: RLE masks (1024 px) and a pneumothorax label, hashed split",
@@ -172,11 +129,32 @@ def build_siim_acr(
         val_fraction: Share of images held out as ``val``.
         test_fraction: Share of images held out as ``test``.
         seed: Seed of the hashed split.
-        missing: ``error`` or ``skip`` for label rows whose image is absent.
+        missing: Absent images: ``error``, ``skip`` them, or ``keep`` (labels only, no check).
     """
-    records, tasks = load_siim_acr(
-        root, split, labels_file=labels_file, rle=rle, mask_size=mask_size, val_fraction=val_fraction,
-        test_fraction=test_fraction, seed=seed,
-    )  # fmt: skip
+    if rle not in RLE_MODES:
+        raise UnknownNameError(f"unknown rle {rle!r}; choose one of {', '.join(RLE_MODES)}")
+    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
+        raise DatasetError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be >= 0, sum < 1")
+    width, height = (int(v) for v in mask_size)
+    path = root / labels_file if labels_file else find_first(root, LABEL_FILES, "SIIM-ACR RLE label file")
+    rles = _read_rles(path, width, height, rle == "relative")
+    ids = list(rles)
+    fractions = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
+    parts = split_groups(ids, seed=seed, fractions=fractions)
+    index = _index_images(root)
+    records = []
+    for image_id, part in zip(ids, parts):
+        if split != "all" and part != split:
+            continue
+        runs = rles[image_id]
+        records.append(
+            Record(
+                image=index.get(image_id, root / "dicom-images-train" / f"{image_id}.dcm"),
+                labels=np.asarray([float(bool(runs))], np.float32),
+                mask=RleMask(runs, width, height, relative=rle == "relative"),
+                meta={"id": image_id, "regions": len(runs), "split": part},
+            )
+        )
+    tasks = [TaskSpec("pneumothorax", "multilabel", CLASSES), TaskSpec("pneumothorax_mask", "segmentation", CLASSES)]
     records = require_images(records, "siim_acr", missing=missing)
     return XrayDataset(records, tasks, name="siim_acr", root=root, split=split)

@@ -160,77 +160,6 @@ def _read_sizes(root: Path, name: str) -> dict[str, tuple[int, int]]:
     return {i: (int(w), int(h)) for i, (w, h) in zip(df["image_id"], wh)}
 
 
-def load_vindr_cxr(
-    root: Path,
-    split: str,
-    *,
-    box_consensus: str = "all",
-    include_no_finding: bool = True,
-    size_file: str | None = None,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-) -> tuple[list[Record], list[TaskSpec]]:
-    """Parse the VinDr-CXR label files into records of ``split`` (images not checked).
-
-    Arguments are those of :func:`build_vindr_cxr`, less ``missing``.
-    """
-    if box_consensus not in CONSENSUS:
-        raise UnknownNameError(f"unknown box_consensus {box_consensus!r}; choose one of {', '.join(CONSENSUS)}")
-    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
-        raise DatasetError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be >= 0, sum < 1")
-    reads_by_part: dict[str, dict[str, _Reads]] = {}
-    if (root / "annotations").is_dir():
-        layout = "physionet"
-        if split != "test":
-            reads_by_part["train"] = _read_physionet(root, "train")
-        if split in ("test", "all"):
-            reads_by_part["test"] = _read_physionet(root, "test")
-    elif _csv(root, "train").is_file():
-        layout = "kaggle"
-        reads_by_part["train"] = _read_kaggle(root)
-    else:
-        raise DatasetError(
-            f"{root}: neither annotations/ (PhysioNet VinDr-CXR) nor train.csv (Kaggle VinBigData) found"
-        )
-    sizes = _read_sizes(root, size_file) if size_file else None
-    records = []
-    for folder, reads in reads_by_part.items():
-        ids = sorted(reads)
-        if folder == "test":
-            parts = ["test"] * len(ids)
-        elif layout == "kaggle":
-            fractions = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
-            parts = split_groups(ids, seed=seed, fractions=fractions)
-        else:
-            parts = split_groups(ids, seed=seed, fractions={"train": 1 - val_fraction, "val": val_fraction})
-        index = _index_images(root / folder)
-        for image_id, part in zip(ids, parts):
-            if split != "all" and part != split:
-                continue
-            labels, boxes, box_labels, box_readers = _consensus(reads[image_id], box_consensus, include_no_finding)
-            image = index.get(image_id, root / folder / f"{image_id}.dicom")
-            space = None
-            if sizes is not None and image.suffix.lower() not in DICOM_SUFFIXES and image.is_file():
-                if image_id not in sizes:
-                    raise DatasetError(f"{root / str(size_file)}: no original size for {image_id}")
-                space = sizes[image_id]
-            meta = {
-                "id": image_id,
-                "split": part,
-                "readers": sorted(reads[image_id].readers),
-                "box_readers": box_readers,
-            }
-            records.append(
-                Record(image=image, labels=labels, boxes=boxes, box_labels=box_labels, box_space=space, meta=meta)
-            )
-    tasks = [
-        TaskSpec("findings", "multilabel", LESIONS + ((NO_FINDING,) if include_no_finding else ())),
-        TaskSpec("lesions", "detection", LESIONS),
-    ]
-    return records, tasks
-
-
 @register_dataset(
     "vindr_cxr",
     description="VinDr-CXR: 14 lesion classes (+ No finding) with per-radiologist boxes; PhysioNet or Kaggle layout",
@@ -289,11 +218,60 @@ def build_vindr_cxr(
         val_fraction: Share of training images held out as ``val``.
         test_fraction: Share held out as ``test`` (Kaggle layout only).
         seed: Seed of the hashed splits.
-        missing: ``error`` or ``skip`` for label rows whose image is absent.
+        missing: Absent images: ``error``, ``skip`` them, or ``keep`` (labels only, no check).
     """
-    records, tasks = load_vindr_cxr(
-        root, split, box_consensus=box_consensus, include_no_finding=include_no_finding, size_file=size_file,
-        val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-    )  # fmt: skip
+    if box_consensus not in CONSENSUS:
+        raise UnknownNameError(f"unknown box_consensus {box_consensus!r}; choose one of {', '.join(CONSENSUS)}")
+    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
+        raise DatasetError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be >= 0, sum < 1")
+    reads_by_part: dict[str, dict[str, _Reads]] = {}
+    if (root / "annotations").is_dir():
+        layout = "physionet"
+        if split != "test":
+            reads_by_part["train"] = _read_physionet(root, "train")
+        if split in ("test", "all"):
+            reads_by_part["test"] = _read_physionet(root, "test")
+    elif _csv(root, "train").is_file():
+        layout = "kaggle"
+        reads_by_part["train"] = _read_kaggle(root)
+    else:
+        raise DatasetError(
+            f"{root}: neither annotations/ (PhysioNet VinDr-CXR) nor train.csv (Kaggle VinBigData) found"
+        )
+    sizes = _read_sizes(root, size_file) if size_file else None
+    records = []
+    for folder, reads in reads_by_part.items():
+        ids = sorted(reads)
+        if folder == "test":
+            parts = ["test"] * len(ids)
+        elif layout == "kaggle":
+            fractions = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
+            parts = split_groups(ids, seed=seed, fractions=fractions)
+        else:
+            parts = split_groups(ids, seed=seed, fractions={"train": 1 - val_fraction, "val": val_fraction})
+        index = _index_images(root / folder)
+        for image_id, part in zip(ids, parts):
+            if split != "all" and part != split:
+                continue
+            labels, boxes, box_labels, box_readers = _consensus(reads[image_id], box_consensus, include_no_finding)
+            image = index.get(image_id, root / folder / f"{image_id}.dicom")
+            space = None
+            if sizes is not None and image.suffix.lower() not in DICOM_SUFFIXES and image.is_file():
+                if image_id not in sizes:
+                    raise DatasetError(f"{root / str(size_file)}: no original size for {image_id}")
+                space = sizes[image_id]
+            meta = {
+                "id": image_id,
+                "split": part,
+                "readers": sorted(reads[image_id].readers),
+                "box_readers": box_readers,
+            }
+            records.append(
+                Record(image=image, labels=labels, boxes=boxes, box_labels=box_labels, box_space=space, meta=meta)
+            )
+    tasks = [
+        TaskSpec("findings", "multilabel", LESIONS + ((NO_FINDING,) if include_no_finding else ())),
+        TaskSpec("lesions", "detection", LESIONS),
+    ]
     records = require_images(records, "vindr_cxr", missing=missing)
     return XrayDataset(records, tasks, name="vindr_cxr", root=root, split=split)
