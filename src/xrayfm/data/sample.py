@@ -49,7 +49,10 @@ def collate_samples(batch: Sequence[Sample]) -> dict[str, Any]:
     shapes = {tuple(s["image"].shape) for s in batch}
     if len(shapes) > 1:
         ids = [s.get("meta", {}).get("id") for s in batch]
-        raise XrayfmError(f"images in a batch differ in shape {sorted(shapes)} (ids {ids}); add a resize transform")
+        raise XrayfmError(
+            f"images in a batch differ in shape {sorted(shapes)} (ids {ids}); resize them first, "
+            "e.g. transform=xrayfm.data.transforms.Resize(224)"
+        )
     out["image"] = torch.stack([s["image"] for s in batch])
     for key in ("labels", "mask"):
         present = [key in s for s in batch]
