@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import inspect
 import json
 import logging
 import sys
@@ -105,7 +106,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         print("\nOptions (-o key=value):")
         for k, v in info.options().items():
             print(f"  {k} = {v!r}")
-        doc = (info.builder.__doc__ or "").strip()
+        doc = inspect.getdoc(info.builder) or ""
         if doc:
             print("\n" + doc)
         return 0
