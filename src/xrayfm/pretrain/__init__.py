@@ -1,0 +1,1 @@
+"""Pretraining objectives (EVA-X masked image modeling so far)."""
