@@ -162,6 +162,65 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain_mim(args: argparse.Namespace) -> int:
+    from xrayfm.pretrain.engine import TrainConfig
+    from xrayfm.pretrain.mim_run import run_mim
+
+    devices = args.devices if args.devices == "auto" else int(args.devices)
+    cfg = TrainConfig(
+        out_dir=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
+        accumulate=args.accumulate, precision=args.precision, accelerator=args.accelerator, devices=devices,
+        num_nodes=args.num_nodes, strategy=args.strategy, seed=args.seed, num_workers=args.workers,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+    )  # fmt: skip
+    export = run_mim(
+        args.dataset, args.root, arch=args.arch, teacher=args.teacher, teacher_arch=args.teacher_arch,
+        img_size=args.img_size, mask_ratio=args.mask_ratio, dataset_options=parse_options(args.option),
+        train_config=cfg,
+    )  # fmt: skip
+    print(f"pretraining finished: metrics {Path(args.out) / 'metrics.csv'}, checkpoint {Path(args.out) / 'last.ckpt'}")
+    print(f"exported backbone: {export} (load with create_model({args.arch!r}, pretrained={str(args.out)!r}))")
+    return 0
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="self-supervised pretraining (EVA-X MIM)")
+    methods = p.add_subparsers(dest="method", metavar="METHOD", required=True)
+    m = methods.add_parser(
+        "mim",
+        help="EVA-X masked image modeling",
+        description=(
+            "Pretrain an EVA-X ViT by masked image modeling: 30%% of patch tokens masked, a frozen "
+            "teacher's features (or normalised pixels without --teacher) regressed with a cosine loss "
+            "on masked tokens only. Resumes from OUT/last.ckpt; exports OUT/export/backbone.safetensors."
+        ),
+    )
+    m.add_argument("dataset", help="dataset adapter (see 'xrayfm datasets'), e.g. phantom")
+    m.add_argument("root", help="dataset root")
+    m.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="adapter option")
+    m.add_argument("--out", default="runs/mim", help="run folder (default runs/mim)")
+    m.add_argument("--arch", default="eva_x_tiny_patch16", help="student architecture")
+    m.add_argument("--teacher", help="teacher weights: file or xrayfm export folder (default: pixel target)")
+    m.add_argument("--teacher-arch", help="teacher architecture (default: from its export, else --arch)")
+    m.add_argument("--img-size", type=int, default=224, help="input side, multiple of 16 (default 224)")
+    m.add_argument("--mask-ratio", type=float, default=0.3, help="masked share of patches (default 0.3)")
+    m.add_argument("--steps", type=int, default=1000, help="optimiser steps (default 1000)")
+    m.add_argument("--batch-size", type=int, default=32, help="per-device batch size (default 32)")
+    m.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
+    m.add_argument("--warmup", type=int, default=100, help="warmup steps (default 100)")
+    m.add_argument("--accumulate", type=int, default=1, help="gradient accumulation (default 1)")
+    m.add_argument("--precision", default="auto", help="auto | 32-true | bf16-mixed | 16-mixed")
+    m.add_argument("--accelerator", default="auto", help="auto | cpu | gpu")
+    m.add_argument("--devices", default="1", help="devices per node (int or auto)")
+    m.add_argument("--num-nodes", type=int, default=1, help="nodes (default 1)")
+    m.add_argument("--strategy", default="auto", help="auto | ddp | fsdp")
+    m.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    m.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
+    m.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    m.add_argument("--log-every", type=int, default=10, help="steps between metric rows")
+    m.set_defaults(func=cmd_pretrain_mim)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``xrayfm`` command."""
     parser = argparse.ArgumentParser(
@@ -245,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="image side (default 256)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=cmd_demo)
+    _add_pretrain(sub)
     return parser
 
 

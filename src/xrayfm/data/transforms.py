@@ -70,3 +70,41 @@ class Compose:
 
     def __repr__(self) -> str:
         return f"Compose({self.transforms})"
+
+
+class PretrainAugment:
+    """Self-supervised pretraining view: random resized crop, horizontal flip, normalise, repeat.
+
+    EVA-X MIM defaults: crop scale (0.2, 1), ratio (3/4, 4/3), flip p=0.5, grey [0, 1] image
+    normalised with the dataset mean/std and repeated to ``channels`` (3 for ImageNet-shaped
+    stems). No colour jitter: X-ray intensities carry meaning.
+
+    Args:
+        size: Output side.
+        scale: Crop area range (fraction of the image).
+        ratio: Crop aspect-ratio range.
+        mean: Normalisation mean of the grey [0, 1] image.
+        std: Normalisation std.
+        channels: Output channels (the grey channel repeated).
+    """
+
+    def __init__(
+        self,
+        size: int = 224,
+        *,
+        scale: tuple[float, float] = (0.2, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        mean: float = 0.4919,
+        std: float = 0.2851,
+        channels: int = 3,
+    ) -> None:
+        from torchvision.transforms import v2
+
+        self.crop = v2.RandomResizedCrop(size, scale=scale, ratio=ratio, antialias=True)
+        self.flip = v2.RandomHorizontalFlip()
+        self.mean, self.std, self.channels = mean, std, channels
+
+    def __call__(self, sample: Sample) -> Sample:
+        image = self.flip(self.crop(sample["image"]))
+        image = ((image - self.mean) / self.std).repeat(self.channels, 1, 1)
+        return {"image": image, "meta": sample.get("meta", {})}

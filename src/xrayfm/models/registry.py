@@ -10,9 +10,10 @@ import timm
 from timm.models.eva import Eva, checkpoint_filter_fn
 from torch import nn
 
-from xrayfm.errors import UnknownNameError
+from xrayfm.errors import UnknownNameError, XrayfmError
 from xrayfm.models.backbones import eva_x
 from xrayfm.models.checkpoints import load_weights, read_state_dict
+from xrayfm.models.export import read_export
 
 XRAYFM_MODELS: tuple[str, ...] = tuple(eva_x.ARCHS)
 
@@ -29,7 +30,8 @@ def create_model(
 
     Args:
         name: An xrayfm model (``eva_x_small_patch16``...) or any timm model name.
-        pretrained: Weight file (.safetensors / .pt, EVA-X release layout accepted) or None.
+        pretrained: Weight file (.safetensors / .pt, EVA-X release layout accepted), a folder
+            holding an xrayfm export (e.g. a finished pretraining run), or None.
         allow_unsafe: Permit unpickling a trusted file that is not weights-only.
         **kwargs: Passed to the model constructor (``num_classes``, ``img_size``, ``drop_path_rate``...).
 
@@ -41,6 +43,11 @@ def create_model(
         close = difflib.get_close_matches(name, [*XRAYFM_MODELS, *timm.list_models()], n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise UnknownNameError(f"unknown model {name!r}.{hint} xrayfm models: {', '.join(XRAYFM_MODELS)}")
+    if pretrained is not None and Path(pretrained).is_dir():
+        pretrained, sidecar = read_export(pretrained)
+        if sidecar.get("arch") != name:
+            raise XrayfmError(f"{pretrained}: exported for {sidecar.get('arch')!r}, not {name!r}")
+        kwargs = {**sidecar.get("model_kwargs", {}), **kwargs}
     model = timm.create_model(name, pretrained=False, **kwargs)
     if pretrained is not None:
         state = read_state_dict(pretrained, allow_unsafe=allow_unsafe)

@@ -1,0 +1,96 @@
+"""One EVA-X MIM pretraining run from a dataset: what ``xrayfm pretrain mim`` calls.
+
+Builds the dataset with the pretraining view (:class:`~xrayfm.data.transforms.PretrainAugment`),
+the student (and teacher, or the pixel target), trains with the shared engine, then exports the
+student backbone for downstream use: ``create_model(arch, pretrained=out_dir)``. The student's
+final norm is exported as ``fc_norm`` (mean-pooled fine-tuning, as EVA-X does).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from xrayfm.data.registry import build_dataset
+from xrayfm.data.sample import collate_samples
+from xrayfm.data.transforms import PretrainAugment
+from xrayfm.models import create_model
+from xrayfm.models.export import export_backbone
+from xrayfm.pretrain.engine import TrainConfig, train
+from xrayfm.pretrain.mim import MaskedFeatureModeling
+
+EVA_X_NORMALIZATION = {"mean": 0.4919, "std": 0.2851, "channels": 3, "input": "grey [0, 1]"}
+
+
+def _images(batch: dict[str, Any]) -> Any:
+    """The image tensor of a collated Sample batch (the engine stays objective-agnostic)."""
+    return batch["image"]
+
+
+def run_mim(
+    dataset: str,
+    root: str | Path,
+    *,
+    arch: str = "eva_x_tiny_patch16",
+    teacher: str | None = None,
+    teacher_arch: str | None = None,
+    img_size: int = 224,
+    mask_ratio: float = 0.3,
+    dataset_options: dict[str, Any] | None = None,
+    train_config: TrainConfig | None = None,
+) -> Path:
+    """Pretrain ``arch`` by MIM on ``dataset`` and export it; returns the export folder.
+
+    Args:
+        dataset: Adapter name (``phantom``, ``nih_cxr14``, ``csv``...); labels are ignored.
+        root: Dataset root.
+        arch: Student architecture.
+        teacher: Teacher weights (file or xrayfm export folder); None = pixel target.
+        teacher_arch: Teacher architecture (default: from the export sidecar, else ``arch``).
+        img_size: Input side (multiple of 16).
+        mask_ratio: Share of masked patch tokens (EVA-X: 0.3).
+        dataset_options: Adapter options.
+        train_config: Engine settings (``out_dir`` is the run folder).
+    """
+    cfg = train_config or TrainConfig()
+    norm = EVA_X_NORMALIZATION
+    ds = build_dataset(
+        dataset, root, "train", transform=PretrainAugment(img_size, mean=norm["mean"], std=norm["std"]),
+        **(dataset_options or {}),
+    )  # fmt: skip
+    student = create_model(arch, num_classes=0, global_pool="token", img_size=img_size)
+    teacher_model = None
+    if teacher is not None:
+        t_arch = teacher_arch
+        if t_arch is None and Path(teacher).is_dir():
+            t_arch = json.loads(next(Path(teacher).rglob("backbone.json")).read_text())["arch"]
+        teacher_model = create_model(t_arch or arch, pretrained=teacher, num_classes=0, img_size=img_size)
+    objective = MaskedFeatureModeling(
+        student, teacher_model, target="teacher" if teacher_model is not None else "pixel", mask_ratio=mask_ratio
+    )
+    train(objective, ds, cfg, batch_to_input=_images, collate_fn=collate_samples)
+    state = {
+        k.replace("norm.", "fc_norm.", 1) if k.startswith("norm.") else k: v for k, v in student.state_dict().items()
+    }
+    export_model = create_model(arch, num_classes=0, img_size=img_size)
+    export_model.load_state_dict(state)
+    return export_backbone(
+        export_model,
+        Path(cfg.out_dir) / "export",
+        arch=arch,
+        info={
+            "model_kwargs": {"img_size": img_size},
+            "normalization": norm,
+            "provenance": {
+                "method": "eva_x_mim",
+                "target": objective.target,
+                "teacher": str(teacher) if teacher else None,
+                "dataset": dataset,
+                "root": str(root),
+                "images": len(ds),
+                "mask_ratio": mask_ratio,
+                "steps": cfg.steps,
+            },
+        },
+    )
