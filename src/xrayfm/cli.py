@@ -206,9 +206,10 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         "mim",
         help="EVA-X masked image modeling",
         description=(
-            "Pretrain an EVA-X ViT by masked image modeling: 30%% of patch tokens masked, a frozen "
-            "teacher's features (or normalised pixels without --teacher) regressed with a cosine loss "
-            "on masked tokens only. Resumes from OUT/last.ckpt; exports OUT/export/backbone.safetensors."
+            "Pretrain an EVA-X ViT by masked image modeling: 30%% of patch tokens masked; a frozen "
+            "teacher's features (cosine loss) or, without --teacher, normalised pixels (MSE) are "
+            "regressed on masked tokens only. Resumes from OUT/last.ckpt; exports "
+            "OUT/export/backbone.safetensors."
         ),
     )
     m.add_argument("dataset", help="dataset adapter (see 'xrayfm datasets'), e.g. phantom")
