@@ -11,6 +11,7 @@ import torch
 from xrayfm import DatasetError, UnknownNameError, XrayfmError
 from xrayfm.data import apply_uncertainty_policy, assign_split, build_dataset, collate_samples, split_groups
 from xrayfm.data.masks import RleMask, decode_rle, read_label_map
+from xrayfm.data.splits import holdout_fractions
 from xrayfm.tasks import TaskSpec
 
 
@@ -34,6 +35,14 @@ def test_split_is_deterministic_and_order_independent() -> None:
     assert assign_split("p7", seed=0) == a[7]
     with pytest.raises(XrayfmError, match="sum to 1"):
         assign_split("p", fractions={"train": 0.5})
+
+
+def test_holdout_fractions() -> None:
+    assert holdout_fractions(0.1) == {"train": 0.9, "val": 0.1}
+    assert holdout_fractions(0.1, 0.2) == pytest.approx({"train": 0.7, "val": 0.1, "test": 0.2})
+    for bad in ((-0.1, 0.0), (0.5, 0.5), (0.1, -0.2)):
+        with pytest.raises(DatasetError, match="sum < 1"):
+            holdout_fractions(*bad)
 
 
 def test_uncertainty_policies() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 
-from xrayfm.errors import XrayfmError
+from xrayfm.errors import DatasetError, XrayfmError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 DEFAULT_FRACTIONS: dict[str, float] = {"train": 0.7, "val": 0.1, "test": 0.2}
@@ -54,3 +54,19 @@ def split_groups(group_ids: Iterable[str], *, seed: int = 0, fractions: Mapping[
             cache[g] = assign_split(g, seed=seed, fractions=fractions)
         out.append(cache[g])
     return out
+
+
+def holdout_fractions(val_fraction: float, test_fraction: float = 0.0) -> dict[str, float]:
+    """Fractions for :func:`assign_split` that hold out ``val`` (and ``test``) shares from train.
+
+    ``test`` is left out when ``test_fraction`` is 0 (a dataset with an official test set).
+
+    Raises:
+        DatasetError: A share is negative or nothing is left for training.
+    """
+    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
+        raise DatasetError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be >= 0, sum < 1")
+    fractions = {"train": 1 - val_fraction - test_fraction, "val": val_fraction}
+    if test_fraction:
+        fractions["test"] = test_fraction
+    return fractions

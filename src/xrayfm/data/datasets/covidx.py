@@ -15,7 +15,7 @@ import numpy as np
 
 from xrayfm.data.base import Record, XrayDataset
 from xrayfm.data.registry import register_dataset
-from xrayfm.data.splits import split_groups
+from xrayfm.data.splits import holdout_fractions, split_groups
 from xrayfm.data.tables import require_images, select_split
 from xrayfm.errors import DatasetError
 from xrayfm.tasks import TaskSpec
@@ -111,7 +111,7 @@ def build_covidx(
         found |= {e[2] for e in entries}
         if part == "train" and lists["val"] is None:
             groups = [f"{src}:{pid}" if src else pid for pid, _, _, src in entries]
-            names = split_groups(groups, seed=seed, fractions={"train": 1 - val_fraction, "val": val_fraction})
+            names = split_groups(groups, seed=seed, fractions=holdout_fractions(val_fraction))
         else:
             names = [part] * len(entries)
         for (pid, name, cls, src), s in zip(entries, names):

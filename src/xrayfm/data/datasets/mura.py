@@ -20,7 +20,7 @@ import pandas as pd
 
 from xrayfm.data.base import Record, XrayDataset
 from xrayfm.data.registry import register_dataset
-from xrayfm.data.splits import split_groups
+from xrayfm.data.splits import holdout_fractions, split_groups
 from xrayfm.data.tables import read_table, require_images
 from xrayfm.errors import DatasetError, UnknownNameError
 from xrayfm.tasks import TaskSpec
@@ -93,7 +93,7 @@ def _read_part(mura: Path, official: str, seed: int, val_fraction: float) -> lis
         for rec in records:
             rec.meta["split"] = "test"
     else:
-        fractions = {"train": 1 - val_fraction, "val": val_fraction}
+        fractions = holdout_fractions(val_fraction)
         parts = split_groups([r.meta["patient_id"] for r in records], seed=seed, fractions=fractions)
         for rec, s in zip(records, parts):
             rec.meta["split"] = s

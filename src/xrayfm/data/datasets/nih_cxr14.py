@@ -14,7 +14,7 @@ import numpy as np
 
 from xrayfm.data.base import Record, XrayDataset
 from xrayfm.data.registry import register_dataset
-from xrayfm.data.splits import split_groups
+from xrayfm.data.splits import holdout_fractions, split_groups
 from xrayfm.data.tables import find_first, read_table, require_images, select_split
 from xrayfm.errors import DatasetError
 from xrayfm.tasks import TaskSpec
@@ -116,7 +116,7 @@ def build_nih_cxr14(
     labels = labels.astype(np.float32)
     pids = [f"{int(p):05d}" for p in df["Patient ID"]]
     if official_test is not None:
-        trainval = split_groups(pids, seed=seed, fractions={"train": 1 - val_fraction, "val": val_fraction})
+        trainval = split_groups(pids, seed=seed, fractions=holdout_fractions(val_fraction))
         parts = ["test" if n in official_test else t for n, t in zip(df["Image Index"], trainval)]
     else:
         parts = split_groups(pids, seed=seed)

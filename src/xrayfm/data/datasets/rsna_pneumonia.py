@@ -17,7 +17,7 @@ import pandas as pd
 
 from xrayfm.data.base import Record, XrayDataset
 from xrayfm.data.registry import register_dataset
-from xrayfm.data.splits import split_groups
+from xrayfm.data.splits import holdout_fractions, split_groups
 from xrayfm.data.tables import find_first, read_table, require_images
 from xrayfm.errors import DatasetError, UnknownNameError
 from xrayfm.tasks import TaskSpec
@@ -132,14 +132,12 @@ def build_rsna_pneumonia(
     """
     if labels not in LABEL_MODES:
         raise UnknownNameError(f"unknown labels {labels!r}; choose one of {', '.join(LABEL_MODES)}")
-    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
-        raise DatasetError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be >= 0, sum < 1")
+    fractions = holdout_fractions(val_fraction, test_fraction)  # validated before any file is read
     path = find_first(root, LABEL_FILES, "RSNA box label file")
     ids, boxes = _read_boxes(path)
     classes = None
     if labels == "detailed":
         classes = _read_classes(find_first(root, CLASS_FILES, "RSNA detailed class file"), boxes)
-    fractions = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
     parts = split_groups(ids, seed=seed, fractions=fractions)
     folder, index = _index_images(root)
     records = []

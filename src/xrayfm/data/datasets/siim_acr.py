@@ -17,7 +17,7 @@ import numpy as np
 from xrayfm.data.base import Record, XrayDataset
 from xrayfm.data.masks import RleMask
 from xrayfm.data.registry import register_dataset
-from xrayfm.data.splits import split_groups
+from xrayfm.data.splits import holdout_fractions, split_groups
 from xrayfm.data.tables import find_first, read_table, require_images
 from xrayfm.errors import DatasetError, UnknownNameError
 from xrayfm.tasks import TaskSpec
@@ -133,13 +133,11 @@ def build_siim_acr(
     """
     if rle not in RLE_MODES:
         raise UnknownNameError(f"unknown rle {rle!r}; choose one of {', '.join(RLE_MODES)}")
-    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
-        raise DatasetError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be >= 0, sum < 1")
+    fractions = holdout_fractions(val_fraction, test_fraction)  # validated before any file is read
     width, height = (int(v) for v in mask_size)
     path = root / labels_file if labels_file else find_first(root, LABEL_FILES, "SIIM-ACR RLE label file")
     rles = _read_rles(path, width, height, rle == "relative")
     ids = list(rles)
-    fractions = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
     parts = split_groups(ids, seed=seed, fractions=fractions)
     index = _index_images(root)
     records = []

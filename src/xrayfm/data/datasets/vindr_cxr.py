@@ -24,7 +24,7 @@ import pandas as pd
 
 from xrayfm.data.base import Record, XrayDataset
 from xrayfm.data.registry import register_dataset
-from xrayfm.data.splits import split_groups
+from xrayfm.data.splits import holdout_fractions, split_groups
 from xrayfm.data.tables import read_table, require_images
 from xrayfm.errors import DatasetError, UnknownNameError
 from xrayfm.tasks import TaskSpec
@@ -222,8 +222,7 @@ def build_vindr_cxr(
     """
     if box_consensus not in CONSENSUS:
         raise UnknownNameError(f"unknown box_consensus {box_consensus!r}; choose one of {', '.join(CONSENSUS)}")
-    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
-        raise DatasetError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be >= 0, sum < 1")
+    fractions = holdout_fractions(val_fraction, test_fraction)  # validated before any file is read
     reads_by_part: dict[str, dict[str, _Reads]] = {}
     if (root / "annotations").is_dir():
         layout = "physionet"
@@ -245,10 +244,9 @@ def build_vindr_cxr(
         if folder == "test":
             parts = ["test"] * len(ids)
         elif layout == "kaggle":
-            fractions = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
             parts = split_groups(ids, seed=seed, fractions=fractions)
         else:
-            parts = split_groups(ids, seed=seed, fractions={"train": 1 - val_fraction, "val": val_fraction})
+            parts = split_groups(ids, seed=seed, fractions=holdout_fractions(val_fraction))
         index = _index_images(root / folder)
         for image_id, part in zip(ids, parts):
             if split != "all" and part != split:
