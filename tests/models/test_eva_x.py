@@ -120,3 +120,20 @@ def test_wrong_architecture_and_bad_names(tmp_path: Path) -> None:
         create_model("eva_x_tiny_patch16", pretrained=tmp_path / "junk.pt")
     with pytest.raises(UnknownNameError, match="eva_x_small_patch16"):
         create_model("eva_x_smal_patch16")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_attention_runs_on_pytorch_scaled_dot_product_attention(name: str, monkeypatch) -> None:
+    model = create_model(name, img_size=32).eval()
+    assert all(blk.attn.fused_attn for blk in model.blocks)
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    with torch.no_grad():
+        model(torch.rand(1, 3, 32, 32))
+    assert len(calls) == len(model.blocks)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from xrayfm.errors import XrayfmError
 from xrayfm.models import create_model
 from xrayfm.pretrain.engine import CHECKPOINT, StepSampler, TrainConfig, cosine_lr, train
 from xrayfm.pretrain.mim import MaskedFeatureModeling
@@ -76,3 +77,24 @@ def test_kill_and_resume_gives_the_same_weights(tmp_path: Path) -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"{k} differs after resume")
     rows = (tmp_path / "killed" / "metrics.csv").read_text().splitlines()
     assert rows[0] == "step,loss,lr,images_per_s" and [r.split(",")[0] for r in rows[1:]] == list("123456")
+    assert list((tmp_path / "straight" / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard log"
+
+
+def test_explicit_param_groups_keep_their_learning_rates(tmp_path: Path) -> None:
+    objective = _objective()
+    student = [p for p in objective.student.parameters() if p.requires_grad]
+    rest = [p for n, p in objective.named_parameters() if not n.startswith("student.") and p.requires_grad]
+    groups = [{"params": student, "lr": 1e-3, "weight_decay": 0.0}, {"params": rest, "lr": 1e-4, "weight_decay": 0.0}]
+    cfg = _cfg(tmp_path)
+    cfg.steps, cfg.warmup_steps = 1, 0
+    train(objective, _data(), cfg, batch_to_input=lambda b: b[0], param_groups=groups)
+    saved = torch.load(tmp_path / CHECKPOINT, weights_only=False)["optimizer"]["param_groups"]
+    assert len(saved) == 2 and saved[0]["lr"] == pytest.approx(10 * saved[1]["lr"])
+
+
+def test_training_nothing_is_a_clear_error(tmp_path: Path) -> None:
+    objective = _objective()
+    for p in objective.parameters():
+        p.requires_grad = False
+    with pytest.raises(XrayfmError, match="nothing to train"):
+        train(objective, _data(), _cfg(tmp_path), batch_to_input=lambda b: b[0])

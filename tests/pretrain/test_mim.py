@@ -104,3 +104,19 @@ def test_loss_falls_when_optimised(models) -> None:
         loss.backward()
         opt.step()
     assert loss.item() < first - 0.1
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients() -> None:
+    torch.manual_seed(0)
+    student = create_model("eva_x_tiny_patch16", num_classes=0, global_pool="token", img_size=64)
+    objective = MaskedFeatureModeling(student, None, target="pixel")
+    x, mask = torch.randn(2, 3, 64, 64), torch.rand(2, 16) < 0.3
+    plain = objective(x, mask)
+    plain.backward()
+    grad = student.blocks[0].attn.qkv.weight.grad.clone()
+    student.zero_grad()
+    student.set_grad_checkpointing(True)
+    checkpointed = objective(x, mask)
+    checkpointed.backward()
+    assert torch.equal(plain.detach(), checkpointed.detach())
+    assert torch.allclose(grad, student.blocks[0].attn.qkv.weight.grad)

@@ -108,3 +108,72 @@ class PretrainAugment:
         image = self.flip(self.crop(sample["image"]))
         image = ((image - self.mean) / self.std).repeat(self.channels, 1, 1)
         return {"image": image, "meta": sample.get("meta", {})}
+
+
+class FinetuneAugment:
+    """Supervised training view: random resized crop, flip, small rotation, gamma and noise.
+
+    Image, mask and boxes move together (torchvision ``tv_tensors``); boxes that leave the crop
+    are dropped with their labels. Intensity changes are X-ray plausible (exposure gamma,
+    detector noise), never colour jitter. The image stays grey [0, 1] with one channel; the
+    model normalises it.
+
+    Args:
+        size: Output side.
+        scale: Crop area range.
+        ratio: Crop aspect-ratio range.
+        flip: Probability of a horizontal flip (0 keeps laterality, e.g. for cardiomegaly).
+        degrees: Maximum rotation.
+        gamma: Gamma range (1, 1) = off.
+        noise: Std of additive Gaussian noise (0 = off).
+    """
+
+    def __init__(
+        self,
+        size: int = 224,
+        *,
+        scale: tuple[float, float] = (0.5, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip: float = 0.5,
+        degrees: float = 10.0,
+        gamma: tuple[float, float] = (0.8, 1.25),
+        noise: float = 0.01,
+    ) -> None:
+        from torchvision.transforms import v2
+
+        self.geometry = v2.Compose(
+            [
+                v2.RandomAffine(degrees=degrees),
+                v2.RandomResizedCrop(size, scale=scale, ratio=ratio, antialias=True),
+                v2.RandomHorizontalFlip(flip),
+            ]
+        )
+        self.gamma, self.noise = gamma, noise
+
+    def __call__(self, sample: Sample) -> Sample:
+        from torchvision import tv_tensors
+
+        image = sample["image"]
+        h, w = image.shape[-2:]
+        targets: dict[str, object] = {}
+        if "mask" in sample:
+            targets["mask"] = tv_tensors.Mask(sample["mask"])
+        if "boxes" in sample:
+            targets["boxes"] = tv_tensors.BoundingBoxes(sample["boxes"], format="XYXY", canvas_size=(h, w))
+            targets["box_labels"] = sample["box_labels"]
+        image, targets = self.geometry(tv_tensors.Image(image), targets)
+        image = image.as_subclass(torch.Tensor)
+        g = float(torch.empty(1).uniform_(*self.gamma)) if self.gamma != (1.0, 1.0) else 1.0
+        image = image.clamp(0, 1) ** g
+        if self.noise > 0:
+            image = (image + self.noise * torch.randn_like(image)).clamp_(0, 1)
+        out: Sample = {**sample, "image": image}  # type: ignore[typeddict-item]
+        if "mask" in targets:
+            out["mask"] = targets["mask"].as_subclass(torch.Tensor)
+        if "boxes" in targets:
+            # not v2.SanitizeBoundingBoxes: it would also drop mask channels when their count
+            # equals the box count (it takes them for instance masks)
+            boxes = targets["boxes"].as_subclass(torch.Tensor)
+            keep = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
+            out["boxes"], out["box_labels"] = boxes[keep], sample["box_labels"][keep]
+        return out

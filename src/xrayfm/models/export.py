@@ -25,15 +25,25 @@ def export_backbone(model: nn.Module, out_dir: str | Path, *, arch: str, info: d
         arch: Registry name the weights belong to (checked when loading).
         info: JSON-serialisable facts: ``model_kwargs``, ``normalization``, ``provenance``...
     """
+    return write_weights(model.state_dict(), out_dir, WEIGHTS, SIDECAR, {"arch": arch, **info})
+
+
+def write_weights(
+    state: dict[str, Any], out_dir: str | Path, weights_name: str, sidecar_name: str, sidecar: dict[str, Any]
+) -> Path:
+    """Write a state dict as safetensors and its JSON sidecar into ``out_dir``, each atomically.
+
+    The weights go first, so a sidecar on disk always describes complete weights.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = out / (WEIGHTS + ".tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, out / WEIGHTS)
-    tmp = out / (SIDECAR + ".tmp")
-    tmp.write_text(json.dumps({"arch": arch, **info}, indent=2, default=str))
-    os.replace(tmp, out / SIDECAR)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    tmp = out / (weights_name + ".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, out / weights_name)
+    tmp = out / (sidecar_name + ".tmp")
+    tmp.write_text(json.dumps(sidecar, indent=2, default=str))
+    os.replace(tmp, out / sidecar_name)
     return out
 
 

@@ -109,6 +109,17 @@ def cosine_lr(step: int, cfg: TrainConfig) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+def _loggers(out_dir: str) -> list[Any]:
+    """TensorBoard logger writing under ``out_dir/tensorboard`` (none when tensorboard is absent)."""
+    try:
+        from lightning.fabric.loggers import TensorBoardLogger
+
+        return [TensorBoardLogger(root_dir=out_dir, name="tensorboard", version="")]
+    except ModuleNotFoundError:  # tensorboard / tensorboardX not installed
+        log.warning("tensorboard is not installed; logging to metrics.csv only")
+        return []
+
+
 def _atomic_save(fabric: Fabric, path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fabric.save(tmp, state)
@@ -126,10 +137,26 @@ def train(
     batch_to_input: Callable[[Any], Any] = lambda batch: batch,
     collate_fn: Callable | None = None,
     fabric: Fabric | None = None,
+    param_groups: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Optimise ``objective`` (a module whose forward returns the loss) on ``dataset``.
 
-    Resumes from ``out_dir/last.ckpt`` when it exists. Returns the final step and loss.
+    Resumes from ``out_dir/last.ckpt`` when it exists. Loss, learning rate and throughput go
+    to ``metrics.csv`` and to TensorBoard (``out_dir/tensorboard``).
+
+    Args:
+        objective: Module whose forward maps a batch (after ``batch_to_input``) to the loss.
+        dataset: Training samples.
+        cfg: Settings.
+        batch_to_input: Picks the objective's input from a collated batch.
+        collate_fn: DataLoader collation.
+        fabric: A launched Fabric (default: one built from ``cfg``).
+        param_groups: AdamW parameter groups (each with its ``lr`` and ``weight_decay``, e.g.
+            layer-wise lr decay); default: every trainable parameter at ``cfg.lr``, no decay on
+            biases and norms.
+
+    Returns:
+        ``step``, ``loss`` and ``checkpoint`` path.
     """
     if fabric is None:
         precision = cfg.precision
@@ -137,7 +164,7 @@ def train(
             precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
         fabric = Fabric(
             accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
-            strategy=cfg.strategy, precision=precision,
+            strategy=cfg.strategy, precision=precision, loggers=_loggers(cfg.out_dir),
         )  # fmt: skip
         fabric.launch()
     out = Path(cfg.out_dir)
@@ -145,13 +172,15 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
     fabric.seed_everything(cfg.seed)
-    params = [p for p in objective.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=cfg.betas,
-    )  # fmt: skip
+    if param_groups is None:
+        params = [p for p in objective.parameters() if p.requires_grad]
+        param_groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+    if not any(p.requires_grad for g in param_groups for p in g["params"]):
+        raise XrayfmError("nothing to train: every parameter is frozen")
+    optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, cfg))
     objective, optimizer = fabric.setup(objective, optimizer)
     state: dict[str, Any] = {"objective": objective, "optimizer": optimizer, "step": 0, "scheduler": {}}
@@ -197,9 +226,13 @@ def train(
         done = step + 1
         if fabric.global_rank == 0 and (done % cfg.log_every == 0 or done == cfg.steps):
             rate = seen * fabric.world_size / (time.perf_counter() - t0)
+            lr_now = max(scheduler.get_last_lr())
             with open(metrics, "a") as fh:
-                fh.write(f"{done},{loss_value:.6f},{scheduler.get_last_lr()[0]:.3e},{rate:.2f}\n")
+                fh.write(f"{done},{loss_value:.6f},{lr_now:.3e},{rate:.2f}\n")
+            fabric.log_dict({"train/loss": loss_value, "train/lr": lr_now, "train/images_per_s": rate}, step=done)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             state.update(step=done, scheduler=scheduler.state_dict())
             _atomic_save(fabric, ckpt, state)
+    for logger in fabric.loggers:
+        logger.finalize("success")
     return {"step": cfg.steps, "loss": loss_value, "checkpoint": str(ckpt)}

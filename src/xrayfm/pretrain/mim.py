@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.eva import Eva
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from xrayfm.errors import XrayfmError
 
@@ -126,7 +127,10 @@ class MaskedFeatureModeling(nn.Module):
         x, rope = s._pos_embed(x)
         x = s.norm_pre(x)
         for blk in s.blocks:
-            x = blk(x, rope=rope)
+            if s.grad_checkpointing and self.training:  # set_grad_checkpointing(True) on the student
+                x = checkpoint(blk, x, rope=rope, use_reentrant=False)
+            else:
+                x = blk(x, rope=rope)
         x = s.norm(x)
         return x[:, s.num_prefix_tokens :]
 

@@ -15,6 +15,7 @@ from typing import Any
 from xrayfm.data.registry import build_dataset
 from xrayfm.data.sample import collate_samples
 from xrayfm.data.transforms import PretrainAugment
+from xrayfm.errors import XrayfmError
 from xrayfm.models import create_model
 from xrayfm.models.export import export_backbone
 from xrayfm.pretrain.engine import TrainConfig, train
@@ -39,6 +40,9 @@ def run_mim(
     mask_ratio: float = 0.3,
     dataset_options: dict[str, Any] | None = None,
     train_config: TrainConfig | None = None,
+    mean: float | None = None,
+    std: float | None = None,
+    grad_checkpointing: bool = False,
 ) -> Path:
     """Pretrain ``arch`` by MIM on ``dataset`` and export it; returns the export folder.
 
@@ -52,14 +56,27 @@ def run_mim(
         mask_ratio: Share of masked patch tokens (EVA-X: 0.3).
         dataset_options: Adapter options.
         train_config: Engine settings (``out_dir`` is the run folder).
+        mean: Normalisation mean of the grey [0, 1] image (default EVA-X's 0.4919; compute your
+            data's with ``xrayfm stats``); recorded in the export.
+        std: Normalisation std (default 0.2851).
+        grad_checkpointing: Recompute student block activations in the backward pass (less
+            memory, about a third more compute).
     """
     cfg = train_config or TrainConfig()
-    norm = EVA_X_NORMALIZATION
+    norm = dict(EVA_X_NORMALIZATION)
+    if mean is not None:
+        norm["mean"] = float(mean)
+    if std is not None:
+        if std <= 0:
+            raise XrayfmError(f"normalisation std must be positive, got {std}")
+        norm["std"] = float(std)
     ds = build_dataset(
         dataset, root, "train", transform=PretrainAugment(img_size, mean=norm["mean"], std=norm["std"]),
         **(dataset_options or {}),
     )  # fmt: skip
     student = create_model(arch, num_classes=0, global_pool="token", img_size=img_size)
+    if grad_checkpointing:
+        student.set_grad_checkpointing(True)
     teacher_model = None
     if teacher is not None:
         t_arch = teacher_arch

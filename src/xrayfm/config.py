@@ -1,0 +1,148 @@
+"""YAML recipes for the command line, and the resolved config written next to every run.
+
+A recipe is a YAML mapping whose keys are a command's long options (``batch_size`` or
+``batch-size``); it replaces the command's defaults, and options given on the command line
+override it. So ``xrayfm pretrain mim --config configs/eva_x_mim_tiny.yaml phantom DATA --steps 50``
+runs the paper recipe with one change. Every run writes ``config.yaml`` with the values it
+actually used, so a run can be repeated with ``--config RUN/config.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from xrayfm.errors import XrayfmError
+
+#: Namespace entries that are plumbing, not settings.
+_INTERNAL = {"func", "parser", "config", "verbose", "command", "method"}
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a YAML recipe into a flat mapping of option names (dashes become underscores).
+
+    Raises:
+        XrayfmError: The file is missing, is not YAML, or is not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise XrayfmError(f"config {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise XrayfmError(f"config {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise XrayfmError(f"config {path}: expected a mapping of option: value, got {type(data).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _check_value(action: argparse.Action, value: Any, source: Path) -> Any:
+    """Validate one recipe value against its option (choices, type, repeatable lists)."""
+    if isinstance(action, argparse._AppendAction):
+        if isinstance(value, dict):  # adapter options written as a mapping
+            return [f"{k}={v}" for k, v in value.items()]
+        return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise XrayfmError(f"config {source}: {action.dest} must be true or false, got {value!r}")
+        return value
+    if value is not None and action.type is not None and not isinstance(value, (list, dict)):
+        try:
+            value = action.type(value if isinstance(value, str) else str(value))
+        except (TypeError, ValueError) as exc:
+            raise XrayfmError(f"config {source}: {action.dest}={value!r} is invalid ({exc})") from None
+    if action.choices is not None and value not in action.choices:
+        raise XrayfmError(f"config {source}: {action.dest}={value!r} is not one of {list(action.choices)}")
+    return value
+
+
+def apply_recipe(parser: argparse.ArgumentParser, path: str | Path) -> dict[str, Any]:
+    """Make a recipe's values the defaults of ``parser`` (a subcommand's parser).
+
+    Returns the checked values. Raises :class:`XrayfmError` on a key the command does not
+    have (with close matches) or a value its option would reject.
+    """
+    source = Path(path)
+    options = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in _INTERNAL}
+    # a resolved config also records the positional arguments and its recipe: the command line
+    # gives those, so they are skipped
+    recorded = {a.dest for a in parser._actions if not a.option_strings} | {"recipe"}
+    values: dict[str, Any] = {}
+    for key, value in read_recipe(source).items():
+        if key in recorded:
+            continue
+        if key not in options:
+            close = difflib.get_close_matches(key, list(options), n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise XrayfmError(f"config {source}: unknown setting {key!r}.{hint}")
+        values[key] = _check_value(options[key], value, source)
+    parser.set_defaults(**values)
+    return values
+
+
+def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings a command ran with, as written to ``config.yaml``."""
+    out = {k: v for k, v in vars(args).items() if k not in _INTERNAL}
+    if getattr(args, "config", None):
+        out["recipe"] = str(args.config)
+    return out
+
+
+def write_resolved_config(args: argparse.Namespace, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``out_dir/config.yaml`` (atomically) with the settings of this run."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = {**resolved_config(args), **(extra or {})}
+    path = out / "config.yaml"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(_plain(data), sort_keys=False))
+    tmp.replace(path)
+    return path
+
+
+def _plain(obj: Any) -> Any:
+    """Tuples to lists and paths to strings, so the YAML stays readable by safe_load."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def parse_with_recipe(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; when the chosen subcommand got ``--config``, re-parse over its recipe."""
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        apply_recipe(args.parser, args.config)
+        args = parser.parse_args(argv)
+    return args
+
+
+def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """Parse ``key=value`` adapter options; values are Python literals or plain strings.
+
+    ``a,b`` (no brackets) becomes a tuple of strings, so ``-o views=PA,AP`` works.
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise XrayfmError(f"option {pair!r} is not of the form key=value")
+        try:
+            value: Any = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = tuple(v for v in raw.split(",") if v) if "," in raw else raw
+        if isinstance(value, list):
+            value = tuple(value)
+        out[key.strip()] = value
+    return out

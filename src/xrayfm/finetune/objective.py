@@ -1,0 +1,46 @@
+"""The fine-tuning objective the shared engine optimises: model + task losses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from xrayfm.finetune.losses import task_loss
+from xrayfm.models.task_model import XrayModel
+
+
+class FinetuneObjective(nn.Module):
+    """Sum of the task losses of an :class:`XrayModel` on a collated batch.
+
+    A fully frozen backbone (linear probe) stays in eval mode while training, so its batch-norm
+    statistics and dropout do not change.
+
+    Args:
+        model: The model being adapted.
+        pos_weight: Per-task BCE positive weights (multi-label tasks).
+        focal_gamma: Focal-loss gamma for classification (0 = plain BCE / CE).
+    """
+
+    def __init__(
+        self, model: XrayModel, *, pos_weight: dict[str, torch.Tensor] | None = None, focal_gamma: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.pos_weight = dict(pos_weight or {})
+        self.focal_gamma = focal_gamma
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        outputs = self.model(batch["image"])
+        losses = [
+            task_loss(t, outputs[t.name], batch, pos_weight=self.pos_weight.get(t.name), focal_gamma=self.focal_gamma)
+            for t in self.model.tasks
+        ]
+        return torch.stack(losses).sum()
+
+    def train(self, mode: bool = True) -> FinetuneObjective:
+        super().train(mode)
+        if mode and not any(p.requires_grad for p in self.model.backbone.parameters()):
+            self.model.backbone.eval()
+        return self

@@ -1,0 +1,93 @@
+"""Multi-scale feature maps of any backbone, for dense (segmentation, detection) heads.
+
+Every timm backbone (EVA-X, ViT, ResNet, Swin, ConvNeXt...) exposes ``forward_intermediates``;
+:func:`features` calls it with sensible default layers. A plain ViT has one stride (16), so
+:class:`FeaturePyramid` builds the 1/4, 1/8, 1/16, 1/32 pyramid from four of its blocks by
+deconvolution and pooling, as BEiT / EVA-X do for UperNet; a hierarchical backbone's stage
+outputs are used as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def is_plain_vit(model: nn.Module) -> bool:
+    """True when all of the backbone's feature maps share one stride (ViT / EVA-X)."""
+    info = getattr(model, "feature_info", None)
+    if not info:
+        return False
+    return len({f["reduction"] for f in info}) == 1
+
+
+def default_layers(model: nn.Module) -> list[int]:
+    """Layers to tap: four blocks of a ViT ending at the last (EVA-X / BEiT: 3, 5, 7, 11 of 12;
+    7, 11, 15, 23 of 24), else every stage of a hierarchical backbone (strides 2 or 4 to 32)."""
+    info = list(getattr(model, "feature_info", []))
+    if not info:
+        raise ValueError(f"{type(model).__name__} has no feature_info; pass layers explicitly")
+    if is_plain_vit(model):
+        depth = len(info)
+        if depth < 4:
+            return list(range(depth))
+        return [round(depth * k) - 1 for k in (1 / 3, 1 / 2, 2 / 3)] + [depth - 1]
+    return list(range(len(info)))
+
+
+def features(model: nn.Module, x: torch.Tensor, layers: Sequence[int] | None = None) -> list[torch.Tensor]:
+    """Feature maps (N, C, H, W) of ``model`` at ``layers`` (default :func:`default_layers`)."""
+    indices = list(layers) if layers is not None else default_layers(model)
+    return model.forward_intermediates(x, indices=indices, intermediates_only=True)
+
+
+class FeaturePyramid(nn.Module):
+    """Backbone -> final features plus a pyramid of maps at strides 4, 8, 16, 32.
+
+    Args:
+        backbone: A timm model.
+        layers: Blocks / stages to tap (default :func:`default_layers`).
+
+    Attributes:
+        out_channels: Channels of each pyramid level.
+        strides: Stride of each pyramid level.
+    """
+
+    def __init__(self, backbone: nn.Module, layers: Sequence[int] | None = None) -> None:
+        super().__init__()
+        self.layers = list(layers) if layers is not None else default_layers(backbone)
+        info = backbone.feature_info
+        self.plain = is_plain_vit(backbone)
+        if self.plain:
+            if len(self.layers) != 4:
+                raise ValueError(f"a ViT pyramid needs 4 layers, got {self.layers}")
+            dim = info[self.layers[0]]["num_chs"]
+            stride = info[0]["reduction"]
+            if stride != 16:
+                raise ValueError(f"a ViT pyramid expects patch stride 16, got {stride}")
+            self.adapters = nn.ModuleList(
+                [
+                    nn.Sequential(
+                        nn.ConvTranspose2d(dim, dim, 2, stride=2),
+                        nn.BatchNorm2d(dim),
+                        nn.GELU(),
+                        nn.ConvTranspose2d(dim, dim, 2, stride=2),
+                    ),
+                    nn.ConvTranspose2d(dim, dim, 2, stride=2),
+                    nn.Identity(),
+                    nn.MaxPool2d(2),
+                ]
+            )
+            self.out_channels = [dim] * 4
+            self.strides = [4, 8, 16, 32]
+        else:
+            self.adapters = nn.ModuleList([nn.Identity() for _ in self.layers])
+            self.out_channels = [info[i]["num_chs"] for i in self.layers]
+            self.strides = [info[i]["reduction"] for i in self.layers]
+
+    def forward(self, backbone: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One backbone pass: (final features for pooling heads, pyramid maps)."""
+        final, maps = backbone.forward_intermediates(x, indices=self.layers)
+        return final, [adapt(m) for adapt, m in zip(self.adapters, maps)]

@@ -1,0 +1,31 @@
+"""Classification head: pooled backbone features -> dropout -> linear.
+
+Pooling is the backbone's own (timm ``forward_head(pre_logits=True)``): mean of patch tokens
+followed by ``fc_norm`` for EVA-X (as its fine-tuning does), global average pooling for CNNs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ClassificationHead(nn.Module):
+    """Linear classifier over pooled features.
+
+    Args:
+        in_features: Width of the pooled features (the backbone's ``num_features``).
+        num_classes: Output logits.
+        dropout: Dropout before the linear layer.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_features, num_classes)
+        nn.init.trunc_normal_(self.fc.weight, std=0.02)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes)."""
+        return self.fc(self.dropout(pooled))

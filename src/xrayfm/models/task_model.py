@@ -1,0 +1,111 @@
+"""A backbone with task heads: what fine-tuning trains, evaluation scores and serving runs.
+
+:class:`XrayModel` takes the data's native input — grey [0, 1] images (N, 1, H, W) — and does
+its own preprocessing (repeat to the backbone's channels, normalise with the mean / std stored
+in its buffers), so inference can never silently use other numbers than training did. One
+backbone pass feeds every head: pooled features to classification heads, a feature pyramid
+to segmentation heads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from xrayfm.errors import XrayfmError
+from xrayfm.models.features import FeaturePyramid
+from xrayfm.models.heads import ClassificationHead, SegmentationHead
+from xrayfm.tasks import TaskSpec
+
+CLASSIFICATION_KINDS = ("multilabel", "multiclass")
+SUPPORTED_KINDS = (*CLASSIFICATION_KINDS, "segmentation")
+
+
+class XrayModel(nn.Module):
+    """Backbone + one head per task spec.
+
+    Args:
+        backbone: A timm model created with ``num_classes=0``.
+        tasks: Task specs (at most one per kind family: one label task, one mask task).
+        mean: Normalisation mean of the grey [0, 1] image.
+        std: Normalisation std.
+        dropout: Dropout before classification layers.
+        decoder: Segmentation decoder: ``upernet`` / ``unet`` (default UperNet for a ViT, U-Net for a CNN).
+        layers: Backbone layers feeding dense heads (default :func:`~xrayfm.models.features.default_layers`).
+
+    Raises:
+        XrayfmError: A task kind has no head here.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        tasks: Sequence[TaskSpec],
+        *,
+        mean: float = 0.5,
+        std: float = 0.25,
+        dropout: float = 0.0,
+        decoder: str | None = None,
+        layers: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        if not tasks:
+            raise XrayfmError("a model needs at least one task")
+        self.backbone = backbone
+        self.tasks = list(tasks)
+        self.in_chans = int(getattr(backbone, "in_chans", None) or backbone.patch_embed.proj.in_channels)
+        self.register_buffer("mean", torch.tensor(float(mean)), persistent=True)
+        self.register_buffer("std", torch.tensor(float(std)), persistent=True)
+        self.heads = nn.ModuleDict()
+        dense = [t for t in tasks if t.kind == "segmentation"]
+        self.pyramid = FeaturePyramid(backbone, layers) if dense else None
+        for t in tasks:
+            if t.kind in CLASSIFICATION_KINDS:
+                self.heads[t.name] = ClassificationHead(backbone.num_features, t.num_classes, dropout)
+            elif t.kind == "segmentation":
+                assert self.pyramid is not None
+                self.heads[t.name] = SegmentationHead(
+                    self.pyramid.out_channels, self.pyramid.strides, t.num_classes,
+                    decoder=decoder or ("upernet" if self.pyramid.plain else "unet"), input_channels=self.in_chans,
+                )  # fmt: skip
+            else:
+                raise XrayfmError(f"task {t.name!r}: no head for kind {t.kind!r} (supported: {SUPPORTED_KINDS})")
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Grey [0, 1] (N, 1, H, W) -> normalised (N, in_chans, H, W)."""
+        if x.ndim != 4 or x.shape[1] not in (1, self.in_chans):
+            raise XrayfmError(f"expected images (N, 1, H, W), got shape {tuple(x.shape)}")
+        x = (x - self.mean) / self.std
+        return x.expand(-1, self.in_chans, -1, -1) if x.shape[1] == 1 else x
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits per task: (N, K) for classification, (N, M, H, W) for segmentation."""
+        x = self.preprocess(x)
+        if self.pyramid is None:
+            final, maps = self.backbone.forward_features(x), []
+        else:
+            final, maps = self.pyramid(self.backbone, x)
+        out: dict[str, torch.Tensor] = {}
+        pooled = None
+        for t in self.tasks:
+            if t.kind in CLASSIFICATION_KINDS:
+                if pooled is None:
+                    pooled = self.backbone.forward_head(final, pre_logits=True)
+                out[t.name] = self.heads[t.name](pooled)
+            else:
+                out[t.name] = self.heads[t.name](x, maps)
+        return out
+
+    def head_config(self) -> dict[str, Any]:
+        """What :func:`~xrayfm.models.task_checkpoint.load_task_model` needs besides weights."""
+        seg = [h for h in self.heads.values() if isinstance(h, SegmentationHead)]
+        return {
+            "tasks": [t.to_dict() for t in self.tasks],
+            "normalization": {"mean": float(self.mean), "std": float(self.std), "input": "grey [0, 1], 1 channel"},
+            "dropout": next((h.dropout.p for h in self.heads.values() if isinstance(h, ClassificationHead)), 0.0),
+            "decoder": seg[0].kind if seg else None,
+            "layers": self.pyramid.layers if self.pyramid is not None else None,
+        }

@@ -1,0 +1,103 @@
+"""Backbone + heads: feature pyramid, head shapes per backbone family, saving and loading."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from xrayfm.errors import XrayfmError
+from xrayfm.models import create_model
+from xrayfm.models.features import FeaturePyramid, default_layers, features
+from xrayfm.models.task_checkpoint import load_task_model, save_task_model
+from xrayfm.models.task_model import XrayModel
+from xrayfm.tasks import TaskSpec
+
+FINDINGS = TaskSpec("findings", "multilabel", ("a", "b", "c"))
+KIND = TaskSpec("kind", "multiclass", ("x", "y"))
+LUNGS = TaskSpec("lungs", "segmentation", ("left", "right"))
+
+
+def vit(size: int = 64, **kw):
+    return create_model("eva_x_tiny_patch16", num_classes=0, img_size=size, **kw)
+
+
+def test_default_layers_follow_evax_and_beit() -> None:
+    assert default_layers(vit()) == [3, 5, 7, 11]
+    assert default_layers(create_model("resnet18", num_classes=0)) == [0, 1, 2, 3, 4]
+
+
+def test_features_api_returns_maps_at_the_layers_asked() -> None:
+    maps = features(vit(), torch.rand(2, 3, 64, 64), layers=[1, 11])
+    assert [tuple(m.shape) for m in maps] == [(2, 192, 4, 4)] * 2
+
+
+def test_vit_pyramid_has_strides_4_to_32() -> None:
+    bb = vit()
+    pyr = FeaturePyramid(bb)
+    final, maps = pyr(bb, torch.rand(2, 3, 64, 64))
+    assert pyr.strides == [4, 8, 16, 32]
+    assert [m.shape[-1] for m in maps] == [16, 8, 4, 2]
+    assert final.shape == (2, 1 + 16, 192)  # class token + 4x4 patches
+
+
+@pytest.mark.parametrize("arch", ["eva_x_tiny_patch16", "resnet18"])
+def test_heads_output_shapes(arch: str) -> None:
+    bb = create_model(arch, num_classes=0, **({"img_size": 64} if "eva" in arch else {}))
+    model = XrayModel(bb, [FINDINGS, LUNGS])
+    out = model(torch.rand(2, 1, 64, 64))
+    assert out["findings"].shape == (2, 3)
+    assert out["lungs"].shape == (2, 2, 64, 64)
+    assert model.head_config()["decoder"] == ("upernet" if "eva" in arch else "unet")
+
+
+def test_multiclass_head_and_non_square_input() -> None:
+    model = XrayModel(vit(dynamic_img_size=True), [KIND])
+    assert model(torch.rand(3, 1, 64, 96))["kind"].shape == (3, 2)
+
+
+def test_model_normalises_inside_and_refuses_wrong_channels() -> None:
+    model = XrayModel(vit(), [FINDINGS], mean=0.5, std=0.25).eval()
+    x = torch.rand(1, 1, 64, 64)
+    assert torch.allclose(model.preprocess(x), ((x - 0.5) / 0.25).expand(-1, 3, -1, -1))
+    with pytest.raises(XrayfmError, match="expected images"):
+        model(torch.rand(1, 2, 64, 64))
+
+
+def test_detection_task_is_refused_with_a_clear_error() -> None:
+    with pytest.raises(XrayfmError, match="no head for kind 'detection'"):
+        XrayModel(vit(), [TaskSpec("lesions", "detection", ("nodule",))])
+
+
+def test_save_and_load_round_trip(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = XrayModel(vit(), [FINDINGS, LUNGS], mean=0.49, std=0.28).eval()
+    save_task_model(model, tmp_path / "model", arch="eva_x_tiny_patch16", model_kwargs={"img_size": 64}, info={"x": 1})
+    loaded, meta = load_task_model(tmp_path)  # a run folder: the model sits in run/model
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        a, b = model(x), loaded(x)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert meta["tasks"][0]["classes"] == ["a", "b", "c"] and meta["normalization"]["mean"] == pytest.approx(0.49)
+
+
+def test_load_refuses_weights_of_another_architecture(tmp_path) -> None:
+    model = XrayModel(vit(), [FINDINGS])
+    save_task_model(model, tmp_path, arch="eva_x_tiny_patch16", model_kwargs={"img_size": 64}, info={})
+    meta = json.loads((tmp_path / "model.json").read_text())
+    meta["arch"] = "eva_x_small_patch16"
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(XrayfmError, match="do not fit eva_x_small_patch16"):
+        load_task_model(tmp_path)
+
+
+def test_load_refuses_corrupt_weights_and_missing_folders(tmp_path) -> None:
+    with pytest.raises(XrayfmError, match="no fine-tuned model"):
+        load_task_model(tmp_path)
+    save_task_model(
+        XrayModel(vit(), [FINDINGS]), tmp_path, arch="eva_x_tiny_patch16", model_kwargs={"img_size": 64}, info={}
+    )
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(XrayfmError, match="cannot read weights"):
+        load_task_model(tmp_path)
