@@ -7,7 +7,6 @@ printed as one line and exit with status 2, never as a traceback.
 from __future__ import annotations
 
 import argparse
-import ast
 import inspect
 import json
 import logging
@@ -17,29 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from xrayfm import __version__
+from xrayfm.cli_train import add_training_commands
+from xrayfm.config import parse_options, parse_with_recipe
 from xrayfm.errors import XrayfmError
 
 log = logging.getLogger("xrayfm")
-
-
-def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
-    """Parse ``key=value`` adapter options; values are Python literals or plain strings.
-
-    ``a,b`` (no brackets) becomes a tuple of strings, so ``-o views=PA,AP`` works.
-    """
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise XrayfmError(f"option {pair!r} is not of the form key=value")
-        try:
-            value: Any = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = tuple(v for v in raw.split(",") if v) if "," in raw else raw
-        if isinstance(value, list):
-            value = tuple(value)
-        out[key.strip()] = value
-    return out
 
 
 def _print_json(obj: Any) -> None:
@@ -167,75 +148,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("  step  loss")
     for step, loss, *_ in rows:
         print(f"  {int(step):>4}  {float(loss):.4f}")
+
+    print(f"\nFine-tuning it for findings + lung/heart/lesion masks ({args.finetune_steps} steps), then evaluating...")
+    from xrayfm.finetune.run import FinetuneConfig, run_finetune
+
+    ft_dir = out / "finetune"
+    ft = FinetuneConfig(
+        dataset="phantom", root=str(data), arch="eva_x_tiny_patch16", pretrained=str(run_dir),
+        img_size=args.img_size, mode="full", layer_decay=0.75, n_boot=200, eval_splits=("test",),
+        train=TrainConfig(
+            out_dir=str(ft_dir), steps=args.finetune_steps, batch_size=16, lr=1e-3, warmup_steps=tenth,
+            clip_grad=0.0, accelerator="cpu", precision="32-true",
+            checkpoint_every=max(1, args.finetune_steps // 2), log_every=tenth,
+        ),
+    )  # fmt: skip
+    result = run_finetune(ft)["evaluations"]["test"]
+    print("  task     metric        value   [95% CI]")
+    for task, res in result["tasks"].items():
+        for name, ci in res["headline"].items():
+            if ci["value"] is not None:
+                print(f"  {task:<8} {name:<12} {ci['value']:.4f}  [{ci['low']:.4f}, {ci['high']:.4f}]")
     print(
         f"\nDemo finished. It made:\n"
         f"  {data}/            {summary['images']} synthetic chest radiographs with labels, masks and boxes\n"
         f"  {out / 'phantom_summary.json'}  the summary above as JSON\n"
         f"  {sheet}  16 images with their boxes, mask outlines and labels\n"
         f"  {run_dir}/  an EVA-X MIM run (metrics.csv, last.ckpt); backbone exported to {export}\n"
-        f"Next: xrayfm inspect {data}   |   xrayfm datasets   |   xrayfm phantom --help"
+        f"  {ft_dir / 'model'}/  the fine-tuned model (classification + segmentation heads)\n"
+        f"  {result['report']}  the evaluation report (ROC curves, Dice, mask overlays): open it in a browser\n"
+        f"Next: xrayfm evaluate {ft_dir} phantom {data} --split val   |   xrayfm finetune --help"
     )
     return 0
-
-
-def cmd_pretrain_mim(args: argparse.Namespace) -> int:
-    from xrayfm.pretrain.engine import TrainConfig
-    from xrayfm.pretrain.mim_run import run_mim
-
-    devices = args.devices if args.devices == "auto" else int(args.devices)
-    cfg = TrainConfig(
-        out_dir=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
-        accumulate=args.accumulate, precision=args.precision, accelerator=args.accelerator, devices=devices,
-        num_nodes=args.num_nodes, strategy=args.strategy, seed=args.seed, num_workers=args.workers,
-        checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-    )  # fmt: skip
-    export = run_mim(
-        args.dataset, args.root, arch=args.arch, teacher=args.teacher, teacher_arch=args.teacher_arch,
-        img_size=args.img_size, mask_ratio=args.mask_ratio, dataset_options=parse_options(args.option),
-        train_config=cfg,
-    )  # fmt: skip
-    print(f"pretraining finished: metrics {Path(args.out) / 'metrics.csv'}, checkpoint {Path(args.out) / 'last.ckpt'}")
-    print(f"exported backbone: {export} (load with create_model({args.arch!r}, pretrained={str(args.out)!r}))")
-    return 0
-
-
-def _add_pretrain(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pretrain", help="self-supervised pretraining (EVA-X MIM)")
-    methods = p.add_subparsers(dest="method", metavar="METHOD", required=True)
-    m = methods.add_parser(
-        "mim",
-        help="EVA-X masked image modeling",
-        description=(
-            "Pretrain an EVA-X ViT by masked image modeling: 30%% of patch tokens masked; a frozen "
-            "teacher's features (cosine loss) or, without --teacher, normalised pixels (MSE) are "
-            "regressed on masked tokens only. Resumes from OUT/last.ckpt; exports "
-            "OUT/export/backbone.safetensors."
-        ),
-    )
-    m.add_argument("dataset", help="dataset adapter (see 'xrayfm datasets'), e.g. phantom")
-    m.add_argument("root", help="dataset root")
-    m.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="adapter option")
-    m.add_argument("--out", default="runs/mim", help="run folder (default runs/mim)")
-    m.add_argument("--arch", default="eva_x_tiny_patch16", help="student architecture")
-    m.add_argument("--teacher", help="teacher weights: file or xrayfm export folder (default: pixel target)")
-    m.add_argument("--teacher-arch", help="teacher architecture (default: from its export, else --arch)")
-    m.add_argument("--img-size", type=int, default=224, help="input side, multiple of 16 (default 224)")
-    m.add_argument("--mask-ratio", type=float, default=0.3, help="masked share of patches (default 0.3)")
-    m.add_argument("--steps", type=int, default=1000, help="optimiser steps (default 1000)")
-    m.add_argument("--batch-size", type=int, default=32, help="per-device batch size (default 32)")
-    m.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
-    m.add_argument("--warmup", type=int, default=100, help="warmup steps (default 100)")
-    m.add_argument("--accumulate", type=int, default=1, help="gradient accumulation (default 1)")
-    m.add_argument("--precision", default="auto", help="auto | 32-true | bf16-mixed | 16-mixed")
-    m.add_argument("--accelerator", default="auto", help="auto | cpu | gpu")
-    m.add_argument("--devices", default="1", help="devices per node (int or auto)")
-    m.add_argument("--num-nodes", type=int, default=1, help="nodes (default 1)")
-    m.add_argument("--strategy", default="auto", help="auto | ddp | fsdp")
-    m.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    m.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
-    m.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
-    m.add_argument("--log-every", type=int, default=10, help="steps between metric rows")
-    m.set_defaults(func=cmd_pretrain_mim)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xrayfm",
         description="Toolkit for X-ray foundation models: read X-rays safely, use public datasets, "
-        "generate synthetic phantoms.",
+        "generate synthetic phantoms, pretrain EVA-X, fine-tune and evaluate.",
         epilog="Run 'xrayfm COMMAND --help' for the options of one command.",
     )
     parser.add_argument("--version", action="version", version=f"xrayfm {__version__}")
@@ -312,8 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the demo on built-in synthetic data",
         description=(
-            "Make a synthetic phantom data set and inspect it (later versions continue into "
-            "pretraining, fine-tuning, evaluation and serving)."
+            "Make a synthetic phantom data set and inspect it, pretrain a small EVA-X on it by MIM, "
+            "fine-tune it for findings and masks, evaluate it with confidence intervals and write "
+            "an HTML report."
         ),
     )
     p.add_argument("--out", default="demo_output", help="output folder (default demo_output)")
@@ -321,19 +265,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="image side (default 256)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--steps", type=int, default=150, help="MIM pretraining steps (default 150)")
-    p.add_argument("--img-size", type=int, default=96, help="MIM input side (default 96)")
+    p.add_argument("--img-size", type=int, default=96, help="input side of pretraining and fine-tuning (default 96)")
+    p.add_argument("--finetune-steps", type=int, default=150, help="fine-tuning steps (default 150)")
     p.set_defaults(func=cmd_demo)
-    _add_pretrain(sub)
+    add_training_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``xrayfm`` console script."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
     try:
+        args = parse_with_recipe(build_parser(), argv)
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        )
         return int(args.func(args))
     except XrayfmError as exc:
         print(f"xrayfm: error: {exc}", file=sys.stderr)

@@ -171,7 +171,7 @@ def train(
     if fabric.global_rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
-    fabric.seed_everything(cfg.seed)
+    fabric.seed_everything(cfg.seed, verbose=False)
     if param_groups is None:
         params = [p for p in objective.parameters() if p.requires_grad]
         param_groups = [

@@ -1,0 +1,99 @@
+"""Evaluate a model on a dataset split: metrics with CIs, predictions, report.
+
+Writes into ``out_dir``: ``metrics.json`` (point values, 95% bootstrap intervals, notes),
+``predictions.npz`` (ids, probabilities and targets per task, for re-analysis) and
+``report.html``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from xrayfm.evaluate.bootstrap import classification_cis, segmentation_cis
+from xrayfm.evaluate.metrics import classification_metrics, segmentation_metrics
+from xrayfm.evaluate.predict import predict
+from xrayfm.models.task_model import XrayModel
+
+
+def score_predictions(
+    model: XrayModel, predictions: dict[str, Any], *, n_boot: int, seed: int, threshold: float
+) -> dict[str, Any]:
+    """Metrics, intervals and headline numbers per task from :func:`predict` output."""
+    tasks: dict[str, Any] = {}
+    for t in model.tasks:
+        pred = predictions.get(t.name)
+        if pred is None:
+            continue
+        if t.kind == "segmentation":
+            m = segmentation_metrics(pred["probs"] >= 0.5, pred["mask"], t.classes, return_per_image=True)
+            ci = segmentation_cis(m["per_image"]["dice"], m["per_image"]["jaccard"], t.classes, n_boot=n_boot,
+                                  seed=seed)  # fmt: skip
+            headline = {"mean_dice": ci["mean_dice"], "mean_jaccard": ci["mean_jaccard"]}
+        else:
+            m = classification_metrics(pred["probs"], pred["labels"], t.classes, kind=t.kind, threshold=threshold)
+            ci = classification_cis(pred["probs"], pred["labels"], t.classes, kind=t.kind, threshold=threshold,
+                                    n_boot=n_boot, seed=seed)  # fmt: skip
+            headline = {"mean_auroc": ci["mean_auroc"], "accuracy": ci["accuracy"]}
+        tasks[t.name] = {"metrics": m, "cis": ci, "headline": headline}
+    return tasks
+
+
+def evaluate_dataset(
+    model: XrayModel,
+    dataset: Dataset,
+    out_dir: str | Path,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    threshold: float = 0.5,
+    batch_size: int = 16,
+    device: str | None = None,
+    model_name: str = "",
+) -> dict[str, Any]:
+    """Predict, score and report; returns the result written to ``metrics.json``.
+
+    Args:
+        model: The model (its task specs say what is scored).
+        dataset: Samples already resized to the model's input.
+        out_dir: Folder for metrics.json, predictions.npz and report.html.
+        n_boot: Bootstrap resamples for the 95% intervals.
+        seed: Seed of the resampling.
+        threshold: Decision threshold (multi-label sensitivity / specificity / accuracy).
+        batch_size: Inference batch size.
+        device: ``cpu`` / ``cuda`` (default: CUDA when available).
+        model_name: How the report names the model (architecture, weights).
+    """
+    import torch
+
+    from xrayfm.report.evaluation_report import write_evaluation_report
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    predictions = predict(model, dataset, batch_size=batch_size, device=device)
+    model.cpu()
+    result = {
+        "model": model_name,
+        "dataset": getattr(dataset, "name", None),
+        "split": getattr(dataset, "split", None),
+        "n": len(predictions["ids"]),
+        "n_boot": n_boot,
+        "seed": seed,
+        "task_specs": [t.to_dict() for t in model.tasks],
+        "tasks": score_predictions(model, predictions, n_boot=n_boot, seed=seed, threshold=threshold),
+    }
+    arrays = {"ids": np.asarray(predictions["ids"])}
+    for name, pred in predictions.items():
+        if name != "ids":
+            arrays.update({f"{name}.{k}": v for k, v in pred.items()})
+    np.savez_compressed(out / "predictions.npz", **arrays)
+    result["report"] = str(write_evaluation_report(result, predictions, dataset, out / "report.html"))
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out / "metrics.json")
+    return result

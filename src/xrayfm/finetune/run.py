@@ -1,0 +1,237 @@
+"""One fine-tuning run: what ``xrayfm finetune`` calls.
+
+dataset -> (label-fraction subset) -> augmentation -> backbone (+ pretrained weights) + heads
+-> mode (full / linear / LoRA) -> LLRD AdamW on the shared engine -> merged model saved as
+``OUT/model`` -> evaluation of the validation and test splits (metrics with bootstrap CIs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+
+from xrayfm.data.base import XrayDataset
+from xrayfm.data.registry import build_dataset
+from xrayfm.data.sample import collate_samples
+from xrayfm.data.transforms import FinetuneAugment, Resize
+from xrayfm.errors import DatasetError, XrayfmError
+from xrayfm.finetune.label_efficiency import fraction_subset
+from xrayfm.finetune.losses import positive_weights
+from xrayfm.finetune.modes import LoraSettings, apply_mode, merge_lora
+from xrayfm.finetune.objective import FinetuneObjective
+from xrayfm.finetune.optim import finetune_param_groups
+from xrayfm.models.backbones.eva_x import EVA_X_MEAN, EVA_X_STD
+from xrayfm.models.export import read_export
+from xrayfm.models.registry import create_model
+from xrayfm.models.task_checkpoint import save_task_model
+from xrayfm.models.task_model import SUPPORTED_KINDS, XrayModel
+from xrayfm.pretrain.engine import TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneConfig:
+    """What to adapt, to which data, how.
+
+    Attributes:
+        dataset: Adapter name.
+        root: Dataset root.
+        dataset_options: Adapter options (``policy``, ``views``...).
+        tasks: Task names to train (default: every classification / segmentation task).
+        arch: Backbone architecture.
+        pretrained: Backbone weights (file, export folder, pretraining run) or None (random).
+        img_size: Input side.
+        mode: ``full``, ``linear`` or ``lora``.
+        lora: LoRA settings (mode ``lora``).
+        layer_decay: Layer-wise lr decay (EVA-X: 0.55 classification, 0.85 segmentation);
+            None = off.
+        drop_path: Stochastic depth rate of the backbone.
+        dropout: Dropout before classification layers.
+        decoder: Segmentation decoder (``upernet`` / ``unet``; default by backbone).
+        train_fraction: Share of training patients used (label efficiency).
+        allow_empty_classes: Train even when a class has no positive training sample.
+        pos_weight: ``auto`` (negatives / positives per class) or None.
+        focal_gamma: Focal loss gamma for classification (0 = BCE / CE).
+        flip: Horizontal-flip probability of the training view.
+        grad_checkpointing: Recompute backbone activations in the backward pass (less memory).
+        epochs: Passes over the (subset) training set; used when ``train.steps`` is 0.
+        eval_splits: Splits evaluated after training.
+        n_boot: Bootstrap resamples for confidence intervals.
+        threshold: Decision threshold for sensitivity / specificity.
+        train: Engine settings (``out_dir``, lr, batch size, precision...).
+    """
+
+    dataset: str
+    root: str
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    tasks: list[str] | None = None
+    arch: str = "eva_x_tiny_patch16"
+    pretrained: str | None = None
+    img_size: int = 224
+    mode: str = "full"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    layer_decay: float | None = 0.55
+    drop_path: float = 0.1
+    dropout: float = 0.0
+    decoder: str | None = None
+    train_fraction: float = 1.0
+    allow_empty_classes: bool = False
+    pos_weight: str | None = None
+    focal_gamma: float = 0.0
+    flip: float = 0.5
+    grad_checkpointing: bool = False
+    epochs: float = 10.0
+    eval_splits: tuple[str, ...] = ("val", "test")
+    n_boot: int = 1000
+    threshold: float = 0.5
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-3, warmup_steps=50, clip_grad=0.0))
+
+
+def backbone_normalization(arch: str, pretrained: str | None) -> tuple[float, float]:
+    """The grey-image mean / std the backbone's weights expect (export sidecar, EVA-X, timm cfg)."""
+    if pretrained is not None and Path(pretrained).is_dir():
+        norm = read_export(pretrained)[1].get("normalization") or {}
+        if "mean" in norm and "std" in norm:
+            return float(norm["mean"]), float(norm["std"])
+    if arch.startswith("eva_x_"):
+        return EVA_X_MEAN[0], EVA_X_STD[0]
+    cfg = timm.get_pretrained_cfg(arch)
+    mean = getattr(cfg, "mean", None) or (0.485, 0.456, 0.406)
+    std = getattr(cfg, "std", None) or (0.229, 0.224, 0.225)
+    return float(sum(mean) / len(mean)), float(sum(std) / len(std))
+
+
+def _select_tasks(ds: XrayDataset, names: list[str] | None) -> list:
+    usable = [t for t in ds.tasks if t.kind in SUPPORTED_KINDS]
+    if names:
+        known = {t.name: t for t in ds.tasks}
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise XrayfmError(f"{ds.name} has no task {missing}; its tasks: {sorted(known)}")
+        bad = [n for n in names if known[n].kind not in SUPPORTED_KINDS]
+        if bad:
+            raise XrayfmError(
+                f"tasks {bad} are of a kind fine-tuning does not train yet (supported: {SUPPORTED_KINDS})"
+            )
+        return [known[n] for n in names]
+    if not usable:
+        raise XrayfmError(f"{ds.name} has no classification or segmentation task to train")
+    return usable
+
+
+def _check_labels(ds: XrayDataset, tasks: list, allow_empty: bool) -> None:
+    """Refuse a training split where a classification task has no known labels or a class never
+    occurs, before any training time is spent."""
+    for t in tasks:
+        if t.kind == "segmentation":
+            if not any(r.mask is not None for r in ds.records):
+                raise DatasetError(f"{ds.name}/{ds.split}: task {t.name!r} but no sample has a mask")
+            continue
+        labels = [r.labels for r in ds.records if r.labels is not None]
+        if not labels:
+            raise DatasetError(f"{ds.name}/{ds.split}: task {t.name!r} but no sample has labels")
+        stack = torch.from_numpy(np.stack(labels))
+        empty = [c for c, col in zip(t.classes, stack.T) if not (col == 1).any()]
+        if empty and not allow_empty:
+            raise DatasetError(
+                f"{ds.name}/{ds.split}: no positive sample of {empty} in the training set of {len(ds)} images; "
+                "choose other classes, a larger train fraction, or allow_empty_classes=True to train anyway"
+            )
+        if empty:
+            log.warning("%s/%s: no positive sample of %s in the training subset", ds.name, ds.split, empty)
+
+
+def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Adapt a backbone to a dataset, save the model, evaluate it; returns the run summary.
+
+    The summary (``OUT/summary.json``) holds the parameter counts, the training subset, the final
+    loss and the metrics (with 95% bootstrap intervals) per evaluated split.
+    """
+    from xrayfm.evaluate.run import evaluate_dataset
+
+    out = Path(cfg.train.out_dir)
+    full = build_dataset(
+        cfg.dataset, cfg.root, "train", transform=FinetuneAugment(cfg.img_size, flip=cfg.flip), **cfg.dataset_options
+    )
+    tasks = _select_tasks(full, cfg.tasks)
+    idx = fraction_subset(full, cfg.train_fraction, seed=cfg.train.seed)
+    train_ds = full.subset(idx) if len(idx) < len(full) else full
+    _check_labels(train_ds, tasks, cfg.allow_empty_classes)
+
+    kwargs: dict[str, Any] = {"drop_path_rate": cfg.drop_path}
+    if "eva" in cfg.arch or "vit" in cfg.arch:
+        kwargs.update(img_size=cfg.img_size, dynamic_img_size=True)
+    backbone = create_model(cfg.arch, pretrained=cfg.pretrained, num_classes=0, **kwargs)
+    if cfg.grad_checkpointing:
+        backbone.set_grad_checkpointing(True)
+    mean, std = backbone_normalization(cfg.arch, cfg.pretrained)
+    model = XrayModel(backbone, tasks, mean=mean, std=std, dropout=cfg.dropout, decoder=cfg.decoder)
+    params = apply_mode(model, cfg.mode, cfg.lora)
+    log.info("%s: %d of %d parameters train (%.2f%%)", cfg.mode, params["trainable"], params["total"],
+             params["trainable_percent"])  # fmt: skip
+
+    pos_weight = {}
+    if cfg.pos_weight == "auto":
+        labels = torch.from_numpy(np.stack([r.labels for r in train_ds.records if r.labels is not None]))
+        pos_weight = {t.name: positive_weights(labels) for t in tasks if t.kind == "multilabel"}
+    objective = FinetuneObjective(model, pos_weight=pos_weight, focal_gamma=cfg.focal_gamma)
+    tc = cfg.train
+    if tc.steps <= 0:
+        tc.steps = max(1, math.ceil(cfg.epochs * len(train_ds) / (tc.batch_size * tc.accumulate)))
+    groups = finetune_param_groups(model, lr=tc.lr, weight_decay=tc.weight_decay, layer_decay=cfg.layer_decay)
+    result = train(objective, train_ds, tc, batch_to_input=lambda b: b, collate_fn=collate_samples,
+                   param_groups=groups)  # fmt: skip
+
+    merge_lora(model)
+    model_kwargs = {k: v for k, v in kwargs.items() if k != "drop_path_rate"}
+    info = {
+        "provenance": {
+            "method": "finetune", "mode": cfg.mode, "dataset": cfg.dataset, "root": str(cfg.root),
+            "dataset_options": cfg.dataset_options, "pretrained": cfg.pretrained,
+            "train_fraction": cfg.train_fraction, "train_images": len(train_ds), "seed": tc.seed,
+            "steps": tc.steps, "parameters": params,
+        },
+        "img_size": cfg.img_size,
+    }  # fmt: skip
+    save_task_model(model.cpu(), out / "model", arch=cfg.arch, model_kwargs=model_kwargs, info=info)
+
+    evaluations: dict[str, Any] = {}
+    for split in cfg.eval_splits:
+        try:
+            ds = build_dataset(cfg.dataset, cfg.root, split, transform=Resize(cfg.img_size), **cfg.dataset_options)
+        except XrayfmError as exc:
+            log.warning("not evaluating split %s: %s", split, exc)
+            continue
+        if len(ds) == 0:
+            continue
+        evaluations[split] = evaluate_dataset(
+            model,
+            ds,
+            out / f"eval_{split}",
+            n_boot=cfg.n_boot,
+            seed=tc.seed,
+            threshold=cfg.threshold,
+            model_name=f"{cfg.arch} ({cfg.mode}, from {cfg.pretrained or 'random init'}) in {out / 'model'}",
+        )
+    summary = {
+        "config": _jsonable(asdict(cfg)),
+        "parameters": params,
+        "train_images": len(train_ds),
+        "final_loss": result["loss"],
+        "evaluations": evaluations,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
