@@ -57,6 +57,7 @@ class XrayModel(nn.Module):
         self.backbone = backbone
         self.tasks = list(tasks)
         self.in_chans = int(getattr(backbone, "in_chans", None) or backbone.patch_embed.proj.in_channels)
+        self.normalization = (float(mean), float(std))  # exact values for the sidecar
         self.register_buffer("mean", torch.tensor(float(mean)), persistent=True)
         self.register_buffer("std", torch.tensor(float(std)), persistent=True)
         self.heads = nn.ModuleDict()
@@ -104,7 +105,11 @@ class XrayModel(nn.Module):
         seg = [h for h in self.heads.values() if isinstance(h, SegmentationHead)]
         return {
             "tasks": [t.to_dict() for t in self.tasks],
-            "normalization": {"mean": float(self.mean), "std": float(self.std), "input": "grey [0, 1], 1 channel"},
+            "normalization": {
+                "mean": self.normalization[0],
+                "std": self.normalization[1],
+                "input": "grey [0, 1], 1 channel",
+            },
             "dropout": next((h.dropout.p for h in self.heads.values() if isinstance(h, ClassificationHead)), 0.0),
             "decoder": seg[0].kind if seg else None,
             "layers": self.pyramid.layers if self.pyramid is not None else None,

@@ -1,0 +1,100 @@
+"""`xrayfm finetune` and `xrayfm evaluate` as a user runs them, on a small phantom."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from xrayfm.models.task_checkpoint import load_task_model
+
+SCRIPT = Path(sys.executable).parent / "xrayfm"
+FAST = ["--img-size", "64", "--batch-size", "8", "--warmup", "1", "--n-boot", "20", "--accelerator", "cpu"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "xrayfm.cli"]
+    return subprocess.run(
+        [*cmd, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"CI": "true", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
+    )
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = tmp_path_factory.mktemp("ft") / "ph"
+    assert run("phantom", str(data), "-n", "60", "--size", "64").returncode == 0
+    return data
+
+
+def test_full_finetune_saves_evaluates_and_reports(phantom: Path, tmp_path: Path) -> None:
+    out = tmp_path / "full"
+    res = run("finetune", "phantom", str(phantom), "--out", str(out), "--steps", "4", *FAST)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "100.00%" in res.stdout and "mean_auroc" in res.stdout and "mean_dice" in res.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["evaluations"]) == {"val", "test"}
+    test = json.loads((out / "eval_test" / "metrics.json").read_text())
+    labels = test["tasks"]["labels"]
+    assert set(labels["metrics"]["per_class"]) == {
+        "nodule",
+        "effusion",
+        "pneumothorax",
+        "cardiomegaly",
+        "consolidation",
+    }
+    ci = labels["headline"]["accuracy"]
+    assert ci["low"] <= ci["value"] <= ci["high"]
+    assert "<img" in (out / "eval_test" / "report.html").read_text()
+    assert yaml.safe_load((out / "config.yaml").read_text())["steps"] == 4
+    model, meta = load_task_model(out)
+    assert [t.name for t in model.tasks] == ["labels", "masks"] and meta["normalization"]["mean"] == 0.4919
+
+    again = run("evaluate", str(out), "phantom", str(phantom), "--split", "val", "--n-boot", "10")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (out / "eval_phantom_val" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("mode, share", [("linear", (0.001, 0.1)), ("lora", (1.0, 30.0))])
+def test_linear_and_lora_train_a_fraction_of_the_parameters(phantom: Path, tmp_path: Path, mode: str, share) -> None:
+    out = tmp_path / mode
+    res = run(
+        "finetune",
+        "phantom",
+        str(phantom),
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--mode",
+        mode,
+        "--task",
+        "labels",
+        "--train-fraction",
+        "0.5",
+        "--eval-split",
+        "test",
+        *FAST,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert share[0] < summary["parameters"]["trainable_percent"] < share[1]
+    assert summary["train_images"] < 42  # half of the patients of the 70% train split
+    model, meta = load_task_model(out)  # LoRA merged: a plain model loads strictly
+    assert meta["provenance"]["mode"] == mode and not any("lora" in k for k in model.state_dict())
+
+
+def test_bad_requests_fail_in_one_line(phantom: Path, tmp_path: Path) -> None:
+    res = run("finetune", "phantom", str(phantom), "--out", str(tmp_path / "x"), "--task", "nope", *FAST)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "has no task ['nope']" in res.stderr
+    res = run("finetune", "phantom", str(phantom), "--arch", "eva_x_tiniest", "--out", str(tmp_path / "y"), *FAST)
+    assert res.returncode == 2 and "unknown model" in res.stderr
+    res = run("evaluate", str(tmp_path / "missing"), "phantom", str(phantom))
+    assert res.returncode == 2 and "no fine-tuned model" in res.stderr

@@ -1,0 +1,108 @@
+"""Metric values against cases worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xrayfm.errors import XrayfmError
+from xrayfm.evaluate.metrics import classification_metrics, roc_curves, segmentation_metrics
+
+NAN = float("nan")
+
+
+def test_binary_auroc_sensitivity_specificity_by_hand() -> None:
+    # scores of positives 0.9, 0.4; negatives 0.6, 0.1 -> pairs (0.9>0.6, 0.9>0.1, 0.4<0.6, 0.4>0.1): 3/4
+    probs = np.array([[0.9], [0.4], [0.6], [0.1]])
+    labels = np.array([[1.0], [1.0], [0.0], [0.0]])
+    m = classification_metrics(probs, labels, ["x"], threshold=0.5)["per_class"]["x"]
+    assert m["auroc"] == pytest.approx(0.75)
+    assert m["sensitivity"] == pytest.approx(0.5)  # 0.9 caught, 0.4 missed
+    assert m["specificity"] == pytest.approx(0.5)  # 0.1 right, 0.6 wrong
+    assert m["accuracy"] == pytest.approx(0.5)
+    assert (m["positives"], m["negatives"]) == (2, 2)
+
+
+def test_ties_count_half() -> None:
+    m = classification_metrics(np.array([0.5, 0.5]), np.array([1.0, 0.0]), ["x"])["per_class"]["x"]
+    assert m["auroc"] == pytest.approx(0.5)
+
+
+def test_unknown_labels_are_left_out_not_counted_negative() -> None:
+    probs = np.array([[0.9, 0.2], [0.4, 0.8], [0.6, 0.3], [0.1, 0.7]])
+    labels = np.array([[1.0, NAN], [1.0, 1.0], [0.0, 0.0], [0.0, NAN]])
+    base = classification_metrics(probs, labels, ["a", "b"])
+    moved = probs.copy()
+    moved[0, 1], moved[3, 1] = 0.99, 0.01  # only unknown entries change
+    assert classification_metrics(moved, labels, ["a", "b"]) == base
+    b = base["per_class"]["b"]
+    assert (b["positives"], b["negatives"], b["auroc"]) == (1, 1, 1.0)
+    assert base["mean"]["auroc"] == pytest.approx((0.75 + 1.0) / 2)
+
+
+def test_class_without_positives_has_no_auroc_and_a_note() -> None:
+    m = classification_metrics(np.array([[0.2, 0.9], [0.4, 0.1]]), np.array([[0.0, 1.0], [0.0, 0.0]]), ["a", "b"])
+    assert m["per_class"]["a"]["auroc"] is None and m["per_class"]["a"]["sensitivity"] is None
+    assert m["mean"]["auroc"] == 1.0 and any(n.startswith("a:") for n in m["notes"])
+
+
+def test_per_class_thresholds() -> None:
+    probs, labels = np.array([[0.3, 0.3]]), np.array([[1.0, 1.0]])
+    m = classification_metrics(probs, labels, ["a", "b"], threshold=[0.2, 0.5])["per_class"]
+    assert m["a"]["sensitivity"] == 1.0 and m["b"]["sensitivity"] == 0.0
+
+
+def test_multiclass_accuracy_and_one_vs_rest() -> None:
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.5, 0.1, 0.4], [0.3, 0.3, 0.4]])
+    labels = np.eye(3)[[0, 1, 2, 2]]
+    m = classification_metrics(probs, labels, ["a", "b", "c"], kind="multiclass")
+    assert m["mean"]["accuracy"] == pytest.approx(0.75)  # row 3 predicted a, truly c
+    assert m["per_class"]["c"]["sensitivity"] == pytest.approx(0.5)
+    assert m["per_class"]["a"]["specificity"] == pytest.approx(2 / 3)
+    # class c one-vs-rest: positives 0.4, 0.4; negatives 0.1, 0.3 -> 1.0
+    assert m["per_class"]["c"]["auroc"] == pytest.approx(1.0)
+    assert 0 <= m["mean"]["ece"] <= 1
+
+
+def test_calibration_error_of_a_perfectly_calibrated_and_a_bad_model() -> None:
+    labels = np.array([[1.0], [0.0]] * 10)
+    assert classification_metrics(labels.copy(), labels, ["x"])["per_class"]["x"]["ece"] == pytest.approx(0.0)
+    assert classification_metrics(1 - labels, labels, ["x"])["per_class"]["x"]["ece"] == pytest.approx(1.0)
+
+
+def test_shape_mismatch_is_named() -> None:
+    with pytest.raises(XrayfmError, match="differ in shape"):
+        classification_metrics(np.zeros((3, 2)), np.zeros((3, 1)), ["a"])
+    with pytest.raises(XrayfmError, match="class names"):
+        classification_metrics(np.zeros((3, 2)), np.zeros((3, 2)), ["a"])
+
+
+def test_roc_curve_end_points() -> None:
+    c = roc_curves(np.array([0.9, 0.4, 0.6, 0.1]), np.array([1.0, 1.0, 0.0, 0.0]), ["x"])["x"]
+    assert c["fpr"][0] == 0 and c["tpr"][-1] == 1 and c["auroc"] == pytest.approx(0.75)
+
+
+def test_dice_and_jaccard_by_hand_with_ignored_pixels() -> None:
+    target = np.zeros((1, 1, 2, 4), dtype=np.uint8)
+    target[0, 0, 0, :3] = 1  # 3 reference pixels
+    target[0, 0, 1, 3] = 255  # ignored
+    pred = np.zeros_like(target, dtype=bool)
+    pred[0, 0, 0, 1:4] = True  # 2 overlap, 1 false positive
+    pred[0, 0, 1, 3] = True  # on an ignored pixel: does not count
+    m = segmentation_metrics(pred, target, ["lung"], return_per_image=True)
+    assert m["per_class"]["lung"]["dice"] == pytest.approx(2 * 2 / (3 + 3))
+    assert m["per_class"]["lung"]["jaccard"] == pytest.approx(2 / 4)
+    assert m["per_image"]["dice"] == [[pytest.approx(2 / 3)]]
+
+
+def test_empty_reference_and_empty_prediction_score_one() -> None:
+    target = np.zeros((2, 1, 3, 3), dtype=np.uint8)
+    pred = np.zeros_like(target, dtype=bool)
+    pred[1, 0, 0, 0] = True  # a false alarm on the second image
+    m = segmentation_metrics(pred, target, ["nodule"], return_per_image=True)
+    assert m["per_image"]["dice"] == [[1.0], [0.0]] and m["mean"]["dice"] == 0.5
+
+
+def test_mask_shapes_must_agree() -> None:
+    with pytest.raises(XrayfmError, match="must both be"):
+        segmentation_metrics(np.zeros((1, 1, 2, 2)), np.zeros((1, 1, 2, 3)), ["x"])
