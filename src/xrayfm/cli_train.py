@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from xrayfm.config import parse_options, write_resolved_config
+from xrayfm.errors import XrayfmError
 
 
 def _engine_config(args: argparse.Namespace) -> Any:
@@ -94,10 +95,11 @@ def finetune_config(args: argparse.Namespace) -> Any:
 
     return FinetuneConfig(
         dataset=args.dataset, root=args.root, dataset_options=parse_options(args.option),
-        tasks=args.task or None, arch=args.arch, pretrained=args.pretrained, img_size=args.img_size,
-        mode=args.mode, lora=LoraSettings(args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_targets),
+        tasks=args.task or None, arch=getattr(args, "arch", "eva_x_tiny_patch16"),
+        pretrained=getattr(args, "pretrained", None), img_size=args.img_size, mode=getattr(args, "mode", "full"),
+        lora=LoraSettings(args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_targets),
         layer_decay=None if args.layer_decay in (None, 1.0) else args.layer_decay, drop_path=args.drop_path,
-        dropout=args.dropout, decoder=args.decoder, train_fraction=args.train_fraction,
+        dropout=args.dropout, decoder=args.decoder, train_fraction=getattr(args, "train_fraction", 1.0),
         allow_empty_classes=args.allow_empty_classes, pos_weight=args.pos_weight, focal_gamma=args.focal_gamma,
         flip=args.flip, epochs=args.epochs, eval_splits=tuple(args.eval_split or ('val', 'test')), n_boot=args.n_boot,
         threshold=args.threshold, grad_checkpointing=args.grad_checkpointing, train=_engine_config(args),
@@ -126,6 +128,27 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     print(f"model: {Path(args.out) / 'model'}   summary: {Path(args.out) / 'summary.json'}")
     for split, result in summary["evaluations"].items():
         print(f"report ({split}): {result['report']}")
+    return 0
+
+
+def _list(text: str, kind: type) -> list:
+    try:
+        return [kind(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise XrayfmError(f"{text!r} is not a comma-separated list of {kind.__name__} values") from None
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from xrayfm.finetune.sweep import Backbone, run_sweep
+
+    write_resolved_config(args, args.out)
+    backbones = [Backbone.parse(b) for b in args.backbone] or [Backbone("eva_x_tiny", "eva_x_tiny_patch16")]
+    table = run_sweep(
+        finetune_config(args), backbones=backbones, modes=_list(args.modes, str),
+        fractions=_list(args.fractions, float), seeds=_list(args.seeds, int), out_dir=args.out,
+    )  # fmt: skip
+    print((table.parent / "sweep.md").read_text())
+    print(f"table: {table}   summary: {table.parent / 'sweep.md'}")
     return 0
 
 
@@ -187,14 +210,21 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
             "bootstrap confidence intervals and writes an HTML report. Recipes: configs/."
         ),
     )
-    p.add_argument("dataset", help="dataset adapter, e.g. phantom, nih_cxr14, csv")
-    p.add_argument("root", help="dataset root")
-    _common(p, "runs/finetune")
-    p.add_argument("--task", action="append", default=[], help="task to train (repeatable; default all)")
+    _finetune_args(p, "runs/finetune")
     p.add_argument("--arch", default="eva_x_tiny_patch16", help="backbone architecture")
     p.add_argument("--pretrained", help="backbone weights: file, export folder or pretraining run (default random)")
-    p.add_argument("--img-size", type=int, default=224, help="input side (default 224)")
     p.add_argument("--mode", default="full", choices=["full", "linear", "lora"], help="what trains (default full)")
+    p.add_argument("--train-fraction", type=float, default=1.0, help="share of training patients (default 1)")
+    p.set_defaults(func=cmd_finetune)
+
+
+def _finetune_args(p: argparse.ArgumentParser, out: str) -> None:
+    """Arguments shared by finetune and sweep."""
+    p.add_argument("dataset", help="dataset adapter, e.g. phantom, nih_cxr14, csv")
+    p.add_argument("root", help="dataset root")
+    _common(p, out)
+    p.add_argument("--task", action="append", default=[], help="task to train (repeatable; default all)")
+    p.add_argument("--img-size", type=int, default=224, help="input side (default 224)")
     p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (default 8)")
     p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha (default 16)")
     p.add_argument("--lora-dropout", type=float, default=0.1, help="LoRA dropout (default 0.1)")
@@ -203,7 +233,6 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth (default 0.1)")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout before the classifier (default 0)")
     p.add_argument("--decoder", choices=["upernet", "unet"], help="segmentation decoder (default by backbone)")
-    p.add_argument("--train-fraction", type=float, default=1.0, help="share of training patients (default 1)")
     p.add_argument("--allow-empty-classes", action="store_true", help="train even if a class has no positives")
     p.add_argument("--pos-weight", choices=["auto"], help="BCE positive weight negatives/positives per class")
     p.add_argument("--focal-gamma", type=float, default=0.0, help="focal loss gamma, 0 = BCE/CE (default 0)")
@@ -213,7 +242,27 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--threshold", type=float, default=0.5, help="decision threshold (default 0.5)")
     _add_engine_args(p, steps=0, batch=32, lr=1e-3, warmup=50, clip=0.0)
-    p.set_defaults(func=cmd_finetune)
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="label-efficiency sweep: backbones x modes x fractions x seeds, one table",
+        description=(
+            "Fine-tune every combination of backbones, modes, training fractions and seeds (each an "
+            "ordinary finetune run in OUT/LABEL_MODE_fFRACTION_sSEED; finished runs are not repeated) "
+            "and write OUT/sweep.csv (headline metrics with 95%% CIs) and OUT/sweep.md."
+        ),
+    )
+    _finetune_args(p, "runs/sweep")
+    p.add_argument(
+        "--backbone", action="append", default=[], metavar="LABEL=ARCH[:WEIGHTS]",
+        help="backbone to compare (repeatable; default eva_x_tiny=eva_x_tiny_patch16, random init)",
+    )  # fmt: skip
+    p.add_argument("--modes", default="full,linear,lora", help="comma-separated modes (default full,linear,lora)")
+    p.add_argument("--fractions", default="0.01,0.1,1", help="comma-separated train fractions (default 0.01,0.1,1)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.set_defaults(func=cmd_sweep)
 
 
 def add_training_commands(sub: argparse._SubParsersAction) -> None:
@@ -234,6 +283,7 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_stats)
     _add_pretrain(sub)
     _add_finetune(sub)
+    _add_sweep(sub)
 
     p = sub.add_parser(
         "evaluate",

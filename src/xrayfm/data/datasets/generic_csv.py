@@ -119,7 +119,8 @@ def build_csv(
         boxes_complete: Every image was box-annotated, so one without rows has no lesion (an
             empty box target) rather than no annotation (the default: no box target).
         split_column: Column with train/val/test (default: ``split`` or ``official_split``
-            when present, else a patient-hash split).
+            when present, else a patient-hash split); ``""`` forces the patient-hash split
+            (e.g. for a set shipped as a single split).
         patient_column: Patient id column for the hash split (default: auto-detected).
         seed: Seed of the hash split.
         missing: Absent images: ``error``, ``skip`` them, or ``keep`` (labels only, no check).
@@ -130,6 +131,8 @@ def build_csv(
     df = read_table(path, required=["image", *mask_columns], dtype={"image": str})
     if split_column is None:
         split_column = next((c for c in SPLIT_COLUMNS if c in df.columns), None)
+    elif split_column == "":
+        split_column = None  # asked for the patient-hash split
     elif split_column not in df.columns:
         raise DatasetError(f"{path}: split column {split_column!r} not found")
     if patient_column is None:
