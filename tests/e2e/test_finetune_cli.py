@@ -98,3 +98,25 @@ def test_bad_requests_fail_in_one_line(phantom: Path, tmp_path: Path) -> None:
     assert res.returncode == 2 and "unknown model" in res.stderr
     res = run("evaluate", str(tmp_path / "missing"), "phantom", str(phantom))
     assert res.returncode == 2 and "no fine-tuned model" in res.stderr
+
+
+def test_box_localization_finetune_and_map(phantom: Path, tmp_path: Path) -> None:
+    out = tmp_path / "boxes"
+    res = run(
+        "finetune",
+        "phantom",
+        str(phantom),
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--task",
+        "boxes",
+        "--eval-split",
+        "test",
+        *FAST,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    boxes = json.loads((out / "eval_test" / "metrics.json").read_text())["tasks"]["boxes"]
+    assert set(boxes["headline"]) == {"map", "map_50"}
+    assert boxes["metrics"]["n"] > 0 and "detection" in (out / "eval_test" / "report.html").read_text()

@@ -71,3 +71,14 @@ def test_segmentation_cis_from_per_image_scores() -> None:
     assert ci["per_class"]["a"]["dice"]["value"] == pytest.approx(0.8)
     assert ci["per_class"]["b"]["dice"]["low"] == ci["per_class"]["b"]["dice"]["high"] == 0.5
     assert ci["mean_dice"]["value"] == pytest.approx(0.65)
+
+
+def test_detection_intervals_resample_images() -> None:
+    from xrayfm.evaluate.bootstrap import detection_cis
+
+    targets = [{"boxes": [[10, 10, 50, 50]], "labels": [0]} for _ in range(12)]
+    preds = [{"boxes": [[10, 10, 50, 50]] if i % 3 else [[60, 60, 90, 90]], "scores": [0.9], "labels": [0]}
+             for i in range(12)]  # fmt: skip
+    ci = detection_cis(preds, targets, ["nodule"], n_boot=30)
+    assert ci["map_50"]["low"] < ci["map_50"]["value"] < ci["map_50"]["high"] + 1e-9
+    assert ci["map"]["n_boot"] == 30

@@ -106,3 +106,31 @@ def test_empty_reference_and_empty_prediction_score_one() -> None:
 def test_mask_shapes_must_agree() -> None:
     with pytest.raises(XrayfmError, match="must both be"):
         segmentation_metrics(np.zeros((1, 1, 2, 2)), np.zeros((1, 1, 2, 3)), ["x"])
+
+
+def test_detection_map_perfect_then_missed_box() -> None:
+    from xrayfm.evaluate.metrics import detection_metrics
+
+    targets = [
+        {"boxes": [[10, 10, 50, 50]], "labels": [0]},
+        {"boxes": [[5, 5, 25, 45], [60, 60, 90, 90]], "labels": [1, 0]},
+    ]
+    perfect = [{"boxes": t["boxes"], "scores": [0.9] * len(t["labels"]), "labels": t["labels"]} for t in targets]
+    m = detection_metrics(perfect, targets, ["nodule", "mass"])
+    assert m["map"] == pytest.approx(1.0) and m["map_50"] == pytest.approx(1.0) and m["boxes"] == 3
+    assert m["per_class"]["mass"]["ap"] == pytest.approx(1.0)
+    missed = [perfect[0], {"boxes": [[5, 5, 25, 45]], "scores": [0.9], "labels": [1]}]  # second nodule missed
+    m2 = detection_metrics(missed, targets, ["nodule", "mass"])
+    assert m2["per_class"]["nodule"]["ap"] < 0.6 and m2["per_class"]["mass"]["ap"] == pytest.approx(1.0)
+    shifted = [{"boxes": [[30, 30, 70, 70]], "scores": [0.9], "labels": [0]}, perfect[1]]  # IoU 1/7 with truth
+    assert detection_metrics(shifted, targets, ["nodule", "mass"])["per_class"]["nodule"]["ap"] < 0.6
+
+
+def test_detection_class_without_reference_boxes_is_none() -> None:
+    from xrayfm.evaluate.metrics import detection_metrics
+
+    targets = [{"boxes": [[10, 10, 50, 50]], "labels": [0]}]
+    preds = [{"boxes": [[10, 10, 50, 50]], "scores": [0.8], "labels": [0]}]
+    assert detection_metrics(preds, targets, ["a", "b"])["per_class"]["b"]["ap"] is None
+    with pytest.raises(XrayfmError, match="predictions for"):
+        detection_metrics(preds, targets * 2, ["a"])

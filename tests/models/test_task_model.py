@@ -65,11 +65,6 @@ def test_model_normalises_inside_and_refuses_wrong_channels() -> None:
         model(torch.rand(1, 2, 64, 64))
 
 
-def test_detection_task_is_refused_with_a_clear_error() -> None:
-    with pytest.raises(XrayfmError, match="no head for kind 'detection'"):
-        XrayModel(vit(), [TaskSpec("lesions", "detection", ("nodule",))])
-
-
 def test_save_and_load_round_trip(tmp_path) -> None:
     torch.manual_seed(0)
     model = XrayModel(vit(), [FINDINGS, LUNGS], mean=0.49, std=0.28).eval()
@@ -101,3 +96,36 @@ def test_load_refuses_corrupt_weights_and_missing_folders(tmp_path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(XrayfmError, match="cannot read weights"):
         load_task_model(tmp_path)
+
+
+@pytest.mark.parametrize("arch", ["eva_x_tiny_patch16", "resnet18"])
+def test_detection_head_trains_and_predicts_on_both_backbone_families(arch: str, tmp_path) -> None:
+    lesions = TaskSpec("lesions", "detection", ("nodule", "mass"))
+    kw = {"img_size": 64} if "eva" in arch else {}
+    model = XrayModel(create_model(arch, num_classes=0, **kw), [FINDINGS, lesions])
+    targets = {"lesions": [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 40.0]]), "labels": torch.tensor([1])},
+                           {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]}  # fmt: skip
+    losses = model.train()(torch.rand(2, 1, 64, 64), targets)["lesions"]
+    assert {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"} <= set(losses)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 1, 64, 64))
+    assert out["findings"].shape == (2, 3) and len(out["lesions"]) == 2
+    assert out["lesions"][0]["boxes"].shape[1] == 4 and (out["lesions"][0]["labels"] < 2).all()
+    save_task_model(model, tmp_path, arch=arch, model_kwargs=kw, info={})
+    loaded, _ = load_task_model(tmp_path)
+    assert isinstance(loaded.heads["lesions"], type(model.heads["lesions"]))
+
+
+@pytest.mark.parametrize(
+    "arch, kw, size",
+    [("resnet18", {}, 64), ("swin_tiny_patch4_window7_224", {"img_size": 224}, 224), ("convnext_atto", {}, 64)],
+)
+def test_every_head_on_cnn_and_hierarchical_backbones(arch: str, kw: dict, size: int) -> None:
+    tasks = [FINDINGS, LUNGS, TaskSpec("lesions", "detection", ("nodule",))]
+    model = XrayModel(create_model(arch, num_classes=0, **kw), tasks).eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 1, size, size))
+    assert out["findings"].shape == (1, 3) and out["lungs"].shape == (1, 2, size, size)
+    assert len(out["lesions"]) == 1 and model.pyramid.strides[-4:] == [4, 8, 16, 32]
+    assert model.head_config()["decoder"] == "unet"

@@ -167,3 +167,30 @@ def segmentation_cis(
         for k, c in enumerate(classes)
     }
     return out
+
+
+def detection_cis(
+    preds: Sequence[dict[str, Any]],
+    targets: Sequence[dict[str, Any]],
+    classes: Sequence[str],
+    *,
+    n_boot: int = 200,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """Intervals of mAP (0.5:0.95) and mAP@0.5 by resampling images (pycocotools is slow: the
+    number of resamples is capped at 200)."""
+    from xrayfm.evaluate.metrics import detection_metrics
+
+    n_boot = min(n_boot, 200)
+    cache: dict[bytes, dict[str, Any]] = {}
+
+    def scores(idx: np.ndarray) -> dict[str, Any]:
+        key = idx.tobytes()
+        if key not in cache:  # both statistics see the same resamples: score each once
+            cache[key] = detection_metrics([preds[i] for i in idx], [targets[i] for i in idx], classes)
+        return cache[key]
+
+    return _resampled(
+        {"map": lambda i: scores(i)["map"], "map_50": lambda i: scores(i)["map_50"]}, len(targets), n_boot, seed, alpha
+    )

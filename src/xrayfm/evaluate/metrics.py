@@ -195,3 +195,56 @@ def segmentation_metrics(
     if return_per_image:
         out["per_image"] = {"dice": dice.tolist(), "jaccard": jaccard.tolist()}
     return out
+
+
+def detection_metrics(
+    preds: Sequence[dict[str, Any]], targets: Sequence[dict[str, Any]], classes: Sequence[str]
+) -> dict[str, Any]:
+    """COCO-style box metrics (torchmetrics ``MeanAveragePrecision``, pycocotools backend).
+
+    Args:
+        preds: Per image ``boxes`` (n, 4) xyxy, ``scores`` (n,), ``labels`` (n,) 0-based.
+        targets: Per image ``boxes`` and ``labels``.
+        classes: Box class names.
+
+    Returns:
+        ``map`` (IoU 0.5:0.95), ``map_50``, ``map_75``, ``mar_100`` and per-class ``ap`` / ``ar_100``
+        (None where a class has no reference box), plus ``n`` images and ``boxes`` (reference count).
+    """
+    from torchmetrics.detection import MeanAveragePrecision
+
+    if len(preds) != len(targets):
+        raise XrayfmError(f"{len(preds)} predictions for {len(targets)} annotated images")
+    if not len(targets):
+        raise XrayfmError("nothing to evaluate: no box-annotated image")
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="pycocotools")
+
+    def tensors(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        out = {k: torch.as_tensor(np.asarray(d[k])) for k in keys}
+        out["boxes"] = out["boxes"].float().reshape(-1, 4)
+        out["labels"] = out["labels"].long().reshape(-1)
+        return out
+
+    metric.update([tensors(p, ("boxes", "scores", "labels")) for p in preds],
+                  [tensors(t, ("boxes", "labels")) for t in targets])  # fmt: skip
+    res = metric.compute()
+
+    def value(x: torch.Tensor) -> float | None:
+        v = float(x)
+        return None if v < 0 else v  # torchmetrics reports -1 where undefined
+
+    per_class: dict[str, dict[str, Any]] = {c: {"ap": None, "ar_100": None} for c in classes}
+    found = res["classes"].reshape(-1).tolist()
+    for i, k in enumerate(found):
+        if 0 <= k < len(classes):
+            per_class[classes[k]] = {"ap": value(res["map_per_class"].reshape(-1)[i]),
+                                     "ar_100": value(res["mar_100_per_class"].reshape(-1)[i])}  # fmt: skip
+    return {
+        "n": len(targets),
+        "boxes": int(sum(len(np.asarray(t["labels"]).reshape(-1)) for t in targets)),
+        "map": value(res["map"]),
+        "map_50": value(res["map_50"]),
+        "map_75": value(res["map_75"]),
+        "mar_100": value(res["mar_100"]),
+        "per_class": per_class,
+    }

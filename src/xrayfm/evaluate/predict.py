@@ -27,7 +27,9 @@ def predict(
     Returns:
         ``ids`` (sample ids) and, per task name: ``probs`` (N, K) + ``labels`` (N, K, nan = unknown)
         for classification; ``probs`` (N, M, H, W) float16 + ``mask`` (N, M, H, W) uint8 for
-        segmentation (samples without a mask are skipped for that task).
+        segmentation (samples without a mask are skipped for that task); for detection, lists
+        ``pred`` (``boxes``, ``scores``, ``labels``) and ``target`` (``boxes``, ``labels``) of the
+        box-annotated images and their dataset ``index``.
     """
     model = model.to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_samples, num_workers=workers)
@@ -37,10 +39,21 @@ def predict(
         outputs = model(batch["image"].to(device))
         ids.extend(str(m.get("id")) for m in batch["meta"])
         for t in model.tasks:
-            probs = probabilities(t.kind, outputs[t.name].float()).cpu()
             target = batch.get(t.sample_key)
             if target is None:
                 continue
+            if t.kind == "detection":
+                rec = store[t.name]
+                for i, (det, boxes) in enumerate(zip(outputs[t.name], target)):
+                    if boxes is None:  # image without box annotation: not scored
+                        continue
+                    rec.setdefault("index", []).append(len(ids) - len(target) + i)
+                    rec.setdefault("pred", []).append({k: v.cpu().numpy() for k, v in det.items()})
+                    rec.setdefault("target", []).append(
+                        {"boxes": boxes.cpu().numpy(), "labels": batch["box_labels"][i].cpu().numpy()}
+                    )
+                continue
+            probs = probabilities(t.kind, outputs[t.name].float()).cpu()
             if t.kind == "segmentation":
                 store[t.name].setdefault("probs", []).append(probs.half().numpy())
             else:
@@ -50,6 +63,9 @@ def predict(
     for t in model.tasks:
         parts = store[t.name]
         if not parts:
+            continue
+        if t.kind == "detection":
+            out[t.name] = {"pred": parts["pred"], "target": parts["target"], "index": parts["index"]}
             continue
         key = "mask" if t.kind == "segmentation" else "labels"
         out[t.name] = {"probs": np.concatenate(parts["probs"]), key: np.concatenate(parts["target"])}

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from xrayfm.evaluate.bootstrap import classification_cis, segmentation_cis
-from xrayfm.evaluate.metrics import classification_metrics, segmentation_metrics
+from xrayfm.evaluate.bootstrap import classification_cis, detection_cis, segmentation_cis
+from xrayfm.evaluate.metrics import classification_metrics, detection_metrics, segmentation_metrics
 from xrayfm.evaluate.predict import predict
 from xrayfm.models.task_model import XrayModel
 
@@ -29,7 +29,11 @@ def score_predictions(
         pred = predictions.get(t.name)
         if pred is None:
             continue
-        if t.kind == "segmentation":
+        if t.kind == "detection":
+            m = detection_metrics(pred["pred"], pred["target"], t.classes)
+            ci = detection_cis(pred["pred"], pred["target"], t.classes, n_boot=n_boot, seed=seed)
+            headline = {"map": ci["map"], "map_50": ci["map_50"]}
+        elif t.kind == "segmentation":
             m = segmentation_metrics(pred["probs"] >= 0.5, pred["mask"], t.classes, return_per_image=True)
             ci = segmentation_cis(m["per_image"]["dice"], m["per_image"]["jaccard"], t.classes, n_boot=n_boot,
                                   seed=seed)  # fmt: skip
@@ -41,6 +45,10 @@ def score_predictions(
             headline = {"mean_auroc": ci["mean_auroc"], "accuracy": ci["accuracy"]}
         tasks[t.name] = {"metrics": m, "cis": ci, "headline": headline}
     return tasks
+
+
+def _listed(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: np.asarray(v).tolist() for k, v in d.items()}
 
 
 def evaluate_dataset(
@@ -88,8 +96,15 @@ def evaluate_dataset(
         "tasks": score_predictions(model, predictions, n_boot=n_boot, seed=seed, threshold=threshold),
     }
     arrays = {"ids": np.asarray(predictions["ids"])}
+    kinds = {t.name: t.kind for t in model.tasks}
     for name, pred in predictions.items():
-        if name != "ids":
+        if name == "ids":
+            continue
+        if kinds[name] == "detection":  # ragged: one object array per field
+            for field in ("pred", "target"):
+                arrays[f"{name}.{field}"] = np.asarray([json.dumps(_listed(d)) for d in pred[field]])
+            arrays[f"{name}.index"] = np.asarray(pred["index"])
+        else:
             arrays.update({f"{name}.{k}": v for k, v in pred.items()})
     np.savez_compressed(out / "predictions.npz", **arrays)
     result["report"] = str(write_evaluation_report(result, predictions, dataset, out / "report.html"))

@@ -4,7 +4,8 @@
   ``pos_weight`` for rare findings, or sigmoid focal loss (torchvision) when ``focal_gamma`` > 0;
 - multi-class: cross-entropy over rows with a known one-hot label (focal modulation optional);
 - segmentation: BCE + soft Dice (segmentation-models-pytorch) per mask channel, pixels marked
-  255 ignored.
+  255 ignored;
+- detection: the sum of torchvision Faster R-CNN's RPN and RoI losses.
 """
 
 from __future__ import annotations
@@ -66,13 +67,15 @@ def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def task_loss(
     task: TaskSpec,
-    output: torch.Tensor,
+    output: torch.Tensor | dict[str, torch.Tensor],
     batch: dict[str, torch.Tensor],
     *,
     pos_weight: torch.Tensor | None = None,
     focal_gamma: float = 0.0,
 ) -> torch.Tensor:
     """The loss of one task's output against its targets in a collated batch."""
+    if task.kind == "detection":  # the head computed its losses against the batch's boxes
+        return torch.stack(list(output.values())).sum()
     target = batch[task.sample_key]
     if task.kind == "multilabel":
         return multilabel_loss(output, target, pos_weight=pos_weight, focal_gamma=focal_gamma)

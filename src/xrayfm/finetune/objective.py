@@ -7,7 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from xrayfm.errors import XrayfmError
 from xrayfm.finetune.losses import task_loss
+from xrayfm.models.heads.detection import detection_targets
 from xrayfm.models.task_model import XrayModel
 
 
@@ -32,7 +34,17 @@ class FinetuneObjective(nn.Module):
         self.focal_gamma = focal_gamma
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        outputs = self.model(batch["image"])
+        targets = {}
+        for t in self.model.tasks:
+            if t.kind == "detection":
+                try:
+                    targets[t.name] = detection_targets(batch)
+                except ValueError as exc:
+                    ids = [m.get("id") for m in batch.get("meta", [])]
+                    raise XrayfmError(f"task {t.name!r}, batch of images {ids}: {exc}") from None
+                if targets[t.name] is None:
+                    raise XrayfmError(f"task {t.name!r}: the batch carries no boxes")
+        outputs = self.model(batch["image"], targets)
         losses = [
             task_loss(t, outputs[t.name], batch, pos_weight=self.pos_weight.get(t.name), focal_gamma=self.focal_gamma)
             for t in self.model.tasks

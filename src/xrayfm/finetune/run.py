@@ -110,6 +110,17 @@ def backbone_normalization(arch: str, pretrained: str | None) -> tuple[float, fl
     return float(sum(mean) / len(mean)), float(sum(std) / len(std))
 
 
+def backbone_kwargs(arch: str, img_size: int, drop_path: float) -> dict[str, Any]:
+    """Constructor arguments for fine-tuning: drop path, and the input size for models built
+    for one (ViTs accept any multiple of the patch size; Swin needs its size fixed)."""
+    kwargs: dict[str, Any] = {"drop_path_rate": drop_path}
+    if arch.startswith(("eva", "vit", "deit", "beit")):
+        kwargs.update(img_size=img_size, dynamic_img_size=True)
+    elif arch.startswith("swin"):
+        kwargs["img_size"] = img_size
+    return kwargs
+
+
 def _select_tasks(ds: XrayDataset, names: list[str] | None) -> list:
     usable = [t for t in ds.tasks if t.kind in SUPPORTED_KINDS]
     if names:
@@ -167,9 +178,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     train_ds = full.subset(idx) if len(idx) < len(full) else full
     _check_labels(train_ds, tasks, cfg.allow_empty_classes)
 
-    kwargs: dict[str, Any] = {"drop_path_rate": cfg.drop_path}
-    if "eva" in cfg.arch or "vit" in cfg.arch:
-        kwargs.update(img_size=cfg.img_size, dynamic_img_size=True)
+    kwargs = backbone_kwargs(cfg.arch, cfg.img_size, cfg.drop_path)
     backbone = create_model(cfg.arch, pretrained=cfg.pretrained, num_classes=0, **kwargs)
     if cfg.grad_checkpointing:
         backbone.set_grad_checkpointing(True)

@@ -17,11 +17,12 @@ from torch import nn
 
 from xrayfm.errors import XrayfmError
 from xrayfm.models.features import FeaturePyramid
-from xrayfm.models.heads import ClassificationHead, SegmentationHead
+from xrayfm.models.heads import ClassificationHead, DetectionHead, SegmentationHead
 from xrayfm.tasks import TaskSpec
 
 CLASSIFICATION_KINDS = ("multilabel", "multiclass")
-SUPPORTED_KINDS = (*CLASSIFICATION_KINDS, "segmentation")
+DENSE_KINDS = ("segmentation", "detection")
+SUPPORTED_KINDS = (*CLASSIFICATION_KINDS, *DENSE_KINDS)
 
 
 class XrayModel(nn.Module):
@@ -37,7 +38,7 @@ class XrayModel(nn.Module):
         layers: Backbone layers feeding dense heads (default :func:`~xrayfm.models.features.default_layers`).
 
     Raises:
-        XrayfmError: A task kind has no head here.
+        XrayfmError: No task, or a detection task on a backbone without strides 4-32.
     """
 
     def __init__(
@@ -61,7 +62,7 @@ class XrayModel(nn.Module):
         self.register_buffer("mean", torch.tensor(float(mean)), persistent=True)
         self.register_buffer("std", torch.tensor(float(std)), persistent=True)
         self.heads = nn.ModuleDict()
-        dense = [t for t in tasks if t.kind == "segmentation"]
+        dense = [t for t in tasks if t.kind in DENSE_KINDS]
         self.pyramid = FeaturePyramid(backbone, layers) if dense else None
         for t in tasks:
             if t.kind in CLASSIFICATION_KINDS:
@@ -72,8 +73,11 @@ class XrayModel(nn.Module):
                     self.pyramid.out_channels, self.pyramid.strides, t.num_classes,
                     decoder=decoder or ("upernet" if self.pyramid.plain else "unet"), input_channels=self.in_chans,
                 )  # fmt: skip
-            else:
-                raise XrayfmError(f"task {t.name!r}: no head for kind {t.kind!r} (supported: {SUPPORTED_KINDS})")
+            else:  # detection
+                assert self.pyramid is not None
+                if len(self.pyramid.out_channels) < 4 or self.pyramid.strides[-4:] != [4, 8, 16, 32]:
+                    raise XrayfmError(f"task {t.name!r}: detection needs pyramid levels at strides 4-32")
+                self.heads[t.name] = DetectionHead(self.pyramid.out_channels, t.num_classes)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Grey [0, 1] (N, 1, H, W) -> normalised (N, in_chans, H, W)."""
@@ -82,8 +86,12 @@ class XrayModel(nn.Module):
         x = (x - self.mean) / self.std
         return x.expand(-1, self.in_chans, -1, -1) if x.shape[1] == 1 else x
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Logits per task: (N, K) for classification, (N, M, H, W) for segmentation."""
+    def forward(
+        self, x: torch.Tensor, targets: dict[str, list[dict[str, torch.Tensor]]] | None = None
+    ) -> dict[str, Any]:
+        """Outputs per task: logits (N, K) for classification, (N, M, H, W) for segmentation;
+        for detection, per-image ``boxes`` / ``scores`` / ``labels`` — or, when ``targets[task]``
+        is given (training), torchvision's loss dict."""
         x = self.preprocess(x)
         if self.pyramid is None:
             final, maps = self.backbone.forward_features(x), []
@@ -96,6 +104,8 @@ class XrayModel(nn.Module):
                 if pooled is None:
                     pooled = self.backbone.forward_head(final, pre_logits=True)
                 out[t.name] = self.heads[t.name](pooled)
+            elif t.kind == "detection":
+                out[t.name] = self.heads[t.name](x, maps, (targets or {}).get(t.name))
             else:
                 out[t.name] = self.heads[t.name](x, maps)
         return out

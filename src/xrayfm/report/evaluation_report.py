@@ -138,6 +138,61 @@ def _segmentation_section(
     )
 
 
+def box_overlay(
+    image: np.ndarray,
+    truth: dict[str, Any],
+    pred: dict[str, Any],
+    classes: list[str],
+    *,
+    side: int = 256,
+    min_score: float = 0.3,
+) -> Image.Image:
+    """Grey image with reference boxes (green) and predicted boxes with scores (red)."""
+    from PIL import ImageDraw
+
+    grey = Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8), "L").convert("RGB")
+    scale = side / max(grey.size)
+    out = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))))
+    draw = ImageDraw.Draw(out)
+    for box, lab in zip(np.asarray(truth["boxes"]).reshape(-1, 4), np.asarray(truth["labels"]).reshape(-1)):
+        draw.rectangle(tuple(float(v) * scale for v in box), outline=GREEN, width=2)
+        draw.text((float(box[0]) * scale + 2, float(box[1]) * scale + 1), classes[int(lab)], fill=GREEN)
+    boxes, scores = np.asarray(pred["boxes"]).reshape(-1, 4), np.asarray(pred["scores"]).reshape(-1)
+    labels = np.asarray(pred["labels"]).reshape(-1)
+    for box, score, lab in zip(boxes, scores, labels):
+        if score < min_score:
+            continue
+        draw.rectangle(tuple(float(v) * scale for v in box), outline=RED, width=1)
+        draw.text((float(box[0]) * scale + 2, float(box[3]) * scale - 11), f"{classes[int(lab)]} {score:.2f}", fill=RED)
+    return out
+
+
+def _detection_section(
+    name: str, res: dict[str, Any], pred: dict[str, Any], classes: list[str], dataset: Dataset, examples: int
+) -> str:
+    m = res["metrics"]
+    head = "".join(f"<li>{html.escape(k)}: {_fmt(v)}</li>" for k, v in res.get("headline", {}).items())
+    rows = "".join(
+        f"<tr><td>{html.escape(c)}</td><td>{_fmt({'value': v['ap']})}</td><td>{_fmt({'value': v['ar_100']})}</td></tr>"
+        for c, v in m["per_class"].items()
+    )
+    with_boxes = [k for k, t in enumerate(pred["target"]) if len(np.asarray(t["labels"]).reshape(-1))]
+    figures = []
+    for k in (with_boxes or list(range(len(pred["target"]))))[:examples]:
+        image = dataset[pred["index"][k]]["image"][0].numpy()
+        overlay = box_overlay(image, pred["target"][k], pred["pred"][k], classes)
+        figures.append(
+            f'<figure><img alt="case {k}" src="{_png(overlay)}"><figcaption>#{pred["index"][k]}</figcaption></figure>'
+        )
+    return (
+        f"<h2>{html.escape(name)} (detection)</h2><ul>{head}</ul>"
+        f"<p>{m['n']} box-annotated images, {m['boxes']} reference boxes; mAP over IoU 0.5:0.95 (COCO).</p>"
+        f"<table><tr><th>class</th><th>AP</th><th>AR@100</th></tr>{rows}</table>"
+        "<p>Reference boxes <b style='color:#3c4'>green</b>, predictions with score at least 0.3 "
+        f"<b style='color:#e33'>red</b>.</p><div class='grid'>{''.join(figures)}</div>"
+    )
+
+
 def write_evaluation_report(
     result: dict[str, Any], predictions: dict[str, Any], dataset: Dataset, path: str | Path, *, examples: int = 8
 ) -> Path:
@@ -156,7 +211,11 @@ def write_evaluation_report(
         if name not in result["tasks"]:
             continue
         classes = list(spec["classes"])
-        if spec["kind"] == "segmentation":
+        if spec["kind"] == "detection":
+            sections.append(
+                _detection_section(name, result["tasks"][name], predictions[name], classes, dataset, examples)
+            )
+        elif spec["kind"] == "segmentation":
             sections.append(
                 _segmentation_section(name, result["tasks"][name], predictions[name], classes, dataset, examples)
             )
