@@ -120,3 +120,25 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients() -> None:
     checkpointed.backward()
     assert torch.equal(plain.detach(), checkpointed.detach())
     assert torch.allclose(grad, student.blocks[0].attn.qkv.weight.grad)
+
+
+def test_teacher_with_another_patch_size_loaded_from_a_timm_file(tmp_path) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    source = timm.create_model("vit_small_patch14_dinov2", img_size=112, num_classes=0)  # 8x8 patch grid
+    save_file(source.state_dict(), str(tmp_path / "dinov2_s14.safetensors"))
+    teacher = create_model(
+        "vit_small_patch14_dinov2", pretrained=tmp_path / "dinov2_s14.safetensors", img_size=112, num_classes=0
+    )
+    student = create_model("eva_x_tiny_patch16", num_classes=0, global_pool="token", img_size=112)  # 7x7
+    objective = MaskedFeatureModeling(student, teacher).train()
+    x = torch.randn(2, 3, 112, 112)
+    target = objective.targets(x, (7, 7))
+    assert target.shape == (2, 49, 384)  # teacher's 8x8 tokens resampled onto the student's grid
+    loss = objective(x)
+    loss.backward()
+    assert torch.isfinite(loss) and not teacher.training
+    assert all(p.grad is None for p in teacher.parameters())
+    assert student.blocks[0].attn.qkv.weight.grad is not None
