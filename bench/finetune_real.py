@@ -5,7 +5,9 @@ synthetic phantoms — are adapted with full fine-tuning, linear probing and LoR
 10% of the training patients, for:
 
 - pneumonia vs normal classification (Kermany test set, 624 real images, patient-hash split);
-- lung segmentation (JSRT, 247 real images, its published split).
+- lung segmentation (JSRT, 247 real images, its published split);
+- TB lesion box localization (TBX11K sample, 200 real images; full and LoRA on all training
+  images, scored on its validation split, as it has no test split here).
 
 Every number comes from ``xrayfm.finetune.sweep`` (test split, 95% bootstrap CIs) and is
 written with the machine description to ``bench/results/finetune_real_<device>.json`` plus the
@@ -63,6 +65,7 @@ def main() -> None:
     ap.add_argument("--fractions", default="0.1,1")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--accelerator", default="auto")
+    ap.add_argument("--only", help="comma-separated experiments to run (default all)")
     args = ap.parse_args()
     shared, work = Path(args.shared), Path(args.work)
     fractions = [float(f) for f in args.fractions.split(",")]
@@ -94,12 +97,22 @@ def main() -> None:
             layer_decay=0.85, flip=0.0, n_boot=1000, eval_splits=("test",),
             train=engine(work, batch=8, lr=5e-4, accelerator=args.accelerator),
         ),
+        "tbx11k_boxes": FinetuneConfig(
+            dataset="csv", root=str(shared / "tbx11k_tb_boxes"), dataset_options={"boxes_complete": True},
+            tasks=["boxes"], img_size=args.img_size, epochs=8, layer_decay=0.85, n_boot=200, eval_splits=("val",),
+            train=engine(work, batch=8, lr=2e-4, accelerator=args.accelerator),
+        ),
     }  # fmt: skip
+    plans = {"tbx11k_boxes": (["full", "lora"], [1.0])}
+    only = set(args.only.split(",")) if args.only else set(experiments)
     results: dict[str, object] = {}
     for name, cfg in experiments.items():
+        if name not in only:
+            continue
         t1 = time.perf_counter()
-        table = run_sweep(cfg, backbones=backbones, modes=["full", "linear", "lora"], fractions=fractions,
-                          seeds=seeds, out_dir=work / name)  # fmt: skip
+        modes, fracs = plans.get(name, (["full", "linear", "lora"], fractions))
+        table = run_sweep(cfg, backbones=backbones, modes=modes, fractions=fracs, seeds=seeds,
+                          out_dir=work / name)  # fmt: skip
         with open(table) as fh:
             rows = list(csv.DictReader(fh))
         results[name] = {"rows": rows, "table_markdown": (table.parent / "sweep.md").read_text(),
@@ -114,6 +127,9 @@ def main() -> None:
         "experiments": results, "total_seconds": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
     out = REPO / "bench" / "results" / f"finetune_real_{device}.json"
+    if out.is_file():  # keep experiments measured by an earlier invocation (--only)
+        earlier = json.loads(out.read_text()).get("experiments", {})
+        report["experiments"] = {**{k: v for k, v in earlier.items() if k not in results}, **results}
     out.write_text(json.dumps(report, indent=2))
     for name, res in results.items():
         print(f"## {name}\n\n{res['table_markdown']}")

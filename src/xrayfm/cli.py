@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from xrayfm import __version__
+from xrayfm.cli_explain import add_explain_commands
 from xrayfm.cli_train import add_training_commands
 from xrayfm.config import parse_options, parse_with_recipe
 from xrayfm.errors import XrayfmError
@@ -154,8 +155,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     ft_dir = out / "finetune"
     ft = FinetuneConfig(
-        dataset="phantom", root=str(data), arch="eva_x_tiny_patch16", pretrained=str(run_dir),
-        img_size=args.img_size, mode="full", layer_decay=0.75, n_boot=200, eval_splits=("test",),
+        dataset="phantom", root=str(data), tasks=["labels", "masks"], arch="eva_x_tiny_patch16",
+        pretrained=str(run_dir), img_size=args.img_size, mode="full", layer_decay=0.75, n_boot=200,
+        eval_splits=("test",),
         train=TrainConfig(
             out_dir=str(ft_dir), steps=args.finetune_steps, batch_size=16, lr=1e-3, warmup_steps=tenth,
             clip_grad=0.0, accelerator="cpu", precision="32-true",
@@ -269,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-steps", type=int, default=150, help="fine-tuning steps (default 150)")
     p.set_defaults(func=cmd_demo)
     add_training_commands(sub)
+    add_explain_commands(sub)
     return parser
 
 

@@ -112,10 +112,14 @@ def test_phantom_public_layouts_are_detected_and_read(tmp_path: Path, layout: st
 
 
 def test_demo_end_to_end(tmp_path: Path) -> None:
-    res = run("demo", "--out", str(tmp_path / "demo"), "-n", "30", "--size", "128", "--steps", "4", "--img-size", "64")
+    res = run("demo", "--out", str(tmp_path / "demo"), "-n", "30", "--size", "128", "--steps", "4", "--img-size", "64",
+              "--finetune-steps", "4")  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "Demo finished" in res.stdout and str(tmp_path / "demo") in res.stdout
     assert (tmp_path / "demo" / "phantom_summary.json").is_file()
     assert Image.open(tmp_path / "demo" / "phantom_contact_sheet.png").size == (1024, 1024)
     assert (tmp_path / "demo" / "mim" / "export" / "backbone.safetensors").is_file()
     assert len((tmp_path / "demo" / "mim" / "metrics.csv").read_text().splitlines()) == 5  # header + 4 steps
+    assert (tmp_path / "demo" / "finetune" / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "demo" / "finetune" / "eval_test" / "report.html").is_file()
+    assert "mean_dice" in res.stdout and "report.html" in res.stdout

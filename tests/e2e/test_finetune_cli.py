@@ -38,7 +38,9 @@ def test_full_finetune_saves_evaluates_and_reports(phantom: Path, tmp_path: Path
     out = tmp_path / "full"
     res = run("finetune", "phantom", str(phantom), "--out", str(out), "--steps", "4", *FAST)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "100.00%" in res.stdout and "mean_auroc" in res.stdout and "mean_dice" in res.stdout
+    assert (
+        "100.00%" in res.stdout and "mean_auroc" in res.stdout and "mean_dice" in res.stdout and "map_50" in res.stdout
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["evaluations"]) == {"val", "test"}
     test = json.loads((out / "eval_test" / "metrics.json").read_text())
@@ -55,11 +57,24 @@ def test_full_finetune_saves_evaluates_and_reports(phantom: Path, tmp_path: Path
     assert "<img" in (out / "eval_test" / "report.html").read_text()
     assert yaml.safe_load((out / "config.yaml").read_text())["steps"] == 4
     model, meta = load_task_model(out)
-    assert [t.name for t in model.tasks] == ["labels", "masks"] and meta["normalization"]["mean"] == 0.4919
+    assert [t.name for t in model.tasks] == ["labels", "masks", "boxes"] and meta["normalization"]["mean"] == 0.4919
 
     again = run("evaluate", str(out), "phantom", str(phantom), "--split", "val", "--n-boot", "10")
     assert again.returncode == 0, again.stderr[-3000:]
     assert (out / "eval_phantom_val" / "metrics.json").is_file()
+
+    image = sorted((phantom / "images").glob("*.png"))[0]
+    for method, extra in (("gradcam", ["--class", "effusion"]), ("rollout", []), ("attention", ["--point", "0.3,0.5"])):
+        png = tmp_path / f"{method}.png"
+        res = run("explain", str(out), str(image), "--method", method, "--out", str(png), *extra)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert "labels: " in res.stdout and png.is_file() and png.stat().st_size > 0
+    res = run("explain", str(out), str(image), "--class", "fracture")
+    assert res.returncode == 2 and "unknown class 'fracture'" in res.stderr
+    res = run("localize", str(out), "phantom", str(phantom), "--split", "test")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "best threshold" in res.stdout
+    assert json.loads((out / "localization_phantom_test_gradcam.json").read_text())["cases"] > 0
 
 
 @pytest.mark.parametrize("mode, share", [("linear", (0.001, 0.1)), ("lora", (1.0, 30.0))])

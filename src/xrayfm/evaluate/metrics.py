@@ -1,9 +1,10 @@
-"""The field's metrics: AUROC, accuracy, sensitivity / specificity, calibration, Dice, Jaccard.
+"""The field's metrics: AUROC, accuracy, sensitivity / specificity, calibration, Dice, Jaccard, mAP.
 
-Point values of AUROC, ROC curves and calibration error come from torchmetrics. Unknown labels
-(``nan``) are left out class by class, never counted as negatives; a class without positives
-or negatives in the evaluated rows has no AUROC (``None``) and a note says so. Segmentation
-pixels marked 255 are ignored.
+Point values of AUROC, ROC curves, calibration error and box mAP come from torchmetrics (mAP with
+its pycocotools backend). Unknown labels (``nan``) are left out class by class, never counted as
+negatives; a class without positives or negatives in the evaluated rows has no AUROC (``None``)
+and a note says so. Segmentation pixels marked 255 are ignored. Every result is a plain,
+JSON-serialisable dict.
 """
 
 from __future__ import annotations
@@ -24,42 +25,93 @@ from xrayfm.data.sample import MASK_IGNORE
 from xrayfm.errors import XrayfmError
 
 ECE_BINS = 15
+CLASSIFICATION_KINDS: tuple[str, ...] = ("multilabel", "binary", "multiclass")
+_PROB_TOLERANCE = 1e-4  # float16 / fused softmax may overshoot [0, 1] by a rounding error
+_MASK_CHUNK = 64  # images per step when comparing masks (bounds the temporary boolean arrays)
 
 
-def _array(x: Any, name: str) -> np.ndarray:
-    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    if arr.dtype == np.float16:
-        arr = arr.astype(np.float32)
+def _numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _matrix(x: Any, name: str) -> np.ndarray:
+    arr = _numpy(x)
     if arr.ndim == 1:
         arr = arr[:, None]
     if arr.ndim != 2:
         raise XrayfmError(f"{name} must be (N, K), got shape {arr.shape}")
-    return arr
+    try:
+        return arr.astype(np.float64)
+    except (TypeError, ValueError) as e:
+        raise XrayfmError(f"{name} must be numeric, got dtype {arr.dtype}") from e
 
 
-def _check(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> None:
-    if probs.shape != labels.shape:
-        raise XrayfmError(f"probabilities {probs.shape} and labels {labels.shape} differ in shape")
-    if probs.shape[1] != len(classes):
-        raise XrayfmError(f"{probs.shape[1]} columns but {len(classes)} class names")
-    if len(probs) == 0:
+def _classification_inputs(
+    probs: Any, labels: Any, classes: Sequence[str], kind: str, threshold: float | Sequence[float] = 0.5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked float64 (N, K) probabilities and labels and K thresholds.
+
+    Multi-class rows with an unknown (``nan``) label are kept here; callers drop them.
+
+    Raises:
+        XrayfmError: Unknown kind, shapes that disagree, no samples, probabilities outside [0, 1]
+            or not finite, labels other than 0 / 1 / nan, multi-class labels that are not one-hot,
+            or a threshold list of the wrong length.
+    """
+    if kind not in CLASSIFICATION_KINDS:
+        raise XrayfmError(f"unknown classification kind {kind!r}; expected one of {CLASSIFICATION_KINDS}")
+    p, y = _matrix(probs, "probabilities"), _matrix(labels, "labels")
+    if p.shape != y.shape:
+        raise XrayfmError(f"probabilities {p.shape} and labels {y.shape} differ in shape")
+    if p.shape[1] != len(classes):
+        raise XrayfmError(f"{p.shape[1]} columns but {len(classes)} class names")
+    if kind == "binary" and len(classes) != 1:
+        raise XrayfmError(f"kind 'binary' takes one class, got {len(classes)}; use 'multilabel'")
+    if len(p) == 0:
         raise XrayfmError("nothing to evaluate: no samples")
+    if not np.isfinite(p).all():
+        raise XrayfmError(f"probabilities contain {int((~np.isfinite(p)).sum())} nan / infinite values")
+    if p.min() < -_PROB_TOLERANCE or p.max() > 1 + _PROB_TOLERANCE:
+        raise XrayfmError(
+            f"probabilities must lie in [0, 1], got [{p.min():.4g}, {p.max():.4g}]: pass sigmoid / softmax outputs, "
+            "not logits"
+        )
+    p = np.clip(p, 0.0, 1.0)
+    known = y[~np.isnan(y)]
+    bad = np.unique(known[(known != 0) & (known != 1)])
+    if bad.size:
+        raise XrayfmError(f"labels must be 0, 1 or nan (unknown), found {bad[:5].tolist()}; map them first")
+    if kind == "multiclass":
+        sums = y[~np.isnan(y).any(1)].sum(1)
+        if (sums != 1).any():
+            row = int(np.flatnonzero(~np.isnan(y).any(1))[np.argmax(sums != 1)])
+            raise XrayfmError(f"multiclass labels must be one-hot; row {row} has {int(sums[sums != 1][0])} ones")
+    thresholds = np.asarray(threshold, dtype=np.float64).reshape(-1)
+    if thresholds.size == 1:
+        thresholds = np.repeat(thresholds, len(classes))
+    if thresholds.size != len(classes) or not np.isfinite(thresholds).all():
+        raise XrayfmError(f"threshold must be one number or one per class ({len(classes)}), got {threshold!r}")
+    return p, y, thresholds
 
 
 def _rate(num: float, den: float) -> float | None:
     return float(num / den) if den > 0 else None
 
 
-def _mean(values: list[float | None]) -> float | None:
+def _mean(values: Sequence[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return float(np.mean(vals)) if vals else None
+
+
+def _tensors(p: np.ndarray, t: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(np.ascontiguousarray(p)), torch.from_numpy(t.astype(np.int64))
 
 
 def _binary_class(p: np.ndarray, t: np.ndarray, threshold: float) -> dict[str, Any]:
     pos, neg = int((t == 1).sum()), int((t == 0).sum())
     decided = p >= threshold
     tp, tn = int((decided & (t == 1)).sum()), int((~decided & (t == 0)).sum())
-    pt, tt = torch.from_numpy(p.astype(np.float32)), torch.from_numpy(t.astype(np.int64))
+    pt, tt = _tensors(p, t)
     return {
         "positives": pos,
         "negatives": neg,
@@ -69,6 +121,11 @@ def _binary_class(p: np.ndarray, t: np.ndarray, threshold: float) -> dict[str, A
         "specificity": _rate(tn, neg),
         "ece": float(binary_calibration_error(pt, tt, n_bins=ECE_BINS)) if pos + neg else None,
     }
+
+
+def _known_class_rows(y: np.ndarray) -> np.ndarray:
+    """Rows of one-hot labels whose class is known (no ``nan``)."""
+    return ~np.isnan(y).any(1)
 
 
 def classification_metrics(
@@ -81,67 +138,80 @@ def classification_metrics(
 ) -> dict[str, Any]:
     """Per-class and mean metrics of classification probabilities.
 
+    Multi-label (and ``binary``, one class): each class is scored over the rows where its label
+    is known; accuracy, sensitivity and specificity use ``probability >= threshold``. Multi-class:
+    rows with a known class are scored; per-class AUROC is one-vs-rest and the decisions are the
+    arg-max. ECE is the 15-bin L1 expected calibration error (torchmetrics).
+
     Args:
-        probs: (N, K) probabilities (sigmoid for multi-label, softmax for multi-class).
+        probs: (N, K) probabilities (sigmoid for multi-label, softmax for multi-class), numpy or torch.
         labels: (N, K) 0/1 targets (one-hot for multi-class); ``nan`` = unknown.
         classes: K class names.
-        kind: ``multilabel`` (binary = one class) or ``multiclass``.
-        threshold: Decision threshold for accuracy / sensitivity / specificity (multi-label),
-            one value or one per class. Multi-class decisions are the arg-max.
+        kind: ``multilabel``, ``binary`` (multi-label with one class) or ``multiclass``.
+        threshold: Multi-label decision threshold, one value or one per class.
 
     Returns:
-        ``kind``, ``n``, ``threshold``, ``per_class`` (``auroc``, ``accuracy``, ``sensitivity``,
-        ``specificity``, ``ece``, ``positives``, ``negatives``), ``mean`` (over classes where
-        defined; multi-class adds top-1 ``accuracy`` and ``ece`` over all rows) and ``notes``.
+        ``kind``, ``n`` (rows scored), ``threshold`` (``"argmax"`` for multi-class), ``per_class``
+        (name -> ``auroc``, ``accuracy``, ``sensitivity``, ``specificity``, ``ece``, ``positives``,
+        ``negatives``; a rate is None where its denominator is 0), ``mean`` (the same metrics
+        averaged over the classes where defined; multi-class ``accuracy`` is top-1 and ``ece`` the
+        multi-class calibration error) and ``notes`` (why a value is missing).
 
     Raises:
-        XrayfmError: Shapes disagree, no samples, or an unknown kind.
+        XrayfmError: Bad inputs (see shapes, ranges and label values above) or no row to score.
     """
-    p, y = _array(probs, "probabilities"), _array(labels, "labels")
-    _check(p, y, classes)
+    p, y, thresholds = _classification_inputs(probs, labels, classes, kind, threshold)
     notes: list[str] = []
     per_class: dict[str, dict[str, Any]] = {}
-    if kind == "multilabel":
-        thresholds = np.broadcast_to(np.asarray(threshold, dtype=float), (len(classes),))
-        for k, name in enumerate(classes):
-            known = ~np.isnan(y[:, k])
-            per_class[name] = _binary_class(p[known, k], y[known, k], float(thresholds[k]))
-        mean = {key: _mean([m[key] for m in per_class.values()]) for key in ("auroc", "accuracy", "sensitivity",
-                                                                              "specificity", "ece")}  # fmt: skip
-    elif kind == "multiclass":
-        rows = ~np.isnan(y).any(1)
-        p, y = p[rows], y[rows]
-        if not len(y):
+    keys = ("auroc", "accuracy", "sensitivity", "specificity", "ece")
+    if kind == "multiclass":
+        rows = _known_class_rows(y)
+        if not rows.any():
             raise XrayfmError("nothing to evaluate: no sample has a known class")
+        if not rows.all():
+            notes.append(f"{int((~rows).sum())} rows without a known class left out")
+        p, y = p[rows], y[rows]
         target, decided = y.argmax(1), p.argmax(1)
         for k, name in enumerate(classes):
-            m = _binary_class(p[:, k], (target == k).astype(float), 0.5)
+            m = _binary_class(p[:, k], (target == k).astype(np.float64), 0.5)
             m["sensitivity"] = _rate(((decided == k) & (target == k)).sum(), (target == k).sum())
             m["specificity"] = _rate(((decided != k) & (target != k)).sum(), (target != k).sum())
             m["accuracy"] = float(((decided == k) == (target == k)).mean())
             per_class[name] = m
-        mean = {key: _mean([m[key] for m in per_class.values()]) for key in ("auroc", "sensitivity", "specificity")}
+        mean = {key: _mean([m[key] for m in per_class.values()]) for key in keys}
         mean["accuracy"] = float((decided == target).mean())
-        pt = torch.from_numpy(p.astype(np.float32))
-        mean["ece"] = float(multiclass_calibration_error(pt, torch.from_numpy(target), len(classes), n_bins=ECE_BINS))
-        threshold = "argmax"  # type: ignore[assignment]
+        pt, tt = _tensors(p, target)
+        mean["ece"] = float(multiclass_calibration_error(pt, tt, len(classes), n_bins=ECE_BINS))
+        thr: Any = "argmax"
     else:
-        raise XrayfmError(f"classification_metrics: unknown kind {kind!r}")
+        for k, name in enumerate(classes):
+            known = ~np.isnan(y[:, k])
+            per_class[name] = _binary_class(p[known, k], y[known, k], float(thresholds[k]))
+        mean = {key: _mean([m[key] for m in per_class.values()]) for key in keys}
+        thr = float(thresholds[0]) if np.ndim(threshold) == 0 else thresholds.tolist()
     for name, m in per_class.items():
         if m["auroc"] is None:
             notes.append(f"{name}: AUROC undefined ({m['positives']} positives, {m['negatives']} negatives)")
-    thr = threshold if isinstance(threshold, (str, float, int)) else [float(t) for t in threshold]
     return {"kind": kind, "n": int(len(p)), "threshold": thr, "per_class": per_class, "mean": mean, "notes": notes}
 
 
 def roc_curves(probs: Any, labels: Any, classes: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """ROC curve (``fpr``, ``tpr`` lists) and AUROC per class over known labels (one-vs-rest)."""
-    p, y = _array(probs, "probabilities"), _array(labels, "labels")
-    _check(p, y, classes)
+    """ROC curve per class over its known labels (one-vs-rest for one-hot labels), for plotting.
+
+    Args:
+        probs: (N, K) probabilities.
+        labels: (N, K) 0/1 labels, ``nan`` = unknown.
+        classes: K class names.
+
+    Returns:
+        Class name -> ``fpr`` and ``tpr`` (lists, from torchmetrics ``binary_roc``) and ``auroc``;
+        empty lists and None where the class lacks positives or negatives.
+    """
+    p, y, _ = _classification_inputs(probs, labels, classes, "multilabel")
     out: dict[str, dict[str, Any]] = {}
     for k, name in enumerate(classes):
         known = ~np.isnan(y[:, k])
-        pk, tk = torch.from_numpy(p[known, k].astype(np.float32)), torch.from_numpy(y[known, k].astype(np.int64))
+        pk, tk = _tensors(p[known, k], y[known, k])
         if tk.numel() == 0 or tk.min() == tk.max():
             out[name] = {"fpr": [], "tpr": [], "auroc": None}
             continue
@@ -151,100 +221,201 @@ def roc_curves(probs: Any, labels: Any, classes: Sequence[str]) -> dict[str, dic
 
 
 def overlap_per_image(pred: Any, target: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Dice and Jaccard per image and class, (N, M) each, ignoring target pixels marked 255.
+    """Dice and Jaccard per image and class, (N, M) float64 each, ignoring target pixels marked 255.
 
     A class absent from both the prediction and the reference of an image scores 1 (a correct
-    "nothing here").
+    "nothing here"). Where every pixel of a class is ignored in an image the score is ``nan``
+    (nothing to evaluate): leave it out of means.
+
+    Args:
+        pred: (N, M, H, W) binary prediction (bool, or integers / floats that are 0 or 1).
+        target: (N, M, H, W) uint8 reference: 1 = class, 0 = not, 255 = ignore.
+
+    Raises:
+        XrayfmError: Shapes differ or are not 4-D, the prediction is not binary (threshold
+            probabilities first), or the reference holds values other than 0, 1 and 255.
     """
-    pr = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
-    tg = target.detach().cpu().numpy() if isinstance(target, torch.Tensor) else np.asarray(target)
+    pr, tg = _numpy(pred), _numpy(target)
     if pr.shape != tg.shape or pr.ndim != 4:
         raise XrayfmError(f"predicted masks {pr.shape} and reference masks {tg.shape} must both be (N, M, H, W)")
-    keep = tg != MASK_IGNORE
-    p, t = pr.astype(bool) & keep, (tg == 1) & keep
-    inter = (p & t).sum((2, 3)).astype(np.float64)
-    sp, st = p.sum((2, 3)).astype(np.float64), t.sum((2, 3)).astype(np.float64)
+    n, m = pr.shape[:2]
+    inter, sp, st, seen = (np.zeros((n, m), dtype=np.int64) for _ in range(4))
+    for s in range(0, n, _MASK_CHUNK):
+        pc, tc = pr[s : s + _MASK_CHUNK], tg[s : s + _MASK_CHUNK]
+        if pc.dtype != bool:
+            if ((pc != 0) & (pc != 1)).any():
+                raise XrayfmError("predicted masks must be binary (0/1 or bool): threshold probabilities first")
+            pc = pc != 0
+        if ((tc != 0) & (tc != 1) & (tc != MASK_IGNORE)).any():
+            raise XrayfmError(f"reference masks must hold 0, 1 or {MASK_IGNORE} (ignore) only")
+        keep = tc != MASK_IGNORE
+        p, t = pc & keep, tc == 1
+        inter[s : s + _MASK_CHUNK] = (p & t).sum((2, 3))
+        sp[s : s + _MASK_CHUNK], st[s : s + _MASK_CHUNK] = p.sum((2, 3)), t.sum((2, 3))
+        seen[s : s + _MASK_CHUNK] = keep.sum((2, 3))
     union = sp + st - inter
     with np.errstate(invalid="ignore", divide="ignore"):
         dice = np.where(sp + st > 0, 2 * inter / (sp + st), 1.0)
         jaccard = np.where(union > 0, inter / union, 1.0)
+    dice[seen == 0] = np.nan
+    jaccard[seen == 0] = np.nan
     return dice, jaccard
+
+
+def _class_means(scores: np.ndarray) -> list[float | None]:
+    """Per column of (N, M) scores: the mean over rows that are not ``nan`` (None if none are)."""
+    out: list[float | None] = []
+    for col in scores.T:
+        col = col[~np.isnan(col)]
+        out.append(float(col.mean()) if col.size else None)
+    return out
+
+
+def _listed(scores: np.ndarray) -> list[list[float | None]]:
+    return [[None if np.isnan(v) else float(v) for v in row] for row in scores]
 
 
 def segmentation_metrics(
     pred: Any, target: Any, classes: Sequence[str], *, return_per_image: bool = False
 ) -> dict[str, Any]:
-    """Mean Dice and Jaccard per class (over images) and over classes.
+    """Mean Dice and Jaccard (IoU) per class over images, and over classes.
+
+    Each image and class is scored on its own, ignoring pixels where the reference is 255. An
+    image where both the prediction and the reference of a class are empty scores Dice 1 and
+    Jaccard 1 (a correct "nothing here"); an image where every pixel of a class is ignored is
+    not scored for that class.
 
     Args:
-        pred: (N, M, H, W) binary predicted masks.
+        pred: (N, M, H, W) binary predicted masks (bool, or 0/1 integers or floats).
         target: (N, M, H, W) uint8 reference (1 = class, 0 = not, 255 = ignore).
         classes: M class names.
-        return_per_image: Also return the (N, M) arrays (``per_image``) for resampling.
+        return_per_image: Also return the (N, M) scores (``per_image`` -> ``dice`` / ``jaccard``,
+            nested lists, None where not scored) for resampling by :func:`segmentation_cis`.
+
+    Returns:
+        ``n`` images, ``per_class`` (name -> ``dice``, ``jaccard``, ``images`` scored), ``mean``
+        (``dice`` / ``jaccard`` averaged over classes) and, if asked, ``per_image``.
+
+    Raises:
+        XrayfmError: Shapes or values are wrong (see :func:`overlap_per_image`) or the number of
+            channels differs from the number of class names.
     """
     dice, jaccard = overlap_per_image(pred, target)
     if dice.shape[1] != len(classes):
         raise XrayfmError(f"{dice.shape[1]} mask channels but {len(classes)} class names")
-    per_class = {c: {"dice": float(dice[:, k].mean()), "jaccard": float(jaccard[:, k].mean())}
-                 for k, c in enumerate(classes)}  # fmt: skip
+    d_means, j_means = _class_means(dice), _class_means(jaccard)
+    scored = (~np.isnan(dice)).sum(0)
+    per_class = {
+        c: {"dice": d_means[k], "jaccard": j_means[k], "images": int(scored[k])} for k, c in enumerate(classes)
+    }
     out: dict[str, Any] = {
         "n": int(len(dice)),
         "per_class": per_class,
-        "mean": {"dice": float(dice.mean()), "jaccard": float(jaccard.mean())},
+        "mean": {"dice": _mean(d_means), "jaccard": _mean(j_means)},
     }
     if return_per_image:
-        out["per_image"] = {"dice": dice.tolist(), "jaccard": jaccard.tolist()}
+        out["per_image"] = {"dice": _listed(dice), "jaccard": _listed(jaccard)}
     return out
+
+
+def _box_field(d: Any, key: str, where: str) -> np.ndarray:
+    if not isinstance(d, dict) or key not in d:
+        raise XrayfmError(f"{where}: no {key!r}")
+    return _numpy(d[key])
+
+
+def _box_inputs(
+    preds: Sequence[dict[str, Any]], targets: Sequence[dict[str, Any]], num_classes: int
+) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
+    """Checked torch versions (boxes float32 (n, 4), scores float32, labels int64) of box inputs.
+
+    Raises:
+        XrayfmError: Counts disagree, a field is missing or mis-shaped, a box is not a finite
+            xyxy box, a score is not finite, or a label is outside ``0 .. num_classes - 1``.
+    """
+    if len(preds) != len(targets):
+        raise XrayfmError(f"{len(preds)} predictions for {len(targets)} annotated images")
+    if not len(targets):
+        raise XrayfmError("nothing to evaluate: no box-annotated image")
+
+    def convert(d: Any, where: str, with_scores: bool) -> dict[str, torch.Tensor]:
+        boxes = _box_field(d, "boxes", where).astype(np.float32)
+        if boxes.size == 0:
+            boxes = boxes.reshape(0, 4)
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise XrayfmError(f"{where}: boxes must be (n, 4) xyxy, got shape {boxes.shape}")
+        labels = _box_field(d, "labels", where).reshape(-1)
+        fields = {"boxes": boxes, "labels": labels}
+        if with_scores:
+            fields["scores"] = _box_field(d, "scores", where).astype(np.float32).reshape(-1)
+        if any(len(v) != len(boxes) for v in fields.values()):
+            raise XrayfmError(f"{where}: {', '.join(f'{len(v)} {k}' for k, v in fields.items())} differ in count")
+        if not np.isfinite(boxes).all() or (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
+            raise XrayfmError(f"{where}: boxes must be finite xyxy pixel boxes with x2 >= x1 and y2 >= y1")
+        if with_scores and not np.isfinite(fields["scores"]).all():
+            raise XrayfmError(f"{where}: scores must be finite")
+        if len(labels) and ((labels != np.round(labels)).any() or labels.min() < 0 or labels.max() >= num_classes):
+            raise XrayfmError(f"{where}: box labels must be class indices 0..{num_classes - 1}, got {labels.tolist()}")
+        out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in fields.items()}
+        out["labels"] = out["labels"].long()
+        return out
+
+    return (
+        [convert(d, f"prediction {i}", True) for i, d in enumerate(preds)],
+        [convert(d, f"target {i}", False) for i, d in enumerate(targets)],
+    )
+
+
+def _map_metric(class_metrics: bool = True) -> Any:
+    from torchmetrics.detection import MeanAveragePrecision
+
+    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=class_metrics, backend="pycocotools")
 
 
 def detection_metrics(
     preds: Sequence[dict[str, Any]], targets: Sequence[dict[str, Any]], classes: Sequence[str]
 ) -> dict[str, Any]:
-    """COCO-style box metrics (torchmetrics ``MeanAveragePrecision``, pycocotools backend).
+    """COCO box metrics (torchmetrics ``MeanAveragePrecision``, pycocotools backend).
 
     Args:
-        preds: Per image ``boxes`` (n, 4) xyxy, ``scores`` (n,), ``labels`` (n,) 0-based.
-        targets: Per image ``boxes`` and ``labels``.
-        classes: Box class names.
+        preds: Per image ``boxes`` (n, 4) xyxy pixels, ``scores`` (n,), ``labels`` (n,) 0-based
+            class indices (numpy, torch or lists).
+        targets: Per image ``boxes`` (m, 4) and ``labels`` (m,); an image may have no box.
+        classes: Box class names (label ``i`` is ``classes[i]``).
 
     Returns:
-        ``map`` (IoU 0.5:0.95), ``map_50``, ``map_75``, ``mar_100`` and per-class ``ap`` / ``ar_100``
-        (None where a class has no reference box), plus ``n`` images and ``boxes`` (reference count).
+        ``n`` images, ``boxes`` (reference count), ``map`` (mean AP over IoU 0.5:0.95), ``map_50``,
+        ``map_75``, ``mar_100`` (mean recall, 100 detections per image), ``per_class`` (name ->
+        ``ap``, ``ar_100``, ``boxes``) and ``notes``. Values undefined for pycocotools (torchmetrics'
+        -1, e.g. a class without reference boxes) are None.
+
+    Raises:
+        XrayfmError: Inputs are inconsistent (see the checks on counts, boxes, scores and labels).
     """
-    from torchmetrics.detection import MeanAveragePrecision
-
-    if len(preds) != len(targets):
-        raise XrayfmError(f"{len(preds)} predictions for {len(targets)} annotated images")
-    if not len(targets):
-        raise XrayfmError("nothing to evaluate: no box-annotated image")
-    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="pycocotools")
-
-    def tensors(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        out = {k: torch.as_tensor(np.asarray(d[k])) for k in keys}
-        out["boxes"] = out["boxes"].float().reshape(-1, 4)
-        out["labels"] = out["labels"].long().reshape(-1)
-        return out
-
-    metric.update([tensors(p, ("boxes", "scores", "labels")) for p in preds],
-                  [tensors(t, ("boxes", "labels")) for t in targets])  # fmt: skip
+    pt, tt = _box_inputs(preds, targets, len(classes))
+    metric = _map_metric()
+    metric.update(pt, tt)
     res = metric.compute()
 
     def value(x: torch.Tensor) -> float | None:
         v = float(x)
         return None if v < 0 else v  # torchmetrics reports -1 where undefined
 
-    per_class: dict[str, dict[str, Any]] = {c: {"ap": None, "ar_100": None} for c in classes}
-    found = res["classes"].reshape(-1).tolist()
-    for i, k in enumerate(found):
-        if 0 <= k < len(classes):
-            per_class[classes[k]] = {"ap": value(res["map_per_class"].reshape(-1)[i]),
-                                     "ar_100": value(res["mar_100_per_class"].reshape(-1)[i])}  # fmt: skip
+    counts = np.bincount(torch.cat([t["labels"] for t in tt]).numpy(), minlength=len(classes))
+    per_class: dict[str, dict[str, Any]] = {
+        c: {"ap": None, "ar_100": None, "boxes": int(counts[k])} for k, c in enumerate(classes)
+    }
+    for i, k in enumerate(res["classes"].reshape(-1).tolist()):
+        per_class[classes[k]]["ap"] = value(res["map_per_class"].reshape(-1)[i])
+        per_class[classes[k]]["ar_100"] = value(res["mar_100_per_class"].reshape(-1)[i])
+    notes = [f"{c}: no reference box, AP undefined" for c, m in per_class.items() if not m["boxes"]]
     return {
-        "n": len(targets),
-        "boxes": int(sum(len(np.asarray(t["labels"]).reshape(-1)) for t in targets)),
+        "n": len(tt),
+        "boxes": int(counts.sum()),
         "map": value(res["map"]),
         "map_50": value(res["map_50"]),
         "map_75": value(res["map_75"]),
         "mar_100": value(res["mar_100"]),
         "per_class": per_class,
+        "notes": notes,
     }

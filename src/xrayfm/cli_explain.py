@@ -1,0 +1,153 @@
+"""Explanation subcommands of ``xrayfm``: explain one image, score weak localization."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xrayfm.config import parse_options
+from xrayfm.errors import XrayfmError
+
+ATTENTION_METHODS = ("rollout", "attention")
+#: The keys of :data:`xrayfm.explain.gradcam.CAM_METHODS` (not imported here: grad-cam loads
+#: OpenCV and scikit-learn, which would slow every command's start).
+CAM_NAMES = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam")
+
+
+def heatmap(model: Any, images: Any, *, method: str, task: str | None, class_index: int | None,
+            point: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:  # fmt: skip
+    """(N, H, W) map of a CAM method, attention rollout, or raw attention from ``point``."""
+    from xrayfm.explain import attention_rollout, class_activation_map, query_attention
+
+    if method == "rollout":
+        return attention_rollout(model, images).numpy()
+    if method == "attention":
+        return query_attention(model, images, point).numpy()
+    return class_activation_map(model, images, task=task, class_index=class_index, method=method)[0]
+
+
+def _class_index(meta: dict[str, Any], task: str | None, name: str | None) -> tuple[str | None, int | None]:
+    specs = [t for t in meta["tasks"] if t["kind"] in ("multilabel", "multiclass")]
+    spec = next((t for t in specs if t["name"] == task), specs[0] if specs and task is None else None)
+    if name is None:
+        return (spec["name"] if spec else task), None
+    if spec is None or name not in spec["classes"]:
+        known = spec["classes"] if spec else []
+        raise XrayfmError(f"unknown class {name!r}; the model's classes: {known}")
+    return spec["name"], spec["classes"].index(name)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import torch
+
+    from xrayfm.data.transforms import Resize
+    from xrayfm.evaluate.predict import probabilities
+    from xrayfm.explain import overlay_heatmap
+    from xrayfm.io import read_xray
+    from xrayfm.models.task_checkpoint import load_task_model
+
+    model, meta = load_task_model(args.model)
+    size = meta.get("img_size") or 224
+    image = read_xray(args.image)
+    sample = Resize(size)({"image": torch.from_numpy(np.ascontiguousarray(image.pixels))[None], "meta": {}})
+    x = sample["image"][None]
+    task, index = _class_index(meta, args.task, args.class_name)
+    point = tuple(float(v) for v in args.point.split(",")) if args.point else (0.5, 0.5)
+    if len(point) != 2:
+        raise XrayfmError(f"--point must be x,y in [0, 1], got {args.point!r}")
+    heat = heatmap(model, x, method=args.method, task=task, class_index=index, point=point)[0]
+    out = Path(args.out or Path(args.image).with_suffix("").name + f"_{args.method}.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    overlay_heatmap(sample["image"][0].numpy(), heat, alpha=args.alpha).save(out)
+    with torch.no_grad():
+        outputs = model(x)
+    for t in model.tasks:
+        if t.kind in ("multilabel", "multiclass"):
+            probs = probabilities(t.kind, outputs[t.name])[0].tolist()
+            ranked = sorted(zip(t.classes, probs), key=lambda cp: -cp[1])
+            print(f"{t.name}: " + ", ".join(f"{c} {p:.3f}" for c, p in ranked))
+    what = args.method if args.method in ATTENTION_METHODS else f"{args.method} of {task}"
+    if index is not None:
+        what += f" / {args.class_name}"
+    print(f"heatmap ({what}) over the image: {out}")
+    return 0
+
+
+def cmd_localize(args: argparse.Namespace) -> int:
+    import torch
+
+    from xrayfm.data.registry import build_dataset
+    from xrayfm.data.transforms import Resize
+    from xrayfm.explain.localization import weak_localization
+    from xrayfm.models.task_checkpoint import load_task_model
+
+    model, meta = load_task_model(args.model)
+    size = meta.get("img_size") or 224
+    ds = build_dataset(args.dataset, args.root, args.split, transform=Resize(size), **parse_options(args.option))
+    box_task = ds.task_for("boxes")
+    if box_task is None:
+        raise XrayfmError(f"{args.dataset} at {args.root} has no boxes to localize")
+    task, _ = _class_index(meta, args.task, None)
+    if task is None:
+        raise XrayfmError("the model has no classification task to explain")
+    classes = next(t["classes"] for t in meta["tasks"] if t["name"] == task)
+
+    def explain(image: torch.Tensor, k: int) -> np.ndarray:
+        return heatmap(model, image, method=args.method, task=task, class_index=k)[0]
+
+    result = weak_localization(explain, ds, classes, box_task.classes)
+    result.update(method=args.method, task=task, dataset=args.dataset, split=args.split)
+    out = Path(args.out or Path(args.model) / f"localization_{args.dataset}_{args.split}_{args.method}.json")
+    out.write_text(json.dumps(result, indent=2))
+    best = result["best"]
+    print(f"{result['cases']} (image, class) cases with reference boxes; classes {result['classes']}")
+    print(f"best threshold {result['best_threshold']:g} of the map's maximum: "
+          + ", ".join(f"accuracy@{k.replace('iou_', 'IoU')} {v:.3f}" for k, v in best["accuracy"].items())
+          + f", AP@0.5 {best['ap_50'] if best['ap_50'] is None else round(best['ap_50'], 3)}")  # fmt: skip
+    print(f"all thresholds: {out}")
+    return 0
+
+
+def add_explain_commands(sub: argparse._SubParsersAction) -> None:
+    """Register explain and localize on the top-level subparsers."""
+    methods = [*CAM_NAMES, *ATTENTION_METHODS]
+    p = sub.add_parser(
+        "explain",
+        help="heatmap of why a model decided, over an image",
+        description=(
+            "Print a fine-tuned model's findings for one image (PNG/JPEG/DICOM) and write a heatmap "
+            "overlay: a Grad-CAM family map of a class, attention rollout, or the raw attention of "
+            "one patch (--method attention --point x,y)."
+        ),
+    )
+    p.add_argument("model", help="finetune run folder or model folder")
+    p.add_argument("image", help="image file")
+    p.add_argument("--method", default="gradcam", choices=methods, help="heatmap method (default gradcam)")
+    p.add_argument("--task", help="classification task (default the first)")
+    p.add_argument("--class", dest="class_name", help="class to explain (default the top-scoring one)")
+    p.add_argument("--point", help="query point x,y in [0, 1] for --method attention (default centre)")
+    p.add_argument("--alpha", type=float, default=0.45, help="heatmap opacity (default 0.45)")
+    p.add_argument("--out", help="output PNG (default IMAGE_METHOD.png here)")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser(
+        "localize",
+        help="weak localization: heatmap boxes against reference boxes",
+        description=(
+            "Score how well a classifier's heatmaps find a dataset's reference boxes (EVA-X "
+            "protocol): threshold search, localization accuracy at IoU 0.1/0.25/0.5 and AP@0.5."
+        ),
+    )
+    p.add_argument("model", help="finetune run folder or model folder")
+    p.add_argument("dataset", help="dataset adapter with boxes (nih_cxr14, phantom, csv...)")
+    p.add_argument("root", help="dataset root")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="adapter option")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"], help="split (default test)")
+    p.add_argument("--method", default="gradcam", choices=methods, help="heatmap method (default gradcam)")
+    p.add_argument("--task", help="classification task (default the first)")
+    p.add_argument("--out", help="result JSON (default in the model folder)")
+    p.set_defaults(func=cmd_localize)

@@ -1,0 +1,14 @@
+"""Why a model decided: Grad-CAM family maps, attention rollout, overlays, weak localization."""
+
+from xrayfm.explain.gradcam import CAM_METHODS, class_activation_map
+from xrayfm.explain.overlays import overlay_heatmap
+from xrayfm.explain.rollout import attention_maps, attention_rollout, query_attention
+
+__all__ = [
+    "CAM_METHODS",
+    "attention_maps",
+    "attention_rollout",
+    "class_activation_map",
+    "overlay_heatmap",
+    "query_attention",
+]
