@@ -17,6 +17,7 @@ from typing import Any
 
 from xrayfm import __version__
 from xrayfm.cli_explain import add_explain_commands
+from xrayfm.cli_serve import add_serve_command
 from xrayfm.cli_train import add_training_commands
 from xrayfm.config import parse_options, parse_with_recipe
 from xrayfm.errors import XrayfmError
@@ -272,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
     add_training_commands(sub)
     add_explain_commands(sub)
+    add_serve_command(sub)
     return parser
 
 

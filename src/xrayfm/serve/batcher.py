@@ -1,0 +1,108 @@
+"""Dynamic micro-batching: concurrent requests share one forward pass.
+
+Requests wait in a bounded queue; one worker takes up to ``max_batch`` of them (waiting at
+most ``max_wait_ms`` for the batch to fill after the first arrives), runs them together in a
+thread so the event loop stays free, and hands each caller its own result. A full queue is
+refused at once (the app answers 503) instead of letting memory grow under overload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class QueueFull(Exception):
+    """The batcher's queue is full; the caller should retry later."""
+
+
+@dataclass
+class BatchStats:
+    """Counters for ``/health``."""
+
+    requests: int = 0
+    batches: int = 0
+    rejected: int = 0
+    largest_batch: int = 0
+    started: float = field(default_factory=time.time)
+
+
+class MicroBatcher:
+    """Collects single items into batches for ``run_batch``.
+
+    Args:
+        run_batch: Maps a list of items to a list of results (same order); runs in a thread.
+        max_batch: Most items per batch.
+        max_wait_ms: How long the first item of a batch waits for company.
+        queue_size: Most items waiting; more are refused with :class:`QueueFull`.
+    """
+
+    def __init__(
+        self, run_batch: Callable[[Sequence[Any]], list[Any]], *, max_batch: int = 8, max_wait_ms: float = 5.0,
+        queue_size: int = 64,
+    ) -> None:  # fmt: skip
+        self.run_batch, self.max_batch, self.max_wait = run_batch, max_batch, max_wait_ms / 1000
+        self.queue: asyncio.Queue[tuple[Any, asyncio.Future]] = asyncio.Queue(maxsize=queue_size)
+        self.stats = BatchStats()
+        self._worker: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Start the worker on the running event loop."""
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+
+    async def stop(self) -> None:
+        """Stop the worker; waiting callers get a cancellation."""
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+            self._worker = None
+
+    async def submit(self, item: Any) -> Any:
+        """Queue ``item`` and wait for its result.
+
+        Raises:
+            QueueFull: Too many requests are already waiting.
+        """
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        try:
+            self.queue.put_nowait((item, future))
+        except asyncio.QueueFull:
+            self.stats.rejected += 1
+            raise QueueFull from None
+        self.stats.requests += 1
+        return await future
+
+    async def _work(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            deadline = time.monotonic() + self.max_wait
+            while len(batch) < self.max_batch:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except asyncio.TimeoutError:
+                    break
+            live = [(item, fut) for item, fut in batch if not fut.done()]
+            if not live:
+                continue
+            self.stats.batches += 1
+            self.stats.largest_batch = max(self.stats.largest_batch, len(live))
+            try:
+                results = await asyncio.to_thread(self.run_batch, [item for item, _ in live])
+            except Exception as exc:  # handed to each caller; the worker keeps serving
+                for _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), result in zip(live, results):
+                if not fut.done():
+                    fut.set_result(result)

@@ -1,0 +1,135 @@
+"""The model behind the server: decoding uploads, batched inference, heatmaps, the model card.
+
+Uploads are decoded by :func:`xrayfm.io.read_xray` exactly as training data are (DICOM windowing,
+MONOCHROME1, 16-bit PNG...), from a temporary file named after the format its bytes show, with
+the same size limits. Every model call holds one lock: Grad-CAM hooks the model, and a batched
+forward pass must not run through those hooks.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from xrayfm.errors import ImageReadError
+from xrayfm.evaluate.predict import probabilities
+from xrayfm.io import read_xray
+from xrayfm.io.limits import ReadLimits
+from xrayfm.io.reader import sniff_format
+from xrayfm.models.task_checkpoint import find_task_model, load_task_model
+
+SUFFIX = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "bmp": ".bmp", "dicom": ".dcm"}
+
+
+def png_base64(array: np.ndarray) -> str:
+    """An 8-bit grey PNG of a [0, 1] (H, W) array (or a uint8 one), base64-encoded."""
+    a = array if array.dtype == np.uint8 else np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a, "L").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+class ModelRuntime:
+    """A loaded fine-tuned model ready to answer requests.
+
+    Args:
+        model_dir: Finetune run folder or model folder.
+        device: Torch device.
+        limits: Upload decoding limits (file size, pixel count).
+    """
+
+    def __init__(self, model_dir: str | Path, *, device: str = "cpu", limits: ReadLimits | None = None) -> None:
+        self.model_dir = find_task_model(model_dir)
+        self.model, self.meta = load_task_model(self.model_dir)
+        self.device = torch.device(device)
+        self.model.to(self.device).eval()
+        self.size = int(self.meta.get("img_size") or 224)
+        self.limits = limits or ReadLimits()
+        self.lock = threading.Lock()
+        self.tasks = {t.name: t for t in self.model.tasks}
+
+    def decode(self, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
+        """Pixels (H, W) in [0, 1] and format facts of an uploaded file.
+
+        Raises:
+            ImageReadError / UnsafeInputError: Unknown format, corrupt or oversized content.
+        """
+        if not data:
+            raise ImageReadError("the upload is empty")
+        fmt = sniff_format(data[:132])
+        if fmt is None:
+            raise ImageReadError("not a PNG, JPEG, TIFF, BMP or DICOM file")
+        with tempfile.TemporaryDirectory(prefix="xrayfm-upload-") as tmp:
+            path = Path(tmp) / f"upload{SUFFIX[fmt]}"
+            path.write_bytes(data)
+            try:
+                image = read_xray(path, limits=self.limits)
+            except ImageReadError as exc:  # name the upload, not the temporary file
+                raise type(exc)(str(exc).replace(str(path), "upload")) from None
+        meta = {k: v for k, v in image.meta.items() if isinstance(v, (str, int, float, bool)) or v is None}
+        return image.pixels, meta
+
+    def prepare(self, pixels: np.ndarray) -> torch.Tensor:
+        """(1, S, S) model input from (H, W) pixels (bilinear, antialiased)."""
+        x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None, None]
+        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+        return x[0].clamp_(0, 1)
+
+    def run_batch(self, inputs: Sequence[torch.Tensor]) -> list[dict[str, Any]]:
+        """Outputs per image: probabilities (K,) per classification task, mask probabilities
+        (M, S, S) per segmentation task, boxes / scores / labels per detection task."""
+        x = torch.stack(list(inputs)).to(self.device)
+        with self.lock, torch.no_grad():
+            out = self.model(x)
+        results: list[dict[str, Any]] = [{} for _ in inputs]
+        for name, t in self.tasks.items():
+            if t.kind == "detection":
+                for i, det in enumerate(out[name]):
+                    results[i][name] = {k: v.cpu().numpy() for k, v in det.items()}
+            else:
+                probs = probabilities(t.kind, out[name].float()).cpu().numpy()
+                for i in range(len(inputs)):
+                    results[i][name] = probs[i]
+        return results
+
+    def heatmap(self, x: torch.Tensor, task: str, class_index: int, method: str = "gradcam") -> np.ndarray:
+        """(S, S) heatmap in [0, 1] of one class for one prepared image."""
+        from xrayfm.explain import attention_rollout, class_activation_map
+
+        with self.lock:
+            if method == "rollout":
+                return attention_rollout(self.model, x[None].to(self.device))[0].cpu().numpy()
+            return class_activation_map(self.model, x[None].to(self.device), task=task, class_index=class_index,
+                                        method=method)[0][0]  # fmt: skip
+
+    def card(self) -> dict[str, Any]:
+        """The model card: architecture, tasks, normalisation, training data, metrics."""
+        prov = self.meta.get("provenance", {})
+        card: dict[str, Any] = {
+            "architecture": self.meta["arch"], "input_size": self.size,
+            "tasks": self.meta["tasks"], "normalization": self.meta.get("normalization"),
+            "training": {k: prov.get(k) for k in ("dataset", "mode", "train_fraction", "train_images", "steps",
+                                                   "pretrained", "seed")},
+            "parameters": prov.get("parameters"), "metrics": {},
+            "intended_use": "research only; not a medical device and not for diagnosis",
+        }  # fmt: skip
+        summary = self.model_dir.parent / "summary.json"
+        if summary.is_file():
+            try:
+                evaluations = json.loads(summary.read_text()).get("evaluations", {})
+            except json.JSONDecodeError:
+                evaluations = {}
+            card["metrics"] = {split: {task: res.get("headline") for task, res in ev.get("tasks", {}).items()}
+                               for split, ev in evaluations.items()}  # fmt: skip
+        return card

@@ -1,0 +1,149 @@
+"""The HTTP API: every endpoint, tokens, limits, hostile uploads, batching, overload."""
+
+from __future__ import annotations
+
+import base64
+import io
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from serve_helpers import png_bytes
+
+from xrayfm.io.writers import write_dicom
+from xrayfm.serve.app import create_app
+
+
+@pytest.fixture(scope="module")
+def client(model_dir: Path):
+    with TestClient(create_app(model_dir, max_upload_mb=1)) as c:
+        yield c
+
+
+def upload(data: bytes, name: str = "x.png") -> dict:
+    return {"file": (name, data, "application/octet-stream")}
+
+
+def test_health_card_openapi_and_page(client: TestClient) -> None:
+    assert client.get("/health").json()["status"] == "ok"
+    card = client.get("/model").json()
+    assert card["architecture"] == "eva_x_tiny_patch16" and [t["name"] for t in card["tasks"]] == [
+        "findings",
+        "lungs",
+        "lesions",
+    ]
+    assert "not for diagnosis" in card["intended_use"]
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/predict", "/segment", "/detect", "/health", "/model"} <= set(paths)
+    page = client.get("/").text
+    assert (
+        "not for diagnosis" in page
+        and "/static/app.js" in page
+        and "http" not in page.split("<body>")[1].split("/docs")[0]
+    )
+    assert client.get("/static/app.js").status_code == 200
+
+
+def test_predict_with_heatmap(client: TestClient) -> None:
+    res = client.post("/predict?heatmap=true&threshold=0.4", files=upload(png_bytes(80, 64)))
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert set(body["probabilities"]) == {"effusion", "nodule", "cardiomegaly"}
+    assert body["top_finding"]["probability"] == max(body["probabilities"].values())
+    assert set(body["positive"]) == {c for c, p in body["probabilities"].items() if p >= 0.4}
+    heat = Image.open(io.BytesIO(base64.b64decode(body["heatmap"]["png"])))
+    assert heat.size == (80, 64) and body["image"] == {"width": 80, "height": 64, "format": "png"}
+
+
+def test_predict_from_dicom(client: TestClient, tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "a.dcm", np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64))
+    res = client.post("/predict", files=upload(path.read_bytes(), "a.dcm"))
+    assert res.status_code == 200, res.text
+    assert res.json()["image"]["format"] == "dicom"
+
+
+def test_segment_and_detect(client: TestClient) -> None:
+    seg = client.post("/segment", files=upload(png_bytes(72, 64)))
+    assert seg.status_code == 200
+    mask = Image.open(io.BytesIO(base64.b64decode(seg.json()["masks"]["lung"])))
+    assert mask.size == (72, 64) and 0 <= seg.json()["area_fraction"]["lung"] <= 1
+    det = client.post("/detect?min_score=0", files=upload(png_bytes(128, 64)))
+    assert det.status_code == 200
+    for box in det.json()["boxes"]:
+        assert box["class"] == "nodule" and 0 <= box["box"][0] <= box["box"][2] <= 128.5
+
+
+@pytest.mark.parametrize(
+    "data, status, words",
+    [
+        (b"", 400, "empty"),
+        (b"hello world, not an image" * 10, 415, "not a PNG"),
+        (png_bytes()[:60], 400, "upload"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 300, 400, "upload"),
+    ],
+)
+def test_bad_uploads_get_4xx_with_a_message(client: TestClient, data: bytes, status: int, words: str) -> None:
+    res = client.post("/predict", files=upload(data))
+    assert res.status_code == status and words in res.json()["detail"]
+    assert "/tmp" not in res.json()["detail"]
+    assert client.get("/health").status_code == 200
+
+
+def test_oversized_upload_is_refused_before_decoding(client: TestClient) -> None:
+    res = client.post("/predict", files=upload(b"\x89PNG\r\n\x1a\n" + b"\x00" * (2 << 20)))
+    assert res.status_code == 413
+
+
+def test_missing_file_and_bad_parameters(client: TestClient) -> None:
+    assert client.post("/predict").status_code == 422
+    assert client.post("/predict?threshold=3", files=upload(png_bytes())).status_code == 422
+    assert client.post("/predict?task=lungs", files=upload(png_bytes())).status_code == 422
+
+
+def test_endpoint_without_its_head_is_404(tmp_path: Path) -> None:
+    import torch
+
+    from xrayfm.models import create_model
+    from xrayfm.models.task_checkpoint import save_task_model
+    from xrayfm.models.task_model import XrayModel
+    from xrayfm.tasks import TaskSpec
+
+    torch.manual_seed(0)
+    model = XrayModel(create_model("resnet18", num_classes=0), [TaskSpec("f", "multilabel", ("a",))])
+    save_task_model(model, tmp_path, arch="resnet18", model_kwargs={}, info={"img_size": 64})
+    with TestClient(create_app(tmp_path)) as c:
+        res = c.post("/segment", files=upload(png_bytes()))
+        assert res.status_code == 404 and "no segmentation head" in res.json()["detail"]
+        assert c.post("/predict?heatmap=true", files=upload(png_bytes())).status_code == 200
+
+
+def test_token_is_required_when_set(model_dir: Path) -> None:
+    with TestClient(create_app(model_dir, token="s3cret")) as c:
+        assert c.get("/health").json()["auth_required"] is True
+        assert c.get("/model").status_code == 401
+        assert c.post("/predict", files=upload(png_bytes())).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert c.post("/predict", files=upload(png_bytes()), headers=wrong).status_code == 401
+        ok = {"Authorization": "Bearer s3cret"}
+        assert c.post("/predict", files=upload(png_bytes()), headers=ok).status_code == 200
+
+
+def test_concurrent_requests_share_batches(model_dir: Path) -> None:
+    with TestClient(create_app(model_dir, max_batch=8, max_wait_ms=200)) as c:
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda i: c.post("/predict", files=upload(png_bytes(seed=i))).status_code, range(16)))
+        assert codes == [200] * 16
+        health = c.get("/health").json()
+        assert health["largest_batch"] > 1 and health["batches"] < 16
+
+
+def test_full_queue_answers_503_and_recovers(model_dir: Path) -> None:
+    with TestClient(create_app(model_dir, max_batch=1, max_wait_ms=0, queue_size=1)) as c:
+        with ThreadPoolExecutor(12) as pool:
+            codes = list(pool.map(lambda i: c.post("/predict", files=upload(png_bytes(seed=i))).status_code, range(24)))
+        assert set(codes) <= {200, 503} and 503 in codes and 200 in codes
+        assert c.get("/health").json()["rejected"] == codes.count(503)
+        assert c.post("/predict", files=upload(png_bytes())).status_code == 200
