@@ -179,6 +179,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"  {run_dir}/  an EVA-X MIM run (metrics.csv, last.ckpt); backbone exported to {export}\n"
         f"  {ft_dir / 'model'}/  the fine-tuned model (classification + segmentation heads)\n"
         f"  {result['report']}  the evaluation report (ROC curves, Dice, mask overlays): open it in a browser\n"
+        f"Explain a finding:  xrayfm explain {ft_dir} {next(iter(sorted((data / 'images').glob('*.png'))))}\n"
+        f"Serve the model:    xrayfm serve {ft_dir} --port 8000   then open http://127.0.0.1:8000/\n"
         f"Next: xrayfm evaluate {ft_dir} phantom {data} --split val   |   xrayfm finetune --help"
     )
     return 0

@@ -126,7 +126,8 @@ def create_app(
         return match
 
     def image_info(pixels: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
-        return {"width": int(pixels.shape[1]), "height": int(pixels.shape[0]), "format": str(meta.get("format", "")).lower()}
+        fmt = str(meta.get("format", "")).lower()
+        return {"width": int(pixels.shape[1]), "height": int(pixels.shape[0]), "format": fmt}
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
