@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import run
 from PIL import Image
 
 from xrayfm.io.writers import write_png
-
-SCRIPT = Path(sys.executable).parent / "xrayfm"
-
-
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the installed console script (as a user would), falling back to ``python -m``."""
-    cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "xrayfm.cli"]
-    return subprocess.run(
-        [*cmd, *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-        env={"CI": "true", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
-    )
 
 
 def test_help_lists_commands() -> None:

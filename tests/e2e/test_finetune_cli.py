@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_runner import run
 
 from xrayfm.models.task_checkpoint import load_task_model
 
-SCRIPT = Path(sys.executable).parent / "xrayfm"
 FAST = ["--img-size", "64", "--batch-size", "8", "--warmup", "1", "--n-boot", "20", "--accelerator", "cpu"]
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "xrayfm.cli"]
-    return subprocess.run(
-        [*cmd, *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={"CI": "true", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
-    )
 
 
 @pytest.fixture(scope="module")

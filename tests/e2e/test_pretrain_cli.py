@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
+from cli_runner import run
 
 from xrayfm.models import create_model
-
-SCRIPT = Path(sys.executable).parent / "xrayfm"
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "xrayfm.cli"]
-    return subprocess.run(
-        [*cmd, *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={"CI": "true", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
-    )
 
 
 def test_pixel_then_distilled_pretraining_and_export(tmp_path: Path) -> None:
