@@ -1,0 +1,143 @@
+"""Benchmark: /predict latency and throughput of ``xrayfm serve`` under concurrent clients.
+
+For EVA-X Ti/16 and S/16 classification models (14 findings, 224 px; random weights: speed does
+not depend on them), the server runs as its own process (``xrayfm serve``) and this process
+sends a bounded number of requests over loopback from 1, 4 and 16 concurrent clients, with and
+without heatmaps. Results (p50 / p95 / p99 latency, requests/s, batching counters from
+/health) go to ``bench/results/serve_latency_<device>.json`` with the machine description.
+
+Usage: python bench/serve_latency.py [--requests 200] [--archs eva_x_tiny_patch16,eva_x_small_patch16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+from xrayfm.models import create_model
+from xrayfm.models.task_checkpoint import save_task_model
+from xrayfm.models.task_model import XrayModel
+from xrayfm.tasks import TaskSpec
+
+REPO = Path(__file__).resolve().parents[1]
+FINDINGS = TaskSpec("findings", "multilabel", tuple(f"finding_{k}" for k in range(14)))
+
+
+def machine() -> dict[str, object]:
+    """What the numbers were measured on."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())  # fmt: skip
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def png(seed: int, size: int = 512) -> bytes:
+    buf = io.BytesIO()
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8), "L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def measure(url: str, clients: int, requests: int, heatmap: bool) -> dict[str, float]:
+    payloads = [png(i) for i in range(8)]
+    with httpx.Client(timeout=120) as client:
+
+        def call(i: int) -> tuple[float, int]:
+            t0 = time.perf_counter()
+            r = client.post(f"{url}/predict", params={"heatmap": str(heatmap).lower()},
+                            files={"file": ("x.png", payloads[i % 8], "image/png")})  # fmt: skip
+            return time.perf_counter() - t0, r.status_code
+
+        call(0)  # warm-up
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            results = list(pool.map(call, range(requests)))
+        wall = time.perf_counter() - t0
+        health = client.get(f"{url}/health").json()
+    lat = np.asarray([t for t, code in results if code == 200]) * 1000
+    return {
+        "clients": clients, "requests": requests, "heatmap": heatmap, "ok": int(len(lat)),
+        "errors": int(sum(code != 200 for _, code in results)),
+        "p50_ms": round(float(np.percentile(lat, 50)), 1), "p95_ms": round(float(np.percentile(lat, 95)), 1),
+        "p99_ms": round(float(np.percentile(lat, 99)), 1), "requests_per_s": round(len(lat) / wall, 2),
+        "largest_batch": health["largest_batch"],
+    }  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--archs", default="eva_x_tiny_patch16,eva_x_small_patch16")
+    ap.add_argument("--clients", default="1,4,16")
+    args = ap.parse_args()
+    runs = []
+    for arch in args.archs.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.manual_seed(0)
+            model = XrayModel(create_model(arch, num_classes=0, img_size=224), [FINDINGS], mean=0.4919, std=0.2851)
+            save_task_model(model, Path(tmp) / "model", arch=arch, model_kwargs={"img_size": 224},
+                            info={"img_size": 224})  # fmt: skip
+            port = free_port()
+            server = subprocess.Popen(
+                [sys.executable, "-m", "xrayfm.cli", "serve", str(Path(tmp) / "model"), "--port", str(port),
+                 "--max-batch", "16", "--queue-size", "256"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            url = f"http://127.0.0.1:{port}"
+            try:
+                for _ in range(600):
+                    try:
+                        if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        time.sleep(0.1)
+                for heatmap in (False, True):
+                    for clients in (int(c) for c in args.clients.split(",")):
+                        n = args.requests if not heatmap else max(clients * 2, args.requests // 4)
+                        row = {"arch": arch, **measure(url, clients, n, heatmap)}
+                        print(json.dumps(row))
+                        runs.append(row)
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
+    device = "gpu" if torch.cuda.is_available() else "cpu"
+    out = REPO / "bench" / "results" / f"serve_latency_{device}.json"
+    out.write_text(
+        json.dumps(
+            {
+                "benchmark": "serve_latency",
+                "machine": machine(),
+                "backend": "pytorch",
+                "image": "512x512 8-bit PNG upload",
+                "model_input": 224,
+                "runs": runs,
+            },
+            indent=2,
+        )
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
