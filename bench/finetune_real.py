@@ -6,7 +6,7 @@ synthetic phantoms — are adapted with full fine-tuning, linear probing and LoR
 
 - pneumonia vs normal classification (Kermany test set, 624 real images, patient-hash split);
 - lung segmentation (JSRT, 247 real images, its published split);
-- TB lesion box localization (TBX11K sample, 200 real images; full and LoRA on all training
+- TB lesion box localization (TBX11K sample, 200 real images; full fine-tuning on all training
   images, scored on its validation split, as it has no test split here).
 
 Every number comes from ``xrayfm.finetune.sweep`` (test split, 95% bootstrap CIs) and is
@@ -103,7 +103,7 @@ def main() -> None:
             train=engine(work, batch=8, lr=2e-4, accelerator=args.accelerator),
         ),
     }  # fmt: skip
-    plans = {"tbx11k_boxes": (["full", "lora"], [1.0])}
+    plans = {"tbx11k_boxes": (["full"], [1.0])}
     only = set(args.only.split(",")) if args.only else set(experiments)
     results: dict[str, object] = {}
     for name, cfg in experiments.items():
