@@ -115,3 +115,26 @@ def test_frozen_parameters_are_left_out_of_the_groups() -> None:
     assert sum(p.numel() for g in groups for p in g["params"]) == sum(
         p.numel() for p in m.parameters() if p.requires_grad
     )
+
+
+@pytest.mark.parametrize("mode", ["linear", "lora"])
+def test_frozen_modes_train_every_head_kind_and_leave_the_backbone_weights(mode: str) -> None:
+    tasks = (FINDINGS, LUNGS, TaskSpec("lesions", "detection", ("nodule",)))
+    m = model(tasks=tasks)
+    apply_mode(m, mode, LoraSettings(rank=2))
+    base = {n: p.detach().clone() for n, p in m.backbone.named_parameters() if "lora_" not in n}
+    objective = FinetuneObjective(m).train()
+    batch = {
+        "image": torch.rand(2, 1, 32, 32), "labels": torch.tensor([[1.0, 0.0], [0.0, float("nan")]]),
+        "mask": torch.randint(0, 2, (2, 1, 32, 32), dtype=torch.uint8),
+        "boxes": [torch.tensor([[2.0, 2.0, 20.0, 20.0]]), torch.zeros(0, 4)],
+        "box_labels": [torch.tensor([0]), torch.zeros(0, dtype=torch.long)], "meta": [{}, {}],
+    }  # fmt: skip
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1)
+    loss = objective(batch)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    assert all(torch.equal(base[n], p) for n, p in m.backbone.named_parameters() if "lora_" not in n)
+    for name in ("findings", "lungs", "lesions"):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.heads[name].parameters()), name
