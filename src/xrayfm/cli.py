@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from xrayfm import __version__
+from xrayfm.cli_deploy import add_export_command, add_serve_command
 from xrayfm.cli_explain import add_explain_commands
-from xrayfm.cli_serve import add_serve_command
 from xrayfm.cli_train import add_training_commands
 from xrayfm.config import parse_options, parse_with_recipe
 from xrayfm.errors import XrayfmError
@@ -276,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_commands(sub)
     add_explain_commands(sub)
     add_serve_command(sub)
+    add_export_command(sub)
     return parser
 
 

@@ -63,6 +63,14 @@ def test_full_finetune_saves_evaluates_and_reports(phantom: Path, tmp_path: Path
     assert "best threshold" in res.stdout
     assert json.loads((out / "localization_phantom_test_gradcam.json").read_text())["cases"] > 0
 
+    res = run("export", "onnx", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "checked with ONNX Runtime at batch sizes [1, 3]" in res.stdout and "--backend onnx" in res.stdout
+    assert "not exported to ONNX (detection heads): boxes" in res.stderr
+    assert json.loads((out / "model" / "onnx.json").read_text())["outputs"][0]["name"] == "labels"
+    res = run("export", "onnx", str(tmp_path / "nothing"))
+    assert res.returncode == 2 and "no fine-tuned model" in res.stderr
+
 
 @pytest.mark.parametrize("mode, share", [("linear", (0.001, 0.1)), ("lora", (1.0, 30.0))])
 def test_linear_and_lora_train_a_fraction_of_the_parameters(phantom: Path, tmp_path: Path, mode: str, share) -> None:

@@ -87,19 +87,23 @@ class XrayModel(nn.Module):
         return x.expand(-1, self.in_chans, -1, -1) if x.shape[1] == 1 else x
 
     def forward(
-        self, x: torch.Tensor, targets: dict[str, list[dict[str, torch.Tensor]]] | None = None
+        self,
+        x: torch.Tensor,
+        targets: dict[str, list[dict[str, torch.Tensor]]] | None = None,
+        tasks: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """Outputs per task: logits (N, K) for classification, (N, M, H, W) for segmentation;
         for detection, per-image ``boxes`` / ``scores`` / ``labels`` — or, when ``targets[task]``
-        is given (training), torchvision's loss dict."""
+        is given (training), torchvision's loss dict. ``tasks`` restricts which heads run."""
+        selected = self.tasks if tasks is None else [t for t in self.tasks if t.name in tasks]
         x = self.preprocess(x)
-        if self.pyramid is None:
+        if self.pyramid is None or not any(t.kind in DENSE_KINDS for t in selected):
             final, maps = self.backbone.forward_features(x), []
         else:
             final, maps = self.pyramid(self.backbone, x)
         out: dict[str, torch.Tensor] = {}
         pooled = None
-        for t in self.tasks:
+        for t in selected:
             if t.kind in CLASSIFICATION_KINDS:
                 if pooled is None:
                     pooled = self.backbone.forward_head(final, pre_logits=True)

@@ -49,6 +49,7 @@ def create_app(
     max_wait_ms: float = 5.0,
     queue_size: int = 64,
     device: str = "cpu",
+    backend: str = "torch",
 ) -> FastAPI:
     """Build the app serving the model in ``model_dir``.
 
@@ -60,8 +61,9 @@ def create_app(
         max_wait_ms: How long a request waits for others to share its batch.
         queue_size: Most requests waiting; beyond it the server answers 503.
         device: Torch device.
+        backend: ``torch`` or ``onnx`` (ONNX Runtime on the folder's ``model.onnx``).
     """
-    runtime = ModelRuntime(model_dir, device=device)
+    runtime = ModelRuntime(model_dir, device=device, backend=backend)
     batcher = MicroBatcher(runtime.run_batch, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size)
     max_bytes = int(max_upload_mb * (1 << 20))
 
@@ -115,7 +117,10 @@ def create_app(
                                 headers={"Retry-After": "1"}) from None  # fmt: skip
 
     def task_of(kind: tuple[str, ...], name: str | None, endpoint: str):  # noqa: ANN202
-        tasks = [t for t in runtime.model.tasks if t.kind in kind]
+        tasks = [t for t in runtime.tasks.values() if t.kind in kind]
+        if not tasks and any(t.kind in kind for t in runtime.model.tasks):
+            raise HTTPException(404, f"the ONNX export has no {'/'.join(kind)} head; serve with --backend torch "
+                                     f"for {endpoint}")  # fmt: skip
         if not tasks:
             raise HTTPException(404, f"this model has no {'/'.join(kind)} head, so {endpoint} is not available")
         if name is None:
@@ -138,9 +143,10 @@ def create_app(
     @app.get("/health", summary="Liveness, queue and batching counters")
     def health() -> dict[str, Any]:
         s = batcher.stats
-        return {"status": "ok", "model": runtime.meta["arch"], "auth_required": token is not None,
-                "queue": batcher.queue.qsize(), "queue_size": queue_size, "requests": s.requests,
-                "batches": s.batches, "rejected": s.rejected, "largest_batch": s.largest_batch}  # fmt: skip
+        return {"status": "ok", "model": runtime.meta["arch"], "backend": runtime.backend,
+                "auth_required": token is not None, "queue": batcher.queue.qsize(), "queue_size": queue_size,
+                "requests": s.requests, "batches": s.batches, "rejected": s.rejected,
+                "largest_batch": s.largest_batch}  # fmt: skip
 
     @app.get("/model", summary="Model card", dependencies=[Depends(authorise)])
     def model_card() -> dict[str, Any]:

@@ -22,13 +22,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from xrayfm.errors import ImageReadError
+from xrayfm.errors import ImageReadError, XrayfmError
 from xrayfm.evaluate.predict import probabilities
 from xrayfm.io import read_xray
 from xrayfm.io.limits import ReadLimits
 from xrayfm.io.reader import sniff_format
-from xrayfm.models.task_checkpoint import find_task_model, load_task_model
+from xrayfm.models.onnx_model import OnnxModel
+from xrayfm.models.task_checkpoint import WEIGHTS, find_task_model, load_task_model
 
+BACKENDS = ("torch", "onnx")
 SUFFIX = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "bmp": ".bmp", "dicom": ".dcm"}
 
 
@@ -47,9 +49,23 @@ class ModelRuntime:
         model_dir: Finetune run folder or model folder.
         device: Torch device.
         limits: Upload decoding limits (file size, pixel count).
+        backend: ``torch``, or ``onnx`` to answer with ONNX Runtime from the folder's ``model.onnx``
+            (``xrayfm export onnx``); heatmaps always come from the PyTorch model, which needs gradients.
+
+    Raises:
+        XrayfmError: Unknown backend, missing or stale ONNX export, unreadable model.
     """
 
-    def __init__(self, model_dir: str | Path, *, device: str = "cpu", limits: ReadLimits | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        device: str = "cpu",
+        limits: ReadLimits | None = None,
+        backend: str = "torch",
+    ) -> None:
+        if backend not in BACKENDS:
+            raise XrayfmError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
         self.model_dir = find_task_model(model_dir)
         self.model, self.meta = load_task_model(self.model_dir)
         self.device = torch.device(device)
@@ -57,7 +73,12 @@ class ModelRuntime:
         self.size = int(self.meta.get("img_size") or 224)
         self.limits = limits or ReadLimits()
         self.lock = threading.Lock()
-        self.tasks = {t.name: t for t in self.model.tasks}
+        self.backend = backend
+        self.onnx = OnnxModel(self.model_dir, weights=self.model_dir / WEIGHTS) if backend == "onnx" else None
+        served = (
+            self.model.tasks if self.onnx is None else [t for t in self.model.tasks if t.name in self.onnx.output_names]
+        )
+        self.tasks = {t.name: t for t in served}
 
     def decode(self, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
         """Pixels (H, W) in [0, 1] and format facts of an uploaded file.
@@ -89,9 +110,12 @@ class ModelRuntime:
     def run_batch(self, inputs: Sequence[torch.Tensor]) -> list[dict[str, Any]]:
         """Outputs per image: probabilities (K,) per classification task, mask probabilities
         (M, S, S) per segmentation task, boxes / scores / labels per detection task."""
-        x = torch.stack(list(inputs)).to(self.device)
-        with self.lock, torch.no_grad():
-            out = self.model(x)
+        x = torch.stack(list(inputs))
+        if self.onnx is not None:  # ONNX Runtime sessions are thread-safe and never hooked
+            out = self.onnx(x)
+        else:
+            with self.lock, torch.no_grad():
+                out = self.model(x.to(self.device))
         results: list[dict[str, Any]] = [{} for _ in inputs]
         for name, t in self.tasks.items():
             if t.kind == "detection":
@@ -121,9 +145,11 @@ class ModelRuntime:
             "tasks": self.meta["tasks"], "normalization": self.meta.get("normalization"),
             "training": {k: prov.get(k) for k in ("dataset", "mode", "train_fraction", "train_images", "steps",
                                                    "pretrained", "seed")},
-            "parameters": prov.get("parameters"), "metrics": {},
+            "parameters": prov.get("parameters"), "metrics": {}, "backend": self.backend,
             "intended_use": "research only; not a medical device and not for diagnosis",
         }  # fmt: skip
+        if self.onnx is not None:
+            card["onnx"] = {k: self.onnx.meta.get(k) for k in ("opset", "outputs", "not_exported", "check")}
         summary = self.model_dir.parent / "summary.json"
         if summary.is_file():
             try:

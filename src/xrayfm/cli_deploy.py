@@ -1,0 +1,89 @@
+"""Deployment commands: ``xrayfm serve`` (HTTP API and web page) and ``xrayfm export onnx``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from xrayfm.errors import XrayfmError
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ModuleNotFoundError:
+        raise XrayfmError("serving needs the server packages: pip install 'xrayfm[serve]'") from None
+    from xrayfm.serve.app import create_app
+
+    token = args.token or os.environ.get("XRAYFM_TOKEN") or None
+    app = create_app(args.model, token=token, max_upload_mb=args.max_upload_mb, max_batch=args.max_batch,
+                     max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, device=args.device,
+                     backend=args.backend)  # fmt: skip
+    print(f"serving {args.model} ({args.backend}) on http://{args.host}:{args.port}/  (API docs: /docs; Ctrl-C stops)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def add_serve_command(sub: argparse._SubParsersAction) -> None:
+    """Register ``serve`` on the top-level subparsers."""
+    p = sub.add_parser(
+        "serve",
+        help="HTTP API (/predict, /segment, /detect) and web page of a fine-tuned model",
+        description=(
+            "Serve a fine-tuned model: POST /predict, /segment, /detect (multipart image or DICOM), "
+            "GET /health, /model, the OpenAPI schema at /openapi.json and a web page at /. "
+            "Concurrent requests are batched; a full queue answers 503."
+        ),
+    )
+    p.add_argument("model", help="finetune run folder or model folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--token", help="require Authorization: Bearer TOKEN (or set XRAYFM_TOKEN)")
+    p.add_argument("--max-upload-mb", type=float, default=32.0, help="largest upload (default 32 MB)")
+    p.add_argument("--max-batch", type=int, default=8, help="most images per forward pass (default 8)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="batching wait (default 5 ms)")
+    p.add_argument("--queue-size", type=int, default=64, help="most waiting requests before 503 (default 64)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="run inference with PyTorch or with ONNX Runtime on model.onnx (xrayfm export onnx); "
+                        "heatmaps always use PyTorch")  # fmt: skip
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from xrayfm.models.onnx_export import export_onnx
+    from xrayfm.models.onnx_model import ONNX_FILE
+    from xrayfm.models.task_checkpoint import find_task_model
+
+    info = export_onnx(args.model, args.out, opset=args.opset, atol=args.atol, rtol=args.rtol)
+    out = Path(args.out) if args.out else find_task_model(args.model)
+    check = info["check"]
+    diffs = ", ".join(f"{k} {v:.2g}" for k, v in check["max_abs_diff"].items())
+    print(f"wrote {out / ONNX_FILE} (opset {info['opset']}, input (N, 1, {info['input_size']}, "
+          f"{info['input_size']}) grey [0, 1])")  # fmt: skip
+    print(f"checked with ONNX Runtime at batch sizes {check['batches']}: largest difference from PyTorch {diffs}")
+    print(f"serve it: xrayfm serve {out} --backend onnx")
+    return 0
+
+
+def add_export_command(sub: argparse._SubParsersAction) -> None:
+    """Register ``export onnx`` on the top-level subparsers."""
+    p = sub.add_parser("export", help="export a fine-tuned model for deployment (ONNX)")
+    fmt = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    o = fmt.add_parser(
+        "onnx",
+        help="classification and segmentation heads to model.onnx, checked against PyTorch with ONNX Runtime",
+        description=(
+            "Export a fine-tuned model's classification and segmentation heads to model.onnx (dynamic batch, "
+            "the training image size, preprocessing inside the graph) and check every output against PyTorch "
+            "with ONNX Runtime. Writes model.onnx and onnx.json into the model folder, or into --out together "
+            "with copies of the model, so the folder can be served with --backend onnx."
+        ),
+    )
+    o.add_argument("model", help="finetune run folder or model folder")
+    o.add_argument("--out", help="destination folder (default: the model folder)")
+    o.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    o.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance of the check (default 1e-4)")
+    o.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance of the check (default 1e-3)")
+    o.set_defaults(func=cmd_export_onnx)

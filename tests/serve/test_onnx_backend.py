@@ -1,0 +1,61 @@
+"""Serving with ONNX Runtime: same answers as PyTorch, heatmaps still available, clear refusals."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from serve_helpers import png_bytes
+
+from xrayfm.errors import XrayfmError
+from xrayfm.serve.app import create_app
+from xrayfm.serve.runtime import ModelRuntime
+
+pytest.importorskip("onnxruntime", reason="the ONNX backend needs the [onnx] extra")
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from xrayfm.models.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "deploy"
+    export_onnx(model_dir, out)
+    return out
+
+
+def upload(data: bytes) -> dict:
+    return {"file": ("x.png", data, "image/png")}
+
+
+def test_onnx_and_torch_backends_give_the_same_answers(onnx_dir: Path) -> None:
+    with TestClient(create_app(onnx_dir, backend="onnx")) as fast, TestClient(create_app(onnx_dir)) as ref:
+        assert fast.get("/health").json()["backend"] == "onnx"
+        card = fast.get("/model").json()
+        assert card["backend"] == "onnx" and card["onnx"]["not_exported"] == ["lesions"]
+        for seed in range(3):
+            data = png_bytes(90, 70, seed=seed)
+            a = fast.post("/predict", files=upload(data)).json()["probabilities"]
+            b = ref.post("/predict", files=upload(data)).json()["probabilities"]
+            assert a.keys() == b.keys()
+            np.testing.assert_allclose(list(a.values()), list(b.values()), atol=1e-5)
+            sa = fast.post("/segment", files=upload(data)).json()["area_fraction"]
+            sb = ref.post("/segment", files=upload(data)).json()["area_fraction"]
+            assert abs(sa["lung"] - sb["lung"]) < 0.01
+
+        res = fast.post("/predict?heatmap=true", files=upload(png_bytes(90, 70)))
+        assert res.status_code == 200, res.text
+        assert Image.open(io.BytesIO(base64.b64decode(res.json()["heatmap"]["png"]))).size == (90, 70)
+        res = fast.post("/detect", files=upload(png_bytes()))
+        assert res.status_code == 404 and "--backend torch" in res.json()["detail"]
+
+
+def test_onnx_backend_needs_an_export(model_dir: Path) -> None:
+    with pytest.raises(XrayfmError, match="run: xrayfm export onnx"):
+        ModelRuntime(model_dir, backend="onnx")
+    with pytest.raises(XrayfmError, match="unknown backend 'tensorrt'"):
+        ModelRuntime(model_dir, backend="tensorrt")
