@@ -1,10 +1,12 @@
 """Benchmark: /predict latency and throughput of ``xrayfm serve`` under concurrent clients.
 
 For EVA-X Ti/16 and S/16 classification models (14 findings, 224 px; random weights: speed does
-not depend on them), the server runs as its own process (``xrayfm serve``) and this process
-sends a bounded number of requests over loopback from 1, 4 and 16 concurrent clients, with and
-without heatmaps. Results (p50 / p95 / p99 latency, requests/s, batching counters from
-/health) go to ``bench/results/serve_latency_<device>.json`` with the machine description.
+not depend on them), exported to ONNX as a user would (``xrayfm export onnx``), the server runs
+as its own process (``xrayfm serve --backend torch|onnx``) and this process sends a bounded
+number of requests over loopback from 1, 4 and 16 concurrent clients, with and without
+heatmaps (Grad-CAM, computed with PyTorch on both backends). Results (p50 / p95 / p99 latency,
+requests/s, batching counters from /health) go to ``bench/results/serve_latency_<device>.json``
+with the machine description.
 
 Usage: python bench/serve_latency.py [--requests 200] [--archs eva_x_tiny_patch16,eva_x_small_patch16]
 """
@@ -30,6 +32,7 @@ import torch
 from PIL import Image
 
 from xrayfm.models import create_model
+from xrayfm.models.onnx_export import export_onnx
 from xrayfm.models.task_checkpoint import save_task_model
 from xrayfm.models.task_model import XrayModel
 from xrayfm.tasks import TaskSpec
@@ -70,6 +73,7 @@ def measure(url: str, clients: int, requests: int, heatmap: bool) -> dict[str, f
             return time.perf_counter() - t0, r.status_code
 
         call(0)  # warm-up
+        before = client.get(f"{url}/health").json()
         t0 = time.perf_counter()
         with ThreadPoolExecutor(clients) as pool:
             results = list(pool.map(call, range(requests)))
@@ -81,8 +85,38 @@ def measure(url: str, clients: int, requests: int, heatmap: bool) -> dict[str, f
         "errors": int(sum(code != 200 for _, code in results)),
         "p50_ms": round(float(np.percentile(lat, 50)), 1), "p95_ms": round(float(np.percentile(lat, 95)), 1),
         "p99_ms": round(float(np.percentile(lat, 99)), 1), "requests_per_s": round(len(lat) / wall, 2),
-        "largest_batch": health["largest_batch"],
+        "mean_batch": round((health["requests"] - before["requests"]) / max(1, health["batches"] - before["batches"]),
+                            2),
     }  # fmt: skip
+
+
+def serve_and_measure(model_dir: Path, arch: str, backend: str, args: argparse.Namespace) -> list[dict]:
+    """Start ``xrayfm serve`` on ``model_dir`` and measure each clients x heatmap setting."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "xrayfm.cli", "serve", str(model_dir), "--port", str(port), "--backend", backend,
+         "--max-batch", "16", "--queue-size", "256"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    rows = []
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        for heatmap in (False, True):
+            for clients in (int(c) for c in args.clients.split(",")):
+                n = args.requests if not heatmap else max(clients * 2, args.requests // 4)
+                row = {"arch": arch, "backend": backend, **measure(url, clients, n, heatmap)}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return rows
 
 
 def main() -> None:
@@ -90,6 +124,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--archs", default="eva_x_tiny_patch16,eva_x_small_patch16")
     ap.add_argument("--clients", default="1,4,16")
+    ap.add_argument("--backends", default="torch,onnx")
     args = ap.parse_args()
     runs = []
     for arch in args.archs.split(","):
@@ -98,29 +133,9 @@ def main() -> None:
             model = XrayModel(create_model(arch, num_classes=0, img_size=224), [FINDINGS], mean=0.4919, std=0.2851)
             save_task_model(model, Path(tmp) / "model", arch=arch, model_kwargs={"img_size": 224},
                             info={"img_size": 224})  # fmt: skip
-            port = free_port()
-            server = subprocess.Popen(
-                [sys.executable, "-m", "xrayfm.cli", "serve", str(Path(tmp) / "model"), "--port", str(port),
-                 "--max-batch", "16", "--queue-size", "256"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            )  # fmt: skip
-            url = f"http://127.0.0.1:{port}"
-            try:
-                for _ in range(600):
-                    try:
-                        if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        time.sleep(0.1)
-                for heatmap in (False, True):
-                    for clients in (int(c) for c in args.clients.split(",")):
-                        n = args.requests if not heatmap else max(clients * 2, args.requests // 4)
-                        row = {"arch": arch, **measure(url, clients, n, heatmap)}
-                        print(json.dumps(row))
-                        runs.append(row)
-            finally:
-                server.terminate()
-                server.wait(timeout=30)
+            export_onnx(Path(tmp) / "model")
+            for backend in args.backends.split(","):
+                runs += serve_and_measure(Path(tmp) / "model", arch, backend, args)
     device = "gpu" if torch.cuda.is_available() else "cpu"
     out = REPO / "bench" / "results" / f"serve_latency_{device}.json"
     out.write_text(
@@ -128,7 +143,8 @@ def main() -> None:
             {
                 "benchmark": "serve_latency",
                 "machine": machine(),
-                "backend": "pytorch",
+                "backends": args.backends.split(","),
+                "load": "httpx threads in the benchmark process, server in its own process, same machine (loopback)",
                 "image": "512x512 8-bit PNG upload",
                 "model_input": 224,
                 "runs": runs,

@@ -202,10 +202,10 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "finetune",
-        help="adapt a backbone to labelled X-rays (classification / segmentation)",
+        help="adapt a backbone to labelled X-rays (classification / segmentation / boxes)",
         description=(
             "Adapt a backbone (EVA-X, any timm model, an xrayfm pretraining run) to a dataset's "
-            "classification and segmentation tasks: full fine-tuning, linear probe or LoRA, with "
+            "classification, segmentation and box tasks: full fine-tuning, linear probe or LoRA, with "
             "layer-wise lr decay. Saves OUT/model, then evaluates the val and test splits with "
             "bootstrap confidence intervals and writes an HTML report. Recipes: configs/."
         ),
