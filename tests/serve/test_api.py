@@ -147,3 +147,18 @@ def test_full_queue_answers_503_and_recovers(model_dir: Path) -> None:
         assert set(codes) <= {200, 503} and 503 in codes and 200 in codes
         assert c.get("/health").json()["rejected"] == codes.count(503)
         assert c.post("/predict", files=upload(png_bytes())).status_code == 200
+
+
+def test_a_batch_runs_only_the_heads_its_requests_need(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from xrayfm.serve.runtime import ModelRuntime
+
+    runtime = ModelRuntime(model_dir)
+    called: list[str] = []
+    for name, head in runtime.model.heads.items():
+        monkeypatch.setattr(head, "forward", lambda *a, _f=head.forward, _n=name, **k: called.append(_n) or _f(*a, **k))
+    x = runtime.prepare(np.random.default_rng(0).random((70, 50)))
+    out = runtime.run_batch([(x, "findings"), (x, "findings")])
+    assert called == ["findings"] and [set(o) for o in out] == [{"findings"}, {"findings"}]
+    called.clear()
+    out = runtime.run_batch([(x, "findings"), (x, "lungs")])
+    assert called == ["findings", "lungs"] and out[1]["lungs"].shape == (1, 64, 64)

@@ -69,7 +69,6 @@ def test_mutated_uploads_never_cause_a_5xx(client: TestClient, tmp_path: Path) -
     assert client.get("/health").json()["status"] == "ok"
 
 
-@pytest.mark.slow
 def test_thousand_requests_without_5xx_and_bounded_memory(client: TestClient) -> None:
     payloads = [png_bytes(64, 64, seed=i) for i in range(8)]
 

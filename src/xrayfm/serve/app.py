@@ -108,10 +108,10 @@ def create_app(
         except XrayfmError as exc:
             raise HTTPException(415 if "not a PNG" in str(exc) else 400, str(exc)) from None
 
-    async def infer(pixels: np.ndarray) -> tuple[torch.Tensor, dict[str, Any]]:
+    async def infer(pixels: np.ndarray, task: str) -> tuple[torch.Tensor, dict[str, Any]]:
         x = runtime.prepare(pixels)
         try:
-            return x, await batcher.submit(x)
+            return x, await batcher.submit((x, task))
         except QueueFull:
             raise HTTPException(503, "server busy: too many requests waiting; retry shortly",
                                 headers={"Retry-After": "1"}) from None  # fmt: skip
@@ -162,7 +162,7 @@ def create_app(
     ) -> dict[str, Any]:
         spec = task_of(("multilabel", "multiclass"), task, "/predict")
         pixels, meta = await read_upload(file)
-        x, out = await infer(pixels)
+        x, out = await infer(pixels, spec.name)
         probs = out[spec.name]
         ranked = sorted(zip(spec.classes, probs.tolist()), key=lambda cp: -cp[1])
         if spec.kind == "multiclass":
@@ -195,7 +195,7 @@ def create_app(
     ) -> dict[str, Any]:
         spec = task_of(("segmentation",), task, "/segment")
         pixels, meta = await read_upload(file)
-        _, out = await infer(pixels)
+        _, out = await infer(pixels, spec.name)
         masks, areas = {}, {}
         for c, plane in zip(spec.classes, out[spec.name]):
             full = _resize(plane.astype(np.float32), tuple(pixels.shape), "bilinear") >= threshold
@@ -213,7 +213,7 @@ def create_app(
     ) -> dict[str, Any]:
         spec = task_of(("detection",), task, "/detect")
         pixels, meta = await read_upload(file)
-        _, out = await infer(pixels)
+        _, out = await infer(pixels, spec.name)
         det = out[spec.name]
         sy, sx = pixels.shape[0] / runtime.size, pixels.shape[1] / runtime.size
         boxes = [

@@ -107,23 +107,28 @@ class ModelRuntime:
         x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
         return x[0].clamp_(0, 1)
 
-    def run_batch(self, inputs: Sequence[torch.Tensor]) -> list[dict[str, Any]]:
-        """Outputs per image: probabilities (K,) per classification task, mask probabilities
-        (M, S, S) per segmentation task, boxes / scores / labels per detection task."""
-        x = torch.stack(list(inputs))
+    def run_batch(self, items: Sequence[tuple[torch.Tensor, str]]) -> list[dict[str, Any]]:
+        """Outputs of ``(image, task)`` requests: probabilities (K,) per classification task, mask
+        probabilities (M, S, S) per segmentation task, boxes / scores / labels per detection task.
+
+        Only the heads some request of the batch asked for run (PyTorch backend): a ``/predict``
+        batch never pays for a detection head's proposals and NMS.
+        """
+        x = torch.stack([image for image, _ in items])
+        wanted = sorted({task for _, task in items})
         if self.onnx is not None:  # ONNX Runtime sessions are thread-safe and never hooked
             out = self.onnx(x)
         else:
             with self.lock, torch.no_grad():
-                out = self.model(x.to(self.device))
-        results: list[dict[str, Any]] = [{} for _ in inputs]
-        for name, t in self.tasks.items():
-            if t.kind == "detection":
+                out = self.model(x.to(self.device), tasks=wanted)
+        results: list[dict[str, Any]] = [{} for _ in items]
+        for name in wanted:
+            if self.tasks[name].kind == "detection":
                 for i, det in enumerate(out[name]):
                     results[i][name] = {k: v.cpu().numpy() for k, v in det.items()}
             else:
-                probs = probabilities(t.kind, out[name].float()).cpu().numpy()
-                for i in range(len(inputs)):
+                probs = probabilities(self.tasks[name].kind, out[name].float()).cpu().numpy()
+                for i in range(len(items)):
                     results[i][name] = probs[i]
         return results
 

@@ -1,0 +1,42 @@
+"""`xrayfm finetune` on the real X-ray samples in ../shared: every task, every mode.
+
+The default suite runs each task once, each in another mode; the other six task x mode
+combinations are slow tests. Runs are tiny (a few steps at 64 px): they prove the commands
+work end to end on real files, the benchmark in bench/finetune_real.py measures quality.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cli_runner import run
+
+TASKS = {
+    "labels": ("kermany_pneumonia_test224", ["-o", "split_column="], "mean_auroc"),
+    "masks": ("jsrt_lungs", ["-o", "mask_columns=('mask',)", "-o", "label_columns=()"], "mean_dice"),
+    "boxes": ("tbx11k_tb_boxes", ["-o", "boxes_complete=True", "--task", "boxes"], "map_50"),
+}
+FAST = ["--img-size", "64", "--batch-size", "4", "--steps", "3", "--warmup", "1", "--n-boot", "10"]
+DEFAULT = {("labels", "lora"), ("masks", "linear"), ("boxes", "full")}
+CASES = [
+    pytest.param(task, mode, marks=() if (task, mode) in DEFAULT else pytest.mark.slow)
+    for task in TASKS
+    for mode in ("full", "linear", "lora")
+]
+
+
+@pytest.mark.parametrize("task, mode", CASES)
+def test_finetune_and_evaluate_on_real_xrays(shared_datasets: Path, tmp_path: Path, task: str, mode: str) -> None:
+    folder, options, metric = TASKS[task]
+    out = tmp_path / "run"
+    res = run("finetune", "csv", str(shared_datasets / folder), *options, "--mode", mode, "--out", str(out),
+              "--eval-split", "test", "--accelerator", "cpu", *FAST)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"fine-tuning ({mode}) finished" in res.stdout and metric in res.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    headline = summary["evaluations"]["test"]["tasks"][task]["headline"][metric]
+    assert 0.0 <= headline["low"] <= headline["value"] <= headline["high"] <= 1.0
+    share = summary["parameters"]["trainable_percent"]
+    assert share == 100.0 if mode == "full" else 0.0 < share < 100.0
