@@ -122,7 +122,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     p = summary["parameters"]
     print(f"fine-tuning ({args.mode}) finished: {p['trainable']:,} of {p['total']:,} parameters trained "
           f"({p['trainable_percent']:.2f}%) on {summary['train_images']} images")  # fmt: skip
-    print("  split task           metric         value   [95% CI]")
+    if summary["evaluations"]:
+        print("  split task           metric         value   [95% CI]")
+    else:
+        print(f"  not evaluated: no images in split(s) {', '.join(args.eval_split or ['val', 'test'])}")
     for split, result in summary["evaluations"].items():
         _print_evaluation(split, result)
     print(f"model: {Path(args.out) / 'model'}   summary: {Path(args.out) / 'summary.json'}")

@@ -221,6 +221,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             log.warning("not evaluating split %s: %s", split, exc)
             continue
         if len(ds) == 0:
+            log.warning("not evaluating split %s: it has no images", split)
             continue
         evaluations[split] = evaluate_dataset(
             model,
