@@ -181,6 +181,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"  {result['report']}  the evaluation report (ROC curves, Dice, mask overlays): open it in a browser\n"
         f"Explain a finding:  xrayfm explain {ft_dir} {next(iter(sorted((data / 'images').glob('*.png'))))}\n"
         f"Serve the model:    xrayfm serve {ft_dir} --port 8000   then open http://127.0.0.1:8000/\n"
+        f"Export to ONNX:     xrayfm export onnx {ft_dir}   then serve it with --backend onnx\n"
         f"Next: xrayfm evaluate {ft_dir} phantom {data} --split val   |   xrayfm finetune --help"
     )
     return 0
@@ -191,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xrayfm",
         description="Toolkit for X-ray foundation models: read X-rays safely, use public datasets, "
-        "generate synthetic phantoms, pretrain EVA-X, fine-tune and evaluate.",
+        "generate synthetic phantoms, pretrain EVA-X, fine-tune, evaluate, explain, serve and export.",
         epilog="Run 'xrayfm COMMAND --help' for the options of one command.",
     )
     parser.add_argument("--version", action="version", version=f"xrayfm {__version__}")

@@ -15,7 +15,18 @@ from xrayfm.io.writers import write_png
 def test_help_lists_commands() -> None:
     res = run("--help")
     assert res.returncode == 0
-    for cmd in ("phantom", "datasets", "inspect", "demo"):
+    for cmd in (
+        "phantom",
+        "datasets",
+        "inspect",
+        "demo",
+        "pretrain",
+        "finetune",
+        "evaluate",
+        "explain",
+        "serve",
+        "export",
+    ):
         assert cmd in res.stdout
 
 
@@ -107,3 +118,5 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "demo" / "finetune" / "model" / "model.safetensors").is_file()
     assert (tmp_path / "demo" / "finetune" / "eval_test" / "report.html").is_file()
     assert "mean_dice" in res.stdout and "report.html" in res.stdout
+    ft = tmp_path / "demo" / "finetune"
+    assert f"xrayfm serve {ft} --port 8000" in res.stdout and f"xrayfm export onnx {ft}" in res.stdout
