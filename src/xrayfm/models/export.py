@@ -47,6 +47,22 @@ def write_weights(
     return out
 
 
+def read_json_sidecar(path: Path, fmt: str, what: str) -> dict[str, Any]:
+    """Read a JSON sidecar whose ``format`` must be ``fmt``.
+
+    Raises:
+        XrayfmError: Invalid JSON, or another format (``what`` names the expected kind of file).
+    """
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise XrayfmError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise XrayfmError(f"{path}: not {what} (format {found!r})")
+    return meta
+
+
 def read_export(folder: str | Path) -> tuple[Path, dict[str, Any]]:
     """Locate an exported backbone in ``folder`` (or ``folder/export``) and read its sidecar.
 

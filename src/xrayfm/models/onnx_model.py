@@ -10,7 +10,6 @@ served.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from xrayfm.errors import XrayfmError
+from xrayfm.models.export import read_json_sidecar
 
 ONNX_FILE, ONNX_SIDECAR = "model.onnx", "onnx.json"
 ONNX_FORMAT = "xrayfm-onnx-1"
@@ -51,13 +51,7 @@ def read_onnx_sidecar(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     if not (folder / ONNX_FILE).is_file() or not (folder / ONNX_SIDECAR).is_file():
         raise XrayfmError(f"{folder}: no ONNX export ({ONNX_FILE} + {ONNX_SIDECAR}); run: xrayfm export onnx {folder}")
-    try:
-        meta = json.loads((folder / ONNX_SIDECAR).read_text())
-    except json.JSONDecodeError as exc:
-        raise XrayfmError(f"{folder / ONNX_SIDECAR}: not valid JSON ({exc})") from None
-    if meta.get("format") != ONNX_FORMAT:
-        raise XrayfmError(f"{folder / ONNX_SIDECAR}: not an xrayfm ONNX export (format {meta.get('format')!r})")
-    return meta
+    return read_json_sidecar(folder / ONNX_SIDECAR, ONNX_FORMAT, "an xrayfm ONNX export")
 
 
 class OnnxModel:

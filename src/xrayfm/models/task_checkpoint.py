@@ -8,7 +8,6 @@ merged into the backbone before saving, so a saved model is a plain backbone + h
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from xrayfm.errors import XrayfmError
-from xrayfm.models.export import write_weights
+from xrayfm.models.export import read_json_sidecar, write_weights
 from xrayfm.models.registry import create_model
 from xrayfm.models.task_model import XrayModel
 from xrayfm.tasks import TaskSpec
@@ -44,14 +43,7 @@ def find_task_model(path: str | Path) -> Path:
 
 def read_sidecar(path: str | Path) -> dict[str, Any]:
     """The sidecar of a saved model (path = run folder or model folder)."""
-    folder = find_task_model(path)
-    try:
-        meta = json.loads((folder / SIDECAR).read_text())
-    except json.JSONDecodeError as exc:
-        raise XrayfmError(f"{folder / SIDECAR}: not valid JSON ({exc})") from None
-    if meta.get("format") != FORMAT:
-        raise XrayfmError(f"{folder / SIDECAR}: not an xrayfm fine-tuned model (format {meta.get('format')!r})")
-    return meta
+    return read_json_sidecar(find_task_model(path) / SIDECAR, FORMAT, "an xrayfm fine-tuned model")
 
 
 def load_task_model(path: str | Path) -> tuple[XrayModel, dict[str, Any]]:
