@@ -120,8 +120,6 @@ def export_onnx(
                 dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), dynamo=True, verbose=False,
             )  # fmt: skip
             program.save(os.fspath(tmp), external_data=False)
-    except XrayfmError:
-        raise
     except Exception as exc:  # the exporter raises many internal types; name the model and the cause
         tmp.unlink(missing_ok=True)
         raise XrayfmError(
@@ -139,17 +137,22 @@ def export_onnx(
         "not_exported": skipped, "opset": opset or program.model.opset_imports.get("", None),
         "torch": torch.__version__, "weights_sha256": file_digest(out / WEIGHTS),
     }  # fmt: skip
-    (out / ONNX_SIDECAR).write_text(json.dumps(sidecar, indent=2))
+    _write_json(out / ONNX_SIDECAR, sidecar)  # OnnxModel reads it; rewritten with the check below
     try:
         sidecar["check"] = _check(model, view.names, OnnxModel(out), size, check_batch, atol, rtol)
     except XrayfmError:
         for name in (ONNX_FILE, ONNX_SIDECAR):
             (out / name).unlink(missing_ok=True)
         raise
-    tmp = out / (ONNX_SIDECAR + ".tmp")
-    tmp.write_text(json.dumps(sidecar, indent=2))
-    os.replace(tmp, out / ONNX_SIDECAR)
+    _write_json(out / ONNX_SIDECAR, sidecar)
     return sidecar
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    """Write ``obj`` as JSON atomically (temp file + rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
 
 
 def _check(
