@@ -10,11 +10,22 @@ synthetic phantoms — are adapted with full fine-tuning, linear probing and LoR
   images, scored on its validation split, as it has no test split here).
 
 Every number comes from ``xrayfm.finetune.sweep`` (test split, 95% bootstrap CIs) and is
-written with the machine description to ``bench/results/finetune_real_<device>.json`` plus the
-sweep tables. This is a small-compute benchmark (128 px, a few epochs on 2 CPU cores): it shows
-the pipeline on real data and the relative behaviour of the modes, not the paper's numbers.
+written with its provenance (``bench/provenance.py``) to ``bench/results/finetune_real_<device>.json``
+plus the sweep tables. This is a small-compute benchmark (128 px, a few epochs on 2 CPU cores): it
+shows the pipeline on real data and the relative behaviour of the modes, not the paper's numbers.
 
-Usage: python bench/finetune_real.py [--shared ../shared/datasets] [--work runs/bench_real]
+Caches, and what the results file trusts: the phantoms and the pretrained backbone live under
+WORK in folders named by the hash of the settings that produce them (``phantom_<hash>``,
+``mim_phantom_<hash>``), so other settings never reuse them. The pretraining facts reported
+(steps, images, losses, seconds, when and where) are read from the backbone's own records: its
+export sidecar, its ``metrics.csv`` and the ``bench_record.json`` this script writes beside them
+when it trains it, never from the current arguments. Sweep runs are reused only when they ran
+with the same config. The results file is written whole by each invocation; with ``--only``, the
+other experiments of the previous file are kept only when the config hash they recorded is the
+one they would have now (the others are dropped with a warning).
+
+Usage: python bench/finetune_real.py [--shared ../shared/datasets] [--work runs/bench_real] [--only NAME,...]
+       [--out FILE]
 """
 
 from __future__ import annotations
@@ -22,38 +33,139 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
+import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
+from provenance import config_hash, provenance, write_result
 
 from xrayfm.data.phantom_io import write_phantom_dataset
 from xrayfm.finetune.run import FinetuneConfig
-from xrayfm.finetune.sweep import Backbone, run_sweep
-from xrayfm.pretrain.engine import TrainConfig
+from xrayfm.finetune.sweep import Backbone, run_folder, run_sweep
 from xrayfm.pretrain.mim_run import run_mim
+from xrayfm.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 ARCH = "eva_x_tiny_patch16"
-
-
-def machine() -> dict[str, object]:
-    """What the numbers were measured on."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
-    return {
-        "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "python": platform.python_version(),
-    }  # fmt: skip
+MASK_RATIO = 0.3
+RECORD = "bench_record.json"  # written beside a backbone this script pretrained
+log = logging.getLogger("finetune_real")
 
 
 def engine(out: Path, *, batch: int, lr: float, accelerator: str) -> TrainConfig:
+    """Fine-tuning engine settings (steps from the epochs)."""
     return TrainConfig(
         out_dir=str(out), steps=0, batch_size=batch, lr=lr, warmup_steps=10, clip_grad=0.0, accelerator=accelerator,
         precision="auto", checkpoint_every=1000, log_every=10,
     )  # fmt: skip
+
+
+def mim_engine(out: Path, args: argparse.Namespace) -> TrainConfig:
+    """Pretraining engine settings."""
+    return TrainConfig(out_dir=str(out), steps=args.mim_steps, batch_size=32, lr=1.5e-3,
+                       warmup_steps=args.mim_steps // 10, accelerator=args.accelerator,
+                       checkpoint_every=100, log_every=10)  # fmt: skip
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def train_settings(train: TrainConfig) -> dict[str, Any]:
+    """Engine settings as JSON values, without those that do not change results (output folder,
+    logging and checkpoint cadence)."""
+    data = _jsonable(asdict(train))
+    for key in ("out_dir", "log_every", "checkpoint_every"):
+        data.pop(key)
+    return data
+
+
+def finetune_settings(cfg: FinetuneConfig) -> dict[str, Any]:
+    """A fine-tuning config as JSON values, its engine settings as in :func:`train_settings`."""
+    return {**_jsonable(asdict(cfg)), "train": train_settings(cfg.train)}
+
+
+def pretraining_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything that determines the pretrained backbone (its cache folder is named by the hash)."""
+    return {
+        "method": "eva_x_mim", "target": "pixel", "arch": ARCH, "img_size": args.img_size, "mask_ratio": MASK_RATIO,
+        "phantoms": {"n": 2000, "seed": 0, "size": args.img_size, "layout": "native"},
+        "train": train_settings(mim_engine(Path(), args)),
+    }  # fmt: skip
+
+
+def pretrain(work: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    """The phantom-MIM backbone for these settings, trained unless cached; returns its run folder
+    and what it records about itself."""
+    cfg = pretraining_config(args)
+    key = config_hash(cfg)
+    phantom = work / f"phantom_{config_hash(cfg['phantoms'])}"
+    if not (phantom / "labels.csv").is_file():
+        write_phantom_dataset(phantom, **cfg["phantoms"])
+    mim_dir = work / f"mim_phantom_{key}"
+    if (mim_dir / "export" / "backbone.json").is_file():
+        log.info("reusing the backbone pretrained with config %s in %s", key, mim_dir)
+    else:
+        resumed = (mim_dir / "last.ckpt").is_file()
+        t0 = time.perf_counter()
+        run_mim("phantom", phantom, arch=ARCH, img_size=args.img_size, mask_ratio=MASK_RATIO,
+                train_config=mim_engine(mim_dir, args))  # fmt: skip
+        record = {"config": cfg, "config_hash": key, "seconds": round(time.perf_counter() - t0, 1),
+                  "resumed_from_checkpoint": resumed}  # fmt: skip
+        write_result(mim_dir / RECORD, record)
+    return mim_dir, pretraining_record(mim_dir, key)
+
+
+def pretraining_record(mim_dir: Path, key: str) -> dict[str, Any]:
+    """What a pretrained backbone records about itself: steps, images and target from its export
+    sidecar, losses from its ``metrics.csv``, time and provenance from ``bench_record.json``
+    (None where the folder has no such record)."""
+    sidecar = json.loads((mim_dir / "export" / "backbone.json").read_text())["provenance"]
+    with open(mim_dir / "metrics.csv") as fh:
+        metrics = list(csv.DictReader(fh))
+    own = json.loads((mim_dir / RECORD).read_text()) if (mim_dir / RECORD).is_file() else {}
+    if own.get("config_hash", key) != key:
+        raise SystemExit(f"{mim_dir / RECORD} records config {own['config_hash']}, not the {key} its folder names")
+    return {
+        "artefact": mim_dir.name, "config_hash": key, "config": own.get("config"), "method": sidecar["method"],
+        "target": sidecar["target"], "dataset": sidecar["dataset"], "images": sidecar["images"],
+        "mask_ratio": sidecar["mask_ratio"], "steps": sidecar["steps"], "last_logged_step": int(metrics[-1]["step"]),
+        "first_loss": float(metrics[0]["loss"]), "last_loss": float(metrics[-1]["loss"]),
+        "seconds": own.get("seconds"), "resumed_from_checkpoint": own.get("resumed_from_checkpoint"),
+        "provenance": own.get("provenance"),
+        "source": f"{mim_dir.name}: export/backbone.json, metrics.csv, {RECORD if own else 'no ' + RECORD}",
+    }  # fmt: skip
+
+
+def experiments(shared: Path, work: Path, args: argparse.Namespace, fractions: list[float]) -> dict[str, tuple]:
+    """Name -> (base fine-tuning config, modes, fractions)."""
+    all_modes = ["full", "linear", "lora"]
+    return {
+        "kermany_pneumonia": (FinetuneConfig(
+            dataset="csv", root=str(shared / "kermany_pneumonia_test224"), dataset_options={"split_column": ""},
+            img_size=args.img_size, epochs=4, layer_decay=0.55, n_boot=1000, eval_splits=("test",),
+            train=engine(work, batch=16, lr=1e-3, accelerator=args.accelerator),
+        ), all_modes, fractions),
+        "jsrt_lungs": (FinetuneConfig(
+            dataset="csv", root=str(shared / "jsrt_lungs"),
+            dataset_options={"mask_columns": ("mask",), "label_columns": ()}, img_size=args.img_size, epochs=8,
+            layer_decay=0.85, flip=0.0, n_boot=1000, eval_splits=("test",),
+            train=engine(work, batch=8, lr=5e-4, accelerator=args.accelerator),
+        ), all_modes, fractions),
+        "tbx11k_boxes": (FinetuneConfig(
+            dataset="csv", root=str(shared / "tbx11k_tb_boxes"), dataset_options={"boxes_complete": True},
+            tasks=["boxes"], img_size=args.img_size, epochs=8, layer_decay=0.85, n_boot=200, eval_splits=("val",),
+            train=engine(work, batch=8, lr=2e-4, accelerator=args.accelerator),
+        ), ["full"], [1.0]),
+    }  # fmt: skip
+
+
+def previous_parts(path: Path) -> dict[str, Any]:
+    """Experiments of an earlier results file (none when there is none)."""
+    return json.loads(path.read_text()).get("experiments", {}) if path.is_file() else {}
 
 
 def main() -> None:
@@ -66,71 +178,54 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--accelerator", default="auto")
     ap.add_argument("--only", help="comma-separated experiments to run (default all)")
+    ap.add_argument("--out", help="results file (default bench/results/finetune_real_<device>.json)")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     shared, work = Path(args.shared), Path(args.work)
     fractions = [float(f) for f in args.fractions.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     t0 = time.perf_counter()
+    device = "gpu" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu"
+    out = Path(args.out) if args.out else REPO / "bench" / "results" / f"finetune_real_{device}.json"
 
-    phantom = work / "phantom"
-    if not (phantom / "labels.csv").is_file():
-        write_phantom_dataset(phantom, n=2000, seed=0, size=args.img_size)
-    mim_dir = work / "mim_phantom"
-    if not (mim_dir / "export" / "backbone.json").is_file():
-        mim_cfg = TrainConfig(out_dir=str(mim_dir), steps=args.mim_steps, batch_size=32, lr=1.5e-3,
-                              warmup_steps=args.mim_steps // 10, accelerator=args.accelerator,
-                              checkpoint_every=100, log_every=10)  # fmt: skip
-        run_mim("phantom", phantom, arch=ARCH, img_size=args.img_size, train_config=mim_cfg)
-    mim_rows = (mim_dir / "metrics.csv").read_text().splitlines()
-    t_mim = time.perf_counter() - t0
+    plans = experiments(shared, work, args, fractions)
+    only = set(args.only.split(",")) if args.only else set(plans)
+    if only - set(plans):
+        ap.error(f"unknown experiments {sorted(only - set(plans))}; choose from {sorted(plans)}")
+    mim_dir, pretraining = pretrain(work, args)
     backbones = [Backbone("random", ARCH), Backbone("phantom_mim", ARCH, str(mim_dir))]
-
-    experiments = {
-        "kermany_pneumonia": FinetuneConfig(
-            dataset="csv", root=str(shared / "kermany_pneumonia_test224"), dataset_options={"split_column": ""},
-            img_size=args.img_size, epochs=4, layer_decay=0.55, n_boot=1000, eval_splits=("test",),
-            train=engine(work, batch=16, lr=1e-3, accelerator=args.accelerator),
-        ),
-        "jsrt_lungs": FinetuneConfig(
-            dataset="csv", root=str(shared / "jsrt_lungs"),
-            dataset_options={"mask_columns": ("mask",), "label_columns": ()}, img_size=args.img_size, epochs=8,
-            layer_decay=0.85, flip=0.0, n_boot=1000, eval_splits=("test",),
-            train=engine(work, batch=8, lr=5e-4, accelerator=args.accelerator),
-        ),
-        "tbx11k_boxes": FinetuneConfig(
-            dataset="csv", root=str(shared / "tbx11k_tb_boxes"), dataset_options={"boxes_complete": True},
-            tasks=["boxes"], img_size=args.img_size, epochs=8, layer_decay=0.85, n_boot=200, eval_splits=("val",),
-            train=engine(work, batch=8, lr=2e-4, accelerator=args.accelerator),
-        ),
-    }  # fmt: skip
-    plans = {"tbx11k_boxes": (["full"], [1.0])}
-    only = set(args.only.split(",")) if args.only else set(experiments)
-    results: dict[str, object] = {}
-    for name, cfg in experiments.items():
+    earlier = previous_parts(out) if only != set(plans) else {}
+    results: dict[str, Any] = {}
+    for name, (cfg, modes, fracs) in plans.items():
+        part = {
+            "experiment": name, "finetune": finetune_settings(cfg), "modes": modes, "fractions": fracs, "seeds": seeds,
+            "backbones": {b.label: [b.arch, pretraining["config_hash"] if b.pretrained else None] for b in backbones},
+        }  # fmt: skip
+        key = config_hash(part)
         if name not in only:
+            old = earlier.get(name)
+            if old is not None and old.get("config_hash") == key:
+                results[name] = old
+            elif old is not None:
+                log.warning("dropping %s from %s: it was measured with config %s, these settings give %s",
+                            name, out, old.get("config_hash", "(none recorded)"), key)  # fmt: skip
             continue
-        t1 = time.perf_counter()
-        modes, fracs = plans.get(name, (["full", "linear", "lora"], fractions))
-        table = run_sweep(cfg, backbones=backbones, modes=modes, fractions=fracs, seeds=seeds,
-                          out_dir=work / name)  # fmt: skip
+        started, t1 = time.time(), time.perf_counter()
+        table = run_sweep(cfg, backbones=backbones, modes=modes, fractions=fracs, seeds=seeds, out_dir=work / name)
         with open(table) as fh:
             rows = list(csv.DictReader(fh))
-        results[name] = {"rows": rows, "table_markdown": (table.parent / "sweep.md").read_text(),
-                         "seconds": round(time.perf_counter() - t1, 1)}  # fmt: skip
-    device = "gpu" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu"
+        folders = [run_folder(work / name, b, m, f, s) for b in backbones for m in modes for f in fracs for s in seeds]
+        trained = sum((d / "summary.json").stat().st_mtime >= started for d in folders)
+        results[name] = {
+            "config_hash": key, "config": part, "rows": rows, "table_markdown": (table.parent / "sweep.md").read_text(),
+            "runs": len(folders), "runs_reused": len(folders) - trained,
+            "wall_seconds": round(time.perf_counter() - t1, 1), "provenance": provenance(),
+        }  # fmt: skip
     report = {
-        "benchmark": "finetune_real", "machine": machine(), "arch": ARCH, "img_size": args.img_size,
-        "fractions": fractions, "seeds": seeds,
-        "pretraining": {"data": "2000 phantoms", "steps": args.mim_steps, "target": "pixel",
-                        "first_loss": mim_rows[1].split(",")[1], "last_loss": mim_rows[-1].split(",")[1],
-                        "seconds": round(t_mim, 1)},
-        "experiments": results, "total_seconds": round(time.perf_counter() - t0, 1),
+        "benchmark": "finetune_real", "arch": ARCH, "img_size": args.img_size, "fractions": fractions, "seeds": seeds,
+        "pretraining": pretraining, "experiments": results, "wall_seconds": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
-    out = REPO / "bench" / "results" / f"finetune_real_{device}.json"
-    if out.is_file():  # keep experiments measured by an earlier invocation (--only)
-        earlier = json.loads(out.read_text()).get("experiments", {})
-        report["experiments"] = {**{k: v for k, v in earlier.items() if k not in results}, **results}
-    out.write_text(json.dumps(report, indent=2))
+    write_result(out, report)
     for name, res in results.items():
         print(f"## {name}\n\n{res['table_markdown']}")
     print(f"wrote {out}")

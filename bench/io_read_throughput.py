@@ -3,7 +3,8 @@
 Usage: python bench/io_read_throughput.py [--shared ../shared/datasets] [--out bench/results/io_read_throughput.json]
 
 Reads every file of a few real sets (8-bit PNG at 224/512 px, uncompressed and JPEG 2000 CR
-DICOM at ~1800x1900) on one thread, best of three rounds, and records the machine. The point is
+DICOM at ~1800x1900) on one thread, best of three rounds, and records its provenance
+(``bench/provenance.py``: command, commit, date, machine, versions). The point is
 to know whether decoding, not the model, will bound a data loader on a given machine.
 """
 
@@ -15,14 +16,11 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-import pydicom  # noqa: E402
-from PIL import __version__ as pillow_version  # noqa: E402
+from provenance import write_result  # noqa: E402
 
 from xrayfm.io import read_xray  # noqa: E402
 
@@ -64,21 +62,8 @@ def main() -> None:
         if files:
             results[name] = measure(files)
             print(f"{name:<32} {results[name]}")
-    report = {
-        "benchmark": "io_read_throughput",
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "threads_used": 1,
-            "python": platform.python_version(),
-            "pillow": pillow_version,
-            "pydicom": pydicom.__version__,
-        },
-        "results": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    report = {"benchmark": "io_read_throughput", "setup": {"threads_used": 1}, "results": results}
+    write_result(args.out, report, packages=("numpy", "pillow", "pydicom"))
     print(f"wrote {args.out}")
 
 

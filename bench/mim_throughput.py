@@ -6,20 +6,18 @@ For students Ti/16 and S/16 at 224 px with a ViT-B-sized teacher (EVA-X B/16, fr
 of full MIM training steps (forward, backward, AdamW) and the process's peak resident memory.
 Also the inference throughput of ``xrayfm.models.create_model(name)`` against timm's ``Eva``
 built with the EVA-X release's arguments, in the same run (ratio = ours / reference). On CUDA the
-steps run in bf16 autocast. Records the machine.
+steps run in bf16 autocast. Records its provenance (``bench/provenance.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import resource
 import time
 from pathlib import Path
 
 import torch
+from provenance import write_result
 from timm.models.eva import Eva
 
 from xrayfm.models import create_model
@@ -83,15 +81,12 @@ def main() -> None:
     report = {
         "benchmark": "mim_throughput",
         "setup": {"input": "3x224x224", "batch": args.batch, "timed_steps": args.steps, "teacher": "eva_x_base_patch16",
-                  "mask_ratio": 0.3, "precision": "bf16-autocast" if device == "cuda" else "fp32"},
+                  "mask_ratio": 0.3, "device": device, "precision": "bf16-autocast" if device == "cuda" else "fp32"},
         "peak_memory_mib": round(peak, 1),
         "peak_memory_kind": "cuda max allocated" if device == "cuda" else "process max RSS (both students)",
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "device": device,
-                    "torch": torch.__version__, "threads": torch.get_num_threads()},
         "results": results,
     }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args.out, report)
     print(f"wrote {args.out}")
 
 

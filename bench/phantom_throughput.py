@@ -4,7 +4,7 @@ Usage: python bench/phantom_throughput.py [--n 300] [--sizes 128 256 512] [--out
 
 Measures ``generate_phantom`` alone and ``write_phantom_dataset`` (native layout, PNG + masks +
 CSVs) at each size, with BLAS/OpenMP pinned to one thread, best and median of a few rounds, and
-records the machine it ran on.
+records its provenance (``bench/provenance.py``: command, commit, date, machine, versions).
 """
 
 from __future__ import annotations
@@ -15,28 +15,16 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from provenance import write_result  # noqa: E402
 
 from xrayfm.data.phantom import PhantomConfig, generate_phantom  # noqa: E402
 from xrayfm.data.phantom_io import write_phantom_dataset  # noqa: E402
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def measure(size: int, n: int, repeats: int) -> dict[str, float]:
@@ -71,22 +59,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     results = [measure(s, args.n if s <= 256 else max(args.n // 4, 20), args.repeats) for s in args.sizes]
-    report = {
-        "benchmark": "phantom_throughput",
-        "machine": {
-            "platform": platform.platform(),
-            "cpu": _cpu_name(),
-            "cpu_count": os.cpu_count(),
-            "threads_used": 1,
-            "python": sys.version.split()[0],
-            "numpy": np.__version__,
-            "torch": torch.__version__,
-        },
-        "results": results,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    report = {"benchmark": "phantom_throughput", "setup": {"threads_used": 1}, "results": results}
+    out = write_result(args.out, report, packages=("numpy", "pillow"))
     for r in results:
         print(
             f"{r['size']:>4} px: generate {r['generate_images_per_s']:7.1f} img/s "

@@ -6,7 +6,7 @@ as its own process (``xrayfm serve --backend torch|onnx``) and this process send
 number of requests over loopback from 1, 4 and 16 concurrent clients, with and without
 heatmaps (Grad-CAM, computed with PyTorch on both backends). Results (p50 / p95 / p99 latency,
 requests/s, batching counters from /health) go to ``bench/results/serve_latency_<device>.json``
-with the machine description.
+with their provenance (``bench/provenance.py``: command, commit, date, machine, versions).
 
 Usage: python bench/serve_latency.py [--requests 200] [--archs eva_x_tiny_patch16,eva_x_small_patch16]
 """
@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
 import socket
 import subprocess
 import sys
@@ -30,6 +28,7 @@ import httpx
 import numpy as np
 import torch
 from PIL import Image
+from provenance import write_result
 
 from xrayfm.models import create_model
 from xrayfm.models.onnx_export import export_onnx
@@ -39,14 +38,6 @@ from xrayfm.tasks import TaskSpec
 
 REPO = Path(__file__).resolve().parents[1]
 FINDINGS = TaskSpec("findings", "multilabel", tuple(f"finding_{k}" for k in range(14)))
-
-
-def machine() -> dict[str, object]:
-    """What the numbers were measured on."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}  # fmt: skip
 
 
 def free_port() -> int:
@@ -130,28 +121,22 @@ def main() -> None:
     for arch in args.archs.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             torch.manual_seed(0)
-            model = XrayModel(create_model(arch, num_classes=0, img_size=224), [FINDINGS], mean=0.4919, std=0.2851)
-            save_task_model(model, Path(tmp) / "model", arch=arch, model_kwargs={"img_size": 224},
-                            info={"img_size": 224})  # fmt: skip
+            model = XrayModel(create_model(arch, num_classes=0, img_size=224), [FINDINGS])  # the EVA-X record
+            save_task_model(model, Path(tmp) / "model", arch=arch, model_kwargs={"img_size": 224}, info={})
             export_onnx(Path(tmp) / "model")
             for backend in args.backends.split(","):
                 runs += serve_and_measure(Path(tmp) / "model", arch, backend, args)
     device = "gpu" if torch.cuda.is_available() else "cpu"
     out = REPO / "bench" / "results" / f"serve_latency_{device}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "benchmark": "serve_latency",
-                "machine": machine(),
-                "backends": args.backends.split(","),
-                "load": "httpx threads in the benchmark process, server in its own process, same machine (loopback)",
-                "image": "512x512 8-bit PNG upload",
-                "model_input": 224,
-                "runs": runs,
-            },
-            indent=2,
-        )
-    )
+    report = {
+        "benchmark": "serve_latency",
+        "backends": args.backends.split(","),
+        "load": "httpx threads in the benchmark process, server in its own process, same machine (loopback)",
+        "image": "512x512 8-bit PNG upload",
+        "model_input": 224,
+        "runs": runs,
+    }
+    write_result(out, report, packages=("onnxruntime", "httpx", "fastapi", "uvicorn"))
     print(f"wrote {out}")
 
 

@@ -3,6 +3,10 @@
 A :class:`TaskSpec` names a task, its kind and its classes. Datasets declare the tasks their
 samples carry, heads are built from them and checkpoints record them, so a model can never be
 paired with labels in another order without the mismatch being caught.
+
+This module is the one definition of the task kinds and their groups (:data:`TASK_KINDS`,
+:data:`CLASSIFICATION_KINDS`, :data:`DENSE_KINDS`); models, fine-tuning, evaluation and
+explanations import them from here.
 """
 
 from __future__ import annotations
@@ -13,7 +17,12 @@ from typing import Any, Literal
 from xrayfm.errors import XrayfmError
 
 TaskKind = Literal["multilabel", "multiclass", "segmentation", "detection"]
-TASK_KINDS: tuple[str, ...] = ("multilabel", "multiclass", "segmentation", "detection")
+#: Kinds whose targets are a label vector per image and whose head pools the whole image.
+CLASSIFICATION_KINDS: tuple[str, ...] = ("multilabel", "multiclass")
+#: Kinds whose targets are spatial (masks, boxes) and whose heads read the feature pyramid.
+DENSE_KINDS: tuple[str, ...] = ("segmentation", "detection")
+#: Every task kind: the classification kinds, then the dense ones.
+TASK_KINDS: tuple[str, ...] = (*CLASSIFICATION_KINDS, *DENSE_KINDS)
 
 #: Which Sample key carries the targets of each task kind.
 SAMPLE_KEY: dict[str, str] = {

@@ -20,7 +20,7 @@ from xrayfm.data.datasets.chexpert import (
 )
 from xrayfm.errors import DatasetError, UnknownNameError
 
-pytestmark = pytest.mark.shared_data
+# tests using the label_files fixture get the shared_data marker from tests/conftest.py; the policy test needs none
 
 VALID_CSV = """Path,Sex,Age,Frontal/Lateral,AP/PA,{labels}
 CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg,Male,73,Frontal,AP,{a}

@@ -3,6 +3,7 @@ read back by its adapter, DICOM round trip, and learnability (a tiny CNN beats c
 
 from __future__ import annotations
 
+import ast
 import gzip
 import json
 from pathlib import Path
@@ -43,8 +44,8 @@ def _bounds(mask: np.ndarray) -> tuple[float, float, float, float]:
 
 
 def _registered(name: str) -> None:
-    if name not in {i.name for i in list_datasets()}:
-        pytest.skip(f"dataset adapter {name!r} is not registered yet")
+    """Every phantom layout has its adapter: a missing one fails, it is never skipped."""
+    assert name in {i.name for i in list_datasets()}, f"dataset adapter {name!r} is not registered"
 
 
 def _auroc(scores: np.ndarray, y: np.ndarray) -> float:
@@ -166,6 +167,22 @@ def test_config_is_validated() -> None:
         PhantomConfig(size=8)
     with pytest.raises(XrayfmError, match=">= 0"):
         generate_phantom(-1)
+
+
+def test_phantom_modules_import_one_way_through_public_names() -> None:
+    """anatomy <- findings <- phantom <- phantom_io: each imports only lower layers, and no private names."""
+    import xrayfm.data.phantom_anatomy as anatomy
+
+    layers = ["phantom_anatomy", "phantom_findings", "phantom", "phantom_io"]
+    for level, module in enumerate(layers):
+        tree = ast.parse((Path(anatomy.__file__).parent / f"{module}.py").read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("xrayfm.data.phantom"):
+                imported = node.module.rsplit(".", 1)[1]
+                assert imported in layers[:level], f"{module} imports {imported}"
+                assert not [a.name for a in node.names if a.name.startswith("_")], f"{module}: private import"
+            elif isinstance(node, ast.Import):
+                assert not [a.name for a in node.names if a.name.startswith("xrayfm.data.phantom")], module
 
 
 # ---------------------------------------------------------------------------- layouts

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,31 @@ def test_inspect_corrupt_image_is_one_clear_line(tmp_path: Path) -> None:
     res = run("inspect", str(tmp_path / "bad.png"))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "bad.png" in res.stderr
+
+
+def test_explain_out_and_devices_mistakes_are_one_clear_line(tmp_path: Path, gradient_image) -> None:
+    write_png(tmp_path / "chest.png", gradient_image)
+    for out in (tmp_path / "heatmaps", tmp_path / "heat.txt"):
+        res = run("explain", str(tmp_path / "model"), str(tmp_path / "chest.png"), "--out", str(out))
+        assert res.returncode == 2 and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+        assert res.stderr.startswith(f"xrayfm: error: --out {out}: ") and "must end in .png, .jpg, .jpeg" in res.stderr
+    res = run("pretrain", "mim", "phantom", str(tmp_path), "--devices", "abc", "--out", str(tmp_path / "run"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip() == "xrayfm: error: --devices must be a number of devices or 'auto', got 'abc'"
+
+
+def test_a_bug_is_one_line_and_verbose_shows_its_traceback(tmp_path: Path) -> None:
+    buggy = (
+        "import sys\nimport xrayfm.cli.data as data\n"
+        "def boom(args):\n    raise ZeroDivisionError('division by zero')\n"
+        "data.cmd_datasets = boom\nfrom xrayfm.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", buggy, "datasets"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr == "xrayfm: internal error: ZeroDivisionError: division by zero (run with -v for the traceback)\n"
+    res = subprocess.run([sys.executable, "-c", buggy, "-v", "datasets"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "Traceback" in res.stderr and ", in boom\nZeroDivisionError" in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == "xrayfm: internal error: ZeroDivisionError: division by zero"
 
 
 def test_inspect_folder_reports_problems(tmp_path: Path, gradient_image) -> None:

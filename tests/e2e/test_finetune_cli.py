@@ -44,7 +44,9 @@ def test_full_finetune_saves_evaluates_and_reports(phantom: Path, tmp_path: Path
     assert "<img" in (out / "eval_test" / "report.html").read_text()
     assert yaml.safe_load((out / "config.yaml").read_text())["steps"] == 4
     model, meta = load_task_model(out)
-    assert [t.name for t in model.tasks] == ["labels", "masks", "boxes"] and meta["normalization"]["mean"] == 0.4919
+    assert [t.name for t in model.tasks] == ["labels", "masks", "boxes"]
+    # the record travels from the pretraining export into the fine-tuned model
+    assert model.preprocess.mean == 0.49185243 and meta["preprocess"]["input_size"] == model.preprocess.input_size
 
     again = run("evaluate", str(out), "phantom", str(phantom), "--split", "val", "--n-boot", "10")
     assert again.returncode == 0, again.stderr[-3000:]

@@ -20,7 +20,7 @@ def test_pixel_then_distilled_pretraining_and_export(tmp_path: Path) -> None:
     assert "exported backbone" in res.stdout
     sidecar = json.loads((run1 / "export" / "backbone.json").read_text())
     assert sidecar["arch"] == "eva_x_tiny_patch16" and sidecar["provenance"]["target"] == "pixel"
-    assert sidecar["normalization"]["mean"] == 0.4919
+    assert sidecar["preprocess"]["mean"] == 0.49185243 and sidecar["preprocess"]["input_size"] == 64
     res = run(
         "pretrain", "mim", "phantom", str(data), "--out", str(run2), "--steps", "3", "--teacher", str(run1), *common
     )

@@ -116,7 +116,7 @@ def test_heatmap_boxes_and_threshold_search() -> None:
 
 
 def test_cli_method_names_match_the_library() -> None:
-    from xrayfm.cli_explain import CAM_NAMES
+    from xrayfm.cli.explain import CAM_NAMES
     from xrayfm.explain.gradcam import CAM_METHODS
 
     assert tuple(CAM_METHODS) == CAM_NAMES

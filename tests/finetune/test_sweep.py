@@ -1,8 +1,13 @@
-"""Sweeps: every combination once, finished runs reused, one table."""
+"""Sweeps: every combination once, finished runs reused only with the same config, one table."""
 
 from __future__ import annotations
 
 import csv
+import json
+import logging
+import math
+import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -13,6 +18,30 @@ from xrayfm.finetune.run import FinetuneConfig
 from xrayfm.finetune.sweep import Backbone, markdown_table, run_sweep
 
 
+def fake_run_finetune(calls: list[tuple]):
+    """A stand-in for ``run_finetune`` that writes a summary as the real one does (the config it
+    ran, with ``train.steps`` resolved from the epochs), without training."""
+
+    def fake_run(cfg: FinetuneConfig) -> dict:
+        calls.append((cfg.arch, cfg.pretrained, cfg.mode, cfg.train_fraction, cfg.train.seed))
+        out = Path(cfg.train.out_dir)
+        out.mkdir(parents=True)
+        train_images = int(100 * cfg.train_fraction)
+        if cfg.train.steps <= 0:
+            cfg.train.steps = max(1, math.ceil(cfg.epochs * train_images / cfg.train.batch_size))
+        value = 0.5 + cfg.train_fraction / 4 + cfg.train.seed / 100
+        summary = {
+            "config": json.loads(json.dumps(asdict(cfg), default=str)),
+            "train_images": train_images, "parameters": {"trainable_percent": 100.0},
+            "evaluations": {"test": {"tasks": {"labels": {"headline": {
+                "mean_auroc": {"value": value, "low": value - 0.1, "high": value + 0.1}}}}}},
+        }  # fmt: skip
+        (out / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    return fake_run
+
+
 def test_backbone_parsing() -> None:
     assert Backbone.parse("mine=eva_x_tiny_patch16:runs/mim") == Backbone("mine", "eva_x_tiny_patch16", "runs/mim")
     assert Backbone.parse("r=resnet50").pretrained is None
@@ -21,22 +50,8 @@ def test_backbone_parsing() -> None:
 
 
 def test_sweep_runs_each_combination_once_and_resumes(tmp_path: Path, monkeypatch) -> None:
-    calls = []
-
-    def fake_run(cfg: FinetuneConfig) -> dict:
-        calls.append((cfg.arch, cfg.pretrained, cfg.mode, cfg.train_fraction, cfg.train.seed))
-        out = Path(cfg.train.out_dir)
-        out.mkdir(parents=True)
-        value = 0.5 + cfg.train_fraction / 4 + cfg.train.seed / 100
-        summary = {
-            "train_images": int(100 * cfg.train_fraction), "parameters": {"trainable_percent": 100.0},
-            "evaluations": {"test": {"tasks": {"labels": {"headline": {
-                "mean_auroc": {"value": value, "low": value - 0.1, "high": value + 0.1}}}}}},
-        }  # fmt: skip
-        (out / "summary.json").write_text(__import__("json").dumps(summary))
-        return summary
-
-    monkeypatch.setattr(sweep_mod, "run_finetune", fake_run)
+    calls: list[tuple] = []
+    monkeypatch.setattr(sweep_mod, "run_finetune", fake_run_finetune(calls))
     base = FinetuneConfig(dataset="phantom", root="R")
     kw = dict(backbones=[Backbone("a", "eva_x_tiny_patch16"), Backbone("b", "resnet18", "w.pt")],
               modes=["full", "lora"], fractions=[0.1, 1.0], seeds=[0, 1], out_dir=tmp_path)  # fmt: skip
@@ -56,3 +71,52 @@ def test_markdown_single_seed_shows_the_interval() -> None:
     rows = [{"backbone": "a", "mode": "full", "fraction": 1.0, "split": "test", "task": "t", "metric": "m",
              "value": 0.9, "low": 0.8, "high": 0.95}]  # fmt: skip
     assert "| a | full | 1 | 0.900 [0.800, 0.950] |" in markdown_table(rows)
+
+
+def _one_run_sweep(base: FinetuneConfig, out: Path) -> Path:
+    return run_sweep(base, backbones=[Backbone("a", "resnet18")], modes=["full"], fractions=[0.5], seeds=[0],
+                     out_dir=out)  # fmt: skip
+
+
+def test_a_changed_config_runs_again_and_says_which_keys_differ(tmp_path: Path, monkeypatch, caplog) -> None:
+    calls: list[tuple] = []
+    monkeypatch.setattr(sweep_mod, "run_finetune", fake_run_finetune(calls))
+    base = FinetuneConfig(dataset="phantom", root="R", epochs=2)
+    base.train.steps = 0  # resolved from the epochs, as the benchmarks do
+    _one_run_sweep(base, tmp_path / "sweep")
+    stale = tmp_path / "sweep" / "a_full_f0.5_s0" / "stale.txt"
+    stale.write_text("left by the first run")
+    caplog.set_level(logging.WARNING, logger="xrayfm.finetune.sweep")
+    _one_run_sweep(base, tmp_path / "sweep")  # same config: the recorded resolved steps match
+    assert len(calls) == 1 and not caplog.records
+
+    base.train.lr, base.img_size = 5e-4, 128
+    _one_run_sweep(base, tmp_path / "sweep")
+    assert len(calls) == 2
+    assert "differs in img_size, train.lr" in caplog.text and "running it again" in caplog.text
+    assert not stale.exists()  # run from scratch, not resumed from the old run's checkpoint
+
+    base.train.steps = 7  # explicit steps differ from the 2 epochs' worth the run recorded
+    _one_run_sweep(base, tmp_path / "sweep")
+    assert len(calls) == 3 and "train.steps" in caplog.records[-1].getMessage()
+
+
+def test_identical_config_is_reused_wherever_the_sweep_folder_is(tmp_path: Path, monkeypatch) -> None:
+    calls: list[tuple] = []
+    monkeypatch.setattr(sweep_mod, "run_finetune", fake_run_finetune(calls))
+    base = FinetuneConfig(dataset="phantom", root="R")
+    _one_run_sweep(base, tmp_path / "first")
+    shutil.copytree(tmp_path / "first", tmp_path / "moved")
+    base.train.log_every = 1  # logging cadence does not change the result
+    table = _one_run_sweep(base, tmp_path / "moved")
+    assert len(calls) == 1 and len(list(csv.DictReader(open(table)))) == 1
+
+
+def test_a_summary_without_config_runs_again(tmp_path: Path, monkeypatch, caplog) -> None:
+    calls: list[tuple] = []
+    monkeypatch.setattr(sweep_mod, "run_finetune", fake_run_finetune(calls))
+    run = tmp_path / "a_full_f0.5_s0"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"train_images": 50}))
+    _one_run_sweep(FinetuneConfig(dataset="phantom", root="R"), tmp_path)
+    assert len(calls) == 1 and "records no config" in caplog.text

@@ -13,6 +13,7 @@ from xrayfm.errors import XrayfmError
 from xrayfm.models import create_model
 from xrayfm.models.onnx_export import export_onnx
 from xrayfm.models.onnx_model import ONNX_FILE, ONNX_SIDECAR, OnnxModel
+from xrayfm.models.preprocess import Preprocess
 from xrayfm.models.task_checkpoint import WEIGHTS, load_task_model, save_task_model
 from xrayfm.models.task_model import XrayModel
 from xrayfm.tasks import TaskSpec
@@ -29,8 +30,8 @@ TASKS = [
 def save(out: Path, arch: str, tasks: list[TaskSpec], **kwargs) -> Path:
     torch.manual_seed(0)
     backbone = create_model(arch, num_classes=0, **kwargs)
-    save_task_model(XrayModel(backbone, tasks, mean=0.49, std=0.28), out, arch=arch, model_kwargs=kwargs,
-                    info={"img_size": 64})  # fmt: skip
+    save_task_model(XrayModel(backbone, tasks, preprocess=Preprocess(64, mean=0.49, std=0.28)), out, arch=arch,
+                    model_kwargs=kwargs, info={})  # fmt: skip
     return out
 
 
@@ -83,7 +84,7 @@ def test_stale_and_corrupt_exports_are_refused(eva_export: tuple[Path, dict], tm
     with torch.no_grad():
         model.heads["findings"].fc.weight.add_(1.0)
     save_task_model(model, folder, arch="eva_x_tiny_patch16", model_kwargs={"img_size": 64, "dynamic_img_size": True},
-                    info={"img_size": 64})  # fmt: skip
+                    info={})  # fmt: skip
     with pytest.raises(XrayfmError, match="exported from other weights"):
         OnnxModel(folder, weights=folder / WEIGHTS)
     (folder / ONNX_FILE).write_bytes(b"\x08\x07garbage")

@@ -10,6 +10,7 @@ import torch
 from xrayfm.errors import XrayfmError
 from xrayfm.models import create_model
 from xrayfm.models.features import FeaturePyramid, default_layers, features
+from xrayfm.models.preprocess import Preprocess
 from xrayfm.models.task_checkpoint import load_task_model, save_task_model
 from xrayfm.models.task_model import XrayModel
 from xrayfm.tasks import TaskSpec
@@ -58,23 +59,23 @@ def test_multiclass_head_and_non_square_input() -> None:
 
 
 def test_model_normalises_inside_and_refuses_wrong_channels() -> None:
-    model = XrayModel(vit(), [FINDINGS], mean=0.5, std=0.25).eval()
+    model = XrayModel(vit(), [FINDINGS], preprocess=Preprocess(64, mean=0.5, std=0.25)).eval()
     x = torch.rand(1, 1, 64, 64)
-    assert torch.allclose(model.preprocess(x), ((x - 0.5) / 0.25).expand(-1, 3, -1, -1))
+    assert torch.allclose(model.normalize(x), ((x - 0.5) / 0.25).expand(-1, 3, -1, -1))
     with pytest.raises(XrayfmError, match="expected images"):
         model(torch.rand(1, 2, 64, 64))
 
 
 def test_save_and_load_round_trip(tmp_path) -> None:
     torch.manual_seed(0)
-    model = XrayModel(vit(), [FINDINGS, LUNGS], mean=0.49, std=0.28).eval()
+    model = XrayModel(vit(), [FINDINGS, LUNGS], preprocess=Preprocess(64, mean=0.49, std=0.28)).eval()
     save_task_model(model, tmp_path / "model", arch="eva_x_tiny_patch16", model_kwargs={"img_size": 64}, info={"x": 1})
     loaded, meta = load_task_model(tmp_path)  # a run folder: the model sits in run/model
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
         a, b = model(x), loaded(x)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert meta["tasks"][0]["classes"] == ["a", "b", "c"] and meta["normalization"]["mean"] == pytest.approx(0.49)
+    assert meta["tasks"][0]["classes"] == ["a", "b", "c"] and meta["preprocess"]["mean"] == pytest.approx(0.49)
 
 
 def test_load_refuses_weights_of_another_architecture(tmp_path) -> None:

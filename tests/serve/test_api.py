@@ -14,6 +14,7 @@ from PIL import Image
 from serve_helpers import png_bytes
 
 from xrayfm.io.writers import write_dicom
+from xrayfm.models.preprocess import resolve_preprocess
 from xrayfm.serve.app import create_app
 
 
@@ -112,8 +113,11 @@ def test_endpoint_without_its_head_is_404(tmp_path: Path) -> None:
     from xrayfm.tasks import TaskSpec
 
     torch.manual_seed(0)
-    model = XrayModel(create_model("resnet18", num_classes=0), [TaskSpec("f", "multilabel", ("a",))])
-    save_task_model(model, tmp_path, arch="resnet18", model_kwargs={}, info={"img_size": 64})
+    backbone = create_model("resnet18", num_classes=0)
+    model = XrayModel(
+        backbone, [TaskSpec("f", "multilabel", ("a",))], preprocess=resolve_preprocess(backbone, img_size=64)
+    )
+    save_task_model(model, tmp_path, arch="resnet18", model_kwargs={}, info={})
     with TestClient(create_app(tmp_path)) as c:
         res = c.post("/segment", files=upload(png_bytes()))
         assert res.status_code == 404 and "no segmentation head" in res.json()["detail"]

@@ -18,6 +18,8 @@ from xrayfm.data.sample import MASK_IGNORE
 from xrayfm.errors import DatasetError, ImageReadError
 from xrayfm.io.limits import DEFAULT_LIMITS
 
+NO_MASK_RLE: tuple[str, ...] = ("", "-1", "nan")  # run-length strings that mean "no mask"
+
 
 def read_label_map(path: Path) -> np.ndarray:
     """Read a mask file (PNG/GIF/BMP/TIFF) as a 2-D uint8 array of raw values.
@@ -113,6 +115,34 @@ class UnionMask:
         return np.stack(planes).astype(np.uint8)
 
 
+def parse_rle(rle: str) -> tuple[np.ndarray, np.ndarray]:
+    """Split a run-length string into its starts and lengths, as written.
+
+    Only the syntax is checked here; whether the runs fit an image depends on the convention
+    (relative or absolute starts) and is left to the caller.
+
+    Args:
+        rle: Space-separated ``start length`` pairs; a string in :data:`NO_MASK_RLE` (after
+            stripping spaces) means no mask.
+
+    Returns:
+        int64 ``(starts, lengths)``, both empty for no mask.
+
+    Raises:
+        DatasetError: A non-integer token or an odd number of values.
+    """
+    text = str(rle).strip()
+    if text in NO_MASK_RLE:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    try:
+        nums = np.asarray([int(t) for t in text.split()], dtype=np.int64)
+    except ValueError:
+        raise DatasetError(f"malformed RLE string (non-integer token): {text[:60]!r}") from None
+    if nums.size % 2:
+        raise DatasetError(f"malformed RLE string (odd number of values): {text[:60]!r}")
+    return nums[0::2], nums[1::2]
+
+
 def decode_rle(rle: str, width: int, height: int, *, relative: bool = True) -> np.ndarray:
     """Decode a run-length string into a (height, width) uint8 mask.
 
@@ -136,17 +166,8 @@ def decode_rle(rle: str, width: int, height: int, *, relative: bool = True) -> n
 def _decode_rle_flat(rle: str, width: int, height: int, *, relative: bool) -> np.ndarray:
     """Column-major flat mask of one RLE string (see :func:`decode_rle`)."""
     mask = np.zeros(width * height, dtype=np.uint8)
-    text = str(rle).strip()
-    if text in ("", "-1", "nan"):
-        return mask
-    try:
-        nums = np.asarray([int(t) for t in text.split()], dtype=np.int64)
-    except ValueError:
-        raise DatasetError(f"malformed RLE string (non-integer token): {text[:60]!r}") from None
-    if nums.size % 2:
-        raise DatasetError(f"malformed RLE string (odd number of values): {text[:60]!r}")
     pos = 0
-    for start, length in zip(nums[0::2], nums[1::2]):
+    for start, length in zip(*parse_rle(rle)):
         begin = pos + start if relative else start - 1
         end = begin + length
         if begin < 0 or length < 0 or end > mask.size:

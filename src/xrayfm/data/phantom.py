@@ -21,6 +21,11 @@ included) and boxes are the tight pixel bounds ``[x_min, x_max)`` of their masks
 part (patient anatomy, pose, which findings, each finding's shape, texture, noise) draws from
 its own stream, so switching one finding off in :class:`PhantomConfig` leaves the rest of the
 image unchanged. Synthetic data: for tests and demos, never for claims about real radiographs.
+
+The generator is split into layers that import one way only: :mod:`~xrayfm.data.phantom_anatomy`
+(shapes, streams) <- :mod:`~xrayfm.data.phantom_findings` (the scene and one drawer per finding)
+<- this module (pose, exposure, composition) <- :mod:`~xrayfm.data.phantom_io` (files on disk,
+including :func:`~xrayfm.data.phantom_io.write_phantom_dataset`).
 """
 
 from __future__ import annotations
@@ -34,16 +39,23 @@ import numpy as np
 
 from xrayfm.data.phantom_anatomy import (
     FIELD_OF_VIEW_MM,
+    Canvas,
     Lesion,
-    _Canvas,
-    _draw_patient,
-    _gaussian_blur,
-    _Lung,
-    _make_heart,
-    _rng,
-    _smooth,
+    Lung,
+    draw_patient,
+    gaussian_blur,
+    make_heart,
+    seeded_rng,
+    smoothstep,
 )
-from xrayfm.data.phantom_findings import _consolidation, _draw_lungs, _effusion, _nodules, _pneumothorax, _Scene
+from xrayfm.data.phantom_findings import (
+    Scene,
+    draw_consolidation,
+    draw_effusion,
+    draw_lungs,
+    draw_nodules,
+    draw_pneumothorax,
+)
 from xrayfm.errors import XrayfmError
 
 FINDINGS: tuple[str, ...] = ("nodule", "effusion", "pneumothorax", "cardiomegaly", "consolidation")
@@ -189,21 +201,21 @@ def _body(u: np.ndarray, v: np.ndarray, body_w: float, dome: float) -> tuple[np.
     zu, zv = u / body_w, (v - 0.3) / 1.35
     body_f = zu * zu * zu * zu + zv * zv * zv * zv
     au = np.abs(u)
-    top_line = -0.88 + 0.45 * np.clip(au - 0.2, 0.0, None) ** 2 - 0.3 * _smooth((0.26 - au) * 7)
-    outline = _smooth((v - top_line) * 12) * _smooth((1.0 - body_f) * 4)
+    top_line = -0.88 + 0.45 * np.clip(au - 0.2, 0.0, None) ** 2 - 0.3 * smoothstep((0.26 - au) * 7)
+    outline = smoothstep((v - top_line) * 12) * smoothstep((1.0 - body_f) * 4)
     inside = outline > 0.5
     dens = outline * (0.1 + 0.62 * np.sqrt(np.sqrt(np.clip(1.0 - body_f, 0.0, 1.0))))
     dens += 0.06 * np.clip((v - dome) / 0.3, 0, 1) * inside  # abdomen
-    dens -= 0.08 * _smooth((0.028 - au) * 60) * _smooth((-0.3 - v) * 10)  # trachea
+    dens -= 0.08 * smoothstep((0.028 - au) * 60) * smoothstep((-0.3 - v) * 10)  # trachea
     vert = 0.5 + 0.5 * np.cos(v * (2 * np.pi / 0.105))
-    dens += _smooth((0.075 - au) * 40) * (0.06 + 0.04 * vert * vert) * inside  # spine
+    dens += smoothstep((0.075 - au) * 40) * (0.06 + 0.04 * vert * vert) * inside  # spine
     return dens, inside
 
 
-def _bones(dens: np.ndarray, x: np.ndarray, v: np.ndarray, lung: _Lung, view: str, female: bool) -> None:
+def _bones(dens: np.ndarray, x: np.ndarray, v: np.ndarray, lung: Lung, view: str, female: bool) -> None:
     """Posterior and anterior ribs, clavicle and breast shadow of one side, added in place."""
     cage = (x > 0.03) & (x < lung.lateral + 0.06) & (lung.field(x * 0.93, v) < 1.3)
-    cage = cage * _smooth((lung.dome(x) + 0.06 - v) * 12)
+    cage = cage * smoothstep((lung.dome(x) + 0.06 - v) * 12)
     top = lung.vc - lung.b_top - 0.04
     span = lung.dome_edge + 0.1 - top
     p = np.clip((v - 0.8 * (x - 0.22) ** 2 - top) / span, 0.0, 1.0)
@@ -212,13 +224,13 @@ def _bones(dens: np.ndarray, x: np.ndarray, v: np.ndarray, lung: _Lung, view: st
     dens += 0.075 * np.sqrt(np.clip(1.0 - ((fr - 0.5) / 0.2) ** 2, 0.0, 1.0)) * cage
     ant = np.clip((v + 0.5 * (x - 0.9) - top) / span, 0, 1) * 7.0
     fa = ant - np.floor(ant)
-    dens += 0.03 * np.clip(1.0 - ((fa - 0.5) / 0.18) ** 2, 0, 1) * cage * _smooth((x - 0.15) * 8)
+    dens += 0.03 * np.clip(1.0 - ((fa - 0.5) / 0.18) ** 2, 0, 1) * cage * smoothstep((x - 0.15) * 8)
     cl_v = -0.63 - 0.2 * x + 0.14 * x * x - (0.06 if view == "AP" else 0.0)
-    clav = np.clip(1.0 - ((v - cl_v) / 0.03) ** 2, 0.0, 1.0) * _smooth((x - 0.04) * 30) * _smooth((0.78 - x) * 20)
+    clav = np.clip(1.0 - ((v - cl_v) / 0.03) ** 2, 0.0, 1.0) * smoothstep((x - 0.04) * 30) * smoothstep((0.78 - x) * 20)
     dens += 0.12 * np.sqrt(clav) * (dens > 0.05)
     if female:
         bz = ((x - 0.6 * lung.lateral) / (0.5 * lung.lateral)) ** 2 + ((v - 0.28) / 0.3) ** 2
-        dens += 0.05 * _smooth((1.0 - bz) * 4) * _smooth((v - 0.1) * 5) * (dens > 0.05)
+        dens += 0.05 * smoothstep((1.0 - bz) * 4) * smoothstep((v - 0.1) * 5) * (dens > 0.05)
 
 
 def generate_phantom(index: int, seed: int = 0, config: PhantomConfig | None = None) -> PhantomCase:
@@ -234,11 +246,11 @@ def generate_phantom(index: int, seed: int = 0, config: PhantomConfig | None = N
         raise XrayfmError(f"index and seed must be >= 0, got index={index}, seed={seed}")
     n = cfg.size
     patient_no, followup = divmod(index, cfg.images_per_patient)
-    pat = _draw_patient(seed, patient_no, cfg)
-    rng = _rng(seed, 2, index)
+    pat = draw_patient(seed, patient_no, cfg.female_fraction)
+    rng = seeded_rng(seed, 2, index)
     view = "AP" if rng.random() < cfg.ap_fraction else "PA"
     j = cfg.pose
-    canvas = _Canvas(
+    canvas = Canvas(
         n,
         angle=math.radians(rng.uniform(-5, 5) * j),
         shift=(rng.uniform(-0.05, 0.05) * j, rng.uniform(-0.04, 0.06) * j),
@@ -248,15 +260,15 @@ def generate_phantom(index: int, seed: int = 0, config: PhantomConfig | None = N
     black, white = rng.uniform(-0.06, 0.06) * cfg.exposure, 0.9 - rng.uniform(-0.08, 0.06) * cfg.exposure
     gamma = math.exp(rng.uniform(-0.22, 0.22) * cfg.exposure)
     blur_sigma = rng.uniform(0.5, 1.1) * cfg.blur * n / 256
-    draw = _rng(seed, 3, index).random(len(FINDINGS))
+    draw = seeded_rng(seed, 3, index).random(len(FINDINGS))
     present = {f: bool(d < cfg.prevalence.get(f, 0.0)) for f, d in zip(FINDINGS, draw)}
 
     lungs = [
-        _Lung(lg.side, lg.xc, lg.a, lg.vc + breath, lg.b_top + breath, lg.b_bot, lg.dome_edge + breath, lg.dome_height)
+        Lung(lg.side, lg.xc, lg.a, lg.vc + breath, lg.b_top + breath, lg.b_bot, lg.dome_edge + breath, lg.dome_height)
         for lg in pat.lungs
     ]
     ctr = (pat.ctr_enlarged if present["cardiomegaly"] else pat.ctr_normal) + (0.02 if view == "AP" else 0.0)
-    heart = _make_heart(pat, ctr, lungs[1].dome_edge)
+    heart = make_heart(pat, ctr, lungs[1].dome_edge)
     u, v = canvas.u, canvas.v
     dens, inside = _body(u, v, pat.body_w, lungs[1].dome_edge)
     heart_mask = heart.field(u, v) < 1.0
@@ -264,13 +276,13 @@ def generate_phantom(index: int, seed: int = 0, config: PhantomConfig | None = N
                              lg.dome_edge + 0.3)  # fmt: skip
                for lg in lungs]  # fmt: skip
     zeros = np.zeros_like(u)
-    scene = _Scene(canvas, lungs, heart, windows, zeros, zeros.copy(), zeros.copy(), {"heart": heart_mask})
-    _draw_lungs(scene, _rng(seed, 11, index))
-    drawers = (("pneumothorax", _pneumothorax), ("effusion", _effusion), ("consolidation", _consolidation),
-               ("nodule", _nodules))  # fmt: skip
+    scene = Scene(canvas, lungs, heart, windows, zeros, zeros.copy(), zeros.copy(), {"heart": heart_mask})
+    draw_lungs(scene, seeded_rng(seed, 11, index))
+    drawers = (("pneumothorax", draw_pneumothorax), ("effusion", draw_effusion),
+               ("consolidation", draw_consolidation), ("nodule", draw_nodules))  # fmt: skip
     for k, (name, draw_finding) in enumerate(drawers):  # each finding has its own random stream
         if present[name]:
-            present[name] = draw_finding(scene, _rng(seed, 20 + k, index))
+            present[name] = draw_finding(scene, seeded_rng(seed, 20 + k, index))
 
     dens += 0.11 * scene.marks - 0.40 * scene.air + scene.extra * inside
     dens += 0.03 * heart_mask * (v < lungs[1].dome_edge - 0.05)
@@ -278,9 +290,9 @@ def generate_phantom(index: int, seed: int = 0, config: PhantomConfig | None = N
         _bones(dens[sl], lung.local(u[sl]), v[sl], lung, view, pat.sex == "F")
 
     img = np.clip((dens - black) / (white - black), 0.0, 1.0) ** gamma
-    img = _gaussian_blur(img.astype(np.float32), blur_sigma)
+    img = gaussian_blur(img.astype(np.float32), blur_sigma)
     if cfg.noise > 0:
-        nrng = _rng(seed, 10, index)
+        nrng = seeded_rng(seed, 10, index)
         sigma = cfg.noise * nrng.uniform(0.008, 0.02)
         img = img + sigma * (0.4 + np.sqrt(img)) * nrng.standard_normal(img.shape, dtype=np.float32)
     img = np.clip(img, 0.0, 1.0).astype(np.float32)
@@ -292,12 +304,3 @@ def generate_phantom(index: int, seed: int = 0, config: PhantomConfig | None = N
         sex=pat.sex, age=pat.age + followup, image=img, labels=labels, anatomy=anatomy, lesions=scene.lesions,
         ctr=round(ctr, 4), pixel_spacing_mm=FIELD_OF_VIEW_MM / n,
     )  # fmt: skip
-
-
-def __getattr__(name: str) -> Any:
-    # ``from xrayfm.data.phantom import write_phantom_dataset`` works without an import cycle
-    if name == "write_phantom_dataset":
-        from xrayfm.data.phantom_io import write_phantom_dataset
-
-        return write_phantom_dataset
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

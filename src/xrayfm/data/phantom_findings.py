@@ -1,7 +1,9 @@
 """Phantom findings: the scene they are drawn into and one function per finding.
 
-Internal to :mod:`xrayfm.data.phantom`; each function draws its lesions (pixels, mask, box)
-into the scene from its own random stream and returns whether any was placed.
+The middle layer of the phantom generator: it builds on :mod:`~xrayfm.data.phantom_anatomy`
+and is used by :mod:`~xrayfm.data.phantom`, which it does not import. Each ``draw_<finding>``
+function draws its lesions (pixels, mask, box) into the scene from its own random stream and
+returns whether any was placed.
 """
 
 from __future__ import annotations
@@ -16,17 +18,18 @@ from xrayfm.data.phantom_anatomy import (
     FIELD_OF_VIEW_MM,
     LUNG_NAMES,
     MASS_DIAMETER_MM,
+    SIDES,
+    Canvas,
+    Heart,
     Lesion,
-    _box_of,
-    _Canvas,
-    _Heart,
-    _Lung,
-    _smooth,
-    _value_noise,
+    Lung,
+    mask_box,
+    smoothstep,
+    value_noise,
 )
 
 
-def _place(scene: _Scene, rng: np.random.Generator, k: int, margin: float) -> tuple[float, float] | None:
+def _place(scene: Scene, rng: np.random.Generator, k: int, margin: float) -> tuple[float, float] | None:
     """A canonical point whose ``margin`` neighbourhood lies in lung ``k`` (outside the heart and
     earlier lesions), or None when 96 random tries all fail."""
     lung, heart, n = scene.lungs[k], scene.heart, 96
@@ -66,20 +69,33 @@ def _markings(rng: np.random.Generator, x: np.ndarray, v: np.ndarray) -> np.ndar
 
 
 @dataclass
-class _Scene:
-    """The arrays a case is drawn into; per-lung work happens in that hemithorax's window."""
+class Scene:
+    """The arrays a case is drawn into; per-lung work happens in that hemithorax's window.
 
-    canvas: _Canvas
-    lungs: list[_Lung]
-    heart: _Heart
+    Attributes:
+        canvas: The pixel grid and its canonical coordinates.
+        lungs: The patient's right and left lung as posed in this image.
+        heart: The heart as drawn in this image.
+        windows: Per lung, the pixel slices covering its hemithorax.
+        air: Lung air fraction (darkens), (H, W).
+        marks: Vessel markings, (H, W).
+        extra: Density added by findings, (H, W).
+        masks: Named (H, W) bool masks: ``heart`` from the start; :func:`draw_lungs` adds
+            ``right_lung``, ``left_lung`` and ``lungs``.
+        lesions: The lesions drawn so far.
+    """
+
+    canvas: Canvas
+    lungs: list[Lung]
+    heart: Heart
     windows: list[tuple[slice, slice]]
-    air: np.ndarray  # lung air fraction (darkens)
-    marks: np.ndarray  # vessel markings
-    extra: np.ndarray  # finding density
+    air: np.ndarray
+    marks: np.ndarray
+    extra: np.ndarray
     masks: dict[str, np.ndarray]
     lesions: list[Lesion] = field(default_factory=list)
 
-    def side(self, k: int) -> tuple[tuple[slice, slice], _Lung, np.ndarray, np.ndarray, np.ndarray]:
+    def side(self, k: int) -> tuple[tuple[slice, slice], Lung, np.ndarray, np.ndarray, np.ndarray]:
         """Window, lung, lung-local x, v and lung mask (windowed) of hemithorax ``k``."""
         sl, lung = self.windows[k], self.lungs[k]
         return sl, lung, lung.local(self.canvas.u[sl]), self.canvas.v[sl], self.masks[LUNG_NAMES[k]][sl]
@@ -90,11 +106,17 @@ class _Scene:
             return False
         full = np.zeros(self.air.shape, bool)
         full[sl] = mask
-        self.lesions.append(Lesion(label, full, _box_of(full), attrs))
+        self.lesions.append(Lesion(label, full, mask_box(full), attrs))
         return True
 
 
-def _draw_lungs(scene: _Scene, rng: np.random.Generator) -> None:
+def draw_lungs(scene: Scene, rng: np.random.Generator) -> None:
+    """Draw both lungs (air, vessel markings, hilum) and add their masks to ``scene.masks``.
+
+    Args:
+        scene: The scene, with the ``heart`` mask already set (it is cut out of the lungs).
+        rng: Stream of the vessel markings.
+    """
     heart_mask = scene.masks["heart"]
     for k in (0, 1):
         sl, lung = scene.windows[k], scene.lungs[k]
@@ -104,7 +126,7 @@ def _draw_lungs(scene: _Scene, rng: np.random.Generator) -> None:
         full = np.zeros(heart_mask.shape, bool)
         full[sl] = m
         scene.masks[LUNG_NAMES[k]] = full
-        depth = _smooth((1.0 - f) * 2.5) * _smooth((dome - v) * 12) * _smooth((x - medial) * 15)
+        depth = smoothstep((1.0 - f) * 2.5) * smoothstep((dome - v) * 12) * smoothstep((x - medial) * 15)
         scene.air[sl] = np.maximum(scene.air[sl], np.where(m, 0.55 + 0.45 * depth, 0.0))
         marks = scene.marks[sl]
         xm, vm = x[m], v[m]
@@ -112,15 +134,23 @@ def _draw_lungs(scene: _Scene, rng: np.random.Generator) -> None:
     scene.masks["lungs"] = scene.masks["right_lung"] | scene.masks["left_lung"]
 
 
-def _pneumothorax(scene: _Scene, rng: np.random.Generator) -> bool:
-    """A dark rim without markings between the chest wall and a collapsed lung's pleural line."""
+def draw_pneumothorax(scene: Scene, rng: np.random.Generator) -> bool:
+    """Draw a dark rim without markings between the chest wall and a collapsed lung's pleural line.
+
+    Args:
+        scene: The scene, lungs drawn.
+        rng: This finding's stream.
+
+    Returns:
+        Whether a lesion was placed.
+    """
     k = int(rng.random() < 0.5)
     sl, lung, x, v, m = scene.side(k)
     s = rng.uniform(0.68, 0.88)
     cx, cv = lung.xc - 0.5 * lung.a, lung.dome_edge
     f_in = lung.field((x - cx) / s + cx, (v - cv) / s + cv)
     rim = m & (f_in >= 1.0)
-    if not scene.add_lesion("pneumothorax", rim, sl, side=("right", "left")[k], collapse=round(1 - s, 3)):
+    if not scene.add_lesion("pneumothorax", rim, sl, side=SIDES[k], collapse=round(1 - s, 3)):
         return False
     scene.air[sl][rim] = 1.05
     scene.marks[sl][rim] = 0.0
@@ -128,8 +158,16 @@ def _pneumothorax(scene: _Scene, rng: np.random.Generator) -> bool:
     return True
 
 
-def _effusion(scene: _Scene, rng: np.random.Generator) -> bool:
-    """Fluid at one or both lung bases, its meniscus climbing the lateral chest wall."""
+def draw_effusion(scene: Scene, rng: np.random.Generator) -> bool:
+    """Draw fluid at one or both lung bases, its meniscus climbing the lateral chest wall.
+
+    Args:
+        scene: The scene, lungs drawn.
+        rng: This finding's stream.
+
+    Returns:
+        Whether a lesion was placed.
+    """
     found = False
     for k in [0, 1] if rng.random() < 0.3 else [int(rng.random() < 0.5)]:
         sl, lung, x, v, m = scene.side(k)
@@ -137,16 +175,24 @@ def _effusion(scene: _Scene, rng: np.random.Generator) -> bool:
         level = lung.dome_edge - rng.uniform(0.18, 0.4) * (lung.dome_edge - apex)
         top = level - rng.uniform(0.12, 0.25) * np.clip((x - 0.1) / (lung.lateral - 0.1), 0, 1) ** 2.5
         fluid = m & (v > top)
-        if scene.add_lesion("effusion", fluid, sl, side=("right", "left")[k]):
+        if scene.add_lesion("effusion", fluid, sl, side=SIDES[k]):
             found = True
-            ramp = _smooth((v - top) / 0.05)[fluid]
+            ramp = smoothstep((v - top) / 0.05)[fluid]
             scene.air[sl][fluid] *= 1.0 - 0.85 * ramp
             scene.marks[sl][fluid] *= 1.0 - ramp
     return found
 
 
-def _consolidation(scene: _Scene, rng: np.random.Generator) -> bool:
-    """A patchy bright region inside one lung."""
+def draw_consolidation(scene: Scene, rng: np.random.Generator) -> bool:
+    """Draw a patchy bright region inside one lung.
+
+    Args:
+        scene: The scene, lungs drawn.
+        rng: This finding's stream.
+
+    Returns:
+        Whether a lesion was placed (False when no free spot was found).
+    """
     k = int(rng.random() < 0.5)
     rx, rv = rng.uniform(0.09, 0.17), rng.uniform(0.09, 0.17)
     c = _place(scene, rng, k, 0.5 * min(rx, rv))
@@ -156,16 +202,24 @@ def _consolidation(scene: _Scene, rng: np.random.Generator) -> bool:
     sl = scene.canvas.window(cu - rx, cv - rv, cu + rx, cv + rv)
     u, v = scene.canvas.u[sl], scene.canvas.v[sl]
     ell = ((u - cu) / rx) ** 2 + ((v - cv) / rv) ** 2
-    patch = _smooth((1.0 - ell) * 2.0 + 0.45 * _value_noise(rng, u.shape, 5) - 0.3)
+    patch = smoothstep((1.0 - ell) * 2.0 + 0.45 * value_noise(rng, u.shape, 5) - 0.3)
     lung_mask = scene.masks[LUNG_NAMES[k]][sl]
-    if not scene.add_lesion("consolidation", lung_mask & (patch > 0.5), sl, side=("right", "left")[k]):
+    if not scene.add_lesion("consolidation", lung_mask & (patch > 0.5), sl, side=SIDES[k]):
         return False
     scene.extra[sl] += 0.24 * patch * lung_mask
     return True
 
 
-def _nodules(scene: _Scene, rng: np.random.Generator) -> bool:
-    """One or two round bright blobs; a mass when the diameter exceeds 30 mm."""
+def draw_nodules(scene: Scene, rng: np.random.Generator) -> bool:
+    """Draw one or two round bright blobs; a mass when the diameter exceeds 30 mm.
+
+    Args:
+        scene: The scene, lungs drawn.
+        rng: This finding's stream.
+
+    Returns:
+        Whether any nodule was placed.
+    """
     found = False
     for _ in range(1 if rng.random() < 0.8 else 2):
         k = int(rng.random() < 0.5)
@@ -178,7 +232,7 @@ def _nodules(scene: _Scene, rng: np.random.Generator) -> bool:
         d2 = ((scene.canvas.u[sl] - cu) ** 2 + (scene.canvas.v[sl] - cv) ** 2) / (r * r)
         diameter = round(2 * r * scene.canvas.scale * FIELD_OF_VIEW_MM / 2, 1)
         mask = (d2 < 1.0) & scene.masks["lungs"][sl]
-        attrs = {"side": ("right", "left")[k], "diameter_mm": diameter, "mass": diameter > MASS_DIAMETER_MM}
+        attrs = {"side": SIDES[k], "diameter_mm": diameter, "mass": diameter > MASS_DIAMETER_MM}
         if scene.add_lesion("nodule", mask, sl, **attrs):
             found = True
             scene.extra[sl] += rng.uniform(0.2, 0.3) * np.sqrt(np.clip(1.0 - d2, 0.0, 1.0))

@@ -6,6 +6,8 @@ the native layout is read by the ``phantom`` adapter (and by the generic ``csv``
 Every layout also gets a ``README.md`` saying the data are synthetic and a ``phantom.json``
 manifest (generator settings and the files written), which lets a later run into the same
 folder replace exactly those files.
+
+The top layer of the phantom: it builds on :mod:`xrayfm.data.phantom`, which does not import it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from xrayfm.data.phantom import BOX_CLASSES, FIELD_OF_VIEW_MM, FINDINGS, PhantomCase, PhantomConfig, generate_phantom
+from xrayfm.data.phantom import BOX_CLASSES, FINDINGS, PhantomCase, PhantomConfig, generate_phantom
+from xrayfm.data.phantom_anatomy import FIELD_OF_VIEW_MM
 from xrayfm.data.splits import split_groups
 from xrayfm.errors import XrayfmError
 from xrayfm.io.writers import write_dicom, write_mask_png, write_png

@@ -10,7 +10,7 @@ import difflib
 import importlib
 import inspect
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,21 @@ def register_dataset(
     return deco
 
 
+def check_choice(what: str, value: Any, choices: Collection[str]) -> None:
+    """Reject an option value that is not one of ``choices``.
+
+    Args:
+        what: The option as the message names it (``"split"``, ``"masks mode"``).
+        value: The value given.
+        choices: The accepted values (a mapping's keys for a mapping).
+
+    Raises:
+        UnknownNameError: ``value`` is not in ``choices``; the message lists them.
+    """
+    if value not in choices:
+        raise UnknownNameError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+
+
 def _load_adapters() -> None:
     """Import every module of :mod:`xrayfm.data.datasets`; each registers its adapters."""
     from xrayfm.data import datasets
@@ -118,8 +133,7 @@ def build_dataset(
         DatasetError: ``root`` is missing or not in the expected layout.
     """
     info = get_dataset_info(name)
-    if split not in SPLIT_NAMES:
-        raise UnknownNameError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_NAMES)}")
+    check_choice("split", split, SPLIT_NAMES)
     allowed = info.options()
     unknown = sorted(set(opts) - set(allowed))
     if unknown:

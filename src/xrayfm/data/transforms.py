@@ -17,20 +17,36 @@ from xrayfm.data.sample import Sample
 from xrayfm.errors import XrayfmError
 
 
+def drop_empty_boxes(boxes: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the boxes narrower or shorter than one pixel (e.g. cut off by a crop), with their labels.
+
+    Args:
+        boxes: (N, 4) xyxy boxes.
+        labels: (N,) box labels.
+
+    Returns:
+        The kept boxes and their labels.
+    """
+    keep = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
+    return boxes[keep], labels[keep]
+
+
 class Resize:
     """Resize a Sample to ``(height, width)``; boxes and masks follow the image.
 
     Args:
         size: Output side (square) or ``(height, width)``.
-        antialias: Antialias when shrinking the image (bilinear); masks always use nearest.
+        antialias: Antialias when shrinking the image; masks always use nearest.
+        interpolation: ``bilinear`` or ``bicubic`` for the image.
     """
 
-    def __init__(self, size: int | tuple[int, int], *, antialias: bool = True) -> None:
+    def __init__(self, size: int | tuple[int, int], *, antialias: bool = True, interpolation: str = "bilinear") -> None:
         h, w = (size, size) if isinstance(size, int) else size
         if h <= 0 or w <= 0:
             raise XrayfmError(f"resize target must be positive, got {size}")
         self.size = (int(h), int(w))
         self.antialias = antialias
+        self.interpolation = interpolation
 
     def __call__(self, sample: Sample) -> Sample:
         image = sample["image"]
@@ -39,7 +55,7 @@ class Resize:
         if (h0, w0) == self.size:
             return out
         out["image"] = F.interpolate(
-            image[None], size=self.size, mode="bilinear", align_corners=False, antialias=self.antialias
+            image[None], size=self.size, mode=self.interpolation, align_corners=False, antialias=self.antialias
         )[0].clamp_(0.0, 1.0)
         if "mask" in sample:
             out["mask"] = F.interpolate(sample["mask"][None].float(), size=self.size, mode="nearest-exact")[0].to(
@@ -54,7 +70,57 @@ class Resize:
         return out
 
     def __repr__(self) -> str:
-        return f"Resize(size={self.size})"
+        return f"Resize(size={self.size}, interpolation={self.interpolation!r})"
+
+
+def eval_window(height: int, width: int, size: int, crop_pct: float) -> tuple[int, int, int, int]:
+    """Where an image of ``height`` x ``width`` goes in evaluation: the resized (height, width),
+    then the (top, left) corner of the ``size`` square kept. ``crop_pct`` 1 squashes the whole
+    image into the square; below 1 the shorter side becomes ``round(size / crop_pct)``."""
+    if crop_pct >= 1.0:
+        return size, size, 0, 0
+    scale = round(size / crop_pct) / min(height, width)
+    th, tw = max(size, round(height * scale)), max(size, round(width * scale))
+    return th, tw, (th - size) // 2, (tw - size) // 2
+
+
+class EvalResize:
+    """The evaluation view of a :class:`~xrayfm.models.preprocess.Preprocess` record, on Samples.
+
+    ``crop_pct`` 1 resizes the whole image to ``size`` x ``size``; below 1 the shorter side goes
+    to ``round(size / crop_pct)`` and the centre square is kept (timm / EVA-X evaluation). Masks
+    and boxes follow; boxes left with no area inside the crop are dropped with their labels.
+    Pixels match :func:`xrayfm.models.preprocess.resize_images`, which serving uses.
+
+    Args:
+        size: Output side.
+        interpolation: ``bilinear`` or ``bicubic``.
+        crop_pct: Centre-crop share in (0, 1].
+    """
+
+    def __init__(self, size: int, *, interpolation: str = "bilinear", crop_pct: float = 1.0) -> None:
+        if not 0 < crop_pct <= 1:
+            raise XrayfmError(f"crop_pct must be in (0, 1], got {crop_pct}")
+        self.size, self.interpolation, self.crop_pct = int(size), interpolation, float(crop_pct)
+
+    def __call__(self, sample: Sample) -> Sample:
+        h, w = sample["image"].shape[-2:]
+        th, tw, top, left = eval_window(h, w, self.size, self.crop_pct)
+        out = Resize((th, tw), interpolation=self.interpolation)(sample)
+        if (th, tw) == (self.size, self.size):
+            return out
+        window = (slice(top, top + self.size), slice(left, left + self.size))
+        out["image"] = out["image"][(..., *window)]
+        if "mask" in out:
+            out["mask"] = out["mask"][(..., *window)]
+        if "boxes" in out:
+            shift = torch.tensor([left, top, left, top], dtype=out["boxes"].dtype)
+            boxes = (out["boxes"] - shift).clamp(0, self.size)
+            out["boxes"], out["box_labels"] = drop_empty_boxes(boxes, out["box_labels"])
+        return out
+
+    def __repr__(self) -> str:
+        return f"EvalResize(size={self.size}, interpolation={self.interpolation!r}, crop_pct={self.crop_pct})"
 
 
 class Compose:
@@ -174,6 +240,5 @@ class FinetuneAugment:
             # not v2.SanitizeBoundingBoxes: it would also drop mask channels when their count
             # equals the box count (it takes them for instance masks)
             boxes = targets["boxes"].as_subclass(torch.Tensor)
-            keep = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
-            out["boxes"], out["box_labels"] = boxes[keep], sample["box_labels"][keep]
+            out["boxes"], out["box_labels"] = drop_empty_boxes(boxes, sample["box_labels"])
         return out

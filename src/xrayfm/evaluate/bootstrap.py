@@ -24,13 +24,13 @@ import numpy as np
 
 from xrayfm.errors import XrayfmError
 from xrayfm.evaluate.metrics import (
-    _box_inputs,
-    _class_means,
-    _classification_inputs,
-    _known_class_rows,
-    _map_metric,
-    _mean,
+    check_box_inputs,
+    check_classification_inputs,
     classification_metrics,
+    column_means,
+    known_class_rows,
+    map_metric,
+    mean_or_none,
 )
 
 _DRAW_ELEMENTS = 1 << 21  # indices drawn per chunk (rows x images): bounds the temporary arrays
@@ -200,10 +200,10 @@ def classification_cis(
         XrayfmError: Bad inputs (as :func:`classification_metrics`) or bootstrap settings.
     """
     point = classification_metrics(probs, labels, classes, kind=kind, threshold=threshold)
-    p, y, thresholds = _classification_inputs(probs, labels, classes, kind, threshold)
+    p, y, thresholds = check_classification_inputs(probs, labels, classes, kind, threshold)
     k_classes = len(classes)
     if kind == "multiclass":
-        rows = _known_class_rows(y)
+        rows = known_class_rows(y)
         p, target = p[rows], y[rows].argmax(1)
         positive = np.eye(k_classes, dtype=bool)[target]
         negative = ~positive
@@ -300,9 +300,9 @@ def segmentation_cis(
         values, filled = scored.astype(float), np.where(scored, s, 0.0)
         chunks = [_ratio(w @ filled, w @ values) for w in _weight_chunks(n, n_boot, seed)]
         resampled = np.concatenate(chunks) if chunks else np.zeros((0, len(classes)))
-        means = _class_means(s)
+        means = column_means(s)
         defined = np.array([m is not None for m in means])
-        out[f"mean_{name}"] = _interval(_mean(means), _mean_of_defined(resampled, defined), alpha)
+        out[f"mean_{name}"] = _interval(mean_or_none(means), _mean_of_defined(resampled, defined), alpha)
         for k, c in enumerate(classes):
             per_class[c][name] = _interval(means[k], resampled[:, k], alpha)
     out["per_class"] = per_class
@@ -323,7 +323,7 @@ class _CocoResampler:
         from pycocotools.cocoeval import COCOeval
         from torchvision.ops import box_convert
 
-        pt, tt = _box_inputs(preds, targets, num_classes)
+        pt, tt = check_box_inputs(preds, targets, num_classes)
         self.n, self.k = len(tt), num_classes
 
         def dataset(items: list[dict[str, Any]], with_scores: bool) -> COCO:
@@ -345,7 +345,7 @@ class _CocoResampler:
             coco.createIndex()
             return coco
 
-        metric = _map_metric(class_metrics=False)  # thresholds exactly as detection_metrics uses them
+        metric = map_metric(class_metrics=False)  # thresholds exactly as detection_metrics uses them
         with contextlib.redirect_stdout(io.StringIO()):
             ev = COCOeval(dataset(tt, False), dataset(pt, True), iouType="bbox")
             ev.params.iouThrs = np.array(metric.iou_thresholds, dtype=np.float64)

@@ -5,6 +5,11 @@ its pycocotools backend). Unknown labels (``nan``) are left out class by class, 
 negatives; a class without positives or negatives in the evaluated rows has no AUROC (``None``)
 and a note says so. Segmentation pixels marked 255 are ignored. Every result is a plain,
 JSON-serialisable dict.
+
+The input checks and small reductions that :mod:`xrayfm.evaluate.bootstrap` reuses are public
+here (:func:`check_classification_inputs`, :func:`known_class_rows`, :func:`mean_or_none`,
+:func:`column_means`, :func:`check_box_inputs`, :func:`map_metric`), so the intervals score
+exactly what the point values score.
 """
 
 from __future__ import annotations
@@ -23,9 +28,12 @@ from torchmetrics.functional.classification import (
 
 from xrayfm.data.sample import MASK_IGNORE
 from xrayfm.errors import XrayfmError
+from xrayfm.tasks import CLASSIFICATION_KINDS
 
 ECE_BINS = 15
-CLASSIFICATION_KINDS: tuple[str, ...] = ("multilabel", "binary", "multiclass")
+#: What :func:`classification_metrics` accepts as ``kind``: the classification task kinds plus
+#: ``binary``, a scoring mode (multi-label with one class), not a task kind.
+CLASSIFICATION_MODES: tuple[str, ...] = (*CLASSIFICATION_KINDS, "binary")
 _PROB_TOLERANCE = 1e-4  # float16 / fused softmax may overshoot [0, 1] by a rounding error
 _MASK_CHUNK = 64  # images per step when comparing masks (bounds the temporary boolean arrays)
 
@@ -46,20 +54,31 @@ def _matrix(x: Any, name: str) -> np.ndarray:
         raise XrayfmError(f"{name} must be numeric, got dtype {arr.dtype}") from e
 
 
-def _classification_inputs(
+def check_classification_inputs(
     probs: Any, labels: Any, classes: Sequence[str], kind: str, threshold: float | Sequence[float] = 0.5
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Checked float64 (N, K) probabilities and labels and K thresholds.
 
-    Multi-class rows with an unknown (``nan``) label are kept here; callers drop them.
+    Multi-class rows with an unknown (``nan``) label are kept here; callers drop them (see
+    :func:`known_class_rows`). Probabilities are clipped to [0, 1] (within a rounding tolerance).
+
+    Args:
+        probs: (N, K) probabilities (or (N,) for one class), numpy or torch.
+        labels: (N, K) 0/1 labels, ``nan`` = unknown (one-hot for multi-class).
+        classes: K class names.
+        kind: One of :data:`CLASSIFICATION_MODES`.
+        threshold: One decision threshold, or one per class.
+
+    Returns:
+        ``(probabilities, labels, thresholds)``: float64 (N, K), (N, K) and (K,).
 
     Raises:
         XrayfmError: Unknown kind, shapes that disagree, no samples, probabilities outside [0, 1]
             or not finite, labels other than 0 / 1 / nan, multi-class labels that are not one-hot,
             or a threshold list of the wrong length.
     """
-    if kind not in CLASSIFICATION_KINDS:
-        raise XrayfmError(f"unknown classification kind {kind!r}; expected one of {CLASSIFICATION_KINDS}")
+    if kind not in CLASSIFICATION_MODES:
+        raise XrayfmError(f"unknown classification kind {kind!r}; expected one of {CLASSIFICATION_MODES}")
     p, y = _matrix(probs, "probabilities"), _matrix(labels, "labels")
     if p.shape != y.shape:
         raise XrayfmError(f"probabilities {p.shape} and labels {y.shape} differ in shape")
@@ -98,7 +117,15 @@ def _rate(num: float, den: float) -> float | None:
     return float(num / den) if den > 0 else None
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
+def mean_or_none(values: Sequence[float | None]) -> float | None:
+    """Mean of the values that are defined.
+
+    Args:
+        values: Numbers, None where undefined.
+
+    Returns:
+        The mean of the numbers, or None when every value is None (or there is none).
+    """
     vals = [v for v in values if v is not None]
     return float(np.mean(vals)) if vals else None
 
@@ -123,8 +150,15 @@ def _binary_class(p: np.ndarray, t: np.ndarray, threshold: float) -> dict[str, A
     }
 
 
-def _known_class_rows(y: np.ndarray) -> np.ndarray:
-    """Rows of one-hot labels whose class is known (no ``nan``)."""
+def known_class_rows(y: np.ndarray) -> np.ndarray:
+    """Rows of one-hot labels whose class is known (no ``nan``).
+
+    Args:
+        y: (N, K) one-hot labels, ``nan`` = unknown.
+
+    Returns:
+        bool (N,): True where the row has no ``nan``.
+    """
     return ~np.isnan(y).any(1)
 
 
@@ -160,12 +194,12 @@ def classification_metrics(
     Raises:
         XrayfmError: Bad inputs (see shapes, ranges and label values above) or no row to score.
     """
-    p, y, thresholds = _classification_inputs(probs, labels, classes, kind, threshold)
+    p, y, thresholds = check_classification_inputs(probs, labels, classes, kind, threshold)
     notes: list[str] = []
     per_class: dict[str, dict[str, Any]] = {}
     keys = ("auroc", "accuracy", "sensitivity", "specificity", "ece")
     if kind == "multiclass":
-        rows = _known_class_rows(y)
+        rows = known_class_rows(y)
         if not rows.any():
             raise XrayfmError("nothing to evaluate: no sample has a known class")
         if not rows.all():
@@ -178,7 +212,7 @@ def classification_metrics(
             m["specificity"] = _rate(((decided != k) & (target != k)).sum(), (target != k).sum())
             m["accuracy"] = float(((decided == k) == (target == k)).mean())
             per_class[name] = m
-        mean = {key: _mean([m[key] for m in per_class.values()]) for key in keys}
+        mean = {key: mean_or_none([m[key] for m in per_class.values()]) for key in keys}
         mean["accuracy"] = float((decided == target).mean())
         pt, tt = _tensors(p, target)
         mean["ece"] = float(multiclass_calibration_error(pt, tt, len(classes), n_bins=ECE_BINS))
@@ -187,7 +221,7 @@ def classification_metrics(
         for k, name in enumerate(classes):
             known = ~np.isnan(y[:, k])
             per_class[name] = _binary_class(p[known, k], y[known, k], float(thresholds[k]))
-        mean = {key: _mean([m[key] for m in per_class.values()]) for key in keys}
+        mean = {key: mean_or_none([m[key] for m in per_class.values()]) for key in keys}
         thr = float(thresholds[0]) if np.ndim(threshold) == 0 else thresholds.tolist()
     for name, m in per_class.items():
         if m["auroc"] is None:
@@ -207,7 +241,7 @@ def roc_curves(probs: Any, labels: Any, classes: Sequence[str]) -> dict[str, dic
         Class name -> ``fpr`` and ``tpr`` (lists, from torchmetrics ``binary_roc``) and ``auroc``;
         empty lists and None where the class lacks positives or negatives.
     """
-    p, y, _ = _classification_inputs(probs, labels, classes, "multilabel")
+    p, y, _ = check_classification_inputs(probs, labels, classes, "multilabel")
     out: dict[str, dict[str, Any]] = {}
     for k, name in enumerate(classes):
         known = ~np.isnan(y[:, k])
@@ -262,8 +296,15 @@ def overlap_per_image(pred: Any, target: Any) -> tuple[np.ndarray, np.ndarray]:
     return dice, jaccard
 
 
-def _class_means(scores: np.ndarray) -> list[float | None]:
-    """Per column of (N, M) scores: the mean over rows that are not ``nan`` (None if none are)."""
+def column_means(scores: np.ndarray) -> list[float | None]:
+    """Per column of (N, M) scores: the mean over rows that are not ``nan``.
+
+    Args:
+        scores: (N, M) float scores, ``nan`` = not scored.
+
+    Returns:
+        M means, None for a column without any score.
+    """
     out: list[float | None] = []
     for col in scores.T:
         col = col[~np.isnan(col)]
@@ -303,7 +344,7 @@ def segmentation_metrics(
     dice, jaccard = overlap_per_image(pred, target)
     if dice.shape[1] != len(classes):
         raise XrayfmError(f"{dice.shape[1]} mask channels but {len(classes)} class names")
-    d_means, j_means = _class_means(dice), _class_means(jaccard)
+    d_means, j_means = column_means(dice), column_means(jaccard)
     scored = (~np.isnan(dice)).sum(0)
     per_class = {
         c: {"dice": d_means[k], "jaccard": j_means[k], "images": int(scored[k])} for k, c in enumerate(classes)
@@ -311,7 +352,7 @@ def segmentation_metrics(
     out: dict[str, Any] = {
         "n": int(len(dice)),
         "per_class": per_class,
-        "mean": {"dice": _mean(d_means), "jaccard": _mean(j_means)},
+        "mean": {"dice": mean_or_none(d_means), "jaccard": mean_or_none(j_means)},
     }
     if return_per_image:
         out["per_image"] = {"dice": _listed(dice), "jaccard": _listed(jaccard)}
@@ -324,10 +365,18 @@ def _box_field(d: Any, key: str, where: str) -> np.ndarray:
     return _numpy(d[key])
 
 
-def _box_inputs(
+def check_box_inputs(
     preds: Sequence[dict[str, Any]], targets: Sequence[dict[str, Any]], num_classes: int
 ) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
     """Checked torch versions (boxes float32 (n, 4), scores float32, labels int64) of box inputs.
+
+    Args:
+        preds: Per image ``boxes`` (n, 4) xyxy, ``scores`` (n,), ``labels`` (n,) (numpy, torch or lists).
+        targets: Per image ``boxes`` (m, 4) and ``labels`` (m,).
+        num_classes: Number of box classes (labels are 0-based indices).
+
+    Returns:
+        The predictions and the targets as lists of dicts of tensors, in the input order.
 
     Raises:
         XrayfmError: Counts disagree, a field is missing or mis-shaped, a box is not a finite
@@ -366,7 +415,15 @@ def _box_inputs(
     )
 
 
-def _map_metric(class_metrics: bool = True) -> Any:
+def map_metric(class_metrics: bool = True) -> Any:
+    """The box mAP metric :func:`detection_metrics` uses (its IoU, recall and detection thresholds).
+
+    Args:
+        class_metrics: Also compute per-class AP and AR.
+
+    Returns:
+        A torchmetrics ``MeanAveragePrecision`` (xyxy boxes, pycocotools backend).
+    """
     from torchmetrics.detection import MeanAveragePrecision
 
     return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=class_metrics, backend="pycocotools")
@@ -392,8 +449,8 @@ def detection_metrics(
     Raises:
         XrayfmError: Inputs are inconsistent (see the checks on counts, boxes, scores and labels).
     """
-    pt, tt = _box_inputs(preds, targets, len(classes))
-    metric = _map_metric()
+    pt, tt = check_box_inputs(preds, targets, len(classes))
+    metric = map_metric()
     metric.update(pt, tt)
     res = metric.compute()
 

@@ -1,8 +1,13 @@
 """Evaluate a model on a dataset split: metrics with CIs, predictions, report.
 
-Writes into ``out_dir``: ``metrics.json`` (point values, 95% bootstrap intervals, notes),
-``predictions.npz`` (ids, probabilities and targets per task, for re-analysis) and
-``report.html``.
+Writes into ``out_dir``, each file atomically: ``metrics.json`` (point values, 95% bootstrap
+intervals, notes), ``predictions.npz`` (ids, probabilities and targets per task, for
+re-analysis) and ``report.html``.
+
+Imports run one way, evaluate -> report: this module computes everything the report shows
+(metrics, intervals, ROC curves) and hands it to
+:func:`~xrayfm.report.evaluation_report.write_evaluation_report`, which imports nothing from
+:mod:`xrayfm.evaluate`.
 """
 
 from __future__ import annotations
@@ -15,15 +20,31 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from xrayfm.evaluate.bootstrap import classification_cis, detection_cis, segmentation_cis
-from xrayfm.evaluate.metrics import classification_metrics, detection_metrics, segmentation_metrics
+from xrayfm.evaluate.metrics import classification_metrics, detection_metrics, roc_curves, segmentation_metrics
 from xrayfm.evaluate.predict import predict
+from xrayfm.io.atomic import atomic_path, atomic_write_json
 from xrayfm.models.task_model import XrayModel
+from xrayfm.report.evaluation_report import write_evaluation_report
+from xrayfm.tasks import CLASSIFICATION_KINDS
 
 
 def score_predictions(
     model: XrayModel, predictions: dict[str, Any], *, n_boot: int, seed: int, threshold: float
 ) -> dict[str, Any]:
-    """Metrics, intervals and headline numbers per task from :func:`predict` output."""
+    """Metrics, intervals and headline numbers per task from :func:`predict` output.
+
+    Args:
+        model: The model whose task specs say how each task is scored.
+        predictions: Output of :func:`~xrayfm.evaluate.predict.predict`; tasks missing from it
+            are left out.
+        n_boot: Bootstrap resamples.
+        seed: Seed of the resampling.
+        threshold: Multi-label decision threshold.
+
+    Returns:
+        Task name -> ``metrics`` (point values), ``cis`` (intervals) and ``headline`` (the
+        intervals of the task's main numbers).
+    """
     tasks: dict[str, Any] = {}
     for t in model.tasks:
         pred = predictions.get(t.name)
@@ -65,6 +86,10 @@ def evaluate_dataset(
 ) -> dict[str, Any]:
     """Predict, score and report; returns the result written to ``metrics.json``.
 
+    The report gets the ROC curve of each class of each classification task
+    (:func:`~xrayfm.evaluate.metrics.roc_curves`); ``metrics.json`` does not (its size would
+    grow with the number of images).
+
     Args:
         model: The model (its task specs say what is scored).
         dataset: Samples already resized to the model's input.
@@ -75,10 +100,13 @@ def evaluate_dataset(
         batch_size: Inference batch size.
         device: ``cpu`` / ``cuda`` (default: CUDA when available).
         model_name: How the report names the model (architecture, weights).
+
+    Returns:
+        ``model``, ``dataset``, ``split``, ``n`` (images), ``n_boot``, ``seed``, ``task_specs``,
+        ``tasks`` (per task ``metrics``, ``cis`` and ``headline``, as :func:`score_predictions`)
+        and ``report`` (the HTML file's path).
     """
     import torch
-
-    from xrayfm.report.evaluation_report import write_evaluation_report
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(out_dir)
@@ -106,9 +134,14 @@ def evaluate_dataset(
             arrays[f"{name}.index"] = np.asarray(pred["index"])
         else:
             arrays.update({f"{name}.{k}": v for k, v in pred.items()})
-    np.savez_compressed(out / "predictions.npz", **arrays)
-    result["report"] = str(write_evaluation_report(result, predictions, dataset, out / "report.html"))
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out / "metrics.json")
+    with atomic_path(out / "predictions.npz") as tmp:  # the temporary ends in .npz, so numpy adds no suffix
+        np.savez_compressed(tmp, **arrays)
+    curves = {
+        t.name: roc_curves(predictions[t.name]["probs"], predictions[t.name]["labels"], t.classes)
+        for t in model.tasks
+        if t.kind in CLASSIFICATION_KINDS and t.name in predictions
+    }
+    report = write_evaluation_report(result, predictions, dataset, out / "report.html", roc=curves)
+    result["report"] = str(report)
+    atomic_write_json(out / "metrics.json", result)
     return result

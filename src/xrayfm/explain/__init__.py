@@ -1,6 +1,7 @@
 """Why a model decided: Grad-CAM family maps, attention rollout, overlays, weak localization."""
 
 from xrayfm.explain.gradcam import CAM_METHODS, class_activation_map
+from xrayfm.explain.heatmap import compute_heatmap
 from xrayfm.explain.overlays import overlay_heatmap
 from xrayfm.explain.rollout import attention_maps, attention_rollout, query_attention
 
@@ -9,6 +10,7 @@ __all__ = [
     "attention_maps",
     "attention_rollout",
     "class_activation_map",
+    "compute_heatmap",
     "overlay_heatmap",
     "query_attention",
 ]

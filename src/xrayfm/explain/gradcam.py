@@ -26,7 +26,8 @@ from torch import nn
 
 from xrayfm.errors import XrayfmError
 from xrayfm.models.features import is_plain_vit
-from xrayfm.models.task_model import CLASSIFICATION_KINDS, XrayModel
+from xrayfm.models.task_model import XrayModel
+from xrayfm.tasks import CLASSIFICATION_KINDS
 
 CAM_METHODS: dict[str, type] = {
     "gradcam": GradCAM,

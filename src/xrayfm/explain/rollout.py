@@ -34,7 +34,7 @@ def attention_maps(model: XrayModel, images: torch.Tensor) -> list[torch.Tensor]
         for a in attns:
             a.fused_attn = False
         with torch.no_grad():
-            model.backbone.forward_features(model.preprocess(images))
+            model.backbone.forward_features(model.normalize(images))
     finally:
         for a, f in zip(attns, fused):
             a.fused_attn = f

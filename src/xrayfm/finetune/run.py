@@ -15,25 +15,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import timm
 import torch
 
 from xrayfm.data.base import XrayDataset
 from xrayfm.data.registry import build_dataset
 from xrayfm.data.sample import collate_samples
-from xrayfm.data.transforms import FinetuneAugment, Resize
+from xrayfm.data.transforms import FinetuneAugment
 from xrayfm.errors import DatasetError, XrayfmError
 from xrayfm.finetune.label_efficiency import fraction_subset
 from xrayfm.finetune.losses import positive_weights
 from xrayfm.finetune.modes import LoraSettings, apply_mode, merge_lora
 from xrayfm.finetune.objective import FinetuneObjective
 from xrayfm.finetune.optim import finetune_param_groups
-from xrayfm.models.backbones.eva_x import EVA_X_MEAN, EVA_X_STD
-from xrayfm.models.export import read_export
-from xrayfm.models.registry import create_model
+from xrayfm.io.atomic import atomic_write_json
+from xrayfm.models.preprocess import resolve_preprocess
+from xrayfm.models.registry import backbone_kwargs, create_model
 from xrayfm.models.task_checkpoint import save_task_model
-from xrayfm.models.task_model import SUPPORTED_KINDS, XrayModel
-from xrayfm.pretrain.engine import TrainConfig, train
+from xrayfm.models.task_model import XrayModel
+from xrayfm.tasks import TASK_KINDS
+from xrayfm.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -96,43 +96,16 @@ class FinetuneConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-3, warmup_steps=50, clip_grad=0.0))
 
 
-def backbone_normalization(arch: str, pretrained: str | None) -> tuple[float, float]:
-    """The grey-image mean / std the backbone's weights expect (export sidecar, EVA-X, timm cfg)."""
-    if pretrained is not None and Path(pretrained).is_dir():
-        norm = read_export(pretrained)[1].get("normalization") or {}
-        if "mean" in norm and "std" in norm:
-            return float(norm["mean"]), float(norm["std"])
-    if arch.startswith("eva_x_"):
-        return EVA_X_MEAN[0], EVA_X_STD[0]
-    cfg = timm.get_pretrained_cfg(arch)
-    mean = getattr(cfg, "mean", None) or (0.485, 0.456, 0.406)
-    std = getattr(cfg, "std", None) or (0.229, 0.224, 0.225)
-    return float(sum(mean) / len(mean)), float(sum(std) / len(std))
-
-
-def backbone_kwargs(arch: str, img_size: int, drop_path: float) -> dict[str, Any]:
-    """Constructor arguments for fine-tuning: drop path, and the input size for models built
-    for one (ViTs accept any multiple of the patch size; Swin needs its size fixed)."""
-    kwargs: dict[str, Any] = {"drop_path_rate": drop_path}
-    if arch.startswith(("eva", "vit", "deit", "beit")):
-        kwargs.update(img_size=img_size, dynamic_img_size=True)
-    elif arch.startswith("swin"):
-        kwargs["img_size"] = img_size
-    return kwargs
-
-
 def _select_tasks(ds: XrayDataset, names: list[str] | None) -> list:
-    usable = [t for t in ds.tasks if t.kind in SUPPORTED_KINDS]
+    usable = [t for t in ds.tasks if t.kind in TASK_KINDS]
     if names:
         known = {t.name: t for t in ds.tasks}
         missing = [n for n in names if n not in known]
         if missing:
             raise XrayfmError(f"{ds.name} has no task {missing}; its tasks: {sorted(known)}")
-        bad = [n for n in names if known[n].kind not in SUPPORTED_KINDS]
+        bad = [n for n in names if known[n].kind not in TASK_KINDS]
         if bad:
-            raise XrayfmError(
-                f"tasks {bad} are of a kind fine-tuning does not train yet (supported: {SUPPORTED_KINDS})"
-            )
+            raise XrayfmError(f"tasks {bad} are of a kind fine-tuning does not train yet (supported: {TASK_KINDS})")
         return [known[n] for n in names]
     if not usable:
         raise XrayfmError(f"{ds.name} has no classification or segmentation task to train")
@@ -178,12 +151,13 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     train_ds = full.subset(idx) if len(idx) < len(full) else full
     _check_labels(train_ds, tasks, cfg.allow_empty_classes)
 
-    kwargs = backbone_kwargs(cfg.arch, cfg.img_size, cfg.drop_path)
+    kwargs = backbone_kwargs(cfg.arch, img_size=cfg.img_size, drop_path=cfg.drop_path)
     backbone = create_model(cfg.arch, pretrained=cfg.pretrained, num_classes=0, **kwargs)
     if cfg.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
-    mean, std = backbone_normalization(cfg.arch, cfg.pretrained)
-    model = XrayModel(backbone, tasks, mean=mean, std=std, dropout=cfg.dropout, decoder=cfg.decoder)
+    # the backbone's record (release tag, export sidecar or timm cfg) at the fine-tuning size
+    preprocess = resolve_preprocess(backbone, img_size=cfg.img_size)
+    model = XrayModel(backbone, tasks, preprocess=preprocess, dropout=cfg.dropout, decoder=cfg.decoder)
     params = apply_mode(model, cfg.mode, cfg.lora)
     log.info("%s: %d of %d parameters train (%.2f%%)", cfg.mode, params["trainable"], params["total"],
              params["trainable_percent"])  # fmt: skip
@@ -209,14 +183,15 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             "train_fraction": cfg.train_fraction, "train_images": len(train_ds), "seed": tc.seed,
             "steps": tc.steps, "parameters": params,
         },
-        "img_size": cfg.img_size,
     }  # fmt: skip
     save_task_model(model.cpu(), out / "model", arch=cfg.arch, model_kwargs=model_kwargs, info=info)
 
     evaluations: dict[str, Any] = {}
     for split in cfg.eval_splits:
         try:
-            ds = build_dataset(cfg.dataset, cfg.root, split, transform=Resize(cfg.img_size), **cfg.dataset_options)
+            ds = build_dataset(
+                cfg.dataset, cfg.root, split, transform=preprocess.eval_transform(), **cfg.dataset_options
+            )
         except XrayfmError as exc:
             log.warning("not evaluating split %s: %s", split, exc)
             continue
@@ -239,7 +214,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "final_loss": result["loss"],
         "evaluations": evaluations,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic_write_json(out / "summary.json", summary)
     return summary
 
 

@@ -1,30 +1,38 @@
 """Label-efficiency sweeps: backbones x modes x train fractions x seeds, one table.
 
-Every combination is an ordinary fine-tuning run in its own folder; a run whose
-``summary.json`` exists is not repeated, so an interrupted sweep continues where it stopped.
-The table (``sweep.csv``: one row per run, split, task and headline metric, with its 95% CI) and
-a Markdown summary (mean over seeds) are rewritten after every run.
+Every combination is an ordinary fine-tuning run in its own folder. A finished run (its
+``summary.json`` exists) is reused only when the config it records equals the one the sweep would
+run now (its folder aside), so an interrupted sweep continues where it stopped and a changed
+setting runs again instead of reporting stale numbers. The table (``sweep.csv``: one row per run,
+split, task and headline metric, with its 95% CI) and a Markdown summary (mean over seeds) are
+rewritten atomically after every run.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import logging
+import math
+import shutil
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from xrayfm.errors import XrayfmError
 from xrayfm.finetune.run import FinetuneConfig, run_finetune
+from xrayfm.io.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("backbone", "arch", "mode", "fraction", "seed", "train_images", "trainable_percent", "split", "task",
            "metric", "value", "low", "high")  # fmt: skip
+# Settings that do not change a run's result: where it is written and how often it logs / checkpoints.
+NOT_COMPARED = frozenset({"train.out_dir", "train.log_every", "train.checkpoint_every"})
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,66 @@ def markdown_table(rows: Sequence[dict[str, Any]], split: str = "test") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one dict with dotted keys (``train.lr``); other values are leaves."""
+    if not isinstance(obj, dict):
+        return {prefix: obj}
+    flat: dict[str, Any] = {}
+    for key, value in obj.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _config_differences(cfg: FinetuneConfig, summary: dict[str, Any]) -> list[str] | None:
+    """Dotted keys in which ``cfg`` differs from the config a finished run recorded in its summary.
+
+    The folder and logging cadence (:data:`NOT_COMPARED`) are not compared. ``run_finetune``
+    records ``train.steps`` resolved from ``epochs`` when it was 0; a ``cfg`` that asks for that
+    is compared with the steps the recorded run's ``train_images`` give.
+
+    Returns:
+        The differing keys (empty: same config), or None when the summary records no config.
+    """
+    recorded = summary.get("config")
+    if not isinstance(recorded, dict):
+        return None
+    wanted = json.loads(json.dumps(asdict(cfg), default=str))
+    tc = wanted["train"]
+    if tc["steps"] <= 0 and isinstance(summary.get("train_images"), int):
+        # the rule of run_finetune: epochs over the training subset, at least one step
+        tc["steps"] = max(1, math.ceil(cfg.epochs * summary["train_images"] / (tc["batch_size"] * tc["accumulate"])))
+    have, want = _flatten(recorded), _flatten(wanted)
+    missing = object()
+    return sorted(
+        k for k in have.keys() | want.keys() if k not in NOT_COMPARED and have.get(k, missing) != want.get(k, missing)
+    )
+
+
+def _finished_summary(run_dir: Path, cfg: FinetuneConfig) -> dict[str, Any] | None:
+    """The summary of a run in ``run_dir`` that finished with ``cfg``, else None.
+
+    A finished run with another (or no recorded) config is reported with ``logging.warning``,
+    naming the differing keys, and its folder is removed: the engine would otherwise resume from
+    its final checkpoint instead of training afresh.
+    """
+    done = run_dir / "summary.json"
+    if not done.is_file():
+        return None
+    summary = json.loads(done.read_text())
+    diff = _config_differences(cfg, summary)
+    if diff == []:
+        return summary
+    why = "records no config" if diff is None else f"was made with another config (differs in {', '.join(diff)})"
+    log.warning("%s %s; removing %s and running it again", done, why, run_dir)
+    shutil.rmtree(run_dir)
+    return None
+
+
+def run_folder(out_dir: str | Path, backbone: Backbone, mode: str, fraction: float, seed: int) -> Path:
+    """Folder of one sweep run: ``OUT/LABEL_MODE_fFRACTION_sSEED``."""
+    return Path(out_dir) / f"{backbone.label}_{mode}_f{fraction:g}_s{seed}"
+
+
 def run_sweep(
     base: FinetuneConfig,
     *,
@@ -109,7 +177,7 @@ def run_sweep(
     seeds: Sequence[int],
     out_dir: str | Path,
 ) -> Path:
-    """Run every combination (skipping finished ones); returns the path of ``sweep.csv``.
+    """Run every combination (reusing runs finished with the same config); returns the path of ``sweep.csv``.
 
     Args:
         base: Settings shared by all runs (dataset, image size, steps, lr...).
@@ -126,14 +194,12 @@ def run_sweep(
         for mode in modes:
             for fraction in fractions:
                 for seed in seeds:
-                    run_dir = out / f"{bb.label}_{mode}_f{fraction:g}_s{seed}"
-                    done = run_dir / "summary.json"
-                    if done.is_file():
-                        summary = json.loads(done.read_text())
-                    else:
-                        cfg = copy.deepcopy(base)
-                        cfg.arch, cfg.pretrained, cfg.mode = bb.arch, bb.pretrained, mode
-                        cfg.train_fraction, cfg.train.seed, cfg.train.out_dir = fraction, seed, str(run_dir)
+                    run_dir = run_folder(out, bb, mode, fraction, seed)
+                    cfg = copy.deepcopy(base)
+                    cfg.arch, cfg.pretrained, cfg.mode = bb.arch, bb.pretrained, mode
+                    cfg.train_fraction, cfg.train.seed, cfg.train.out_dir = fraction, seed, str(run_dir)
+                    summary = _finished_summary(run_dir, cfg)
+                    if summary is None:
                         log.info("sweep run %s", run_dir.name)
                         summary = run_finetune(cfg)
                     rows.extend(_rows(bb, mode, fraction, seed, summary))
@@ -142,12 +208,10 @@ def run_sweep(
 
 
 def _write(out: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = out / "sweep.csv.tmp"
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(out / "sweep.csv")
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "sweep.csv", buf.getvalue())
     splits = sorted({r["split"] for r in rows})
-    text = "".join(f"## {s}\n\n{markdown_table(rows, s)}\n" for s in splits)
-    (out / "sweep.md").write_text(text)
+    atomic_write_text(out / "sweep.md", "".join(f"## {s}\n\n{markdown_table(rows, s)}\n" for s in splits))

@@ -1,10 +1,9 @@
-"""Exported backbones: ``backbone.safetensors`` + ``backbone.json`` (architecture, normalisation,
-provenance), written atomically, loadable with ``create_model(name, pretrained=folder)``."""
+"""Exported backbones: ``backbone.safetensors`` + ``backbone.json`` (architecture, preprocessing
+record, provenance), written atomically, loadable with ``create_model(name, pretrained=folder)``."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,20 +11,26 @@ from safetensors.torch import save_file
 from torch import nn
 
 from xrayfm.errors import XrayfmError
+from xrayfm.io.atomic import atomic_path, atomic_write_json
+from xrayfm.models.preprocess import Preprocess
 
 WEIGHTS, SIDECAR = "backbone.safetensors", "backbone.json"
 
 
-def export_backbone(model: nn.Module, out_dir: str | Path, *, arch: str, info: dict[str, Any]) -> Path:
+def export_backbone(
+    model: nn.Module, out_dir: str | Path, *, arch: str, preprocess: Preprocess, info: dict[str, Any]
+) -> Path:
     """Write ``model``'s weights and a JSON sidecar into ``out_dir`` (each via temp + rename).
 
     Args:
         model: The backbone (timm model).
         out_dir: Destination folder.
         arch: Registry name the weights belong to (checked when loading).
-        info: JSON-serialisable facts: ``model_kwargs``, ``normalization``, ``provenance``...
+        preprocess: The input the weights expect (size, interpolation, mean / std...).
+        info: JSON-serialisable facts: ``model_kwargs``, ``provenance``...
     """
-    return write_weights(model.state_dict(), out_dir, WEIGHTS, SIDECAR, {"arch": arch, **info})
+    sidecar = {"arch": arch, "preprocess": preprocess.to_dict(), **info}
+    return write_weights(model.state_dict(), out_dir, WEIGHTS, SIDECAR, sidecar)
 
 
 def write_weights(
@@ -36,14 +41,10 @@ def write_weights(
     The weights go first, so a sidecar on disk always describes complete weights.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    tmp = out / (weights_name + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, out / weights_name)
-    tmp = out / (sidecar_name + ".tmp")
-    tmp.write_text(json.dumps(sidecar, indent=2, default=str))
-    os.replace(tmp, out / sidecar_name)
+    with atomic_path(out / weights_name) as tmp:
+        save_file(tensors, str(tmp))
+    atomic_write_json(out / sidecar_name, sidecar)
     return out
 
 
@@ -72,5 +73,11 @@ def read_export(folder: str | Path) -> tuple[Path, dict[str, Any]]:
     folder = Path(folder)
     for cand in (folder, folder / "export"):
         if (cand / WEIGHTS).is_file() and (cand / SIDECAR).is_file():
-            return cand / WEIGHTS, json.loads((cand / SIDECAR).read_text())
+            try:
+                meta = json.loads((cand / SIDECAR).read_text())
+            except json.JSONDecodeError as exc:
+                raise XrayfmError(f"{cand / SIDECAR}: not valid JSON ({exc})") from None
+            if not isinstance(meta, dict) or "arch" not in meta:
+                raise XrayfmError(f"{cand / SIDECAR}: not an xrayfm backbone export (no 'arch')")
+            return cand / WEIGHTS, meta
     raise XrayfmError(f"{folder}: no exported backbone ({WEIGHTS} + {SIDECAR}) here or in {folder / 'export'}")

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from xrayfm.errors import XrayfmError
+
 
 def is_plain_vit(model: nn.Module) -> bool:
     """True when all of the backbone's feature maps share one stride (ViT / EVA-X)."""
@@ -28,7 +30,7 @@ def default_layers(model: nn.Module) -> list[int]:
     7, 11, 15, 23 of 24), else every stage of a hierarchical backbone (strides 2 or 4 to 32)."""
     info = list(getattr(model, "feature_info", []))
     if not info:
-        raise ValueError(f"{type(model).__name__} has no feature_info; pass layers explicitly")
+        raise XrayfmError(f"{type(model).__name__} has no feature_info: it cannot feed segmentation or box heads")
     if is_plain_vit(model):
         depth = len(info)
         if depth < 4:
@@ -62,26 +64,11 @@ class FeaturePyramid(nn.Module):
         self.plain = is_plain_vit(backbone)
         if self.plain:
             if len(self.layers) != 4:
-                raise ValueError(f"a ViT pyramid needs 4 layers, got {self.layers}")
+                raise XrayfmError(f"a ViT pyramid needs 4 layers, got {self.layers}")
             dim = info[self.layers[0]]["num_chs"]
-            stride = info[0]["reduction"]
-            if stride != 16:
-                raise ValueError(f"a ViT pyramid expects patch stride 16, got {stride}")
-            self.adapters = nn.ModuleList(
-                [
-                    nn.Sequential(
-                        nn.ConvTranspose2d(dim, dim, 2, stride=2),
-                        nn.BatchNorm2d(dim),
-                        nn.GELU(),
-                        nn.ConvTranspose2d(dim, dim, 2, stride=2),
-                    ),
-                    nn.ConvTranspose2d(dim, dim, 2, stride=2),
-                    nn.Identity(),
-                    nn.MaxPool2d(2),
-                ]
-            )
-            self.out_channels = [dim] * 4
             self.strides = [4, 8, 16, 32]
+            self.adapters = nn.ModuleList([_resampler(dim, info[0]["reduction"], s) for s in self.strides])
+            self.out_channels = [dim] * 4
         else:
             self.adapters = nn.ModuleList([nn.Identity() for _ in self.layers])
             self.out_channels = [info[i]["num_chs"] for i in self.layers]
@@ -91,3 +78,19 @@ class FeaturePyramid(nn.Module):
         """One backbone pass: (final features for pooling heads, pyramid maps)."""
         final, maps = backbone.forward_intermediates(x, indices=self.layers)
         return final, [adapt(m) for adapt, m in zip(self.adapters, maps)]
+
+
+def _resampler(dim: int, stride: int, target: int) -> nn.Module:
+    """ViTDet-style map from a plain ViT's stride to ``target``: 2x deconvolutions up (GELU and
+    BatchNorm between two), max pooling down, identity when equal. Patch 8, 16 and 32 work."""
+    if stride & (stride - 1) or stride < 2:
+        raise XrayfmError(f"dense heads need a ViT whose patch stride is a power of two (8, 16, 32), got {stride}")
+    if target > stride:
+        return nn.MaxPool2d(target // stride)
+    layers: list[nn.Module] = []
+    while stride > target:
+        if layers:
+            layers += [nn.BatchNorm2d(dim), nn.GELU()]
+        layers.append(nn.ConvTranspose2d(dim, dim, 2, stride=2))
+        stride //= 2
+    return nn.Sequential(*layers) if len(layers) > 1 else (layers[0] if layers else nn.Identity())

@@ -11,7 +11,6 @@ output must match PyTorch within tolerance, or the export is deleted and an erro
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from xrayfm.errors import XrayfmError
+from xrayfm.io.atomic import atomic_path, atomic_write_json
 from xrayfm.models.onnx_model import (
     ONNX_FILE,
     ONNX_FORMAT,
@@ -32,6 +32,7 @@ from xrayfm.models.onnx_model import (
     file_digest,
     require_onnxruntime,
 )
+from xrayfm.models.preprocess import resolve_preprocess
 from xrayfm.models.task_checkpoint import SIDECAR, WEIGHTS, find_task_model, load_task_model
 from xrayfm.models.task_model import XrayModel
 
@@ -102,33 +103,32 @@ def export_onnx(
         raise XrayfmError(f"{src}: no classification or segmentation head to export (box detection is not exported)")
     if skipped:
         log.warning("not exported to ONNX (detection heads): %s", ", ".join(skipped))
-    size = int(meta.get("img_size") or 224)
+    preprocess = resolve_preprocess(model)
+    size = preprocess.input_size
     out = Path(out_dir) if out_dir is not None else src
     out.mkdir(parents=True, exist_ok=True)
     if out.resolve() != src.resolve():
         for name in (WEIGHTS, SIDECAR):
-            shutil.copy2(src / name, out / (name + ".tmp"))
-            os.replace(out / (name + ".tmp"), out / name)
+            with atomic_path(out / name) as tmp:
+                shutil.copy2(src / name, tmp)
 
     view = _ExportView(model, [t.name for t in tasks]).eval()
     example = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
-    tmp = out / (ONNX_FILE + ".tmp")
     try:
-        with _quiet_exporter(), torch.no_grad():
+        with _quiet_exporter(), torch.no_grad(), atomic_path(out / ONNX_FILE) as tmp:
             program = torch.onnx.export(
                 view, (example,), input_names=["image"], output_names=view.names, opset_version=opset,
                 dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), dynamo=True, verbose=False,
             )  # fmt: skip
             program.save(os.fspath(tmp), external_data=False)
     except Exception as exc:  # the exporter raises many internal types; name the model and the cause
-        tmp.unlink(missing_ok=True)
         raise XrayfmError(
             f"{src}: ONNX export of {meta['arch']} failed: {type(exc).__name__}: {str(exc)[:300]}"
         ) from None
-    os.replace(tmp, out / ONNX_FILE)
 
     sidecar: dict[str, Any] = {
         "format": ONNX_FORMAT, "arch": meta["arch"], "input": "image", "input_size": size,
+        "preprocess": preprocess.to_dict(),
         "input_layout": "(N, 1, S, S) float32 grey [0, 1]; normalisation is inside the graph",
         "outputs": [{"name": t.name, "kind": t.kind, "classes": list(t.classes),
                      "activation": "softmax" if t.kind == "multiclass" else "sigmoid",
@@ -137,22 +137,15 @@ def export_onnx(
         "not_exported": skipped, "opset": opset or program.model.opset_imports.get("", None),
         "torch": torch.__version__, "weights_sha256": file_digest(out / WEIGHTS),
     }  # fmt: skip
-    _write_json(out / ONNX_SIDECAR, sidecar)  # OnnxModel reads it; rewritten with the check below
+    atomic_write_json(out / ONNX_SIDECAR, sidecar)  # OnnxModel reads it; rewritten with the check below
     try:
         sidecar["check"] = _check(model, view.names, OnnxModel(out), size, check_batch, atol, rtol)
     except XrayfmError:
         for name in (ONNX_FILE, ONNX_SIDECAR):
             (out / name).unlink(missing_ok=True)
         raise
-    _write_json(out / ONNX_SIDECAR, sidecar)
+    atomic_write_json(out / ONNX_SIDECAR, sidecar)
     return sidecar
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    """Write ``obj`` as JSON atomically (temp file + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def _check(

@@ -1,9 +1,10 @@
 """Fine-tuned models on disk: ``model.safetensors`` + ``model.json``.
 
 The sidecar records everything needed to rebuild the model without the training code's
-arguments: architecture and its keyword arguments, task specs (class order), normalisation,
-head settings, and provenance (backbone weights, data, mode, metrics). LoRA adapters are
-merged into the backbone before saving, so a saved model is a plain backbone + heads.
+arguments: architecture and its keyword arguments, task specs (class order), the preprocessing
+record (input size, interpolation, crop, mean / std), head settings, and provenance (backbone
+weights, data, mode, metrics). LoRA adapters are merged into the backbone before saving, so a
+saved model is a plain backbone + heads.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from safetensors.torch import load_file
 
 from xrayfm.errors import XrayfmError
 from xrayfm.models.export import read_json_sidecar, write_weights
+from xrayfm.models.preprocess import resolve_preprocess
 from xrayfm.models.registry import create_model
 from xrayfm.models.task_model import XrayModel
 from xrayfm.tasks import TaskSpec
@@ -56,9 +58,8 @@ def load_task_model(path: str | Path) -> tuple[XrayModel, dict[str, Any]]:
     meta = read_sidecar(folder)
     backbone = create_model(meta["arch"], num_classes=0, **meta.get("model_kwargs", {}))
     tasks = [TaskSpec.from_dict(t) for t in meta["tasks"]]
-    norm = meta["normalization"]
     model = XrayModel(
-        backbone, tasks, mean=norm["mean"], std=norm["std"], dropout=meta.get("dropout", 0.0),
+        backbone, tasks, preprocess=resolve_preprocess(meta), dropout=meta.get("dropout", 0.0),
         decoder=meta.get("decoder"), layers=meta.get("layers"),
     )  # fmt: skip
     try:

@@ -2,7 +2,9 @@
 
 :class:`XrayModel` takes the data's native input — grey [0, 1] images (N, 1, H, W) — and does
 its own preprocessing (repeat to the backbone's channels, normalise with the mean / std stored
-in its buffers), so inference can never silently use other numbers than training did. One
+in its buffers), so inference can never silently use other numbers than training did. Its
+:class:`~xrayfm.models.preprocess.Preprocess` record (input size, interpolation, crop, mean /
+std) is saved with it and drives every evaluation, serving, explanation and export path. One
 backbone pass feeds every head: pooled features to classification heads, a feature pyramid
 to segmentation heads.
 """
@@ -18,11 +20,21 @@ from torch import nn
 from xrayfm.errors import XrayfmError
 from xrayfm.models.features import FeaturePyramid
 from xrayfm.models.heads import ClassificationHead, DetectionHead, SegmentationHead
-from xrayfm.tasks import TaskSpec
+from xrayfm.models.preprocess import Preprocess, resolve_preprocess
+from xrayfm.tasks import CLASSIFICATION_KINDS, DENSE_KINDS, TaskSpec
 
-CLASSIFICATION_KINDS = ("multilabel", "multiclass")
-DENSE_KINDS = ("segmentation", "detection")
-SUPPORTED_KINDS = (*CLASSIFICATION_KINDS, *DENSE_KINDS)
+
+def input_channels(backbone: nn.Module) -> int:
+    """Channels of a timm backbone's stem (its ``pretrained_cfg['first_conv']`` layer)."""
+    first = (getattr(backbone, "pretrained_cfg", None) or {}).get("first_conv")
+    for name in (first,) if isinstance(first, str) else tuple(first or ()):
+        layer = backbone.get_submodule(name)
+        if hasattr(layer, "in_channels"):
+            return int(layer.in_channels)
+    conv = next((m for m in backbone.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        raise XrayfmError(f"{type(backbone).__name__}: cannot tell its input channels (no first_conv)")
+    return int(conv.in_channels)
 
 
 class XrayModel(nn.Module):
@@ -31,8 +43,8 @@ class XrayModel(nn.Module):
     Args:
         backbone: A timm model created with ``num_classes=0``.
         tasks: Task specs (at most one per kind family: one label task, one mask task).
-        mean: Normalisation mean of the grey [0, 1] image.
-        std: Normalisation std.
+        preprocess: How images become this model's input (default: the backbone's own record,
+            its ``pretrained_cfg``); its mean / std fill the normalisation buffers.
         dropout: Dropout before classification layers.
         decoder: Segmentation decoder: ``upernet`` / ``unet`` (default UperNet for a ViT, U-Net for a CNN).
         layers: Backbone layers feeding dense heads (default :func:`~xrayfm.models.features.default_layers`).
@@ -46,8 +58,7 @@ class XrayModel(nn.Module):
         backbone: nn.Module,
         tasks: Sequence[TaskSpec],
         *,
-        mean: float = 0.5,
-        std: float = 0.25,
+        preprocess: Preprocess | None = None,
         dropout: float = 0.0,
         decoder: str | None = None,
         layers: Sequence[int] | None = None,
@@ -57,10 +68,10 @@ class XrayModel(nn.Module):
             raise XrayfmError("a model needs at least one task")
         self.backbone = backbone
         self.tasks = list(tasks)
-        self.in_chans = int(getattr(backbone, "in_chans", None) or backbone.patch_embed.proj.in_channels)
-        self.normalization = (float(mean), float(std))  # exact values for the sidecar
-        self.register_buffer("mean", torch.tensor(float(mean)), persistent=True)
-        self.register_buffer("std", torch.tensor(float(std)), persistent=True)
+        self.in_chans = input_channels(backbone)
+        self.preprocess = preprocess if preprocess is not None else resolve_preprocess(backbone)
+        self.register_buffer("mean", torch.tensor(self.preprocess.mean), persistent=True)
+        self.register_buffer("std", torch.tensor(self.preprocess.std), persistent=True)
         self.heads = nn.ModuleDict()
         dense = [t for t in tasks if t.kind in DENSE_KINDS]
         self.pyramid = FeaturePyramid(backbone, layers) if dense else None
@@ -79,7 +90,7 @@ class XrayModel(nn.Module):
                     raise XrayfmError(f"task {t.name!r}: detection needs pyramid levels at strides 4-32")
                 self.heads[t.name] = DetectionHead(self.pyramid.out_channels, t.num_classes)
 
-    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Grey [0, 1] (N, 1, H, W) -> normalised (N, in_chans, H, W)."""
         if x.ndim != 4 or x.shape[1] not in (1, self.in_chans):
             raise XrayfmError(f"expected images (N, 1, H, W), got shape {tuple(x.shape)}")
@@ -96,7 +107,7 @@ class XrayModel(nn.Module):
         for detection, per-image ``boxes`` / ``scores`` / ``labels`` — or, when ``targets[task]``
         is given (training), torchvision's loss dict. ``tasks`` restricts which heads run."""
         selected = self.tasks if tasks is None else [t for t in self.tasks if t.name in tasks]
-        x = self.preprocess(x)
+        x = self.normalize(x)
         if self.pyramid is None or not any(t.kind in DENSE_KINDS for t in selected):
             final, maps = self.backbone.forward_features(x), []
         else:
@@ -119,11 +130,7 @@ class XrayModel(nn.Module):
         seg = [h for h in self.heads.values() if isinstance(h, SegmentationHead)]
         return {
             "tasks": [t.to_dict() for t in self.tasks],
-            "normalization": {
-                "mean": self.normalization[0],
-                "std": self.normalization[1],
-                "input": "grey [0, 1], 1 channel",
-            },
+            "preprocess": self.preprocess.to_dict(),
             "dropout": next((h.dropout.p for h in self.heads.values() if isinstance(h, ClassificationHead)), 0.0),
             "decoder": seg[0].kind if seg else None,
             "layers": self.pyramid.layers if self.pyramid is not None else None,

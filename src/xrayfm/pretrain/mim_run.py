@@ -8,7 +8,7 @@ final norm is exported as ``fc_norm`` (mean-pooled fine-tuning, as EVA-X does).
 
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,10 @@ from xrayfm.data.sample import collate_samples
 from xrayfm.data.transforms import PretrainAugment
 from xrayfm.errors import XrayfmError
 from xrayfm.models import create_model
-from xrayfm.models.export import export_backbone
-from xrayfm.pretrain.engine import TrainConfig, train
+from xrayfm.models.export import export_backbone, read_export
+from xrayfm.models.preprocess import resolve_preprocess
 from xrayfm.pretrain.mim import MaskedFeatureModeling
-
-EVA_X_NORMALIZATION = {"mean": 0.4919, "std": 0.2851, "channels": 3, "input": "grey [0, 1]"}
+from xrayfm.train import TrainConfig, train
 
 
 def _images(batch: dict[str, Any]) -> Any:
@@ -56,32 +55,29 @@ def run_mim(
         mask_ratio: Share of masked patch tokens (EVA-X: 0.3).
         dataset_options: Adapter options.
         train_config: Engine settings (``out_dir`` is the run folder).
-        mean: Normalisation mean of the grey [0, 1] image (default EVA-X's 0.4919; compute your
-            data's with ``xrayfm stats``); recorded in the export.
-        std: Normalisation std (default 0.2851).
+        mean: Normalisation mean of the grey [0, 1] image (default: the student's record: EVA-X's
+            0.49185 for EVA-X; compute your data's with ``xrayfm stats``); recorded in the export.
+        std: Normalisation std (default: the student's record: EVA-X's 0.28509).
         grad_checkpointing: Recompute student block activations in the backward pass (less
             memory, about a third more compute).
     """
     cfg = train_config or TrainConfig()
-    norm = dict(EVA_X_NORMALIZATION)
-    if mean is not None:
-        norm["mean"] = float(mean)
-    if std is not None:
-        if std <= 0:
-            raise XrayfmError(f"normalisation std must be positive, got {std}")
-        norm["std"] = float(std)
+    student = create_model(arch, num_classes=0, global_pool="token", img_size=img_size)
+    record = resolve_preprocess(student)
+    if std is not None and std <= 0:
+        raise XrayfmError(f"normalisation std must be positive, got {std}")
+    record = replace(record, mean=record.mean if mean is None else float(mean), std=record.std if std is None else std)
     ds = build_dataset(
-        dataset, root, "train", transform=PretrainAugment(img_size, mean=norm["mean"], std=norm["std"]),
+        dataset, root, "train", transform=PretrainAugment(img_size, mean=record.mean, std=record.std),
         **(dataset_options or {}),
     )  # fmt: skip
-    student = create_model(arch, num_classes=0, global_pool="token", img_size=img_size)
     if grad_checkpointing:
         student.set_grad_checkpointing(True)
     teacher_model = None
     if teacher is not None:
         t_arch = teacher_arch
         if t_arch is None and Path(teacher).is_dir():
-            t_arch = json.loads(next(Path(teacher).rglob("backbone.json")).read_text())["arch"]
+            t_arch = read_export(teacher)[1]["arch"]
         teacher_model = create_model(t_arch or arch, pretrained=teacher, num_classes=0, img_size=img_size)
     objective = MaskedFeatureModeling(
         student, teacher_model, target="teacher" if teacher_model is not None else "pixel", mask_ratio=mask_ratio
@@ -96,9 +92,9 @@ def run_mim(
         export_model,
         Path(cfg.out_dir) / "export",
         arch=arch,
+        preprocess=record,
         info={
             "model_kwargs": {"img_size": img_size},
-            "normalization": norm,
             "provenance": {
                 "method": "eva_x_mim",
                 "target": objective.target,

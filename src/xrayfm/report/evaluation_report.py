@@ -3,6 +3,10 @@
 People would rather look than read: the report shows each class's ROC curve and, for
 segmentation, the best and worst cases with the reference outline in green and the model's in
 red. Figures are embedded as PNG data URIs, so the single file works offline and can be mailed.
+
+The report only renders what it is given and imports nothing from :mod:`xrayfm.evaluate`:
+imports run evaluate -> report, :func:`~xrayfm.evaluate.run.evaluate_dataset` computing the
+metrics, intervals and ROC curves and passing them in.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +22,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from xrayfm.evaluate.metrics import roc_curves
+from xrayfm.io.atomic import atomic_write_text
 
 GREEN, RED = (60, 200, 75), (235, 50, 50)
 STYLE = """
@@ -43,13 +48,12 @@ def _fmt(ci: dict[str, Any] | None) -> str:
     return f"{ci['value']:.3f}{bounds}"
 
 
-def _roc_figure(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> str:
+def _roc_figure(curves: Mapping[str, Mapping[str, Any]]) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = roc_curves(probs, labels, classes)
     fig, ax = plt.subplots(figsize=(5.5, 5), dpi=90)
     for name, c in curves.items():
         if c["auroc"] is not None:
@@ -81,7 +85,9 @@ def mask_overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, side: i
     return out.resize((max(1, round(out.width * scale)), max(1, round(out.height * scale))))
 
 
-def _classification_section(name: str, res: dict[str, Any], pred: dict[str, Any], classes: list[str]) -> str:
+def _classification_section(
+    name: str, res: dict[str, Any], curves: Mapping[str, Mapping[str, Any]] | None, classes: list[str]
+) -> str:
     m, ci = res["metrics"], res.get("cis", {})
     rows = []
     for c in classes:
@@ -96,13 +102,12 @@ def _classification_section(name: str, res: dict[str, Any], pred: dict[str, Any]
         )
     head = "".join(f"<li>{html.escape(k)}: {_fmt(v)}</li>" for k, v in res.get("headline", {}).items())
     notes = "".join(f'<p class="note">{html.escape(str(n))}</p>' for n in m.get("notes", []))
-    roc = _roc_figure(pred["probs"], pred["labels"], classes)
+    roc = f'<img alt="ROC curves of {html.escape(name)}" src="{_roc_figure(curves)}">' if curves else ""
     return (
         f"<h2>{html.escape(name)} ({html.escape(m.get('kind', ''))})</h2><ul>{head}</ul>{notes}"
         f"<p>threshold {m.get('threshold')}</p>"
         "<table><tr><th>class</th><th>pos</th><th>neg</th><th>AUROC [95% CI]</th><th>sensitivity</th>"
-        f"<th>specificity</th><th>ECE</th></tr>{''.join(rows)}</table>"
-        f'<img alt="ROC curves of {html.escape(name)}" src="{roc}">'
+        f"<th>specificity</th><th>ECE</th></tr>{''.join(rows)}</table>{roc}"
     )
 
 
@@ -194,16 +199,30 @@ def _detection_section(
 
 
 def write_evaluation_report(
-    result: dict[str, Any], predictions: dict[str, Any], dataset: Dataset, path: str | Path, *, examples: int = 8
+    result: dict[str, Any],
+    predictions: dict[str, Any],
+    dataset: Dataset,
+    path: str | Path,
+    *,
+    roc: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+    examples: int = 8,
 ) -> Path:
-    """Write the HTML report of ``result`` (from :func:`~xrayfm.evaluate.run.evaluate_dataset`).
+    """Write the HTML report of ``result`` (from :func:`~xrayfm.evaluate.run.evaluate_dataset`), atomically.
 
     Args:
-        result: Evaluation result with ``tasks`` -> ``metrics`` / ``cis`` / ``headline``.
-        predictions: Output of :func:`~xrayfm.evaluate.predict.predict`.
+        result: Evaluation result with ``task_specs`` and ``tasks`` -> ``metrics`` / ``cis`` /
+            ``headline``.
+        predictions: Per task, the masks (segmentation) or boxes and dataset indices (detection)
+            to overlay, as :func:`~xrayfm.evaluate.predict.predict` returns them.
         dataset: The evaluated dataset (read again for overlays).
         path: Output HTML file.
-        examples: Overlays per segmentation task (half worst, half best).
+        roc: Classification task name -> class name -> ``fpr``, ``tpr`` and ``auroc`` (as
+            :func:`~xrayfm.evaluate.metrics.roc_curves` returns them); a task without curves
+            gets no ROC figure.
+        examples: Overlays per segmentation or detection task (segmentation: half worst, half best).
+
+    Returns:
+        ``path``.
     """
     sections = []
     for spec in result["task_specs"]:
@@ -220,7 +239,7 @@ def write_evaluation_report(
                 _segmentation_section(name, result["tasks"][name], predictions[name], classes, dataset, examples)
             )
         else:
-            sections.append(_classification_section(name, result["tasks"][name], predictions[name], classes))
+            sections.append(_classification_section(name, result["tasks"][name], (roc or {}).get(name), classes))
     title = f"xrayfm evaluation: {result.get('dataset')} / {result.get('split')}"
     doc = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
@@ -229,9 +248,4 @@ def write_evaluation_report(
         f"95% CIs from {result.get('n_boot')} bootstrap resamples of images (seed {result.get('seed')}).</p>"
         f"{''.join(sections)}<p class='ci'>Research use only, not for diagnosis.</p></body></html>"
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(doc)
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, doc)

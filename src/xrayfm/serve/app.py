@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -33,11 +32,10 @@ STATIC = Path(__file__).parent / "static"
 CHUNK = 1 << 20
 
 
-def _resize(plane: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
-    """(S, S) -> (H, W)."""
-    t = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))[None, None]
-    kwargs = {"align_corners": False} if mode == "bilinear" else {}
-    return F.interpolate(t, size=size, mode=mode, **kwargs)[0, 0].numpy()
+def _to_image(runtime: ModelRuntime, plane: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A map over the model input back onto the uploaded image's pixels (the record's geometry)."""
+    t = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))
+    return runtime.preprocess.plane_to_original(t, shape[0], shape[1]).numpy()
 
 
 def create_app(
@@ -182,7 +180,7 @@ def create_app(
                 heat = await asyncio.to_thread(runtime.heatmap, x, spec.name, k, method)
             except XrayfmError as exc:
                 raise HTTPException(422, str(exc)) from None
-            full = _resize(heat, tuple(pixels.shape), "bilinear")
+            full = _to_image(runtime, heat, pixels.shape)
             result["heatmap"] = {"png": png_base64(full), "class": ranked[0][0], "method": method,
                                  "encoding": "8-bit grey PNG, 255 = strongest, image size"}  # fmt: skip
         return result
@@ -198,7 +196,7 @@ def create_app(
         _, out = await infer(pixels, spec.name)
         masks, areas = {}, {}
         for c, plane in zip(spec.classes, out[spec.name]):
-            full = _resize(plane.astype(np.float32), tuple(pixels.shape), "bilinear") >= threshold
+            full = _to_image(runtime, plane, pixels.shape) >= threshold
             masks[c] = png_base64(full.astype(np.uint8) * 255)
             areas[c] = float(full.mean())
         return {"model": runtime.meta["arch"], "task": spec.name, "classes": list(spec.classes), "masks": masks,
@@ -215,11 +213,10 @@ def create_app(
         pixels, meta = await read_upload(file)
         _, out = await infer(pixels, spec.name)
         det = out[spec.name]
-        sy, sx = pixels.shape[0] / runtime.size, pixels.shape[1] / runtime.size
+        original = runtime.preprocess.boxes_to_original(torch.as_tensor(det["boxes"]), *pixels.shape[:2])
         boxes = [
-            {"class": spec.classes[int(lab)], "score": float(score),
-             "box": [float(b[0] * sx), float(b[1] * sy), float(b[2] * sx), float(b[3] * sy)]}
-            for b, score, lab in zip(det["boxes"], det["scores"], det["labels"]) if score >= min_score
+            {"class": spec.classes[int(lab)], "score": float(score), "box": [float(v) for v in b]}
+            for b, score, lab in zip(original, det["scores"], det["labels"]) if score >= min_score
         ]  # fmt: skip
         return {
             "model": runtime.meta["arch"],

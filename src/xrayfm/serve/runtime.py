@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from xrayfm.errors import ImageReadError, XrayfmError
@@ -28,6 +27,7 @@ from xrayfm.io import read_xray
 from xrayfm.io.limits import ReadLimits
 from xrayfm.io.reader import sniff_format
 from xrayfm.models.onnx_model import OnnxModel
+from xrayfm.models.preprocess import resolve_preprocess
 from xrayfm.models.task_checkpoint import WEIGHTS, find_task_model, load_task_model
 
 BACKENDS = ("torch", "onnx")
@@ -70,7 +70,8 @@ class ModelRuntime:
         self.model, self.meta = load_task_model(self.model_dir)
         self.device = torch.device(device)
         self.model.to(self.device).eval()
-        self.size = int(self.meta.get("img_size") or 224)
+        self.preprocess = resolve_preprocess(self.model)
+        self.size = self.preprocess.input_size
         self.limits = limits or ReadLimits()
         self.lock = threading.Lock()
         self.backend = backend
@@ -102,10 +103,8 @@ class ModelRuntime:
         return image.pixels, meta
 
     def prepare(self, pixels: np.ndarray) -> torch.Tensor:
-        """(1, S, S) model input from (H, W) pixels (bilinear, antialiased)."""
-        x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None, None]
-        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
-        return x[0].clamp_(0, 1)
+        """(1, S, S) model input from (H, W) pixels, as the model's preprocessing record says."""
+        return self.preprocess.prepare(torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)))[0]
 
     def run_batch(self, items: Sequence[tuple[torch.Tensor, str]]) -> list[dict[str, Any]]:
         """Outputs of ``(image, task)`` requests: probabilities (K,) per classification task, mask
@@ -134,20 +133,19 @@ class ModelRuntime:
 
     def heatmap(self, x: torch.Tensor, task: str, class_index: int, method: str = "gradcam") -> np.ndarray:
         """(S, S) heatmap in [0, 1] of one class for one prepared image."""
-        from xrayfm.explain import attention_rollout, class_activation_map
+        from xrayfm.explain.heatmap import compute_heatmap
 
         with self.lock:
-            if method == "rollout":
-                return attention_rollout(self.model, x[None].to(self.device))[0].cpu().numpy()
-            return class_activation_map(self.model, x[None].to(self.device), task=task, class_index=class_index,
-                                        method=method)[0][0]  # fmt: skip
+            maps = compute_heatmap(self.model, x[None].to(self.device), method=method, task=task,
+                                   class_index=class_index)  # fmt: skip
+        return maps[0]
 
     def card(self) -> dict[str, Any]:
-        """The model card: architecture, tasks, normalisation, training data, metrics."""
+        """The model card: architecture, tasks, preprocessing, training data, metrics."""
         prov = self.meta.get("provenance", {})
         card: dict[str, Any] = {
             "architecture": self.meta["arch"], "input_size": self.size,
-            "tasks": self.meta["tasks"], "normalization": self.meta.get("normalization"),
+            "tasks": self.meta["tasks"], "preprocess": self.preprocess.to_dict(),
             "training": {k: prov.get(k) for k in ("dataset", "mode", "train_fraction", "train_images", "steps",
                                                    "pretrained", "seed")},
             "parameters": prov.get("parameters"), "metrics": {}, "backend": self.backend,

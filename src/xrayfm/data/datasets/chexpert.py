@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from xrayfm.data.base import Record, XrayDataset
-from xrayfm.data.registry import register_dataset
+from xrayfm.data.registry import check_choice, register_dataset
 from xrayfm.data.splits import split_groups
 from xrayfm.data.tables import read_table, require_images
 from xrayfm.data.uncertainty import apply_uncertainty_policy, resolve_policy
@@ -52,8 +52,7 @@ def resolve_label_set(label_set: str) -> tuple[str, ...]:
     Raises:
         UnknownNameError: Unknown label set.
     """
-    if label_set not in LABEL_SETS:
-        raise UnknownNameError(f"unknown label_set {label_set!r}; choose one of {', '.join(LABEL_SETS)}")
+    check_choice("label_set", label_set, LABEL_SETS)
     return LABEL_SETS[label_set]
 
 
@@ -271,8 +270,7 @@ def build_chexpert(
     """
     classes = resolve_label_set(label_set)
     check_label_options(policy, blank, label_policies, classes)
-    if views not in VIEWS:
-        raise UnknownNameError(f"unknown views {views!r}; choose one of {', '.join(VIEWS)}")
+    check_choice("views", views, VIEWS)
     if not 0 <= val_fraction < 1:
         raise DatasetError(f"val_fraction must be in [0, 1), got {val_fraction}")
     folder = _release_dir(root)

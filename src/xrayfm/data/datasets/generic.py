@@ -65,6 +65,17 @@ def _hashed(ids: list[str], group_regex: str | None, seed: int) -> list[str]:
     return split_groups(groups, seed=seed)
 
 
+def _folder_or_hashed_split(
+    records: list[Record], split: str, split_dirs: dict[str, Path], group_regex: str | None, seed: int
+) -> list[Record]:
+    """The records of ``split``: split folders decide when there are any, else a hash of each
+    record's ``path_rel`` (or of the patient id ``group_regex`` takes from it)."""
+    if not split_dirs:
+        for rec, s in zip(records, _hashed([r.meta["path_rel"] for r in records], group_regex, seed)):
+            rec.meta["split"] = s
+    return select_split(records, split)
+
+
 @register_dataset(
     "image_folder",
     description="Generic: one folder per class (multiclass), optional train/val/test folders",
@@ -122,10 +133,7 @@ def build_image_folder(
             records.append(Record(image=img, labels=label, meta=meta))
     if not records:
         raise DatasetError(f"image_folder: no image with extension {list(extensions)} under {root}")
-    if not split_dirs:
-        for rec, s in zip(records, _hashed([r.meta["path_rel"] for r in records], group_regex, seed)):
-            rec.meta["split"] = s
-    records = select_split(records, split)
+    records = _folder_or_hashed_split(records, split, split_dirs, group_regex, seed)
     task = TaskSpec("classes", "multiclass", tuple(names))
     return XrayDataset(records, [task], name="image_folder", root=root, split=split)
 
@@ -324,8 +332,5 @@ def build_mask_folder(
             records.append(Record(image=img, mask=source, meta=meta))
     if not records:
         raise DatasetError(f"mask_folder: no image with a mask under {root}")
-    if not split_dirs:
-        for rec, s in zip(records, _hashed([r.meta["path_rel"] for r in records], group_regex, seed)):
-            rec.meta["split"] = s
-    records = select_split(records, split)
+    records = _folder_or_hashed_split(records, split, split_dirs, group_regex, seed)
     return XrayDataset(records, [TaskSpec("masks", "segmentation", names)], name="mask_folder", root=root, split=split)

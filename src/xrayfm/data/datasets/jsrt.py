@@ -23,17 +23,17 @@ JSRT holds one image per patient, so the raw layout's 70/10/20 split hashes the 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from xrayfm.data.base import Record, XrayDataset
 from xrayfm.data.masks import FileMasks, UnionMask
-from xrayfm.data.registry import register_dataset
+from xrayfm.data.registry import check_choice, register_dataset
 from xrayfm.data.splits import split_groups
 from xrayfm.data.tables import require_images, select_split
 from xrayfm.errors import DatasetError, UnknownNameError
+from xrayfm.io.atomic import atomic_path
 from xrayfm.io.writers import write_png
 from xrayfm.tasks import TaskSpec
 
@@ -84,18 +84,28 @@ def read_jsrt_raw(path: Path) -> np.ndarray:
 def convert_raw(src: Path, dst: Path, side: int) -> Path:
     """Convert a JSRT raw file into a 16-bit PNG of ``side`` (2048, or 1024 by 2x2 mean).
 
-    The PNG is written next to ``dst`` under a temporary name and renamed into place, so
-    concurrent builders and interrupted runs never leave a half-written file.
+    The PNG is written atomically (:func:`~xrayfm.io.atomic.atomic_path`: a uniquely named
+    temporary renamed into place), so DataLoader workers converting the same file at once and
+    interrupted runs never leave a half-written file.
+
+    Args:
+        src: The JSRT ``.IMG`` file.
+        dst: The PNG to write.
+        side: 2048 (as stored) or 1024 (:data:`SCR_SIDE`, the SCR masks' size).
+
+    Returns:
+        ``dst``.
+
+    Raises:
+        DatasetError: ``src`` is not a JSRT raw file, or ``dst`` cannot be written.
     """
     unit = read_jsrt_raw(src)
     if side == SCR_SIDE:
         unit = unit.reshape(SCR_SIDE, 2, SCR_SIDE, 2).mean(axis=(1, 3))
-    tmp = dst.with_name(f".{dst.stem}.{os.getpid()}.tmp.png")
     try:
-        write_png(tmp, unit, bits=16)
-        os.replace(tmp, dst)
+        with atomic_path(dst) as tmp:
+            write_png(tmp, unit, bits=16)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise DatasetError(f"jsrt: cannot write the converted image {dst} ({exc}); pass cache_dir=") from None
     return dst
 
@@ -212,8 +222,7 @@ def build_jsrt(
         seed: Seed of the raw layout's hashed split.
         missing: Absent images: ``error``, ``skip`` them, or ``keep`` (labels only, no check).
     """
-    if layout not in LAYOUTS:
-        raise UnknownNameError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    check_choice("layout", layout, LAYOUTS)
     if not isinstance(masks, bool):
         raise DatasetError(f"jsrt: masks must be True or False, got {masks!r}")
     structures = (structures,) if isinstance(structures, str) else tuple(structures)

@@ -22,9 +22,9 @@ from xrayfm.data.datasets.chexpert import (
     chexpert_label_matrix,
     resolve_label_set,
 )
-from xrayfm.data.registry import register_dataset
+from xrayfm.data.registry import check_choice, register_dataset
 from xrayfm.data.tables import find_first, read_table, require_images
-from xrayfm.errors import DatasetError, UnknownNameError
+from xrayfm.errors import DatasetError
 from xrayfm.tasks import TaskSpec
 
 PREFIX = "mimic-cxr-2.0.0"
@@ -101,8 +101,7 @@ def build_mimic_cxr(
 
     Samples carry meta ``patient_id`` (subject_id), ``study`` (study_id) and ``view``.
     """
-    if labeler not in LABELERS:
-        raise UnknownNameError(f"unknown labeler {labeler!r}; choose one of {', '.join(LABELERS)}")
+    check_choice("labeler", labeler, LABELERS)
     classes = resolve_label_set(label_set)
     check_label_options(policy, blank, label_policies, classes)
     keep_views = _views(views)

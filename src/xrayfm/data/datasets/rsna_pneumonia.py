@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 
 from xrayfm.data.base import Record, XrayDataset
-from xrayfm.data.registry import register_dataset
+from xrayfm.data.registry import check_choice, register_dataset
 from xrayfm.data.splits import holdout_fractions, split_groups
 from xrayfm.data.tables import find_first, read_table, require_images
-from xrayfm.errors import DatasetError, UnknownNameError
+from xrayfm.errors import DatasetError
 from xrayfm.tasks import TaskSpec
 
 OPACITY = "Lung Opacity"
@@ -130,8 +130,7 @@ def build_rsna_pneumonia(
         seed: Seed of the hashed split.
         missing: Absent images: ``error``, ``skip`` them, or ``keep`` (labels only, no check).
     """
-    if labels not in LABEL_MODES:
-        raise UnknownNameError(f"unknown labels {labels!r}; choose one of {', '.join(LABEL_MODES)}")
+    check_choice("labels", labels, LABEL_MODES)
     fractions = holdout_fractions(val_fraction, test_fraction)  # validated before any file is read
     path = find_first(root, LABEL_FILES, "RSNA box label file")
     ids, boxes = _read_boxes(path)

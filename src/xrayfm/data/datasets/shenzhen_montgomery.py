@@ -21,10 +21,10 @@ import numpy as np
 
 from xrayfm.data.base import Record, XrayDataset
 from xrayfm.data.masks import FileMasks, UnionMask
-from xrayfm.data.registry import register_dataset
+from xrayfm.data.registry import check_choice, register_dataset
 from xrayfm.data.splits import split_groups
 from xrayfm.data.tables import select_split
-from xrayfm.errors import DatasetError, UnknownNameError
+from xrayfm.errors import DatasetError
 from xrayfm.tasks import TaskSpec
 
 LABEL_TASK = TaskSpec("tuberculosis", "multilabel", ("tuberculosis",))
@@ -124,8 +124,7 @@ def build_shenzhen(
             target); ``require`` keeps only images with a mask; ``none`` ignores masks.
         seed: Seed of the hashed split.
     """
-    if masks not in SHENZHEN_MASK_MODES:
-        raise UnknownNameError(f"unknown masks mode {masks!r}; choose one of {', '.join(SHENZHEN_MASK_MODES)}")
+    check_choice("masks mode", masks, SHENZHEN_MASK_MODES)
     records = _records(root, _list_images(root, "CHNCXR", "shenzhen"), seed)
     tasks = [LABEL_TASK]
     if masks != "none":
@@ -194,8 +193,7 @@ def build_montgomery(
     Raises:
         DatasetError: A mask file is missing (the release has both masks for every image).
     """
-    if lungs not in MONTGOMERY_LUNG_MODES:
-        raise UnknownNameError(f"unknown lungs mode {lungs!r}; choose one of {', '.join(MONTGOMERY_LUNG_MODES)}")
+    check_choice("lungs mode", lungs, MONTGOMERY_LUNG_MODES)
     records = select_split(_records(root, _list_images(root, "MCUCXR", "montgomery"), seed), split)
     tasks = [LABEL_TASK]
     if lungs != "none":

@@ -15,39 +15,39 @@ from pathlib import Path
 import numpy as np
 
 from xrayfm.data.base import Record, XrayDataset
-from xrayfm.data.masks import RleMask
-from xrayfm.data.registry import register_dataset
+from xrayfm.data.masks import NO_MASK_RLE, RleMask, parse_rle
+from xrayfm.data.registry import check_choice, register_dataset
 from xrayfm.data.splits import holdout_fractions, split_groups
 from xrayfm.data.tables import find_first, read_table, require_images
-from xrayfm.errors import DatasetError, UnknownNameError
+from xrayfm.errors import DatasetError
 from xrayfm.tasks import TaskSpec
 
 CLASSES: tuple[str, ...] = ("Pneumothorax",)
 LABEL_FILES = ("train-rle.csv", "train-rle.csv.gz", "siim-pneumothorax-train-rle.csv.gz")
 RLE_MODES = ("relative", "absolute")
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".png")
-NO_MASK = ("-1", "", "nan")
 
 
 def check_rle(text: str, width: int, height: int, *, relative: bool = True) -> int:
-    """Validate a run-length string without decoding it; return the sum of its run lengths.
+    """Validate a run-length string without decoding it.
+
+    Args:
+        text: Space-separated ``start length`` pairs (see :func:`~xrayfm.data.masks.parse_rle`).
+        width: Image width.
+        height: Image height.
+        relative: Starts are offsets from the end of the previous run (stage 1); False for
+            absolute, 1-based starts (stage 2).
+
+    Returns:
+        The sum of the run lengths (0 for no mask).
 
     Raises:
         DatasetError: Non-integer tokens, an odd count, negative values or runs leaving the
             ``width`` x ``height`` image (the message names the fault, not the file).
     """
-    text = str(text).strip()
-    if text in NO_MASK:
-        return 0
-    try:
-        nums = np.asarray([int(t) for t in text.split()], dtype=np.int64)
-    except ValueError:
-        raise DatasetError(f"malformed RLE (non-integer token): {text[:40]!r}") from None
-    if nums.size % 2:
-        raise DatasetError(f"malformed RLE (odd number of values): {text[:40]!r}")
-    starts, lengths = nums[0::2], nums[1::2]
+    starts, lengths = parse_rle(text)
     if (lengths < 0).any() or (starts < (0 if relative else 1)).any():
-        raise DatasetError(f"malformed RLE (negative start or length): {text[:40]!r}")
+        raise DatasetError(f"malformed RLE string (negative start or length): {str(text).strip()[:60]!r}")
     ends = np.cumsum(starts + lengths) if relative else starts - 1 + lengths
     if ends.size and ends.max() > width * height:
         raise DatasetError(f"RLE runs end at pixel {int(ends.max())}, beyond a {width}x{height} image")
@@ -81,7 +81,7 @@ def _read_rles(path: Path, width: int, height: int, relative: bool) -> dict[str,
         except DatasetError as exc:
             raise DatasetError(f"{path}: row {i + 2} ({image_id}): {exc}") from None
         runs = out.setdefault(image_id, [])
-        if rle in NO_MASK:
+        if rle in NO_MASK_RLE:
             negative.add(image_id)
         else:
             runs.append(rle)
@@ -131,8 +131,7 @@ def build_siim_acr(
         seed: Seed of the hashed split.
         missing: Absent images: ``error``, ``skip`` them, or ``keep`` (labels only, no check).
     """
-    if rle not in RLE_MODES:
-        raise UnknownNameError(f"unknown rle {rle!r}; choose one of {', '.join(RLE_MODES)}")
+    check_choice("rle", rle, RLE_MODES)
     fractions = holdout_fractions(val_fraction, test_fraction)  # validated before any file is read
     width, height = (int(v) for v in mask_size)
     path = root / labels_file if labels_file else find_first(root, LABEL_FILES, "SIIM-ACR RLE label file")

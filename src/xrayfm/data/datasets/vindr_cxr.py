@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 
 from xrayfm.data.base import Record, XrayDataset
-from xrayfm.data.registry import register_dataset
+from xrayfm.data.registry import check_choice, register_dataset
 from xrayfm.data.splits import holdout_fractions, split_groups
 from xrayfm.data.tables import read_table, require_images
-from xrayfm.errors import DatasetError, UnknownNameError
+from xrayfm.errors import DatasetError
 from xrayfm.tasks import TaskSpec
 
 LESIONS: tuple[str, ...] = (
@@ -220,8 +220,7 @@ def build_vindr_cxr(
         seed: Seed of the hashed splits.
         missing: Absent images: ``error``, ``skip`` them, or ``keep`` (labels only, no check).
     """
-    if box_consensus not in CONSENSUS:
-        raise UnknownNameError(f"unknown box_consensus {box_consensus!r}; choose one of {', '.join(CONSENSUS)}")
+    check_choice("box_consensus", box_consensus, CONSENSUS)
     fractions = holdout_fractions(val_fraction, test_fraction)  # validated before any file is read
     reads_by_part: dict[str, dict[str, _Reads]] = {}
     if (root / "annotations").is_dir():

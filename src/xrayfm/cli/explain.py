@@ -1,4 +1,4 @@
-"""Explanation subcommands of ``xrayfm``: explain one image, score weak localization."""
+"""Explanation commands of ``xrayfm``: explain one image, score weak localization."""
 
 from __future__ import annotations
 
@@ -7,27 +7,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from xrayfm.config import parse_options
+from xrayfm.cli.args import add_data_args, add_model_arg
+from xrayfm.cli.recipes import parse_options
 from xrayfm.errors import XrayfmError
 
 ATTENTION_METHODS = ("rollout", "attention")
 #: The keys of :data:`xrayfm.explain.gradcam.CAM_METHODS` (not imported here: grad-cam loads
 #: OpenCV and scikit-learn, which would slow every command's start).
 CAM_NAMES = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam")
-
-
-def heatmap(model: Any, images: Any, *, method: str, task: str | None, class_index: int | None,
-            point: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:  # fmt: skip
-    """(N, H, W) map of a CAM method, attention rollout, or raw attention from ``point``."""
-    from xrayfm.explain import attention_rollout, class_activation_map, query_attention
-
-    if method == "rollout":
-        return attention_rollout(model, images).numpy()
-    if method == "attention":
-        return query_attention(model, images, point).numpy()
-    return class_activation_map(model, images, task=task, class_index=class_index, method=method)[0]
+#: What the heatmap overlay can be saved as.
+OUT_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def _class_index(meta: dict[str, Any], task: str | None, name: str | None) -> tuple[str | None, int | None]:
@@ -41,28 +30,52 @@ def _class_index(meta: dict[str, Any], task: str | None, name: str | None) -> tu
     return spec["name"], spec["classes"].index(name)
 
 
+def _overlay_path(out: str | None, image: str, method: str) -> Path:
+    """Where explain writes its overlay: ``--out``, or ``IMAGE_METHOD.png`` here or in the folder ``--out``."""
+    name = Path(image).with_suffix("").name + f"_{method}.png"
+    if out is None:
+        return Path(name)
+    path = Path(out)
+    if path.is_dir():
+        return path / name
+    if path.suffix.lower() not in OUT_SUFFIXES:
+        raise XrayfmError(
+            f"--out {out}: the overlay is an image, so its name must end in {', '.join(OUT_SUFFIXES)} "
+            "(or name an existing folder to write IMAGE_METHOD.png into)"
+        )
+    return path
+
+
+def _point(text: str | None) -> tuple[float, float]:
+    """The ``--point x,y`` query point (default the centre)."""
+    if not text:
+        return (0.5, 0.5)
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError:
+        raise XrayfmError(f"--point must be x,y in [0, 1], got {text!r}") from None
+    return (x, y)
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
+    out = _overlay_path(args.out, args.image, args.method)  # mistakes first, before the slow imports
+    point = _point(args.point)
+
+    import numpy as np
     import torch
 
-    from xrayfm.data.transforms import Resize
     from xrayfm.evaluate.predict import probabilities
-    from xrayfm.explain import overlay_heatmap
+    from xrayfm.explain import compute_heatmap, overlay_heatmap
     from xrayfm.io import read_xray
     from xrayfm.models.task_checkpoint import load_task_model
 
     model, meta = load_task_model(args.model)
-    size = meta.get("img_size") or 224
     image = read_xray(args.image)
-    sample = Resize(size)({"image": torch.from_numpy(np.ascontiguousarray(image.pixels))[None], "meta": {}})
-    x = sample["image"][None]
+    x = model.preprocess.prepare(torch.from_numpy(np.ascontiguousarray(image.pixels)))
     task, index = _class_index(meta, args.task, args.class_name)
-    point = tuple(float(v) for v in args.point.split(",")) if args.point else (0.5, 0.5)
-    if len(point) != 2:
-        raise XrayfmError(f"--point must be x,y in [0, 1], got {args.point!r}")
-    heat = heatmap(model, x, method=args.method, task=task, class_index=index, point=point)[0]
-    out = Path(args.out or Path(args.image).with_suffix("").name + f"_{args.method}.png")
+    heat = compute_heatmap(model, x, method=args.method, task=task, class_index=index, point=point)[0]
     out.parent.mkdir(parents=True, exist_ok=True)
-    overlay_heatmap(sample["image"][0].numpy(), heat, alpha=args.alpha).save(out)
+    overlay_heatmap(x[0, 0].numpy(), heat, alpha=args.alpha).save(out)
     with torch.no_grad():
         outputs = model(x)
     for t in model.tasks:
@@ -78,16 +91,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_localize(args: argparse.Namespace) -> int:
+    import numpy as np
     import torch
 
     from xrayfm.data.registry import build_dataset
-    from xrayfm.data.transforms import Resize
+    from xrayfm.explain import compute_heatmap
     from xrayfm.explain.localization import weak_localization
     from xrayfm.models.task_checkpoint import load_task_model
 
     model, meta = load_task_model(args.model)
-    size = meta.get("img_size") or 224
-    ds = build_dataset(args.dataset, args.root, args.split, transform=Resize(size), **parse_options(args.option))
+    transform = model.preprocess.eval_transform()
+    ds = build_dataset(args.dataset, args.root, args.split, transform=transform, **parse_options(args.option))
     box_task = ds.task_for("boxes")
     if box_task is None:
         raise XrayfmError(f"{args.dataset} at {args.root} has no boxes to localize")
@@ -97,7 +111,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
     classes = next(t["classes"] for t in meta["tasks"] if t["name"] == task)
 
     def explain(image: torch.Tensor, k: int) -> np.ndarray:
-        return heatmap(model, image, method=args.method, task=task, class_index=k)[0]
+        return compute_heatmap(model, image, method=args.method, task=task, class_index=k)[0]
 
     result = weak_localization(explain, ds, classes, box_task.classes)
     result.update(method=args.method, task=task, dataset=args.dataset, split=args.split)
@@ -113,7 +127,11 @@ def cmd_localize(args: argparse.Namespace) -> int:
 
 
 def add_explain_commands(sub: argparse._SubParsersAction) -> None:
-    """Register explain and localize on the top-level subparsers."""
+    """Register explain and localize on the top-level subparsers.
+
+    Args:
+        sub: The ``xrayfm`` subparsers.
+    """
     methods = [*CAM_NAMES, *ATTENTION_METHODS]
     p = sub.add_parser(
         "explain",
@@ -124,14 +142,14 @@ def add_explain_commands(sub: argparse._SubParsersAction) -> None:
             "one patch (--method attention --point x,y)."
         ),
     )
-    p.add_argument("model", help="finetune run folder or model folder")
+    add_model_arg(p)
     p.add_argument("image", help="image file")
     p.add_argument("--method", default="gradcam", choices=methods, help="heatmap method (default gradcam)")
     p.add_argument("--task", help="classification task (default the first)")
     p.add_argument("--class", dest="class_name", help="class to explain (default the top-scoring one)")
     p.add_argument("--point", help="query point x,y in [0, 1] for --method attention (default centre)")
     p.add_argument("--alpha", type=float, default=0.45, help="heatmap opacity (default 0.45)")
-    p.add_argument("--out", help="output PNG (default IMAGE_METHOD.png here)")
+    p.add_argument("--out", help="output PNG or JPEG, or a folder (default IMAGE_METHOD.png here)")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser(
@@ -142,11 +160,8 @@ def add_explain_commands(sub: argparse._SubParsersAction) -> None:
             "protocol): threshold search, localization accuracy at IoU 0.1/0.25/0.5 and AP@0.5."
         ),
     )
-    p.add_argument("model", help="finetune run folder or model folder")
-    p.add_argument("dataset", help="dataset adapter with boxes (nih_cxr14, phantom, csv...)")
-    p.add_argument("root", help="dataset root")
-    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="adapter option")
-    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"], help="split (default test)")
+    add_model_arg(p)
+    add_data_args(p, split="test", dataset_help="dataset adapter with boxes (nih_cxr14, phantom, csv...)")
     p.add_argument("--method", default="gradcam", choices=methods, help="heatmap method (default gradcam)")
     p.add_argument("--task", help="classification task (default the first)")
     p.add_argument("--out", help="result JSON (default in the model folder)")

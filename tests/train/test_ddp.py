@@ -14,8 +14,8 @@ SCRIPT = textwrap.dedent(
     import torch
     from torch.utils.data import TensorDataset
     from xrayfm.models import create_model
-    from xrayfm.pretrain.engine import TrainConfig, train
     from xrayfm.pretrain.mim import MaskedFeatureModeling
+    from xrayfm.train import TrainConfig, train
 
     logging.disable(logging.INFO)
     out = sys.argv[1]

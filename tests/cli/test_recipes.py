@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from xrayfm.cli import build_parser
-from xrayfm.config import parse_with_recipe, write_resolved_config
+from xrayfm.cli.recipes import parse_with_recipe, write_resolved_config
 from xrayfm.errors import XrayfmError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def parse(argv: list[str]):

@@ -1,4 +1,4 @@
-"""The shared training loop: schedule, data order, atomic checkpoints and exact resume."""
+"""The shared training loop: atomic checkpoints, exact resume, parameter groups, clear errors."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from torch.utils.data import TensorDataset
 
 from xrayfm.errors import XrayfmError
 from xrayfm.models import create_model
-from xrayfm.pretrain.engine import CHECKPOINT, StepSampler, TrainConfig, cosine_lr, train
 from xrayfm.pretrain.mim import MaskedFeatureModeling
+from xrayfm.train import CHECKPOINT, TrainConfig, train
 
 
 class Crash(RuntimeError):
@@ -36,24 +36,6 @@ def _cfg(out: Path) -> TrainConfig:
     )  # fmt: skip
 
 
-def test_cosine_schedule_shape() -> None:
-    cfg = TrainConfig(steps=100, warmup_steps=10, lr=1e-3, min_lr=1e-5)
-    assert cosine_lr(0, cfg) == pytest.approx(0.1) and cosine_lr(9, cfg) == pytest.approx(1.0)
-    assert cosine_lr(10, cfg) == pytest.approx(1.0) and cosine_lr(100, cfg) == pytest.approx(0.01)
-    assert cosine_lr(55, cfg) == pytest.approx(0.505, abs=1e-3)
-
-
-def test_step_sampler_resumes_mid_epoch_and_shards() -> None:
-    full = StepSampler(10, seed=1, rank=0, world=1)
-    stream = [i for _, i in zip(range(25), full)]
-    resumed = StepSampler(10, seed=1, rank=0, world=1, start=13)
-    assert [i for _, i in zip(range(12), resumed)] == stream[13:]
-    assert sorted(stream[:10]) == list(range(10)) and stream[:10] != stream[10:20]
-    r0 = [i for _, i in zip(range(5), StepSampler(10, seed=1, rank=0, world=2))]
-    r1 = [i for _, i in zip(range(5), StepSampler(10, seed=1, rank=1, world=2))]
-    assert not set(r0) & set(r1) and len(set(r0 + r1)) == 10
-
-
 def test_kill_and_resume_gives_the_same_weights(tmp_path: Path) -> None:
     ref = _objective()
     result = train(ref, _data(), _cfg(tmp_path / "straight"), batch_to_input=lambda b: b[0])
@@ -70,7 +52,7 @@ def test_kill_and_resume_gives_the_same_weights(tmp_path: Path) -> None:
     with pytest.raises(Crash):
         train(_objective(), _data(), _cfg(tmp_path / "killed"), batch_to_input=crash_after_three)
     assert torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=False)["step"] == 3
-    assert not (tmp_path / "killed" / (CHECKPOINT + ".tmp")).exists()
+    assert not [p for p in (tmp_path / "killed").iterdir() if p.name.startswith(".")], "temporary left behind"
     resumed = _objective()
     train(resumed, _data(), _cfg(tmp_path / "killed"), batch_to_input=lambda b: b[0])
     for (k, a), (_, b) in zip(ref.state_dict().items(), resumed.state_dict().items()):
@@ -98,3 +80,9 @@ def test_training_nothing_is_a_clear_error(tmp_path: Path) -> None:
         p.requires_grad = False
     with pytest.raises(XrayfmError, match="nothing to train"):
         train(objective, _data(), _cfg(tmp_path), batch_to_input=lambda b: b[0])
+
+
+def test_a_sharded_checkpoint_folder_needs_fsdp(tmp_path: Path) -> None:
+    (tmp_path / CHECKPOINT).mkdir()
+    with pytest.raises(XrayfmError, match="sharded checkpoint folder"):
+        train(_objective(), _data(), _cfg(tmp_path), batch_to_input=lambda b: b[0])

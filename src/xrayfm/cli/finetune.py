@@ -1,95 +1,35 @@
-"""Training-side subcommands of ``xrayfm``: stats, pretrain, finetune, evaluate.
+"""Supervised commands of ``xrayfm``: finetune, sweep and evaluate.
 
-Each accepts ``--config RECIPE.yaml`` (see :mod:`xrayfm.config`) and writes the resolved
-settings to ``OUT/config.yaml``.
+finetune and sweep accept ``--config RECIPE.yaml`` (see :mod:`xrayfm.cli.recipes`) and write the
+resolved settings to ``OUT/config.yaml``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from xrayfm.config import parse_options, write_resolved_config
+from xrayfm.cli.args import add_data_args, add_engine_args, add_model_arg, add_run_args, train_config
+from xrayfm.cli.recipes import parse_options, write_resolved_config
 from xrayfm.errors import XrayfmError
 
-
-def _engine_config(args: argparse.Namespace) -> Any:
-    from xrayfm.pretrain.engine import TrainConfig
-
-    devices = args.devices if args.devices == "auto" else int(args.devices)
-    return TrainConfig(
-        out_dir=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
-        weight_decay=args.weight_decay, accumulate=args.accumulate, precision=args.precision,
-        accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes, strategy=args.strategy,
-        seed=args.seed, num_workers=args.workers, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-        clip_grad=args.clip_grad,
-    )  # fmt: skip
+if TYPE_CHECKING:
+    from xrayfm.finetune.run import FinetuneConfig
 
 
-def _add_engine_args(
-    p: argparse.ArgumentParser, *, steps: int, batch: int, lr: float, warmup: int, clip: float
-) -> None:
-    g = p.add_argument_group("optimisation and hardware")
-    g.add_argument("--steps", type=int, default=steps, help=f"optimiser steps (default {steps})")
-    g.add_argument("--batch-size", type=int, default=batch, help=f"per-device batch size (default {batch})")
-    g.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr:g})")
-    g.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default 0.05)")
-    g.add_argument("--warmup", type=int, default=warmup, help=f"linear warmup steps (default {warmup})")
-    g.add_argument("--clip-grad", type=float, default=clip, help=f"max gradient norm, 0 = off (default {clip:g})")
-    g.add_argument("--accumulate", type=int, default=1, help="gradient accumulation (default 1)")
-    g.add_argument("--precision", default="auto", help="auto | 32-true | bf16-mixed | 16-mixed")
-    g.add_argument("--accelerator", default="auto", help="auto | cpu | gpu")
-    g.add_argument("--devices", default="1", help="devices per node (int or auto)")
-    g.add_argument("--num-nodes", type=int, default=1, help="nodes (default 1)")
-    g.add_argument("--strategy", default="auto", help="auto | ddp | fsdp")
-    g.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    g.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
-    g.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default 100)")
-    g.add_argument("--log-every", type=int, default=10, help="steps between metric rows (default 10)")
-    g.add_argument("--grad-checkpointing", action="store_true", help="recompute activations: less memory")
+def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
+    """The fine-tuning configuration of parsed ``finetune`` or ``sweep`` arguments.
 
+    Args:
+        args: Parsed arguments of ``finetune`` or ``sweep``.
 
-def _common(p: argparse.ArgumentParser, out: str) -> None:
-    p.add_argument("--config", metavar="YAML", help="recipe whose values replace the defaults (options override it)")
-    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="adapter option")
-    p.add_argument("--out", default=out, help=f"run folder (default {out})")
-    p.set_defaults(parser=p)
+    Returns:
+        The :class:`~xrayfm.finetune.run.FinetuneConfig` of the run.
 
-
-def cmd_stats(args: argparse.Namespace) -> int:
-    from xrayfm.data.registry import build_dataset
-    from xrayfm.data.stats import intensity_stats
-    from xrayfm.data.transforms import Resize
-
-    ds = build_dataset(args.dataset, args.root, args.split, transform=Resize(args.size), **parse_options(args.option))
-    stats = intensity_stats(ds, max_images=args.max_images, seed=args.seed)
-    if args.json:
-        print(json.dumps(stats, indent=2))
-    else:
-        print(f"{args.dataset} {args.split}: {stats['images']} images at {args.size} px")
-        print(f"  mean {stats['mean']:.4f}  std {stats['std']:.4f}   (grey, [0, 1])")
-        print(f"  use: xrayfm pretrain mim ... --mean {stats['mean']:.4f} --std {stats['std']:.4f}")
-    return 0
-
-
-def cmd_pretrain_mim(args: argparse.Namespace) -> int:
-    from xrayfm.pretrain.mim_run import run_mim
-
-    write_resolved_config(args, args.out)
-    export = run_mim(
-        args.dataset, args.root, arch=args.arch, teacher=args.teacher, teacher_arch=args.teacher_arch,
-        img_size=args.img_size, mask_ratio=args.mask_ratio, dataset_options=parse_options(args.option),
-        train_config=_engine_config(args), mean=args.mean, std=args.std, grad_checkpointing=args.grad_checkpointing,
-    )  # fmt: skip
-    print(f"pretraining finished: metrics {Path(args.out) / 'metrics.csv'}, checkpoint {Path(args.out) / 'last.ckpt'}")
-    print(f"exported backbone: {export} (load with create_model({args.arch!r}, pretrained={str(args.out)!r}))")
-    return 0
-
-
-def finetune_config(args: argparse.Namespace) -> Any:
-    """The :class:`~xrayfm.finetune.run.FinetuneConfig` of parsed ``finetune`` arguments."""
+    Raises:
+        XrayfmError: An adapter option or ``--devices`` is malformed.
+    """
     from xrayfm.finetune.modes import LoraSettings
     from xrayfm.finetune.run import FinetuneConfig
 
@@ -102,7 +42,7 @@ def finetune_config(args: argparse.Namespace) -> Any:
         dropout=args.dropout, decoder=args.decoder, train_fraction=getattr(args, "train_fraction", 1.0),
         allow_empty_classes=args.allow_empty_classes, pos_weight=args.pos_weight, focal_gamma=args.focal_gamma,
         flip=args.flip, epochs=args.epochs, eval_splits=tuple(args.eval_split or ('val', 'test')), n_boot=args.n_boot,
-        threshold=args.threshold, grad_checkpointing=args.grad_checkpointing, train=_engine_config(args),
+        threshold=args.threshold, grad_checkpointing=args.grad_checkpointing, train=train_config(args),
     )  # fmt: skip
 
 
@@ -117,8 +57,9 @@ def _print_evaluation(split: str, result: dict[str, Any]) -> None:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from xrayfm.finetune.run import run_finetune
 
+    config = finetune_config(args)
     write_resolved_config(args, args.out)
-    summary = run_finetune(finetune_config(args))
+    summary = run_finetune(config)
     p = summary["parameters"]
     print(f"fine-tuning ({args.mode}) finished: {p['trainable']:,} of {p['total']:,} parameters trained "
           f"({p['trainable_percent']:.2f}%) on {summary['train_images']} images")  # fmt: skip
@@ -144,10 +85,11 @@ def _list(text: str, kind: type) -> list:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from xrayfm.finetune.sweep import Backbone, run_sweep
 
+    config = finetune_config(args)
     write_resolved_config(args, args.out)
     backbones = [Backbone.parse(b) for b in args.backbone] or [Backbone("eva_x_tiny", "eva_x_tiny_patch16")]
     table = run_sweep(
-        finetune_config(args), backbones=backbones, modes=_list(args.modes, str),
+        config, backbones=backbones, modes=_list(args.modes, str),
         fractions=_list(args.fractions, float), seeds=_list(args.seeds, int), out_dir=args.out,
     )  # fmt: skip
     print((table.parent / "sweep.md").read_text())
@@ -157,13 +99,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from xrayfm.data.registry import build_dataset
-    from xrayfm.data.transforms import Resize
     from xrayfm.evaluate.run import evaluate_dataset
+    from xrayfm.models.preprocess import resolve_preprocess
     from xrayfm.models.task_checkpoint import load_task_model
 
     model, meta = load_task_model(args.model)
-    size = args.img_size or meta.get("img_size") or 224
-    ds = build_dataset(args.dataset, args.root, args.split, transform=Resize(size), **parse_options(args.option))
+    transform = resolve_preprocess(model, img_size=args.img_size).eval_transform()
+    ds = build_dataset(args.dataset, args.root, args.split, transform=transform, **parse_options(args.option))
     out = Path(args.out or Path(args.model) / f"eval_{args.dataset}_{args.split}")
     result = evaluate_dataset(
         model, ds, out, n_boot=args.n_boot, seed=args.seed, threshold=args.threshold,
@@ -173,33 +115,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _print_evaluation(args.split, result)
     print(f"metrics: {out / 'metrics.json'}   report: {result['report']}")
     return 0
-
-
-def _add_pretrain(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pretrain", help="self-supervised pretraining (EVA-X MIM)")
-    methods = p.add_subparsers(dest="method", metavar="METHOD", required=True)
-    m = methods.add_parser(
-        "mim",
-        help="EVA-X masked image modeling",
-        description=(
-            "Pretrain an EVA-X ViT by masked image modeling: 30%% of patch tokens masked; a frozen "
-            "teacher's features (cosine loss) or, without --teacher, normalised pixels (MSE) are "
-            "regressed on masked tokens only. Resumes from OUT/last.ckpt; exports "
-            "OUT/export/backbone.safetensors. Paper recipe: --config configs/eva_x_mim_tiny.yaml."
-        ),
-    )
-    m.add_argument("dataset", help="dataset adapter (see 'xrayfm datasets'), e.g. phantom")
-    m.add_argument("root", help="dataset root")
-    _common(m, "runs/mim")
-    m.add_argument("--arch", default="eva_x_tiny_patch16", help="student architecture")
-    m.add_argument("--teacher", help="teacher weights: file or xrayfm export folder (default: pixel target)")
-    m.add_argument("--teacher-arch", help="teacher architecture (default: from its export, else --arch)")
-    m.add_argument("--img-size", type=int, default=224, help="input side, multiple of 16 (default 224)")
-    m.add_argument("--mask-ratio", type=float, default=0.3, help="masked share of patches (default 0.3)")
-    m.add_argument("--mean", type=float, help="normalisation mean of [0,1] grey (default EVA-X 0.4919; see stats)")
-    m.add_argument("--std", type=float, help="normalisation std (default EVA-X 0.2851)")
-    _add_engine_args(m, steps=1000, batch=32, lr=3e-4, warmup=100, clip=3.0)
-    m.set_defaults(func=cmd_pretrain_mim)
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
@@ -225,7 +140,7 @@ def _finetune_args(p: argparse.ArgumentParser, out: str) -> None:
     """Arguments shared by finetune and sweep."""
     p.add_argument("dataset", help="dataset adapter, e.g. phantom, nih_cxr14, csv")
     p.add_argument("root", help="dataset root")
-    _common(p, out)
+    add_run_args(p, out)
     p.add_argument("--task", action="append", default=[], help="task to train (repeatable; default all)")
     p.add_argument("--img-size", type=int, default=224, help="input side (default 224)")
     p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (default 8)")
@@ -244,7 +159,7 @@ def _finetune_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--eval-split", action="append", default=None, help="split to evaluate (default val, test)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--threshold", type=float, default=0.5, help="decision threshold (default 0.5)")
-    _add_engine_args(p, steps=0, batch=32, lr=1e-3, warmup=50, clip=0.0)
+    add_engine_args(p, steps=0, batch=32, lr=1e-3, warmup=50, clip=0.0)
 
 
 def _add_sweep(sub: argparse._SubParsersAction) -> None:
@@ -253,7 +168,8 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
         help="label-efficiency sweep: backbones x modes x fractions x seeds, one table",
         description=(
             "Fine-tune every combination of backbones, modes, training fractions and seeds (each an "
-            "ordinary finetune run in OUT/LABEL_MODE_fFRACTION_sSEED; finished runs are not repeated) "
+            "ordinary finetune run in OUT/LABEL_MODE_fFRACTION_sSEED; a finished run is reused only when its "
+            "recorded config equals the one it would run now, else it is run again) "
             "and write OUT/sweep.csv (headline metrics with 95%% CIs) and OUT/sweep.md."
         ),
     )
@@ -268,23 +184,12 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_sweep)
 
 
-def add_training_commands(sub: argparse._SubParsersAction) -> None:
-    """Register stats, pretrain, finetune and evaluate on the top-level subparsers."""
-    p = sub.add_parser(
-        "stats",
-        help="mean / std of a dataset's pixels (for normalisation)",
-        description="Compute the mean and std of grey [0,1] pixels over a seeded sample of a dataset split.",
-    )
-    p.add_argument("dataset", help="dataset adapter")
-    p.add_argument("root", help="dataset root")
-    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="adapter option")
-    p.add_argument("--split", default="train", choices=["train", "val", "test", "all"], help="split (default train)")
-    p.add_argument("--size", type=int, default=224, help="resize side before counting (default 224)")
-    p.add_argument("--max-images", type=int, default=2000, help="images sampled, -1 = all (default 2000)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_stats)
-    _add_pretrain(sub)
+def add_finetune_commands(sub: argparse._SubParsersAction) -> None:
+    """Register finetune, sweep and evaluate on the top-level subparsers.
+
+    Args:
+        sub: The ``xrayfm`` subparsers.
+    """
     _add_finetune(sub)
     _add_sweep(sub)
 
@@ -297,11 +202,8 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
             "CIs; writes metrics.json, predictions and an HTML report."
         ),
     )
-    p.add_argument("model", help="finetune run folder or model folder")
-    p.add_argument("dataset", help="dataset adapter")
-    p.add_argument("root", help="dataset root")
-    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="adapter option")
-    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"], help="split (default test)")
+    add_model_arg(p)
+    add_data_args(p, split="test")
     p.add_argument("--out", help="output folder (default MODEL/eval_DATASET_SPLIT)")
     p.add_argument("--img-size", type=int, help="input side (default: the model's)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")

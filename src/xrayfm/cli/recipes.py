@@ -27,6 +27,12 @@ _INTERNAL = {"func", "parser", "config", "verbose", "command", "method"}
 def read_recipe(path: str | Path) -> dict[str, Any]:
     """Read a YAML recipe into a flat mapping of option names (dashes become underscores).
 
+    Args:
+        path: The recipe file.
+
+    Returns:
+        Option name to value.
+
     Raises:
         XrayfmError: The file is missing, is not YAML, or is not a mapping.
     """
@@ -67,8 +73,16 @@ def _check_value(action: argparse.Action, value: Any, source: Path) -> Any:
 def apply_recipe(parser: argparse.ArgumentParser, path: str | Path) -> dict[str, Any]:
     """Make a recipe's values the defaults of ``parser`` (a subcommand's parser).
 
-    Returns the checked values. Raises :class:`XrayfmError` on a key the command does not
-    have (with close matches) or a value its option would reject.
+    Args:
+        parser: The chosen subcommand's parser.
+        path: The recipe file.
+
+    Returns:
+        The checked values.
+
+    Raises:
+        XrayfmError: A key the command does not have (with close matches), or a value its
+            option would reject.
     """
     source = Path(path)
     options = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in _INTERNAL}
@@ -89,7 +103,14 @@ def apply_recipe(parser: argparse.ArgumentParser, path: str | Path) -> dict[str,
 
 
 def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings a command ran with, as written to ``config.yaml``."""
+    """The settings a command ran with, as written to ``config.yaml``.
+
+    Args:
+        args: The parsed arguments of the command.
+
+    Returns:
+        Setting name to value, plumbing left out; ``recipe`` names the ``--config`` file used.
+    """
     out = {k: v for k, v in vars(args).items() if k not in _INTERNAL}
     if getattr(args, "config", None):
         out["recipe"] = str(args.config)
@@ -97,15 +118,20 @@ def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def write_resolved_config(args: argparse.Namespace, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``out_dir/config.yaml`` (atomically) with the settings of this run."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Write ``out_dir/config.yaml`` (atomically) with the settings of this run.
+
+    Args:
+        args: The parsed arguments of the command.
+        out_dir: The run folder (created if missing).
+        extra: Further settings to record.
+
+    Returns:
+        The path written.
+    """
+    from xrayfm.io.atomic import atomic_write_text  # xrayfm.io loads pydicom: not at every command's start
+
     data = {**resolved_config(args), **(extra or {})}
-    path = out / "config.yaml"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(_plain(data), sort_keys=False))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(Path(out_dir) / "config.yaml", yaml.safe_dump(_plain(data), sort_keys=False))
 
 
 def _plain(obj: Any) -> Any:
@@ -120,7 +146,18 @@ def _plain(obj: Any) -> Any:
 
 
 def parse_with_recipe(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse ``argv``; when the chosen subcommand got ``--config``, re-parse over its recipe."""
+    """Parse ``argv``; when the chosen subcommand got ``--config``, re-parse over its recipe.
+
+    Args:
+        parser: The ``xrayfm`` parser.
+        argv: Command-line arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        The parsed arguments, recipe values in place of the defaults.
+
+    Raises:
+        XrayfmError: The recipe cannot be read or does not fit the command.
+    """
     args = parser.parse_args(argv)
     if getattr(args, "config", None):
         apply_recipe(args.parser, args.config)
@@ -132,6 +169,15 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     """Parse ``key=value`` adapter options; values are Python literals or plain strings.
 
     ``a,b`` (no brackets) becomes a tuple of strings, so ``-o views=PA,AP`` works.
+
+    Args:
+        pairs: The ``-o`` values.
+
+    Returns:
+        Option name to value.
+
+    Raises:
+        XrayfmError: A pair without ``=`` or without a key.
     """
     out: dict[str, Any] = {}
     for pair in pairs:

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from xrayfm.cli.args import add_model_arg
 from xrayfm.errors import XrayfmError
 
 
@@ -25,8 +26,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_serve_command(sub: argparse._SubParsersAction) -> None:
-    """Register ``serve`` on the top-level subparsers."""
+def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
         help="HTTP API (/predict, /segment, /detect) and web page of a fine-tuned model",
@@ -36,7 +36,7 @@ def add_serve_command(sub: argparse._SubParsersAction) -> None:
             "Concurrent requests are batched; a full queue answers 503."
         ),
     )
-    p.add_argument("model", help="finetune run folder or model folder")
+    add_model_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--token", help="require Authorization: Bearer TOKEN (or set XRAYFM_TOKEN)")
@@ -67,8 +67,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_export_command(sub: argparse._SubParsersAction) -> None:
-    """Register ``export onnx`` on the top-level subparsers."""
+def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a fine-tuned model for deployment (ONNX)")
     fmt = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
     o = fmt.add_parser(
@@ -87,3 +86,13 @@ def add_export_command(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance of the check (default 1e-4)")
     o.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance of the check (default 1e-3)")
     o.set_defaults(func=cmd_export_onnx)
+
+
+def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
+    """Register serve and export (with its format onnx) on the top-level subparsers.
+
+    Args:
+        sub: The ``xrayfm`` subparsers.
+    """
+    _add_serve(sub)
+    _add_export(sub)

@@ -1,0 +1,235 @@
+"""README result tables, generated from the benchmark JSON in ``bench/results``.
+
+Usage: python bench/readme_tables.py [--check] [--readme README.md] [--results bench/results]
+
+Every block between ``<!-- bench:NAME:start -->`` and ``<!-- bench:NAME:end -->`` in the README
+is rewritten from ``bench/results/STEM.json``, where NAME is ``STEM`` or ``STEM:PART``; the text
+around the blocks is left alone. Each block says where its numbers come from: the provenance the
+result records (``bench/provenance.py``), or, for files written before it existed, the machine
+fields as recorded and what is not recorded. ``--check`` rewrites nothing and exits with status 1
+when the README differs from what the JSON gives (a test runs it, so the two cannot drift).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import textwrap
+from collections.abc import Callable
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+from xrayfm.finetune.sweep import markdown_table
+from xrayfm.io.atomic import atomic_write_text
+
+REPO = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(
+    r"(?P<head><!-- bench:(?P<name>[\w:]+):start -->\n)(?P<body>.*?)(?P<tail>^[ \t]*<!-- bench:(?P=name):end -->)",
+    re.DOTALL | re.MULTILINE,
+)
+ARCH_LABELS = {"eva_x_tiny_patch16": "Ti", "eva_x_small_patch16": "S"}
+# The serving rows the README shows (model, backend, heatmap, clients), in its order.
+SERVE_ROWS = [
+    *(("Ti", backend, False, c) for backend in ("torch", "onnx") for c in (1, 4, 16)),
+    ("Ti", "torch", True, 1), ("Ti", "torch", True, 16), ("Ti", "onnx", True, 16),
+    ("S", "torch", False, 1), ("S", "torch", False, 16), ("S", "onnx", False, 1), ("S", "onnx", False, 16),
+    ("S", "torch", True, 16),
+]  # fmt: skip
+
+
+def half_up(x: float, digits: int = 0) -> Decimal:
+    """``x`` rounded half away from zero at ``digits`` decimals (negative: tens, hundreds...), as
+    read in decimal: 6.25 -> 6.3, unlike ``round``'s binary, half-to-even result."""
+    return Decimal(str(x)).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)
+
+
+def rate(x: float) -> str:
+    """A throughput as the README writes it: one decimal below 10, whole numbers up to 1,000,
+    three significant digits above (1,082.3 -> 1,080)."""
+    if x < 10:
+        return str(half_up(x, 1))
+    whole = int(half_up(x))
+    if whole >= 1000:
+        whole = int(half_up(whole, 3 - len(str(whole))))
+    return f"{whole:,}"
+
+
+def wrap(text: str, indent: str = "") -> str:
+    """``text`` as lines of at most 100 characters (words never split), each starting with ``indent``."""
+    return textwrap.fill(text, 100, initial_indent=indent, subsequent_indent=indent, break_long_words=False,
+                         break_on_hyphens=False) + "\n"  # fmt: skip
+
+
+def _command(argv: list[str]) -> str:
+    """The recorded command line, its script path relative to the repository when inside it."""
+    script = Path(argv[0])
+    if script.is_absolute() and script.is_relative_to(REPO):
+        script = script.relative_to(REPO)
+    return " ".join(["python", str(script), *argv[1:]])
+
+
+def _known(value: Any) -> str:
+    return "unrecorded" if value is None else str(value)
+
+
+def describe_provenance(prov: dict[str, Any]) -> str:
+    """One sentence from a ``provenance`` record; fields it lacks read "unrecorded"."""
+    git = prov.get("git") or {}
+    commit = git.get("commit")
+    code = f"commit {commit[:10]}" if commit else "commit unrecorded"
+    if git.get("dirty"):
+        code += " with uncommitted changes"
+    machine = prov.get("machine") or {}
+    flags = machine.get("cpu_flags")
+    flag_text = "CPU flags unrecorded" if flags is None else ", ".join(f for f, on in flags.items() if on) or "no AVX2"
+    software = ", ".join(f"{k} {v}" for k, v in (prov.get("software") or {}).items() if v is not None)
+    command = f"`{_command(prov['command'])}`" if prov.get("command") else "command unrecorded"
+    return (
+        f"measured {_known(prov.get('date'))}, {code}, {command}; {_known(machine.get('cpu'))}, "
+        f"{_known(machine.get('cores'))} cores ({_known(machine.get('cores_usable'))} usable; {flag_text}), "
+        f"{_known(machine.get('memory_gib'))} GiB, {_known(machine.get('os'))}, GPU {machine.get('gpu') or 'none'}; "
+        f"{software or 'versions unrecorded'}; {_known(prov.get('torch_threads'))} torch threads"
+    )
+
+
+def describe(report: dict[str, Any], source: str) -> str:
+    """Where a result file's numbers come from, as the file itself records it."""
+    if "provenance" in report:
+        return f"Recorded in `{source}`: {describe_provenance(report['provenance'])}."
+    machine = ", ".join(f"{k} {v if v is not None else 'none'}" for k, v in (report.get("machine") or {}).items())
+    return f"Recorded in `{source}`; machine as recorded: {machine or 'none'}. No date, commit or command recorded."
+
+
+def finetune_table(report: dict[str, Any], experiment: str) -> str:
+    """The sweep table of one experiment (its only split), as ``xrayfm sweep`` writes it."""
+    rows = report["experiments"][experiment]["rows"]
+    splits = sorted({r["split"] for r in rows})
+    if len(splits) != 1:
+        raise ValueError(f"experiment {experiment} has splits {splits}; the README shows one")
+    return markdown_table(rows, splits[0])
+
+
+def finetune_provenance(report: dict[str, Any], source: str) -> str:
+    """Provenance of the whole real-data benchmark: the run, the pretrained backbone, each experiment."""
+    pre = report.get("pretraining") or {}
+    if "restored_from" in pre:  # an old file whose entry was corrected from the run that trained it
+        return wrap(
+            f"{describe(report, source)} Its pretraining entry ({pre.get('steps')} steps, {pre.get('seconds')} s) "
+            f"is restored from {pre['restored_from']}."
+        )
+    if "source" not in pre:  # written before the backbone's own record was read
+        return wrap(
+            f"{describe(report, source)} Its pretraining entry ({pre.get('steps')} steps, {pre.get('seconds')} s) "
+            "was written from the script's arguments, not read from the backbone it reused."
+        )
+    seconds = "time unrecorded" if pre.get("seconds") is None else f"{pre['seconds']} s"
+    if pre.get("resumed_from_checkpoint"):
+        seconds += " after resuming from a checkpoint"
+    parts = "; ".join(
+        f"{name}: config `{part['config_hash']}`, {part['runs']} runs ({part['runs_reused']} reused), "
+        f"{_known((part.get('provenance') or {}).get('date'))}"
+        for name, part in report["experiments"].items()
+    )
+    return wrap(
+        f"{describe(report, source)} Pretrained backbone `{pre['artefact']}` (as it records itself): "
+        f"{pre['steps']} steps on {pre['images']} {pre['dataset']} images, {seconds}, loss "
+        f"{pre['first_loss']} -> {pre['last_loss']}. Experiments: {parts}."
+    )
+
+
+def serve_table(report: dict[str, Any], source: str) -> str:
+    """The selected ``/predict`` rows (latency in ms) and the file's provenance."""
+    runs = {(ARCH_LABELS[r["arch"]], r["backend"], r["heatmap"], r["clients"]): r for r in report["runs"]}
+    lines = [
+        "| model | backend | heatmap | clients | p50 | p95 | p99 | requests/s | mean batch |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in SERVE_ROWS:
+        r = runs[key]
+        cells = [key[0], key[1], "yes" if key[2] else "no", str(key[3]),
+                 *(str(half_up(r[k])) for k in ("p50_ms", "p95_ms", "p99_ms")),
+                 str(half_up(r["requests_per_s"], 1)), str(half_up(r["mean_batch"], 1))]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + wrap(describe(report, source))
+
+
+def phantom_bullet(report: dict[str, Any], source: str) -> str:
+    """The Development list's phantom-throughput item."""
+    by_size = {r["size"]: r for r in report["results"]}
+    gen, write = "generate_images_per_s", "write_native_images_per_s"
+    return (
+        f"  - `bench/phantom_throughput.py`: phantom generation {rate(by_size[256][gen])} img/s at 256 px "
+        f"({rate(by_size[128][gen])} at 128 px);\n"
+        f"    writing the native layout (image + 3 masks + CSVs) {rate(by_size[256][write])} img/s at 256 px.\n"
+    ) + wrap(describe(report, source), "    ")
+
+
+def io_bullet(report: dict[str, Any], source: str) -> str:
+    """The Development list's image-reading item."""
+    r = {name: rate(res["files_per_s"]) for name, res in report["results"].items()}
+    return (
+        f"  - `bench/io_read_throughput.py`: `read_xray` on real files, see\n"
+        f"    `{source}`: 8-bit PNG {r['png8_224 (kermany)']} files/s at 224 px and {r['png8_512 (jsrt)']} files/s\n"
+        f"    at 512 px; CR DICOM of ~1.9k px {r['dicom_uncompressed (CR ~1.9k)']} files/s uncompressed but "
+        f"{r['dicom_jpeg2000 (CR ~1.9k)']} files/s in JPEG 2000\n"
+        "    lossless (Pillow's decoder), so JPEG 2000 archives need conversion or many loader workers.\n"
+    ) + wrap(describe(report, source), "    ")
+
+
+def renderer(name: str) -> tuple[str, Callable[[dict[str, Any], str], str]]:
+    """The results file stem and the function that renders block ``name`` from it."""
+    stem, _, part = name.partition(":")
+    if stem.startswith("finetune_real"):
+        if part == "provenance":
+            return stem, finetune_provenance
+        return stem, lambda report, source: finetune_table(report, part)
+    fixed = {"serve_latency": serve_table, "phantom_throughput": phantom_bullet, "io_read_throughput": io_bullet}
+    for prefix, fn in fixed.items():
+        if stem.startswith(prefix) and not part:
+            return stem, fn
+    raise ValueError(f"README block bench:{name} has no renderer")
+
+
+def render(text: str, results: Path) -> str:
+    """``text`` with every bench block rewritten from the JSON in ``results``."""
+
+    def block(m: re.Match[str]) -> str:
+        stem, fn = renderer(m["name"])
+        path = results / f"{stem}.json"
+        source = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+        return m["head"] + fn(json.loads(path.read_text()), str(source)) + m["tail"]
+
+    return BLOCK.sub(block, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite the README's bench blocks (or, with ``--check``, report whether they are current)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--readme", type=Path, default=REPO / "README.md")
+    ap.add_argument("--results", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--check", action="store_true", help="change nothing; exit 1 if the README is not current")
+    args = ap.parse_args(argv)
+    text = args.readme.read_text()
+    names = [m["name"] for m in BLOCK.finditer(text)]
+    if not names:
+        print(f"{args.readme}: no bench blocks", file=sys.stderr)
+        return 1
+    new = render(text, args.results)
+    if new == text:
+        print(f"{args.readme}: {len(names)} bench blocks are current")
+        return 0
+    stale = [m["name"] for m, n in zip(BLOCK.finditer(text), BLOCK.finditer(new)) if m["body"] != n["body"]]
+    if args.check:
+        print(f"{args.readme}: blocks {stale} differ from {args.results}; run python bench/readme_tables.py",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    atomic_write_text(args.readme, new)
+    print(f"{args.readme}: rewrote {stale}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The ``xrayfm`` command line: a thin layer over the library functions.
+
+Every subcommand calls one public function. Errors the toolkit anticipates (XrayfmError) are
+printed as one line and exit with status 2; anything else is a bug, reported as one line with
+status 1 (``-v`` logs its traceback). One module per command group registers its subcommands:
+:mod:`~xrayfm.cli.data`, :mod:`~xrayfm.cli.demo`, :mod:`~xrayfm.cli.pretrain`,
+:mod:`~xrayfm.cli.finetune`, :mod:`~xrayfm.cli.explain` and :mod:`~xrayfm.cli.deploy`; the
+options several share are in :mod:`~xrayfm.cli.args`, YAML recipes in :mod:`~xrayfm.cli.recipes`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from xrayfm import __version__
+from xrayfm.cli.data import add_data_commands
+from xrayfm.cli.demo import add_demo_command
+from xrayfm.cli.deploy import add_deploy_commands
+from xrayfm.cli.explain import add_explain_commands
+from xrayfm.cli.finetune import add_finetune_commands
+from xrayfm.cli.pretrain import add_pretrain_commands
+from xrayfm.cli.recipes import parse_with_recipe
+from xrayfm.errors import XrayfmError
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("xrayfm")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``xrayfm`` command.
+
+    Returns:
+        The parser, with every subcommand registered.
+    """
+    parser = argparse.ArgumentParser(
+        prog="xrayfm",
+        description="Toolkit for X-ray foundation models: read X-rays safely, use public datasets, "
+        "generate synthetic phantoms, pretrain EVA-X, fine-tune, evaluate, explain, serve and export.",
+        epilog="Run 'xrayfm COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"xrayfm {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_data_commands(sub)
+    add_demo_command(sub)
+    add_pretrain_commands(sub)
+    add_finetune_commands(sub)
+    add_explain_commands(sub)
+    add_deploy_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``xrayfm`` console script.
+
+    Args:
+        argv: Command-line arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: the command's own (0 on success), 2 for an error the toolkit names
+        (:class:`~xrayfm.errors.XrayfmError`), 1 for an unexpected one, 130 when interrupted.
+    """
+    verbose = False
+    try:
+        args = parse_with_recipe(build_parser(), argv)
+        verbose = args.verbose
+        logging.basicConfig(
+            level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        )
+        return int(args.func(args))
+    except XrayfmError as exc:
+        print(f"xrayfm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xrayfm: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not a user mistake: one line, the traceback only on request
+        if verbose:
+            log.exception("internal error")
+        first = next(iter(str(exc).strip().splitlines()), "")
+        hint = "" if verbose else " (run with -v for the traceback)"
+        print(f"xrayfm: internal error: {type(exc).__name__}: {first}{hint}", file=sys.stderr)
+        return 1

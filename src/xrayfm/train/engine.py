@@ -1,0 +1,137 @@
+"""The training loop shared by every method, on Lightning Fabric.
+
+The loop stays explicit (objectives differ: MIM, anatomy-contrastive, multi-task); Fabric
+supplies devices, DDP / FSDP, mixed precision and multi-node launch from one set of arguments,
+so the same call runs on a laptop CPU and a GPU cluster. Runs are exactly resumable: the data
+order is a seeded permutation per epoch sharded by rank (:class:`StepSampler`), the global RNG is
+re-seeded before every forward pass (:func:`micro_batch_seed`), and checkpoints (model,
+optimiser, scheduler, step) are swapped in atomically (:mod:`xrayfm.train.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric import Fabric
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from xrayfm.errors import XrayfmError
+from xrayfm.progress import progress
+from xrayfm.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from xrayfm.train.config import TrainConfig
+from xrayfm.train.distributed import copy_full_weights, is_sharded, make_fabric
+from xrayfm.train.optim import build_optimizer, named_param_groups
+from xrayfm.train.sampler import StepSampler
+from xrayfm.train.schedules import cosine_scheduler
+from xrayfm.train.seeding import micro_batch_seed
+
+
+def train(
+    objective: nn.Module,
+    dataset: Dataset,
+    cfg: TrainConfig,
+    *,
+    batch_to_input: Callable[[Any], Any] = lambda batch: batch,
+    collate_fn: Callable | None = None,
+    fabric: Fabric | None = None,
+    param_groups: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Optimise ``objective`` (a module whose forward returns the loss) on ``dataset``.
+
+    Resumes from ``out_dir/last.ckpt`` (a file, or a folder under FSDP) when it exists. Loss,
+    learning rate and throughput go to ``metrics.csv`` and to TensorBoard (``out_dir/tensorboard``).
+    On return ``objective`` holds the trained weights as ordinary tensors on every rank (under
+    FSDP a copy is sharded and trained, and its gathered weights are loaded back).
+
+    Args:
+        objective: Module whose forward maps a batch (after ``batch_to_input``) to the loss.
+        dataset: Training samples.
+        cfg: Settings.
+        batch_to_input: Picks the objective's input from a collated batch.
+        collate_fn: DataLoader collation.
+        fabric: A launched Fabric (default: :func:`~xrayfm.train.distributed.make_fabric` of ``cfg``).
+        param_groups: AdamW parameter groups of ``objective`` (each with its ``lr`` and
+            ``weight_decay``, e.g. layer-wise lr decay); default: every trainable parameter at
+            ``cfg.lr``, no decay on biases and norms.
+
+    Returns:
+        ``step``, ``loss`` (mean over ranks of the last step) and ``checkpoint`` path.
+
+    Raises:
+        XrayfmError: Nothing to train, a checkpoint this run cannot resume, or a non-finite loss.
+    """
+    groups = named_param_groups(objective, param_groups, weight_decay=cfg.weight_decay)
+    if fabric is None:
+        fabric = make_fabric(cfg)
+    out = Path(cfg.out_dir)
+    if fabric.global_rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+    fabric.seed_everything(cfg.seed, verbose=False)
+    sharded = is_sharded(fabric)
+    work = copy.deepcopy(objective) if sharded else objective  # sharding replaces the parameters in place
+    module = fabric.setup_module(work)
+    optimizer = build_optimizer(work, groups, cfg)
+    scheduler = cosine_scheduler(optimizer, cfg)
+    optimizer = fabric.setup_optimizers(optimizer)
+    state: dict[str, Any] = {"objective": module, "optimizer": optimizer, "step": 0, "scheduler": {}}
+    ckpt = out / CHECKPOINT
+    if load_checkpoint(fabric, ckpt, state, sharded=sharded):
+        scheduler.load_state_dict(state["scheduler"])
+    step = int(state["step"])
+    micro = cfg.batch_size
+    sampler = StepSampler(
+        len(dataset), seed=cfg.seed, rank=fabric.global_rank, world=fabric.world_size,
+        start=step * cfg.accumulate * micro,
+    )  # fmt: skip
+    loader = DataLoader(dataset, batch_size=micro, sampler=sampler, num_workers=cfg.num_workers, collate_fn=collate_fn)
+    batches = iter(fabric.setup_dataloaders(loader, use_distributed_sampler=False))
+    metrics = out / "metrics.csv"
+    if fabric.global_rank == 0 and not metrics.exists():
+        metrics.write_text("step,loss,lr,images_per_s\n")
+    loss_value = float("nan")
+    t0, seen = time.perf_counter(), 0
+    module.train()
+    for step in progress(range(step, cfg.steps), desc="training", total=cfg.steps - step, unit="step"):
+        total = 0.0
+        for k in range(cfg.accumulate):
+            inputs = batch_to_input(next(batches))
+            # after fetching: a fresh DataLoader iterator draws its base seed from the global RNG
+            torch.manual_seed(micro_batch_seed(cfg.seed, step, k, fabric.global_rank))
+            with fabric.no_backward_sync(module, enabled=k < cfg.accumulate - 1):
+                loss = module(inputs) / cfg.accumulate
+                fabric.backward(loss)
+            total += loss.detach()
+            seen += micro
+        if cfg.clip_grad:
+            fabric.clip_gradients(module, optimizer, max_norm=cfg.clip_grad)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        loss_value = float(fabric.all_reduce(total, reduce_op="mean"))
+        if not math.isfinite(loss_value):
+            raise XrayfmError(f"loss became {loss_value} at step {step}; lower the learning rate or check the data")
+        done = step + 1
+        if fabric.global_rank == 0 and (done % cfg.log_every == 0 or done == cfg.steps):
+            rate = seen * fabric.world_size / (time.perf_counter() - t0)
+            lr_now = max(scheduler.get_last_lr())
+            with open(metrics, "a") as fh:
+                fh.write(f"{done},{loss_value:.6f},{lr_now:.3e},{rate:.2f}\n")
+            fabric.log_dict({"train/loss": loss_value, "train/lr": lr_now, "train/images_per_s": rate}, step=done)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            state.update(step=done, scheduler=scheduler.state_dict())
+            save_checkpoint(fabric, ckpt, state, sharded=sharded)
+    if sharded:
+        copy_full_weights(work, objective)
+    for logger in fabric.loggers:
+        logger.finalize("success")
+    return {"step": cfg.steps, "loss": loss_value, "checkpoint": str(ckpt)}
