@@ -7,11 +7,13 @@ import logging
 from pathlib import Path
 
 import pytest
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from xrayfm.cli import build_parser, main
 from xrayfm.cli.args import train_config
 from xrayfm.cli.explain import _overlay_path, _point
 from xrayfm.errors import XrayfmError
+from xrayfm.progress import PROGRESS_LOGGER
 
 
 def _boom(args: argparse.Namespace) -> int:
@@ -73,3 +75,52 @@ def test_shared_options_are_declared_alike() -> None:
     assert with_option == {"inspect", "stats", "pretrain mim", "finetune", "sweep", "evaluate", "localize"}
     defaults = {name: a.default for name, p in parsers.items() for a in p._actions if "--split" in a.option_strings}
     assert defaults == {"inspect": "all", "stats": "train", "evaluate": "test", "localize": "test"}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--accelerator", "gpu"], "--accelerator gpu: no CUDA GPU is visible on this machine"),
+        (["--devices", "0"], "--devices must be at least 1 (or 'auto' for all), got 0"),
+        (["--num-nodes", "0"], "--num-nodes must be at least 1, got 0"),
+        (["--strategy", "ddp_spawn"], "--strategy ddp_spawn starts processes from a function"),
+        (["--strategy", "fsdp_cpu_offload", "--devices", "4"], "--strategy fsdp_cpu_offload needs GPUs"),
+        (["--strategy", "fdsp"], "--strategy fdsp is unknown; use auto, ddp or fsdp"),
+        (["--precision", "fp16"], "--precision fp16 is unknown; use one of auto, "),
+    ],
+)
+def test_device_mistakes_are_one_line_before_anything_is_written(
+    options: list[str], message: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr("torch.backends.mps.is_available", lambda: False)
+    for command in (["pretrain", "mim"], ["finetune"], ["sweep"]):
+        out = tmp_path / command[-1]
+        assert main([*command, "phantom", str(tmp_path / "no_data"), "--out", str(out), *options]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"xrayfm: error: {message}") and err.count("\n") == 1, err
+        assert not out.exists()
+
+
+def test_only_rank_zero_prints_the_result(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr("xrayfm.pretrain.mim_run.run_mim", lambda *a, **k: tmp_path / "r" / "export")
+    argv = ["pretrain", "mim", "phantom", "R", "--out", str(tmp_path / "r"), "--accelerator", "cpu"]
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    assert main(argv) == 0
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[0].startswith("pretraining finished") and out[1].startswith("exported backbone")
+
+
+def test_progress_lines_reach_stderr_without_verbose(monkeypatch, capsys) -> None:
+    def work(args: argparse.Namespace) -> int:
+        logging.getLogger(PROGRESS_LOGGER).info("step 1/2  loss 0.5000")
+        logging.getLogger("xrayfm.data").info("an info message stays hidden")
+        return 0
+
+    monkeypatch.setattr("xrayfm.cli.data.cmd_datasets", work)
+    for _ in range(2):  # a second main() replaces the handler of the first, it does not add one
+        assert main(["datasets"]) == 0
+        assert capsys.readouterr().err == "step 1/2  loss 0.5000\n"

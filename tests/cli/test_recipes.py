@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from xrayfm.cli import build_parser
-from xrayfm.cli.recipes import parse_with_recipe, write_resolved_config
+import xrayfm
+from xrayfm.cli import build_parser, main
+from xrayfm.cli.recipes import find_recipe, list_recipes, parse_with_recipe, write_resolved_config
 from xrayfm.errors import XrayfmError
 
-REPO = Path(__file__).resolve().parents[2]
+RECIPES = Path(xrayfm.__file__).parent / "configs"
 
 
 def parse(argv: list[str]):
@@ -45,19 +46,55 @@ def test_unknown_key_and_bad_values_are_named(tmp_path: Path) -> None:
         parse(["finetune", "--config", str(tmp_path / "none.yaml"), "phantom", "R"])
 
 
-@pytest.mark.parametrize("recipe", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_recipe_parses(recipe: Path) -> None:
+@pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_parses_by_path_and_by_name(recipe: Path) -> None:
     command = ["pretrain", "mim"] if "_mim_" in recipe.name else ["finetune"]
     args = parse([*command, "--config", str(recipe), "phantom", "ROOT"])
     assert args.config == str(recipe)
+    plain = {"config": None, "parser": None}
+    by_name = parse([*command, "--config", recipe.stem, "phantom", "ROOT"])
+    defaults = build_parser().parse_args([*command, "phantom", "ROOT"])
+    assert vars(by_name) | plain == vars(args) | plain != vars(defaults) | plain
+    assert f"--config {recipe.stem} " in recipe.read_text()  # its usage line names it as users type it
+
+
+def test_recipes_ship_inside_the_package() -> None:
+    assert set(list_recipes()) >= {"eva_x_mim_tiny", "eva_x_cls_chestxray14", "eva_x_seg_lungs"}
+    assert find_recipe("eva_x_mim_tiny.yaml") == find_recipe("eva_x_mim_tiny") == RECIPES / "eva_x_mim_tiny.yaml"
+    assert not (RECIPES.parents[2] / "configs").exists()  # moved, not copied: one copy to keep up to date
+
+
+def test_a_file_wins_over_a_recipe_name(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("eva_x_mim_tiny").write_text("steps: 7\n")
+    assert parse(["pretrain", "mim", "--config", "eva_x_mim_tiny", "phantom", "R"]).steps == 7
+
+
+@pytest.mark.parametrize(
+    "config, hint",
+    [
+        ("eva_x_mim_tin", "Did you mean eva_x_mim_tiny"),
+        ("configs/eva_x_mim_tiny.yaml", "The shipped recipe of that name is --config eva_x_mim_tiny"),
+    ],
+)
+def test_unknown_recipe_lists_the_names(config: str, hint: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(XrayfmError, match=f"config {config} does not exist: .*eva_x_seg_lungs.*{hint}"):
+        parse(["pretrain", "mim", "--config", config, "phantom", "R"])
+
+
+def test_recipes_command_lists_and_prints(capsys) -> None:
+    assert main(["recipes"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in list_recipes()) and "--config NAME" in listing
+    assert main(["recipes", "eva_x_mim_tiny"]) == 0
+    assert capsys.readouterr().out == (RECIPES / "eva_x_mim_tiny.yaml").read_text()
 
 
 def test_resolved_config_round_trips(tmp_path: Path) -> None:
-    args = parse(
-        ["pretrain", "mim", "--config", str(REPO / "configs/eva_x_mim_tiny.yaml"), "phantom", "R", "--steps", "5"]
-    )
+    args = parse(["pretrain", "mim", "--config", "eva_x_mim_tiny", "phantom", "R", "--steps", "5"])
     path = write_resolved_config(args, tmp_path)
     saved = yaml.safe_load(path.read_text())
-    assert saved["steps"] == 5 and saved["mask_ratio"] == 0.3 and saved["recipe"].endswith("eva_x_mim_tiny.yaml")
+    assert saved["steps"] == 5 and saved["mask_ratio"] == 0.3 and saved["recipe"] == "eva_x_mim_tiny"
     again = parse(["pretrain", "mim", "--config", str(path), "phantom", "R"])
     assert again.steps == 5 and again.lr == args.lr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +112,16 @@ def test_inspect_real_dataset(shared_datasets: Path) -> None:
     assert res.returncode == 0, res.stderr
     s = json.loads(res.stdout)
     assert s["images"] == 247 and s["labels"]["nodule"]["positive"] == 154 and s["problems"] == []
+
+
+@pytest.mark.parametrize("kind", ["a character device", "a FIFO"])
+def test_inspect_names_a_device_or_fifo_and_does_not_hang(tmp_path: Path, kind: str) -> None:
+    path = Path("/dev/null")
+    if kind == "a FIFO":
+        path = tmp_path / "pipe.png"
+        os.mkfifo(path)  # nothing writes to it: reading it would block for ever
+    res = run("inspect", str(path), timeout=60)
+    assert res.returncode == 2 and res.stderr.strip() == f"xrayfm: error: {path}: not a regular file ({kind})"
 
 
 def test_phantom_then_inspect(tmp_path: Path) -> None:

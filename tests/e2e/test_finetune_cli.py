@@ -132,3 +132,48 @@ def test_box_localization_finetune_and_map(phantom: Path, tmp_path: Path) -> Non
     boxes = json.loads((out / "eval_test" / "metrics.json").read_text())["tasks"]["boxes"]
     assert set(boxes["headline"]) == {"map", "map_50"}
     assert boxes["metrics"]["n"] > 0 and "detection" in (out / "eval_test" / "report.html").read_text()
+
+
+@pytest.fixture(scope="module")
+def nih_root(shared_datasets: Path, label_files: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The NIH ChestX-ray14 release layout over the real sample: its 300 images with their rows of the
+    official Data_Entry_2017 and BBox_List_2017 files (44 images carry boxes, the others none)."""
+    import pandas as pd
+
+    sample = shared_datasets / "nih_cxr14_sample"
+    root = tmp_path_factory.mktemp("nih") / "nih"
+    (root / "images").mkdir(parents=True)
+    names = {p.name for p in (sample / "images").glob("*.png")}
+    for name in names:
+        (root / "images" / name).symlink_to(sample / "images" / name)
+    entry = pd.read_csv(label_files / "Data_Entry_2017_v2020.csv.gz")
+    entry[entry["Image Index"].isin(names)].to_csv(root / "Data_Entry_2017_v2020.csv", index=False)
+    boxes = pd.read_csv(label_files / "BBox_List_2017.csv.gz")
+    boxes = boxes[boxes["Image Index"].isin(names)]
+    assert boxes["Image Index"].nunique() == 44
+    boxes.to_csv(root / "BBox_List_2017.csv", index=False)
+    return root
+
+
+NIH_FAST = ["--img-size", "64", "--steps", "2", "--batch-size", "4", "--warmup", "1", "--n-boot", "10"]
+
+
+def test_nih_finetune_trains_findings_and_boxes_on_the_box_annotated_images(nih_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "nih"
+    res = run("finetune", "nih_cxr14", str(nih_root), "--out", str(out), *NIH_FAST, "--accelerator", "cpu")
+    assert res.returncode == 0, res.stderr[-3000:]
+    model, _ = load_task_model(out)
+    assert [t.name for t in model.tasks] == ["findings", "lesions"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_images"] > 100 and "lesions" in summary["evaluations"]["test"]["tasks"]
+
+
+def test_chestxray14_recipe_trains_the_findings_it_names(nih_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "recipe"
+    res = run(
+        "finetune", "--config", "eva_x_cls_chestxray14", "nih_cxr14", str(nih_root), "--out", str(out),
+        "--arch", "eva_x_tiny_patch16", *NIH_FAST, "--accelerator", "cpu",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    model, _ = load_task_model(out)
+    assert [t.name for t in model.tasks] == ["findings"] and len(model.tasks[0].classes) == 14

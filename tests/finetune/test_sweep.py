@@ -1,4 +1,4 @@
-"""Sweeps: every combination once, finished runs reused only with the same config, one table."""
+"""Sweeps: every combination once, finished runs reused only with the same config, one table, a line per run."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import math
+import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -16,6 +17,7 @@ from xrayfm.errors import XrayfmError
 from xrayfm.finetune import sweep as sweep_mod
 from xrayfm.finetune.run import FinetuneConfig
 from xrayfm.finetune.sweep import Backbone, markdown_table, run_sweep
+from xrayfm.progress import PROGRESS_LOGGER
 
 
 def fake_run_finetune(calls: list[tuple]):
@@ -120,3 +122,33 @@ def test_a_summary_without_config_runs_again(tmp_path: Path, monkeypatch, caplog
     (run / "summary.json").write_text(json.dumps({"train_images": 50}))
     _one_run_sweep(FinetuneConfig(dataset="phantom", root="R"), tmp_path)
     assert len(calls) == 1 and "records no config" in caplog.text
+
+
+def test_each_run_is_announced_when_it_starts_ends_or_is_reused(tmp_path: Path, monkeypatch, caplog) -> None:
+    calls: list[tuple] = []
+    monkeypatch.setattr(sweep_mod, "run_finetune", fake_run_finetune(calls))
+    monkeypatch.setattr(logging.getLogger(PROGRESS_LOGGER), "propagate", True)  # the CLI prints it on its own
+    base = FinetuneConfig(dataset="phantom", root="R")
+    kw = dict(backbones=[Backbone("a", "resnet18")], modes=["full", "lora"], fractions=[0.5], seeds=[0],
+              out_dir=tmp_path)  # fmt: skip
+
+    def lines() -> list[str]:
+        found = [r.getMessage() for r in caplog.records if r.name == PROGRESS_LOGGER]
+        caplog.clear()
+        return found
+
+    with caplog.at_level(logging.INFO, logger=PROGRESS_LOGGER):
+        run_sweep(base, **kw)
+        first = lines()
+        run_sweep(base, **kw)
+        assert lines() == [
+            "run 1/2 a full f0.5 s0: reused, test labels mean_auroc 0.625",
+            "run 2/2 a lora f0.5 s0: reused, test labels mean_auroc 0.625",
+        ]
+        monkeypatch.setattr(sweep_mod, "is_global_zero", lambda: False)  # another rank of a multi-process run
+        run_sweep(base, **kw)
+        assert lines() == []
+    assert [line.split(":")[0] for line in first] == ["run 1/2 a full f0.5 s0"] * 2 + ["run 2/2 a lora f0.5 s0"] * 2
+    assert first[0].endswith(": started") and first[2].endswith(": started")
+    for done in (first[1], first[3]):
+        assert re.fullmatch(r"run \d/2 a \w+ f0\.5 s0: done in \d+ s, test labels mean_auroc 0\.625", done), done

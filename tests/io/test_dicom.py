@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from pydicom.uid import RLELossless
+from pydicom.uid import BasicTextSRStorage, RLELossless
 
 from xrayfm import ImageReadError, UnsafeInputError
 from xrayfm.io import ReadLimits, read_xray, window_to_unit
@@ -97,14 +97,43 @@ def test_dicom_without_pixel_data(tmp_path: Path, gradient_image: np.ndarray) ->
     ds = pydicom.dcmread(path)
     del ds.PixelData
     ds.save_as(path)
-    with pytest.raises(ImageReadError, match="no pixel data"):
+    with pytest.raises(
+        ImageReadError, match=r"no pixel data: 6,144 bytes expected \(64x48, 16 bits allocated\), 0 present"
+    ):
+        read_xray(path)
+
+
+def test_report_without_pixel_data_is_not_called_truncated(tmp_path: Path, gradient_image: np.ndarray) -> None:
+    path = write_dicom(tmp_path / "sr.dcm", gradient_image)
+    ds = pydicom.dcmread(path)
+    for keyword in ("PixelData", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "SamplesPerPixel"):
+        delattr(ds, keyword)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = BasicTextSRStorage
+    ds.save_as(path)
+    with pytest.raises(ImageReadError, match=r"has no pixel data \(e.g. a report"):
         read_xray(path)
 
 
 def test_truncated_pixel_data(tmp_path: Path, gradient_image: np.ndarray) -> None:
     data = write_dicom(tmp_path / "t.dcm", gradient_image).read_bytes()
     (tmp_path / "cut.dcm").write_bytes(data[:-1500])
-    with pytest.raises(ImageReadError):
+    with pytest.raises(
+        ImageReadError,
+        match=r"truncated: 6,144 bytes of pixel data expected \(64x48, 16 bits allocated\), 4,644 present$",
+    ):
+        read_xray(tmp_path / "cut.dcm")
+
+
+@pytest.mark.filterwarnings("ignore:End of file reached")  # pydicom's own note on the cut
+def test_truncated_compressed_pixel_data(tmp_path: Path, gradient_image: np.ndarray) -> None:
+    ds = pydicom.dcmread(write_dicom(tmp_path / "plain.dcm", gradient_image))
+    ds.compress(RLELossless)
+    ds.save_as(tmp_path / "rle.dcm")
+    data = (tmp_path / "rle.dcm").read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(data[: len(data) - 100])
+    with pytest.raises(
+        ImageReadError, match=f"Secondary Capture Image Storage file of {len(data) - 100:,} bytes: it is truncated"
+    ):
         read_xray(tmp_path / "cut.dcm")
 
 
@@ -180,6 +209,19 @@ def test_real_cr_decoded_by_xrayfm(cr_samples: tuple[Path, pd.DataFrame]) -> Non
     # JPEG 2000 lossless decodes to exactly the uncompressed pixels
     for name in ("RG1", "RG3"):
         np.testing.assert_array_equal(decoded[f"dicom/{name}_J2KR.dcm"], decoded[f"dicom/{name}_UNCR.dcm"])
+
+
+@pytest.mark.filterwarnings("ignore:End of file reached")  # pydicom's own note on the cut
+@pytest.mark.parametrize("name", ["RG3_UNCR.dcm", "RG3_J2KR.dcm"])
+def test_real_cr_cut_short_is_called_truncated(
+    cr_samples: tuple[Path, pd.DataFrame], tmp_path: Path, name: str
+) -> None:
+    root, _ = cr_samples
+    (tmp_path / name).write_bytes((root / "dicom" / name).read_bytes()[:400_000])
+    with pytest.raises(ImageReadError, match="truncated") as err:
+        read_xray(tmp_path / name)
+    if name.endswith("UNCR.dcm"):  # uncompressed: the declared size says how much is missing
+        assert "6,195,200 bytes of pixel data expected (1760x1760, 16 bits allocated)" in str(err.value)
 
 
 def test_real_chest_cr_looks_like_a_chest(cr_samples: tuple[Path, pd.DataFrame]) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
+import threading
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,7 @@ import pytest
 from PIL import Image
 
 from xrayfm import ImageReadError, UnsafeInputError
-from xrayfm.io import ReadLimits, read_xray, sniff_format
+from xrayfm.io import ReadLimits, read_dicom, read_raster, read_xray, sniff_format
 from xrayfm.io.writers import write_png
 
 
@@ -79,8 +82,39 @@ def test_zero_byte_file(tmp_path: Path) -> None:
 
 
 def test_directory_is_not_an_image(tmp_path: Path) -> None:
-    with pytest.raises(ImageReadError, match="not a regular file"):
+    with pytest.raises(ImageReadError, match=r"not a regular file \(a directory\)"):
         read_xray(tmp_path)
+
+
+def _error_within(seconds: float, read: Callable[[Path], object], path: Path) -> str:
+    """The ImageReadError message of ``read(path)``; fails (instead of hanging) if it blocks."""
+    outcome: list[BaseException | None] = []
+
+    def attempt() -> None:
+        try:
+            read(path)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the test thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=attempt, daemon=True)  # a blocked open() cannot be interrupted
+    worker.start()
+    worker.join(seconds)
+    assert outcome, f"reading {path} blocked for {seconds} s"
+    assert isinstance(outcome[0], ImageReadError), outcome[0]
+    return str(outcome[0])
+
+
+@pytest.mark.parametrize("read", [read_xray, read_raster, read_dicom], ids=lambda f: f.__name__)
+def test_fifo_is_refused_without_blocking(tmp_path: Path, read: Callable[[Path], object]) -> None:
+    os.mkfifo(tmp_path / "pipe.png")  # nothing writes to it: opening it to read would block forever
+    assert _error_within(10, read, tmp_path / "pipe.png") == f"{tmp_path / 'pipe.png'}: not a regular file (a FIFO)"
+
+
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="needs /dev/null")
+def test_device_is_refused(tmp_path: Path) -> None:
+    message = _error_within(10, read_xray, Path("/dev/null"))
+    assert message == "/dev/null: not a regular file (a character device)"
 
 
 def test_garbage_bytes(tmp_path: Path) -> None:
@@ -138,8 +172,9 @@ def test_extension_contradicting_content(tmp_path: Path, gradient_image: np.ndar
     (tmp_path / "really_png.jpg").write_bytes(data)
     (tmp_path / "really_png.dcm").write_bytes(data)
     for name in ("really_png.jpg", "really_png.dcm"):
-        with pytest.raises(ImageReadError, match="does not match its content"):
+        with pytest.raises(ImageReadError, match="does not match its content") as err:
             read_xray(tmp_path / name)
+        assert "check_extension=False in Python" in str(err.value)  # no CLI flag: named as the Python argument
     assert read_xray(tmp_path / "really_png.jpg", check_extension=False).pixels.shape == (48, 64)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -66,6 +68,13 @@ def test_onnx_runtime_matches_pytorch_at_any_batch_size(eva_export: tuple[Path, 
         torch.testing.assert_close(got[name], ref[name], atol=1e-4, rtol=1e-3)
     with pytest.raises(XrayfmError, match=r"takes images \(N, 1, 64, 64\)"):
         onnx_model(torch.rand(1, 1, 96, 96))
+    from_numpy = onnx_model(x.numpy().astype("float64"))  # numpy arrays too (any float dtype -> float32)
+    for name in got:
+        torch.testing.assert_close(from_numpy[name], got[name], atol=0, rtol=0)
+    with pytest.raises(XrayfmError, match=r"takes images \(N, 1, 64, 64\), got \(1, 64, 64\)"):
+        onnx_model(x[0].numpy())
+    with pytest.raises(XrayfmError, match="tensor or numpy array of images, got list"):
+        onnx_model(x.tolist())
 
 
 def test_task_selection_runs_only_the_chosen_heads(eva_export: tuple[Path, dict]) -> None:
@@ -116,3 +125,14 @@ def test_detection_only_model_has_nothing_to_export(tmp_path: Path) -> None:
     src = save(tmp_path / "det", "resnet18", TASKS[2:])
     with pytest.raises(XrayfmError, match="no classification or segmentation head"):
         export_onnx(src)
+
+
+def test_export_to_another_folder_follows_the_umask(eva_export: tuple[Path, dict], tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        export_onnx(eva_export[0], tmp_path / "deploy")
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "deploy").iterdir() if p.is_file()]
+    assert {p.name for p in files} == {ONNX_FILE, ONNX_SIDECAR, WEIGHTS, "model.json"}
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: 0o644 for p in files}

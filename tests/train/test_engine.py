@@ -1,7 +1,9 @@
-"""The shared training loop: atomic checkpoints, exact resume, parameter groups, clear errors."""
+"""The shared training loop: atomic checkpoints, exact resume, parameter groups, clear errors, progress."""
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,8 @@ from torch.utils.data import TensorDataset
 from xrayfm.errors import XrayfmError
 from xrayfm.models import create_model
 from xrayfm.pretrain.mim import MaskedFeatureModeling
-from xrayfm.train import CHECKPOINT, TrainConfig, train
+from xrayfm.progress import PROGRESS_LOGGER
+from xrayfm.train import CHECKPOINT, TrainConfig, engine, train
 
 
 class Crash(RuntimeError):
@@ -86,3 +89,30 @@ def test_a_sharded_checkpoint_folder_needs_fsdp(tmp_path: Path) -> None:
     (tmp_path / CHECKPOINT).mkdir()
     with pytest.raises(XrayfmError, match="sharded checkpoint folder"):
         train(_objective(), _data(), _cfg(tmp_path), batch_to_input=lambda b: b[0])
+
+
+def test_without_a_bar_progress_is_a_line_every_log_every_steps(tmp_path: Path, monkeypatch, caplog) -> None:
+    monkeypatch.setenv("CI", "true")  # CI, a pipe or a log file: no bar
+    monkeypatch.setattr(logging.getLogger(PROGRESS_LOGGER), "propagate", True)  # the CLI prints it on its own
+    cfg = _cfg(tmp_path)
+    cfg.steps, cfg.log_every = 7, 3
+    with caplog.at_level(logging.INFO, logger=PROGRESS_LOGGER):
+        train(_objective(), _data(), cfg, batch_to_input=lambda b: b[0])
+    lines = [r.getMessage() for r in caplog.records if r.name == PROGRESS_LOGGER]
+    assert [line.split()[1] for line in lines] == ["3/7", "6/7", "7/7"]
+    shape = r"step \d/7  loss \d+\.\d{4}  lr \d\.\de-0\d  \d+\.\d img/s  ETA \d:\d\d:\d\d"
+    assert all(re.fullmatch(shape, line) for line in lines), lines
+    assert lines[-1].endswith("ETA 0:00:00")
+    rows = [r.split(",") for r in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
+    assert [f"{float(r[1]):.4f}" for r in rows] == [line.split()[3] for line in lines]  # the metrics rows' losses
+
+
+def test_with_a_bar_there_are_no_progress_lines(tmp_path: Path, monkeypatch, caplog) -> None:
+    monkeypatch.setattr(engine, "progress_enabled", lambda: True)  # an interactive terminal
+    monkeypatch.setattr(logging.getLogger(PROGRESS_LOGGER), "propagate", True)
+    cfg = _cfg(tmp_path)
+    cfg.steps = 2
+    with caplog.at_level(logging.INFO, logger=PROGRESS_LOGGER):
+        train(_objective(), _data(), cfg, batch_to_input=lambda b: b[0])
+    assert not [r for r in caplog.records if r.name == PROGRESS_LOGGER]
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 3

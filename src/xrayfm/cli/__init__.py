@@ -24,10 +24,12 @@ from xrayfm.cli.finetune import add_finetune_commands
 from xrayfm.cli.pretrain import add_pretrain_commands
 from xrayfm.cli.recipes import parse_with_recipe
 from xrayfm.errors import XrayfmError
+from xrayfm.progress import PROGRESS_LOGGER
 
 __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("xrayfm")
+_PROGRESS_HANDLER = "xrayfm-cli-progress"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +56,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logging(verbose: bool) -> None:
+    """Warnings (with ``-v`` debug messages too) on stderr; progress lines on stderr in any case.
+
+    Progress (the :data:`~xrayfm.progress.PROGRESS_LOGGER` records: a line every ``--log-every``
+    training steps where no bar is shown, one per sweep run) is printed bare, without ``-v``. It
+    does not propagate to the root handler, so ``-v`` does not print it twice; a handler an
+    earlier call installed (tests call :func:`main` repeatedly) is replaced, so it writes to the
+    ``sys.stderr`` of this call.
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    progress_log = logging.getLogger(PROGRESS_LOGGER)
+    for old in [h for h in progress_log.handlers if h.get_name() == _PROGRESS_HANDLER]:
+        progress_log.removeHandler(old)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(_PROGRESS_HANDLER)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    progress_log.addHandler(handler)
+    progress_log.setLevel(logging.INFO)
+    progress_log.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``xrayfm`` console script.
 
@@ -68,9 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parse_with_recipe(build_parser(), argv)
         verbose = args.verbose
-        logging.basicConfig(
-            level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-        )
+        _configure_logging(verbose)
         return int(args.func(args))
     except XrayfmError as exc:
         print(f"xrayfm: error: {exc}", file=sys.stderr)

@@ -105,7 +105,7 @@ def add_engine_args(p: argparse.ArgumentParser, *, steps: int, batch: int, lr: f
     g.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     g.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
     g.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default 100)")
-    g.add_argument("--log-every", type=int, default=10, help="steps between metric rows (default 10)")
+    g.add_argument("--log-every", type=int, default=10, help="steps between metrics and progress lines (default 10)")
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute activations: less memory")
 
 
@@ -123,6 +123,9 @@ def _devices(value: object) -> int | str:
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The engine configuration of the options :func:`add_engine_args` and :func:`add_run_args` added.
 
+    Its device settings are checked here (:func:`~xrayfm.train.check_devices`), so that a command
+    refuses them before it reads data or builds a model.
+
     Args:
         args: Parsed arguments of a training command.
 
@@ -130,14 +133,18 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         The :class:`~xrayfm.train.TrainConfig` of the run.
 
     Raises:
-        XrayfmError: ``--devices`` is neither a number nor ``auto``.
+        XrayfmError: ``--devices`` is neither a number nor ``auto``, or the device settings are
+            ones this machine cannot run (no GPU for ``--accelerator gpu``, an unknown
+            ``--strategy`` or ``--precision``, fewer than one device or node...).
     """
-    from xrayfm.train import TrainConfig
+    from xrayfm.train import TrainConfig, check_devices
 
-    return TrainConfig(
+    cfg = TrainConfig(
         out_dir=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
         weight_decay=args.weight_decay, accumulate=args.accumulate, precision=args.precision,
         accelerator=args.accelerator, devices=_devices(args.devices), num_nodes=args.num_nodes,
         strategy=args.strategy, seed=args.seed, num_workers=args.workers, checkpoint_every=args.checkpoint_every,
         log_every=args.log_every, clip_grad=args.clip_grad,
     )  # fmt: skip
+    check_devices(cfg)
+    return cfg

@@ -1,4 +1,4 @@
-"""Data commands of ``xrayfm``: phantom, datasets, inspect and stats."""
+"""Data commands of ``xrayfm``: phantom, datasets, inspect and stats; and the recipe listing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from xrayfm.cli.args import add_data_args, add_option_arg, add_split_arg
-from xrayfm.cli.recipes import parse_options
+from xrayfm.cli.recipes import find_recipe, list_recipes, parse_options
 from xrayfm.errors import XrayfmError
 
 
@@ -97,6 +97,19 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipes(args: argparse.Namespace) -> int:
+    if args.name:
+        print(find_recipe(args.name).read_text(), end="")
+        return 0
+    recipes = list_recipes()
+    width = max(len(name) for name in recipes)
+    for name, path in recipes.items():
+        lines = path.read_text().splitlines()
+        print(f"{name:<{width}}  {lines[0].lstrip('# ') if lines else ''}")
+    print("\nUse one with --config NAME (pretrain mim, finetune, sweep); print it: xrayfm recipes NAME")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from xrayfm.data.inspect import inspect_path
 
@@ -135,7 +148,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def add_data_commands(sub: argparse._SubParsersAction) -> None:
-    """Register phantom, datasets, inspect and stats on the top-level subparsers.
+    """Register phantom, datasets, recipes, inspect and stats on the top-level subparsers.
 
     Args:
         sub: The ``xrayfm`` subparsers.
@@ -169,6 +182,17 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("name", nargs="?", help="adapter to describe")
     p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser(
+        "recipes",
+        help="list the shipped --config recipes, or print one",
+        description=(
+            "List the YAML recipes shipped with xrayfm (the papers' settings), or print one. "
+            "--config takes a recipe name or a YAML file; options on the command line override it."
+        ),
+    )
+    p.add_argument("name", nargs="?", help="recipe to print")
+    p.set_defaults(func=cmd_recipes)
 
     p = sub.add_parser(
         "inspect",

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from xrayfm.cli.data import format_summary
+from xrayfm.cli.finetune import format_estimate
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -57,14 +58,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for task, res in result["tasks"].items():
         for name, ci in res["headline"].items():
             if ci["value"] is not None:
-                print(f"  {task:<8} {name:<12} {ci['value']:.4f}  [{ci['low']:.4f}, {ci['high']:.4f}]")
+                print(f"  {task:<8} {name:<12} {format_estimate(ci)}")
     print(
         f"\nDemo finished. It made:\n"
         f"  {data}/            {summary['images']} synthetic chest radiographs with labels, masks and boxes\n"
         f"  {out / 'phantom_summary.json'}  the summary above as JSON\n"
         f"  {sheet}  16 images with their boxes, mask outlines and labels\n"
-        f"  {run_dir}/  an EVA-X MIM run (metrics.csv, last.ckpt); backbone exported to {export}\n"
+        f"  {run_dir}/  an EVA-X MIM run (config.yaml, metrics.csv, last.ckpt); backbone exported to {export}\n"
         f"  {ft_dir / 'model'}/  the fine-tuned model (classification + segmentation heads)\n"
+        f"  {ft_dir / 'config.yaml'}  its settings, as options: xrayfm finetune --config accepts it\n"
         f"  {result['report']}  the evaluation report (ROC curves, Dice, mask overlays): open it in a browser\n"
         f"Explain a finding:  xrayfm explain {ft_dir} {next(iter(sorted((data / 'images').glob('*.png'))))}\n"
         f"Serve the model:    xrayfm serve {ft_dir} --port 8000   then open http://127.0.0.1:8000/\n"

@@ -46,20 +46,29 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
     )  # fmt: skip
 
 
+def format_estimate(ci: dict[str, Any]) -> str:
+    """``value  [low, high]`` of a headline metric; the interval is left out when the bootstrap
+    could not give one (e.g. every resample lacked a positive case)."""
+    interval = "" if ci.get("low") is None or ci.get("high") is None else f"  [{ci['low']:.4f}, {ci['high']:.4f}]"
+    return f"{ci['value']:.4f}{interval}"
+
+
 def _print_evaluation(split: str, result: dict[str, Any]) -> None:
     for task, res in result.get("tasks", {}).items():
         for name, ci in res.get("headline", {}).items():
             if ci.get("value") is None:
                 continue
-            print(f"  {split:<5} {task:<14} {name:<14} {ci['value']:.4f}  [{ci['low']:.4f}, {ci['high']:.4f}]")
+            print(f"  {split:<5} {task:<14} {name:<14} {format_estimate(ci)}")
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from xrayfm.finetune.run import run_finetune
+    from xrayfm.train import is_global_zero
 
     config = finetune_config(args)
-    write_resolved_config(args, args.out)
-    summary = run_finetune(config)
+    summary = run_finetune(config)  # writes OUT/config.yaml, the run's one resolved config
+    if not is_global_zero():  # with several processes, rank 0 speaks for the run
+        return 0
     p = summary["parameters"]
     print(f"fine-tuning ({args.mode}) finished: {p['trainable']:,} of {p['total']:,} parameters trained "
           f"({p['trainable_percent']:.2f}%) on {summary['train_images']} images")  # fmt: skip
@@ -84,6 +93,7 @@ def _list(text: str, kind: type) -> list:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from xrayfm.finetune.sweep import Backbone, run_sweep
+    from xrayfm.train import is_global_zero
 
     config = finetune_config(args)
     write_resolved_config(args, args.out)
@@ -92,6 +102,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         config, backbones=backbones, modes=_list(args.modes, str),
         fractions=_list(args.fractions, float), seeds=_list(args.seeds, int), out_dir=args.out,
     )  # fmt: skip
+    if not is_global_zero():
+        return 0
     print((table.parent / "sweep.md").read_text())
     print(f"table: {table}   summary: {table.parent / 'sweep.md'}")
     return 0
@@ -125,7 +137,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
             "Adapt a backbone (EVA-X, any timm model, an xrayfm pretraining run) to a dataset's "
             "classification, segmentation and box tasks: full fine-tuning, linear probe or LoRA, with "
             "layer-wise lr decay. Saves OUT/model, then evaluates the val and test splits with "
-            "bootstrap confidence intervals and writes an HTML report. Recipes: configs/."
+            "bootstrap confidence intervals and writes an HTML report. Recipes: --config NAME (see xrayfm recipes)."
         ),
     )
     _finetune_args(p, "runs/finetune")
@@ -170,7 +182,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
             "Fine-tune every combination of backbones, modes, training fractions and seeds (each an "
             "ordinary finetune run in OUT/LABEL_MODE_fFRACTION_sSEED; a finished run is reused only when its "
             "recorded config equals the one it would run now, else it is run again) "
-            "and write OUT/sweep.csv (headline metrics with 95%% CIs) and OUT/sweep.md."
+            "and write OUT/sweep.csv (headline metrics with 95% CIs) and OUT/sweep.md."
         ),
     )
     _finetune_args(p, "runs/sweep")
@@ -198,7 +210,7 @@ def add_finetune_commands(sub: argparse._SubParsersAction) -> None:
         help="score a fine-tuned model on a dataset split",
         description=(
             "Evaluate a fine-tuned model (a finetune run folder or its model/ folder) on a dataset "
-            "split: AUROC, accuracy, sensitivity/specificity, ECE, Dice/Jaccard with 95%% bootstrap "
+            "split: AUROC, accuracy, sensitivity/specificity, ECE, Dice/Jaccard with 95% bootstrap "
             "CIs; writes metrics.json, predictions and an HTML report."
         ),
     )

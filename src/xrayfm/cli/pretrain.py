@@ -10,19 +10,21 @@ import argparse
 from pathlib import Path
 
 from xrayfm.cli.args import add_engine_args, add_run_args, train_config
-from xrayfm.cli.recipes import parse_options, write_resolved_config
+from xrayfm.cli.recipes import parse_options
 
 
 def cmd_pretrain_mim(args: argparse.Namespace) -> int:
     from xrayfm.pretrain.mim_run import run_mim
+    from xrayfm.train import is_global_zero
 
     train, options = train_config(args), parse_options(args.option)
-    write_resolved_config(args, args.out)
-    export = run_mim(
+    export = run_mim(  # writes OUT/config.yaml, the run's one resolved config
         args.dataset, args.root, arch=args.arch, teacher=args.teacher, teacher_arch=args.teacher_arch,
         img_size=args.img_size, mask_ratio=args.mask_ratio, dataset_options=options,
         train_config=train, mean=args.mean, std=args.std, grad_checkpointing=args.grad_checkpointing,
     )  # fmt: skip
+    if not is_global_zero():  # with several processes, rank 0 speaks for the run
+        return 0
     print(f"pretraining finished: metrics {Path(args.out) / 'metrics.csv'}, checkpoint {Path(args.out) / 'last.ckpt'}")
     print(f"exported backbone: {export} (load with create_model({args.arch!r}, pretrained={str(args.out)!r}))")
     return 0
@@ -40,10 +42,10 @@ def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
         "mim",
         help="EVA-X masked image modeling",
         description=(
-            "Pretrain an EVA-X ViT by masked image modeling: 30%% of patch tokens masked; a frozen "
+            "Pretrain an EVA-X ViT by masked image modeling: 30% of patch tokens masked; a frozen "
             "teacher's features (cosine loss) or, without --teacher, normalised pixels (MSE) are "
             "regressed on masked tokens only. Resumes from OUT/last.ckpt; exports "
-            "OUT/export/backbone.safetensors. Paper recipe: --config configs/eva_x_mim_tiny.yaml."
+            "OUT/export/backbone.safetensors. Paper recipe: --config eva_x_mim_tiny (see xrayfm recipes)."
         ),
     )
     m.add_argument("dataset", help="dataset adapter (see 'xrayfm datasets'), e.g. phantom")

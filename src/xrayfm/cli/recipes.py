@@ -2,7 +2,8 @@
 
 A recipe is a YAML mapping whose keys are a command's long options (``batch_size`` or
 ``batch-size``); it replaces the command's defaults, and options given on the command line
-override it. So ``xrayfm pretrain mim --config configs/eva_x_mim_tiny.yaml phantom DATA --steps 50``
+override it. ``--config`` takes a recipe file or the name of a recipe shipped with xrayfm
+(:func:`list_recipes`), so ``xrayfm pretrain mim --config eva_x_mim_tiny phantom DATA --steps 50``
 runs the paper recipe with one change. Every run writes ``config.yaml`` with the values it
 actually used, so a run can be repeated with ``--config RUN/config.yaml``.
 """
@@ -13,6 +14,7 @@ import argparse
 import ast
 import difflib
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +26,55 @@ from xrayfm.errors import XrayfmError
 _INTERNAL = {"func", "parser", "config", "verbose", "command", "method"}
 
 
+def _recipe_dir() -> Path:
+    """The folder of the recipes shipped in the package (``xrayfm/configs``)."""
+    return Path(str(resources.files("xrayfm") / "configs"))
+
+
+def list_recipes() -> dict[str, Path]:
+    """The recipes shipped with xrayfm.
+
+    Returns:
+        Recipe name (file name without ``.yaml``) to its file, sorted by name.
+    """
+    return {p.stem: p for p in sorted(_recipe_dir().glob("*.yaml"))}
+
+
+def find_recipe(config: str | Path) -> Path:
+    """The file a ``--config`` value means: a recipe file, else the name of a shipped recipe.
+
+    Args:
+        config: A path to a YAML file, or a shipped recipe's name (``eva_x_mim_tiny``, with or
+            without ``.yaml``).
+
+    Returns:
+        The recipe file.
+
+    Raises:
+        XrayfmError: Neither a file nor a shipped recipe; the message lists the recipes.
+    """
+    path = Path(config)
+    if path.is_file():
+        return path
+    shipped = list_recipes()
+    name = path.name.removesuffix(".yaml")
+    if name in shipped and len(path.parts) == 1:  # a bare name, not a path
+        return shipped[name]
+    if name in shipped:
+        hint = f" The shipped recipe of that name is --config {name}."
+    else:
+        close = difflib.get_close_matches(name, list(shipped), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise XrayfmError(
+        f"config {config} does not exist: give a YAML file or a recipe name ({', '.join(shipped)}).{hint}"
+    )
+
+
 def read_recipe(path: str | Path) -> dict[str, Any]:
     """Read a YAML recipe into a flat mapping of option names (dashes become underscores).
 
     Args:
-        path: The recipe file.
+        path: The recipe file, or the name of a shipped recipe (see :func:`find_recipe`).
 
     Returns:
         Option name to value.
@@ -36,9 +82,7 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     Raises:
         XrayfmError: The file is missing, is not YAML, or is not a mapping.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise XrayfmError(f"config {path} does not exist")
+    path = find_recipe(path)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -52,6 +96,8 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
 
 def _check_value(action: argparse.Action, value: Any, source: Path) -> Any:
     """Validate one recipe value against its option (choices, type, repeatable lists)."""
+    if value is None:  # the option's own default (a resolved config records unset options as null)
+        return None
     if isinstance(action, argparse._AppendAction):
         if isinstance(value, dict):  # adapter options written as a mapping
             return [f"{k}={v}" for k, v in value.items()]
@@ -75,16 +121,16 @@ def apply_recipe(parser: argparse.ArgumentParser, path: str | Path) -> dict[str,
 
     Args:
         parser: The chosen subcommand's parser.
-        path: The recipe file.
+        path: The recipe file, or the name of a shipped recipe (see :func:`find_recipe`).
 
     Returns:
         The checked values.
 
     Raises:
-        XrayfmError: A key the command does not have (with close matches), or a value its
-            option would reject.
+        XrayfmError: An unknown recipe, a key the command does not have (with close matches), or
+            a value its option would reject.
     """
-    source = Path(path)
+    source = find_recipe(path)
     options = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in _INTERNAL}
     # a resolved config also records the positional arguments and its recipe: the command line
     # gives those, so they are skipped

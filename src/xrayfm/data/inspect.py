@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from xrayfm.data.base import XrayDataset
-from xrayfm.data.registry import build_dataset
-from xrayfm.errors import XrayfmError
+from xrayfm.data.registry import build_dataset, get_dataset_info
+from xrayfm.errors import UnknownNameError, XrayfmError
 from xrayfm.io import IMAGE_SUFFIXES, read_xray
 from xrayfm.progress import progress
 
@@ -109,7 +109,41 @@ def summarize_dataset(ds: XrayDataset, *, check: int = 200) -> dict[str, Any]:
     if ds.task_for("mask") is not None:
         out["masks"] = {"images_with_masks": sum(r.mask is not None for r in recs)}
     out.update(_check_samples(ds, check))
+    split_problem = train_split_problem(ds) if ds.split == "all" else None
+    if split_problem:
+        out["problems"].insert(0, split_problem)
+    elif not recs:
+        out["problems"].insert(0, f"{ds.root}: no image is in split {ds.split!r}")
     return out
+
+
+def train_split_problem(ds: XrayDataset) -> str | None:
+    """Say so when a dataset's split assigns none of its images to ``train``.
+
+    A set shipped as one split (every row ``split=test``) inspects cleanly but cannot be
+    fine-tuned on; this names the split counts and the way out.
+
+    Args:
+        ds: The dataset, built with split ``all``.
+
+    Returns:
+        The problem as one line, or None when some image is in ``train`` (or there is none).
+    """
+    splits = Counter(str(r.meta.get("split", ds.split)) for r in ds.records)
+    if not ds.records or splits.get("train"):
+        return None
+    given = ", ".join(f"{k} {n}" for k, n in sorted(splits.items()))
+    try:
+        has_split_column = "split_column" in get_dataset_info(ds.name).options()
+    except UnknownNameError:  # a dataset built outside the registry
+        has_split_column = False
+    fix = (
+        "to train on them, pass -o split_column= (split_column='' in Python) for a 70/10/20 split by hashed patient id"
+        if has_split_column
+        else f"see `xrayfm datasets {ds.name}` for how this adapter assigns splits"
+    )
+    source = "split column" if has_split_column else "splits"
+    return f"{ds.root}: 0 of {len(ds)} images are in split 'train' ({source}: {given}); {fix}"
 
 
 def _check_samples(ds: XrayDataset, check: int) -> dict[str, Any]:
@@ -157,12 +191,25 @@ def summarize_folder(root: Path, *, check: int = 200) -> dict[str, Any]:
 def inspect_path(
     path: Path, *, dataset: str | None = None, split: str = "all", check: int = 200, **opts: Any
 ) -> dict[str, Any]:
-    """Summarise a file, a dataset root (layout detected or named), or a loose image folder."""
+    """Summarise a file, a dataset root (layout detected or named), or a loose image folder.
+
+    Args:
+        path: An image file or a folder.
+        dataset: Adapter name for a folder (default: detected from its label files).
+        split: Split of the dataset to summarise.
+        check: Images to load fully to find problems (0 none, -1 all).
+        **opts: Adapter options (see ``xrayfm datasets NAME``).
+
+    Returns:
+        What :func:`summarize_image`, :func:`summarize_dataset` or :func:`summarize_folder` returns.
+
+    Raises:
+        XrayfmError: The path is missing or not a regular file or folder, the file cannot be read,
+            or the dataset does not match its adapter.
+    """
     path = Path(path)
-    if path.is_file():
-        return summarize_image(path)
     if not path.is_dir():
-        raise XrayfmError(f"{path}: no such file or directory")
+        return summarize_image(path)  # read_xray names a missing file, a device or a FIFO
     name = dataset or detect_layout(path)
     if name is None:
         return summarize_folder(path, check=check)

@@ -204,7 +204,7 @@ def write_phantom_dataset(
     if bits not in (8, 16):
         raise XrayfmError(f"bits must be 8 or 16, got {bits}")
     if dicom and layout != "native":
-        raise XrayfmError(f"dicom=True is only available for the native layout, not {layout!r}")
+        raise XrayfmError(f"--dicom (dicom=True) is only available for the native layout, not {layout!r}")
     cfg = config or PhantomConfig()
     if size is not None:
         cfg = replace(cfg, size=size)

@@ -9,7 +9,11 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import numbers
+import os
 import pkgutil
+import types
+import typing
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +45,114 @@ class DatasetInfo:
             if k not in ("root", "split") and p.kind is inspect.Parameter.KEYWORD_ONLY
         }
 
+    def coerce_options(self, opts: dict[str, Any]) -> dict[str, Any]:
+        """Fit option values to the builder's annotations, as ``-o key=value`` cannot type them.
+
+        A single value given to a tuple option becomes a one-element tuple (``-o
+        mask_columns=mask`` is ``("mask",)``, not its letters); bool, int and float options are
+        checked; numbers given to a string option become strings (a column named ``2017``).
+
+        Args:
+            opts: Option name to value (names already checked against :meth:`options`).
+
+        Returns:
+            The options with coerced values.
+
+        Raises:
+            DatasetError: A value does not fit its option's type; the message names the option
+                and the type expected.
+        """
+        hints = typing.get_type_hints(self.builder)
+        return {k: _coerce(self.name, k, v, hints.get(k, Any)) for k, v in opts.items()}
+
 
 _REGISTRY: dict[str, DatasetInfo] = {}
+
+#: Option types checked and converted by :meth:`DatasetInfo.coerce_options`, as messages name them.
+_SCALARS: dict[type, str] = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_PLURALS: dict[type, str] = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
+
+
+def _union_members(hint: Any) -> tuple[Any, ...]:
+    """The members of a union annotation (``str | None`` -> ``(str, NoneType)``), else ``(hint,)``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _is_tuple(hint: Any) -> bool:
+    return hint is tuple or typing.get_origin(hint) is tuple
+
+
+def _scalar(value: Any, kind: type) -> Any:
+    """``value`` as ``kind`` (bool, int, float or str); ValueError when it is not one."""
+    if isinstance(value, bool) or kind is bool:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is bool and isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"  # -o flag=true (Python's True is parsed already)
+    elif isinstance(value, numbers.Integral) and kind in (int, float, str):
+        return kind(int(value))  # str: a column named 2017, parsed as a number
+    elif isinstance(value, numbers.Real) and kind in (float, str):
+        return kind(float(value))
+    elif isinstance(value, (str, os.PathLike)) and kind is str:
+        return str(value)
+    raise ValueError(value)
+
+
+def _item_kinds(hint: Any, n: int) -> tuple[type | None, ...] | None:
+    """Types of the ``n`` items of a tuple annotation (None: unchecked); None when ``n`` does not fit."""
+    args = typing.get_args(hint)
+    if not args:
+        return (None,) * n
+    if len(args) == 2 and args[1] is Ellipsis:
+        return (args[0] if args[0] in _SCALARS else None,) * n
+    if len(args) != n:
+        return None
+    return tuple(a if a in _SCALARS else None for a in args)
+
+
+def _describe(members: tuple[Any, ...]) -> str:
+    """What an annotation accepts, in words: ``an integer or None``."""
+    words = []
+    for m in members:
+        args = typing.get_args(m)
+        if m in _SCALARS:
+            words.append(_SCALARS[m])
+        elif m is type(None):
+            words.append("None")
+        elif len(args) == 2 and args[1] is Ellipsis and args[0] in _PLURALS:
+            words.append(f"a comma-separated list of {_PLURALS[args[0]]}")
+        elif args and args[-1] is not Ellipsis:
+            words.append(f"{len(args)} comma-separated values")
+        else:
+            words.append("a comma-separated list")
+    return " or ".join(words)
+
+
+def _coerce(dataset: str, key: str, value: Any, hint: Any) -> Any:
+    """Fit one option value to its annotation (see :meth:`DatasetInfo.coerce_options`)."""
+    members = _union_members(hint)
+    if value is None and type(None) in members:
+        return None
+    if any(m not in _SCALARS and m is not type(None) and not _is_tuple(m) for m in members):
+        return value  # a mapping, a sequence, Any: the builder checks it
+    if not isinstance(value, (tuple, list)):
+        for kind in (m for m in members if m in _SCALARS):
+            try:
+                return _scalar(value, kind)
+            except ValueError:
+                continue
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    for m in members:
+        kinds = _item_kinds(m, len(items)) if _is_tuple(m) else None
+        if kinds is None:
+            continue
+        try:
+            return tuple(v if k is None else _scalar(v, k) for v, k in zip(items, kinds))
+        except ValueError:
+            continue
+    raise DatasetError(f"dataset {dataset!r}: option {key}={value!r} must be {_describe(members)}")
 
 
 def register_dataset(
@@ -130,7 +240,8 @@ def build_dataset(
 
     Raises:
         UnknownNameError: Unknown adapter, split or option.
-        DatasetError: ``root`` is missing or not in the expected layout.
+        DatasetError: An option value of the wrong type, or ``root`` is missing or not in the
+            expected layout.
     """
     info = get_dataset_info(name)
     check_choice("split", split, SPLIT_NAMES)
@@ -140,6 +251,7 @@ def build_dataset(
         raise UnknownNameError(
             f"dataset {name!r} has no option(s) {unknown}; its options are: {', '.join(allowed) or 'none'}"
         )
+    opts = info.coerce_options(opts)
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{name}: dataset root {root} is not a directory")

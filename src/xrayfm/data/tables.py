@@ -87,7 +87,7 @@ def require_images(records: Sequence[Record], name: str, *, missing: str = "erro
         first = next(r.image for r in records if not os.path.isfile(r.image))
         raise DatasetError(
             f"{name}: {absent} of {len(records)} labelled images are missing (first: {first}); "
-            "pass missing='skip' to use the images that are present"
+            "pass -o missing=skip (missing='skip' in Python) to use the images that are present"
         )
     if records and not kept:
         raise DatasetError(f"{name}: none of the {len(records)} labelled images exist under the root")

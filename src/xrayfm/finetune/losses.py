@@ -5,7 +5,7 @@
 - multi-class: cross-entropy over rows with a known one-hot label (focal modulation optional);
 - segmentation: BCE + soft Dice (segmentation-models-pytorch) per mask channel, pixels marked
   255 ignored;
-- detection: the sum of torchvision Faster R-CNN's RPN and RoI losses.
+- detection: the sum of torchvision Faster R-CNN's RPN and RoI losses over the box-annotated images.
 """
 
 from __future__ import annotations

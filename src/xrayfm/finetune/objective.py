@@ -34,6 +34,21 @@ class FinetuneObjective(nn.Module):
         self.focal_gamma = focal_gamma
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The summed task losses of a collated batch.
+
+        A detection task learns only from the images that carry a box annotation (a Sample
+        without ``boxes`` has none; an empty ``boxes`` says "no lesion"); a batch without any
+        contributes a zero detection loss.
+
+        Args:
+            batch: A batch of :func:`~xrayfm.data.sample.collate_samples`.
+
+        Returns:
+            The scalar loss.
+
+        Raises:
+            XrayfmError: An image of the batch has boxes without box labels.
+        """
         targets = {}
         for t in self.model.tasks:
             if t.kind == "detection":
@@ -42,8 +57,6 @@ class FinetuneObjective(nn.Module):
                 except ValueError as exc:
                     ids = [m.get("id") for m in batch.get("meta", [])]
                     raise XrayfmError(f"task {t.name!r}, batch of images {ids}: {exc}") from None
-                if targets[t.name] is None:
-                    raise XrayfmError(f"task {t.name!r}: the batch carries no boxes")
         outputs = self.model(batch["image"], targets)
         losses = [
             task_loss(t, outputs[t.name], batch, pos_weight=self.pos_weight.get(t.name), focal_gamma=self.focal_gamma)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from xrayfm.data.base import XrayDataset
+from xrayfm.data.inspect import train_split_problem
 from xrayfm.data.registry import build_dataset
 from xrayfm.data.sample import collate_samples
 from xrayfm.data.transforms import FinetuneAugment
@@ -33,7 +34,8 @@ from xrayfm.models.registry import backbone_kwargs, create_model
 from xrayfm.models.task_checkpoint import save_task_model
 from xrayfm.models.task_model import XrayModel
 from xrayfm.tasks import TASK_KINDS
-from xrayfm.train import TrainConfig, train
+from xrayfm.train import TrainConfig, is_global_zero, train
+from xrayfm.train.config import engine_options, write_run_config
 
 log = logging.getLogger(__name__)
 
@@ -112,23 +114,46 @@ def _select_tasks(ds: XrayDataset, names: list[str] | None) -> list:
     return usable
 
 
+def _annotated_box_tasks(ds: XrayDataset, tasks: list, *, requested: bool) -> list:
+    """Box tasks train only on box-annotated images: one whose training split has none is refused
+    when the user asked for it, else left out with a warning (e.g. ChestX-ray14, whose boxes are
+    in the official test list)."""
+    if any(r.boxes is not None for r in ds.records):
+        return tasks
+    keep = []
+    for t in tasks:
+        if t.kind != "detection":
+            keep.append(t)
+            continue
+        problem = f"{ds.name}/{ds.split}: none of the {len(ds)} training images has a box annotation for {t.name!r}"
+        if requested:
+            raise DatasetError(f"{problem}; choose another --task, or a split or -o option that includes boxes")
+        log.warning("%s; not training it", problem)
+    if not keep:
+        raise DatasetError(f"{ds.name}/{ds.split}: nothing to train: no task has annotations in the training split")
+    return keep
+
+
 def _check_labels(ds: XrayDataset, tasks: list, allow_empty: bool) -> None:
     """Refuse a training split where a classification task has no known labels or a class never
     occurs, before any training time is spent."""
     for t in tasks:
+        if t.kind == "detection":  # checked by _annotated_box_tasks
+            continue
         if t.kind == "segmentation":
             if not any(r.mask is not None for r in ds.records):
                 raise DatasetError(f"{ds.name}/{ds.split}: task {t.name!r} but no sample has a mask")
             continue
         labels = [r.labels for r in ds.records if r.labels is not None]
         if not labels:
-            raise DatasetError(f"{ds.name}/{ds.split}: task {t.name!r} but no sample has labels")
+            raise DatasetError(f"{ds.name}/{ds.split}: task {t.name!r} but none of the {len(ds)} images has labels")
         stack = torch.from_numpy(np.stack(labels))
         empty = [c for c, col in zip(t.classes, stack.T) if not (col == 1).any()]
         if empty and not allow_empty:
             raise DatasetError(
                 f"{ds.name}/{ds.split}: no positive sample of {empty} in the training set of {len(ds)} images; "
-                "choose other classes, a larger train fraction, or allow_empty_classes=True to train anyway"
+                "choose other classes, a larger train fraction, or --allow-empty-classes (allow_empty_classes=True in "
+                "Python) to train anyway"
             )
         if empty:
             log.warning("%s/%s: no positive sample of %s in the training subset", ds.name, ds.split, empty)
@@ -137,18 +162,25 @@ def _check_labels(ds: XrayDataset, tasks: list, allow_empty: bool) -> None:
 def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Adapt a backbone to a dataset, save the model, evaluate it; returns the run summary.
 
-    The summary (``OUT/summary.json``) holds the parameter counts, the training subset, the final
-    loss and the metrics (with 95% bootstrap intervals) per evaluated split.
+    The settings go first to ``OUT/config.yaml`` in ``xrayfm finetune``'s option names (see
+    :func:`write_finetune_config`). The summary (``OUT/summary.json``) holds the parameter counts,
+    the training subset, the final loss and the metrics (with 95% bootstrap intervals) per
+    evaluated split.
     """
     from xrayfm.evaluate.run import evaluate_dataset
 
     out = Path(cfg.train.out_dir)
+    write_finetune_config(cfg, out / "config.yaml")
     full = build_dataset(
         cfg.dataset, cfg.root, "train", transform=FinetuneAugment(cfg.img_size, flip=cfg.flip), **cfg.dataset_options
     )
+    if not len(full):  # say which splits the images are in, not that no sample has labels
+        every = build_dataset(cfg.dataset, cfg.root, "all", **cfg.dataset_options)
+        raise DatasetError(train_split_problem(every) or f"{cfg.dataset}: {cfg.root} has no images")
     tasks = _select_tasks(full, cfg.tasks)
     idx = fraction_subset(full, cfg.train_fraction, seed=cfg.train.seed)
     train_ds = full.subset(idx) if len(idx) < len(full) else full
+    tasks = _annotated_box_tasks(train_ds, tasks, requested=bool(cfg.tasks))
     _check_labels(train_ds, tasks, cfg.allow_empty_classes)
 
     kwargs = backbone_kwargs(cfg.arch, img_size=cfg.img_size, drop_path=cfg.drop_path)
@@ -174,6 +206,10 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     result = train(objective, train_ds, tc, batch_to_input=lambda b: b, collate_fn=collate_samples,
                    param_groups=groups)  # fmt: skip
 
+    summary = {"config": _jsonable(asdict(cfg)), "parameters": params, "train_images": len(train_ds),
+               "final_loss": result["loss"], "evaluations": {}}  # fmt: skip
+    if not is_global_zero():  # with several processes rank 0 alone saves and evaluates
+        return summary
     merge_lora(model)
     model_kwargs = {k: v for k, v in kwargs.items() if k != "drop_path_rate"}
     info = {
@@ -207,16 +243,39 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             threshold=cfg.threshold,
             model_name=f"{cfg.arch} ({cfg.mode}, from {cfg.pretrained or 'random init'}) in {out / 'model'}",
         )
-    summary = {
-        "config": _jsonable(asdict(cfg)),
-        "parameters": params,
-        "train_images": len(train_ds),
-        "final_loss": result["loss"],
-        "evaluations": evaluations,
-    }
+    summary["evaluations"] = evaluations
     atomic_write_json(out / "summary.json", summary)
     return summary
 
 
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
+
+
+#: TrainConfig fields named otherwise on the command line (``min_lr``, ``betas`` and ``extra`` have no option).
+def write_finetune_config(cfg: FinetuneConfig, path: str | Path) -> Path:
+    """Write ``cfg`` in ``xrayfm finetune``'s option names (atomically), so that
+    ``xrayfm finetune --config PATH DATASET ROOT`` runs the same settings.
+
+    Settings that are None are left out (each such option defaults to None); adapter options
+    become ``-o key=value`` strings with Python-literal values.
+
+    Args:
+        cfg: The run's settings.
+        path: The file to write (``OUT/config.yaml``).
+
+    Returns:
+        The path written.
+    """
+    settings = {
+        "dataset": cfg.dataset, "root": cfg.root, "option": cfg.dataset_options, "task": list(cfg.tasks or []),
+        "arch": cfg.arch, "pretrained": cfg.pretrained, "img_size": cfg.img_size, "mode": cfg.mode,
+        "lora_rank": cfg.lora.rank, "lora_alpha": cfg.lora.alpha, "lora_dropout": cfg.lora.dropout,
+        "lora_targets": cfg.lora.target_modules, "layer_decay": 1.0 if cfg.layer_decay is None else cfg.layer_decay,
+        "drop_path": cfg.drop_path, "dropout": cfg.dropout, "decoder": cfg.decoder,
+        "train_fraction": cfg.train_fraction, "allow_empty_classes": cfg.allow_empty_classes,
+        "pos_weight": cfg.pos_weight, "focal_gamma": cfg.focal_gamma, "flip": cfg.flip,
+        "grad_checkpointing": cfg.grad_checkpointing, "epochs": cfg.epochs, "eval_split": list(cfg.eval_splits),
+        "n_boot": cfg.n_boot, "threshold": cfg.threshold, **engine_options(cfg.train),
+    }  # fmt: skip
+    return write_run_config(path, settings)

@@ -5,7 +5,9 @@ Every combination is an ordinary fine-tuning run in its own folder. A finished r
 run now (its folder aside), so an interrupted sweep continues where it stopped and a changed
 setting runs again instead of reporting stale numbers. The table (``sweep.csv``: one row per run,
 split, task and headline metric, with its 95% CI) and a Markdown summary (mean over seeds) are
-rewritten atomically after every run.
+rewritten atomically after every run. Each run is announced on the ``xrayfm.progress`` logger
+(:mod:`xrayfm.progress`) when it starts and when it ends (or is reused), with its time and
+headline metrics: ``run 3/12 eva_x_tiny full f0.1 s0: done in 41 s, test labels mean_auroc 0.712``.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import itertools
 import json
 import logging
 import math
 import shutil
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -26,8 +30,11 @@ from typing import Any
 from xrayfm.errors import XrayfmError
 from xrayfm.finetune.run import FinetuneConfig, run_finetune
 from xrayfm.io.atomic import atomic_write_text
+from xrayfm.progress import PROGRESS_LOGGER, format_duration
+from xrayfm.train import is_global_zero
 
 log = logging.getLogger(__name__)
+progress_log = logging.getLogger(PROGRESS_LOGGER)
 
 COLUMNS = ("backbone", "arch", "mode", "fraction", "seed", "train_images", "trainable_percent", "split", "task",
            "metric", "value", "low", "high")  # fmt: skip
@@ -179,6 +186,9 @@ def run_sweep(
 ) -> Path:
     """Run every combination (reusing runs finished with the same config); returns the path of ``sweep.csv``.
 
+    Rank 0 logs a line on the ``xrayfm.progress`` logger when a run starts and when it is done
+    (with its time and headline metrics) or reused.
+
     Args:
         base: Settings shared by all runs (dataset, image size, steps, lr...).
         backbones: Backbones to compare.
@@ -186,25 +196,51 @@ def run_sweep(
         fractions: Training fractions.
         seeds: Seeds (subset choice, initialisation of heads, data order).
         out_dir: Sweep folder; run ``LABEL_MODE_fFRACTION_sSEED`` lives inside.
+
+    Returns:
+        The path of ``sweep.csv`` (``sweep.md`` beside it).
+
+    Raises:
+        XrayfmError: A run's settings are unusable (see :func:`~xrayfm.finetune.run.run_finetune`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    for bb in backbones:
-        for mode in modes:
-            for fraction in fractions:
-                for seed in seeds:
-                    run_dir = run_folder(out, bb, mode, fraction, seed)
-                    cfg = copy.deepcopy(base)
-                    cfg.arch, cfg.pretrained, cfg.mode = bb.arch, bb.pretrained, mode
-                    cfg.train_fraction, cfg.train.seed, cfg.train.out_dir = fraction, seed, str(run_dir)
-                    summary = _finished_summary(run_dir, cfg)
-                    if summary is None:
-                        log.info("sweep run %s", run_dir.name)
-                        summary = run_finetune(cfg)
-                    rows.extend(_rows(bb, mode, fraction, seed, summary))
-                    _write(out, rows)
+    runs = list(itertools.product(backbones, modes, fractions, seeds))
+    for i, (bb, mode, fraction, seed) in enumerate(runs, 1):
+        run_dir = run_folder(out, bb, mode, fraction, seed)
+        name = f"run {i}/{len(runs)} {bb.label} {mode} f{fraction:g} s{seed}"
+        cfg = copy.deepcopy(base)
+        cfg.arch, cfg.pretrained, cfg.mode = bb.arch, bb.pretrained, mode
+        cfg.train_fraction, cfg.train.seed, cfg.train.out_dir = fraction, seed, str(run_dir)
+        summary = _finished_summary(run_dir, cfg)
+        if summary is None:
+            if is_global_zero():
+                progress_log.info("%s: started", name)
+            t0 = time.perf_counter()
+            summary = run_finetune(cfg)
+            if is_global_zero():
+                took = format_duration(time.perf_counter() - t0)
+                progress_log.info("%s: done in %s, %s", name, took, _headline(summary))
+        elif is_global_zero():
+            progress_log.info("%s: reused, %s", name, _headline(summary))
+        rows.extend(_rows(bb, mode, fraction, seed, summary))
+        _write(out, rows)
     return out / "sweep.csv"
+
+
+def _headline(summary: dict[str, Any]) -> str:
+    """The headline metrics of a run's last evaluated split: ``test labels mean_auroc 0.712, ...``."""
+    if not summary["evaluations"]:
+        return "not evaluated"
+    split, result = list(summary["evaluations"].items())[-1]
+    values = [
+        f"{task} {metric} {ci['value']:.3f}"
+        for task, res in result["tasks"].items()
+        for metric, ci in res["headline"].items()
+        if ci["value"] is not None
+    ]
+    return f"{split} {', '.join(values)}" if values else f"{split}: no headline metric"
 
 
 def _write(out: Path, rows: list[dict[str, Any]]) -> None:

@@ -106,6 +106,45 @@ def _voi_to_unit(arr: np.ndarray, ds: pydicom.Dataset, voi: VoiMode) -> tuple[np
     return ((arr.astype(np.float64) - lo) / (hi - lo)).astype(np.float32), "minmax"
 
 
+def _is_compressed(ds: pydicom.Dataset) -> bool | None:
+    """Whether the pixel data is encapsulated (compressed); None when the transfer syntax is unknown."""
+    tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    try:
+        return None if tsyntax is None else bool(tsyntax.is_encapsulated)
+    except ValueError:  # not a transfer syntax UID (a damaged header)
+        return None
+
+
+def _native_pixel_bytes(ds: pydicom.Dataset) -> int | None:
+    """Bytes of uncompressed pixel data the image attributes declare; None if compressed or undeclared."""
+    if _is_compressed(ds) is not False:
+        return None
+    try:
+        values = int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1)
+        return (values * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) + 7) // 8
+    except Exception:  # missing or garbled attributes: reported when the pixels are read
+        return None
+
+
+def _no_pixel_data(path: Path, ds: pydicom.Dataset) -> ImageReadError:
+    """The error for a file without pixel data: truncated (or stripped) image, or a non-image object."""
+    meta = getattr(ds, "file_meta", None)
+    sop = meta.get("MediaStorageSOPClassUID") if meta is not None else ds.get("SOPClassUID")
+    sop_name = getattr(sop, "name", "")
+    expected = _native_pixel_bytes(ds)
+    if expected is not None:
+        return ImageReadError(
+            f"{path}: no pixel data: {expected:,} bytes expected ({ds.Columns}x{ds.Rows}, "
+            f"{ds.BitsAllocated} bits allocated), 0 present; the file is truncated or its pixels were removed"
+        )
+    if "Image Storage" in sop_name:
+        return ImageReadError(
+            f"{path}: no pixel data in this {sop_name} file of {path.stat().st_size:,} bytes: it is truncated "
+            "(or its pixels were removed)"
+        )
+    return ImageReadError(f"{path}: DICOM file has no pixel data (e.g. a report or structured document)")
+
+
 def read_dicom(
     path: Path,
     *,
@@ -127,9 +166,12 @@ def read_dicom(
         ``(pixels, meta)``; pixels (H, W), bright = dense tissue whatever the photometric.
 
     Raises:
-        ImageReadError: Not DICOM, no pixel data, multi-frame, colour, or undecodable.
-        UnsafeInputError: Declared size above ``limits``.
+        ImageReadError: Missing or not a regular file, not DICOM, no pixel data, truncated,
+            multi-frame, colour, or undecodable.
+        UnsafeInputError: File or declared size above ``limits``.
     """
+    path = Path(path)
+    limits.check_file(path)  # before opening: a FIFO or device would block or never end
     try:
         ds = pydicom.dcmread(path, force=False)
     except InvalidDicomError:
@@ -137,7 +179,7 @@ def read_dicom(
     except Exception as exc:  # pydicom raises many types on broken headers
         raise ImageReadError(f"{path}: corrupt DICOM header ({type(exc).__name__}: {exc})") from None
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise ImageReadError(f"{path}: DICOM file has no pixel data (e.g. a report or structured document)")
+        raise _no_pixel_data(path, ds)
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -153,16 +195,24 @@ def read_dicom(
             f"{ds.get('PhotometricInterpretation', '?')}); radiographs are expected to be greyscale"
         )
     tsyntax = ds.file_meta.get("TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
+    expected, present = _native_pixel_bytes(ds), len(ds.get("PixelData", b""))
+    if expected is not None and "PixelData" in ds and present < expected:
+        raise ImageReadError(
+            f"{path}: truncated: {expected:,} bytes of pixel data expected ({cols}x{rows}, "
+            f"{ds.BitsAllocated} bits allocated), {present:,} present"
+        )
     try:
         raw = ds.pixel_array
     except (UnsafeInputError, ImageReadError):
         raise
     except Exception as exc:
         name = tsyntax.name if tsyntax is not None else "unknown transfer syntax"
-        raise ImageReadError(
-            f"{path}: cannot decode pixel data ({name}): {exc}. Compressed syntaxes need a decoder "
-            "plugin (Pillow handles JPEG/JPEG 2000; install pylibjpeg for JPEG-LS)"
-        ) from None
+        plugin = (
+            ". Compressed syntaxes need a decoder plugin (Pillow handles JPEG/JPEG 2000; install pylibjpeg for JPEG-LS)"
+            if _is_compressed(ds) is not False
+            else ""
+        )
+        raise ImageReadError(f"{path}: cannot decode pixel data ({name}): {exc}{plugin}") from None
     if raw.ndim != 2:
         raise ImageReadError(f"{path}: expected a 2-D image, decoded shape {raw.shape}")
     try:

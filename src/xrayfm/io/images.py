@@ -89,9 +89,11 @@ def read_raster(
         bit depth and original size.
 
     Raises:
-        ImageReadError: The file is corrupt, truncated or of an unsupported kind.
-        UnsafeInputError: The declared size exceeds ``limits``.
+        ImageReadError: The file is missing, not a regular file, corrupt, truncated or of an
+            unsupported kind.
+        UnsafeInputError: The file or its declared size exceeds ``limits``.
     """
+    limits.check_file(path)  # before opening: a FIFO or device would block or never end
     try:
         with warnings.catch_warnings():
             # Size is checked by ReadLimits below; Pillow's own warning would only duplicate it.

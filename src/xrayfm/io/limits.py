@@ -8,10 +8,24 @@ hanging. The defaults admit every real radiograph (a 43x43 cm detector at 0.1 mm
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from xrayfm.errors import ImageReadError, UnsafeInputError
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _file_kind(mode: int) -> str:
+    """What a file that is not a regular one is, in words, from its ``st_mode``: ``a FIFO``."""
+    return next((word for test, word in _FILE_KINDS if test(mode)), "an unknown kind of file")
 
 
 @dataclass(frozen=True)
@@ -44,8 +58,8 @@ class ReadLimits:
             raise ImageReadError(f"{path}: file not found") from None
         except OSError as exc:
             raise ImageReadError(f"{path}: cannot be opened ({exc.strerror})") from None
-        if not Path(path).is_file():
-            raise ImageReadError(f"{path}: not a regular file")
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageReadError(f"{path}: not a regular file ({_file_kind(st.st_mode)})")
         if st.st_size == 0:
             raise ImageReadError(f"{path}: file is empty (0 bytes)")
         if st.st_size > self.max_file_bytes:

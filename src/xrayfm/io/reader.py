@@ -100,7 +100,7 @@ def read_xray(
     if check_extension and suffix not in EXTENSIONS[fmt] and (suffix in IMAGE_SUFFIXES or fmt != "dicom"):
         raise ImageReadError(
             f"{path}: extension {suffix or '(none)'!r} does not match its content ({fmt.upper()}); "
-            "rename the file or pass check_extension=False"
+            "rename the file to match its content (or read it with check_extension=False in Python)"
         )
     if fmt == "dicom":
         pixels, meta = read_dicom(path, limits=limits, voi=voi)

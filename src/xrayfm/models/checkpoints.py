@@ -55,7 +55,7 @@ def read_state_dict(path: str | Path, *, allow_unsafe: bool = False) -> dict[str
         detail = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), "")
         raise XrayfmError(
             f"{path}: the file needs unsafe unpickling: it stores Python objects, not only tensors "
-            f"({detail}). Load it only if you trust its source, with allow_unsafe=True"
+            f"({detail}). Load it only if you trust its source, with create_model(..., allow_unsafe=True)"
         ) from None
     except Exception as exc:
         raise XrayfmError(f"{path}: not a readable PyTorch weight file ({type(exc).__name__}: {exc})") from None

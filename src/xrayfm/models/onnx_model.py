@@ -88,10 +88,24 @@ class OnnxModel:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.size = int(self.meta["input_size"])
 
-    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Logits per task for grey [0, 1] images (N, 1, S, S)."""
+    def __call__(self, x: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
+        """Logits per task for grey [0, 1] images.
+
+        Args:
+            x: Images (N, 1, S, S), a tensor or a numpy array (converted to float32).
+
+        Returns:
+            Task name to its logits.
+
+        Raises:
+            XrayfmError: ``x`` is neither a tensor nor an array, or not of shape (N, 1, S, S).
+        """
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+        elif not isinstance(x, np.ndarray):
+            raise XrayfmError(f"the ONNX model takes a tensor or numpy array of images, got {type(x).__name__}")
         if x.ndim != 4 or tuple(x.shape[1:]) != (1, self.size, self.size):
             raise XrayfmError(f"the ONNX model takes images (N, 1, {self.size}, {self.size}), got {tuple(x.shape)}")
-        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        arr = np.ascontiguousarray(x, dtype=np.float32)
         outs = self.session.run(self.output_names, {self.input_name: arr})
         return {name: torch.from_numpy(o) for name, o in zip(self.output_names, outs)}

@@ -168,8 +168,10 @@ def create_model(
         name: An xrayfm model (``eva_x_small_patch16``, tags such as ``.mim_merged520k``) or any
             timm model name, tags included (``resnet18.a1_in1k``).
         pretrained: Weight file (.safetensors / .pt, EVA-X release layout accepted), a folder
-            holding an xrayfm export (e.g. a finished pretraining run: its architecture and
-            preprocessing come with it), ``True`` for the tag's download, or None / False.
+            holding an xrayfm export (e.g. a finished pretraining run: its architecture,
+            preprocessing and constructor arguments come with it; a model exported at one input
+            size also takes any other multiple of its patch size, and ``img_size`` here sets the
+            size it is built at), ``True`` for the tag's download, or None / False.
         allow_unsafe: Permit unpickling a trusted file that is not weights-only.
         **kwargs: Passed to the model constructor (``num_classes``, ``img_size``, ``drop_path_rate``...).
 
@@ -186,7 +188,10 @@ def create_model(
         pretrained, sidecar = read_export(pretrained)
         if split_model_name_tag(sidecar.get("arch", ""))[0] != split_model_name_tag(name)[0]:
             raise XrayfmError(f"{pretrained}: exported for {sidecar.get('arch')!r}, not {name!r}")
-        kwargs = {**sidecar.get("model_kwargs", {}), **kwargs}
+        exported = dict(sidecar.get("model_kwargs", {}))
+        if exported.get("img_size"):  # the run's size, but any multiple of the patch works (timm's dynamic size)
+            exported.update(backbone_kwargs(name, img_size=exported["img_size"]))
+        kwargs = {**exported, **kwargs}
         overlay.update(resolve_preprocess(sidecar).timm_overlay())
     if kwargs.get("img_size"):
         size = kwargs["img_size"]

@@ -100,12 +100,13 @@ class XrayModel(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        targets: dict[str, list[dict[str, torch.Tensor]]] | None = None,
+        targets: dict[str, list[dict[str, torch.Tensor] | None]] | None = None,
         tasks: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """Outputs per task: logits (N, K) for classification, (N, M, H, W) for segmentation;
         for detection, per-image ``boxes`` / ``scores`` / ``labels`` — or, when ``targets[task]``
-        is given (training), torchvision's loss dict. ``tasks`` restricts which heads run."""
+        is given (training; None for an image without a box annotation, which that head then
+        skips), torchvision's loss dict. ``tasks`` restricts which heads run."""
         selected = self.tasks if tasks is None else [t for t in self.tasks if t.name in tasks]
         x = self.normalize(x)
         if self.pyramid is None or not any(t.kind in DENSE_KINDS for t in selected):

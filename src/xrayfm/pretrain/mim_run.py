@@ -20,9 +20,11 @@ from xrayfm.models import create_model
 from xrayfm.models.export import export_backbone, read_export
 from xrayfm.models.preprocess import resolve_preprocess
 from xrayfm.pretrain.mim import MaskedFeatureModeling
-from xrayfm.train import TrainConfig, train
+from xrayfm.train import TrainConfig, is_global_zero, train
+from xrayfm.train.config import engine_options, write_run_config
 
 
+#: TrainConfig fields named otherwise on the command line (``min_lr``, ``betas`` and ``extra`` have no option).
 def _images(batch: dict[str, Any]) -> Any:
     """The image tensor of a collated Sample batch (the engine stays objective-agnostic)."""
     return batch["image"]
@@ -60,8 +62,21 @@ def run_mim(
         std: Normalisation std (default: the student's record: EVA-X's 0.28509).
         grad_checkpointing: Recompute student block activations in the backward pass (less
             memory, about a third more compute).
+
+    Returns:
+        The export folder (``OUT/export``). ``OUT/config.yaml`` records the settings in ``xrayfm
+        pretrain mim``'s option names, so ``xrayfm pretrain mim --config OUT/config.yaml DATASET
+        ROOT`` runs them again.
+
+    Raises:
+        XrayfmError: A non-positive ``std``, or a dataset, model or teacher that cannot be built.
     """
     cfg = train_config or TrainConfig()
+    write_run_config(Path(cfg.out_dir) / "config.yaml", {
+        "dataset": dataset, "root": root, "arch": arch, "teacher": teacher, "teacher_arch": teacher_arch,
+        "img_size": img_size, "mask_ratio": mask_ratio, "mean": mean, "std": std, "option": dataset_options,
+        "grad_checkpointing": grad_checkpointing, **engine_options(cfg),
+    })  # fmt: skip
     student = create_model(arch, num_classes=0, global_pool="token", img_size=img_size)
     record = resolve_preprocess(student)
     if std is not None and std <= 0:
@@ -83,6 +98,8 @@ def run_mim(
         student, teacher_model, target="teacher" if teacher_model is not None else "pixel", mask_ratio=mask_ratio
     )
     train(objective, ds, cfg, batch_to_input=_images, collate_fn=collate_samples)
+    if not is_global_zero():  # with several processes rank 0 alone writes the export
+        return Path(cfg.out_dir) / "export"
     state = {
         k.replace("norm.", "fc_norm.", 1) if k.startswith("norm.") else k: v for k, v in student.state_dict().items()
     }

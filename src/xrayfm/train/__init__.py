@@ -7,8 +7,9 @@ none of them.
 
 from xrayfm.train.checkpoint import CHECKPOINT
 from xrayfm.train.config import TrainConfig
+from xrayfm.train.distributed import check_devices, is_global_zero
 from xrayfm.train.engine import train
 from xrayfm.train.sampler import StepSampler
 from xrayfm.train.schedules import cosine_lr
 
-__all__ = ["CHECKPOINT", "StepSampler", "TrainConfig", "cosine_lr", "train"]
+__all__ = ["CHECKPOINT", "StepSampler", "TrainConfig", "check_devices", "cosine_lr", "is_global_zero", "train"]

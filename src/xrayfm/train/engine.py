@@ -6,12 +6,16 @@ so the same call runs on a laptop CPU and a GPU cluster. Runs are exactly resuma
 order is a seeded permutation per epoch sharded by rank (:class:`StepSampler`), the global RNG is
 re-seeded before every forward pass (:func:`micro_batch_seed`), and checkpoints (model,
 optimiser, scheduler, step) are swapped in atomically (:mod:`xrayfm.train.checkpoint`).
+Rank 0 reports progress: a bar on a terminal, else every ``log_every`` steps a line on the
+``xrayfm.progress`` logger (:mod:`xrayfm.progress`), such as
+``step 40/200  loss 0.6931  lr 2.9e-04  12.3 img/s  ETA 0:01:05``.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -25,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from xrayfm.errors import XrayfmError
-from xrayfm.progress import progress
+from xrayfm.progress import PROGRESS_LOGGER, format_clock, progress, progress_enabled
 from xrayfm.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from xrayfm.train.config import TrainConfig
 from xrayfm.train.distributed import copy_full_weights, is_sharded, make_fabric
@@ -33,6 +37,8 @@ from xrayfm.train.optim import build_optimizer, named_param_groups
 from xrayfm.train.sampler import StepSampler
 from xrayfm.train.schedules import cosine_scheduler
 from xrayfm.train.seeding import micro_batch_seed
+
+progress_log = logging.getLogger(PROGRESS_LOGGER)
 
 
 def train(
@@ -48,7 +54,10 @@ def train(
     """Optimise ``objective`` (a module whose forward returns the loss) on ``dataset``.
 
     Resumes from ``out_dir/last.ckpt`` (a file, or a folder under FSDP) when it exists. Loss,
-    learning rate and throughput go to ``metrics.csv`` and to TensorBoard (``out_dir/tensorboard``).
+    learning rate and throughput go every ``cfg.log_every`` steps to ``metrics.csv``, to
+    TensorBoard (``out_dir/tensorboard``) and, where no progress bar is shown
+    (:func:`~xrayfm.progress.progress_enabled`), to the ``xrayfm.progress`` logger at INFO: a line
+    with the step, loss, learning rate, images per second and time left. Only rank 0 writes and reports.
     On return ``objective`` holds the trained weights as ordinary tensors on every rank (under
     FSDP a copy is sharded and trained, and its gathered weights are loaded back).
 
@@ -58,7 +67,8 @@ def train(
         cfg: Settings.
         batch_to_input: Picks the objective's input from a collated batch.
         collate_fn: DataLoader collation.
-        fabric: A launched Fabric (default: :func:`~xrayfm.train.distributed.make_fabric` of ``cfg``).
+        fabric: A launched Fabric (default: :func:`~xrayfm.train.distributed.make_fabric` of ``cfg``,
+            which first refuses device settings this machine cannot run).
         param_groups: AdamW parameter groups of ``objective`` (each with its ``lr`` and
             ``weight_decay``, e.g. layer-wise lr decay); default: every trainable parameter at
             ``cfg.lr``, no decay on biases and norms.
@@ -67,13 +77,16 @@ def train(
         ``step``, ``loss`` (mean over ranks of the last step) and ``checkpoint`` path.
 
     Raises:
-        XrayfmError: Nothing to train, a checkpoint this run cannot resume, or a non-finite loss.
+        XrayfmError: Nothing to train, device settings this machine cannot run
+            (:func:`~xrayfm.train.distributed.check_devices`), a checkpoint this run cannot
+            resume, or a non-finite loss.
     """
     groups = named_param_groups(objective, param_groups, weight_decay=cfg.weight_decay)
     if fabric is None:
         fabric = make_fabric(cfg)
     out = Path(cfg.out_dir)
-    if fabric.global_rank == 0:
+    reports = fabric.global_rank == 0  # files, metrics and progress: rank 0 only
+    if reports:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
     fabric.seed_everything(cfg.seed, verbose=False)
@@ -96,12 +109,13 @@ def train(
     loader = DataLoader(dataset, batch_size=micro, sampler=sampler, num_workers=cfg.num_workers, collate_fn=collate_fn)
     batches = iter(fabric.setup_dataloaders(loader, use_distributed_sampler=False))
     metrics = out / "metrics.csv"
-    if fabric.global_rank == 0 and not metrics.exists():
+    if reports and not metrics.exists():
         metrics.write_text("step,loss,lr,images_per_s\n")
     loss_value = float("nan")
-    t0, seen = time.perf_counter(), 0
+    lines = reports and not progress_enabled()  # no bar where nobody watches one: a line every log_every steps
+    t0, seen, first = time.perf_counter(), 0, step
     module.train()
-    for step in progress(range(step, cfg.steps), desc="training", total=cfg.steps - step, unit="step"):
+    for step in progress(range(step, cfg.steps), desc="training", total=cfg.steps - step, unit="step", show=reports):
         total = 0.0
         for k in range(cfg.accumulate):
             inputs = batch_to_input(next(batches))
@@ -121,12 +135,18 @@ def train(
         if not math.isfinite(loss_value):
             raise XrayfmError(f"loss became {loss_value} at step {step}; lower the learning rate or check the data")
         done = step + 1
-        if fabric.global_rank == 0 and (done % cfg.log_every == 0 or done == cfg.steps):
-            rate = seen * fabric.world_size / (time.perf_counter() - t0)
+        if reports and (done % cfg.log_every == 0 or done == cfg.steps):
+            elapsed = time.perf_counter() - t0
+            rate = seen * fabric.world_size / elapsed
             lr_now = max(scheduler.get_last_lr())
             with open(metrics, "a") as fh:
                 fh.write(f"{done},{loss_value:.6f},{lr_now:.3e},{rate:.2f}\n")
             fabric.log_dict({"train/loss": loss_value, "train/lr": lr_now, "train/images_per_s": rate}, step=done)
+            if lines:
+                eta = format_clock(elapsed / (done - first) * (cfg.steps - done))
+                progress_log.info(
+                    "step %d/%d  loss %.4f  lr %.1e  %.1f img/s  ETA %s", done, cfg.steps, loss_value, lr_now, rate, eta
+                )
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             state.update(step=done, scheduler=scheduler.state_dict())
             save_checkpoint(fabric, ckpt, state, sharded=sharded)

@@ -106,7 +106,7 @@ def convert_raw(src: Path, dst: Path, side: int) -> Path:
         with atomic_path(dst) as tmp:
             write_png(tmp, unit, bits=16)
     except OSError as exc:
-        raise DatasetError(f"jsrt: cannot write the converted image {dst} ({exc}); pass cache_dir=") from None
+        raise DatasetError(f"jsrt: cannot write the converted image {dst} ({exc}); pass -o cache_dir=DIR (cache_dir= in Python) to write it elsewhere") from None
     return dst
 
 
@@ -153,7 +153,7 @@ def _raw_records(
     if side not in (RAW_SIDE, SCR_SIDE):
         raise DatasetError(f"jsrt: size must be {RAW_SIDE} or {SCR_SIDE}, got {size}")
     if use_scr and side != SCR_SIDE:
-        raise DatasetError(f"jsrt: SCR masks are {SCR_SIDE}x{SCR_SIDE}; use size={SCR_SIDE} (or masks=False)")
+        raise DatasetError(f"jsrt: SCR masks are {SCR_SIDE}x{SCR_SIDE}; use -o size={SCR_SIDE} (or -o masks=False)")
     parts = split_groups([p.stem.upper() for p in sources], seed=seed)
     out_dir = cache / str(side)
     records = []

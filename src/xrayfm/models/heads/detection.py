@@ -58,33 +58,54 @@ class DetectionHead(nn.Module):
         )  # fmt: skip
 
     def forward(
-        self, image: torch.Tensor, pyramid: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None
+        self,
+        image: torch.Tensor,
+        pyramid: list[torch.Tensor],
+        targets: Sequence[dict[str, torch.Tensor] | None] | None = None,
     ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
-        """Training (with ``targets``: ``boxes`` xyxy pixels, ``labels`` 0-based): the loss dict.
+        """Training (with ``targets``, one per image: ``boxes`` xyxy pixels and 0-based ``labels``, or
+        None for an image without a box annotation): the loss dict over the annotated images only.
         Otherwise: per image ``boxes``, ``scores`` and 0-based ``labels``."""
+        shifted = None
+        if targets is not None:
+            keep = [i for i, t in enumerate(targets) if t is not None]
+            if not keep:  # nothing to learn from: a zero loss that still reaches every weight (DDP)
+                zero = sum(m.sum() for m in pyramid[-4:]) + sum(p.sum() for p in self.parameters())
+                return {"loss_unannotated": zero * 0.0}
+            if len(keep) < image.shape[0]:
+                index = torch.tensor(keep, device=image.device)
+                image, pyramid = image[index], [m[index] for m in pyramid]
+            # torchvision's class 0 is the background
+            shifted = [{"boxes": targets[i]["boxes"].float(), "labels": targets[i]["labels"].long() + 1} for i in keep]
         maps = OrderedDict((str(i), m) for i, m in enumerate(pyramid[-4:]))
         features = self.fpn(maps)
         h, w = image.shape[-2:]
         images = ImageList(image, [(h, w)] * image.shape[0])
-        shifted = None
-        if targets is not None:  # torchvision's class 0 is the background
-            shifted = [{"boxes": t["boxes"].float(), "labels": t["labels"].long() + 1} for t in targets]
         proposals, rpn_losses = self.rpn(images, features, shifted)
         detections, roi_losses = self.roi_heads(features, proposals, images.image_sizes, shifted)
-        if targets is not None:
+        if shifted is not None:
             return {**rpn_losses, **roi_losses}
         return [{"boxes": d["boxes"], "scores": d["scores"], "labels": d["labels"] - 1} for d in detections]
 
 
-def detection_targets(batch: dict[str, Any]) -> list[dict[str, torch.Tensor]] | None:
-    """torchvision-style targets from a collated batch (None when it carries no boxes).
+def detection_targets(batch: dict[str, Any]) -> list[dict[str, torch.Tensor] | None]:
+    """torchvision-style targets of a collated batch, one per image: None for an image without a
+    box annotation (a Sample without ``boxes``); an empty (0, 4) ``boxes`` is an annotation (no lesion).
+
+    Args:
+        batch: A batch of :func:`~xrayfm.data.sample.collate_samples`.
+
+    Returns:
+        Per image ``boxes`` (K, 4) and ``labels`` (K,), or None.
 
     Raises:
-        ValueError: Some images of the batch have no box annotation at all.
+        ValueError: An image has boxes but no box labels.
     """
-    boxes, labels = batch.get("boxes"), batch.get("box_labels")
-    if boxes is None:
-        return None
-    if any(b is None for b in boxes):
-        raise ValueError("every image of a detection batch needs a box annotation (possibly empty)")
-    return [{"boxes": b.reshape(-1, 4), "labels": lab.reshape(-1)} for b, lab in zip(boxes, labels)]
+    n = len(batch["image"])
+    boxes, labels = batch.get("boxes") or [None] * n, batch.get("box_labels") or [None] * n
+    targets: list[dict[str, torch.Tensor] | None] = []
+    for b, lab in zip(boxes, labels):
+        if b is not None and lab is None:
+            raise ValueError("an image has boxes but no box_labels")
+        targets.append(None if b is None else {"boxes": b.reshape(-1, 4), "labels": lab.reshape(-1)})
+    return targets
