@@ -91,14 +91,29 @@ def test_a_sharded_checkpoint_folder_needs_fsdp(tmp_path: Path) -> None:
         train(_objective(), _data(), _cfg(tmp_path), batch_to_input=lambda b: b[0])
 
 
-def test_without_a_bar_progress_is_a_line_every_log_every_steps(tmp_path: Path, monkeypatch, caplog) -> None:
+class _Collect(logging.Handler):
+    """Every record of one logger, once each (whatever handlers an in-process CLI run left on it)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_without_a_bar_progress_is_a_line_every_log_every_steps(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CI", "true")  # CI, a pipe or a log file: no bar
-    monkeypatch.setattr(logging.getLogger(PROGRESS_LOGGER), "propagate", True)  # the CLI prints it on its own
+    logger, collect = logging.getLogger(PROGRESS_LOGGER), _Collect()
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    logger.addHandler(collect)
     cfg = _cfg(tmp_path)
     cfg.steps, cfg.log_every = 7, 3
-    with caplog.at_level(logging.INFO, logger=PROGRESS_LOGGER):
+    try:
         train(_objective(), _data(), cfg, batch_to_input=lambda b: b[0])
-    lines = [r.getMessage() for r in caplog.records if r.name == PROGRESS_LOGGER]
+    finally:
+        logger.removeHandler(collect)
+    lines = collect.lines
     assert [line.split()[1] for line in lines] == ["3/7", "6/7", "7/7"]
     shape = r"step \d/7  loss \d+\.\d{4}  lr \d\.\de-0\d  \d+\.\d img/s  ETA \d:\d\d:\d\d"
     assert all(re.fullmatch(shape, line) for line in lines), lines

@@ -106,7 +106,10 @@ def convert_raw(src: Path, dst: Path, side: int) -> Path:
         with atomic_path(dst) as tmp:
             write_png(tmp, unit, bits=16)
     except OSError as exc:
-        raise DatasetError(f"jsrt: cannot write the converted image {dst} ({exc}); pass -o cache_dir=DIR (cache_dir= in Python) to write it elsewhere") from None
+        raise DatasetError(
+            f"jsrt: cannot write the converted image {dst} ({exc}); pass -o cache_dir=DIR (cache_dir= in Python) "
+            "to write it elsewhere"
+        ) from None
     return dst
 
 
