@@ -10,6 +10,7 @@ fails: a CI run must not pass by silently skipping the real-data tests.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -66,6 +67,16 @@ def label_files(shared_datasets: Path) -> Path:
     if not path.is_dir():
         shared_data_missing(f"label files not found at {path}")
     return path
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """Run a test under umask 022 (files a plain open() would create 0o644), then restore it."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 @pytest.fixture

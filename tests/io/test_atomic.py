@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +12,6 @@ import pytest
 from PIL import Image
 
 from xrayfm.io.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
-
-
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def _siblings(folder: Path) -> list[str]:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import torch
 
 from xrayfm.models import create_model
@@ -16,15 +13,6 @@ from xrayfm.models.preprocess import Preprocess
 from xrayfm.models.task_checkpoint import save_task_model
 from xrayfm.models.task_model import XrayModel
 from xrayfm.tasks import TaskSpec
-
-
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def mode(path: Path) -> int:

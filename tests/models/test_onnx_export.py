@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import stat
 from pathlib import Path
@@ -127,12 +126,10 @@ def test_detection_only_model_has_nothing_to_export(tmp_path: Path) -> None:
         export_onnx(src)
 
 
-def test_export_to_another_folder_follows_the_umask(eva_export: tuple[Path, dict], tmp_path: Path) -> None:
-    old = os.umask(0o022)
-    try:
-        export_onnx(eva_export[0], tmp_path / "deploy")
-    finally:
-        os.umask(old)
+def test_export_to_another_folder_follows_the_umask(
+    eva_export: tuple[Path, dict], tmp_path: Path, umask_022: None
+) -> None:
+    export_onnx(eva_export[0], tmp_path / "deploy")
     files = [p for p in (tmp_path / "deploy").iterdir() if p.is_file()]
     assert {p.name for p in files} == {ONNX_FILE, ONNX_SIDECAR, WEIGHTS, "model.json"}
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: 0o644 for p in files}

@@ -10,6 +10,7 @@ from typing import Any
 from xrayfm.cli.args import add_data_args, add_model_arg
 from xrayfm.cli.recipes import parse_options
 from xrayfm.errors import XrayfmError
+from xrayfm.tasks import CLASSIFICATION_KINDS
 
 ATTENTION_METHODS = ("rollout", "attention")
 #: The keys of :data:`xrayfm.explain.gradcam.CAM_METHODS` (not imported here: grad-cam loads
@@ -20,7 +21,7 @@ OUT_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def _class_index(meta: dict[str, Any], task: str | None, name: str | None) -> tuple[str | None, int | None]:
-    specs = [t for t in meta["tasks"] if t["kind"] in ("multilabel", "multiclass")]
+    specs = [t for t in meta["tasks"] if t["kind"] in CLASSIFICATION_KINDS]
     spec = next((t for t in specs if t["name"] == task), specs[0] if specs and task is None else None)
     if name is None:
         return (spec["name"] if spec else task), None
@@ -79,7 +80,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     with torch.no_grad():
         outputs = model(x)
     for t in model.tasks:
-        if t.kind in ("multilabel", "multiclass"):
+        if t.kind in CLASSIFICATION_KINDS:
             probs = probabilities(t.kind, outputs[t.name])[0].tolist()
             ranked = sorted(zip(t.classes, probs), key=lambda cp: -cp[1])
             print(f"{t.name}: " + ", ".join(f"{c} {p:.3f}" for c, p in ranked))

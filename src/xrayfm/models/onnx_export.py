@@ -35,9 +35,10 @@ from xrayfm.models.onnx_model import (
 from xrayfm.models.preprocess import resolve_preprocess
 from xrayfm.models.task_checkpoint import SIDECAR, WEIGHTS, find_task_model, load_task_model
 from xrayfm.models.task_model import XrayModel
+from xrayfm.tasks import CLASSIFICATION_KINDS
 
 log = logging.getLogger(__name__)
-EXPORTABLE_KINDS = ("multilabel", "multiclass", "segmentation")
+EXPORTABLE_KINDS = (*CLASSIFICATION_KINDS, "segmentation")
 
 
 class _ExportView(nn.Module):

@@ -26,6 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from xrayfm.errors import UnsafeInputError, XrayfmError
 from xrayfm.serve.batcher import MicroBatcher, QueueFull
 from xrayfm.serve.runtime import ModelRuntime, png_base64
+from xrayfm.tasks import CLASSIFICATION_KINDS
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -158,7 +159,7 @@ def create_app(
         heatmap: bool = Query(False, description="include a Grad-CAM heatmap of the top finding"),
         method: str = Query("gradcam", pattern="^(gradcam|gradcam\\+\\+|xgradcam|hirescam|layercam|eigencam|rollout)$"),
     ) -> dict[str, Any]:
-        spec = task_of(("multilabel", "multiclass"), task, "/predict")
+        spec = task_of(CLASSIFICATION_KINDS, task, "/predict")
         pixels, meta = await read_upload(file)
         x, out = await infer(pixels, spec.name)
         probs = out[spec.name]

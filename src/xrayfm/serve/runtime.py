@@ -71,7 +71,6 @@ class ModelRuntime:
         self.device = torch.device(device)
         self.model.to(self.device).eval()
         self.preprocess = resolve_preprocess(self.model)
-        self.size = self.preprocess.input_size
         self.limits = limits or ReadLimits()
         self.lock = threading.Lock()
         self.backend = backend
@@ -144,7 +143,7 @@ class ModelRuntime:
         """The model card: architecture, tasks, preprocessing, training data, metrics."""
         prov = self.meta.get("provenance", {})
         card: dict[str, Any] = {
-            "architecture": self.meta["arch"], "input_size": self.size,
+            "architecture": self.meta["arch"], "input_size": self.preprocess.input_size,
             "tasks": self.meta["tasks"], "preprocess": self.preprocess.to_dict(),
             "training": {k: prov.get(k) for k in ("dataset", "mode", "train_fraction", "train_images", "steps",
                                                    "pretrained", "seed")},

@@ -21,7 +21,7 @@ from xrayfm.data.registry import register_dataset
 from xrayfm.data.splits import split_groups
 from xrayfm.data.tables import read_table, require_images, select_split
 from xrayfm.errors import DatasetError
-from xrayfm.tasks import TaskSpec
+from xrayfm.tasks import CLASSIFICATION_KINDS, TaskSpec
 
 SPLIT_COLUMNS = ("split", "official_split")
 PATIENT_COLUMNS = ("patient_id", "patientid", "Patient ID", "subject_id")
@@ -143,7 +143,7 @@ def build_csv(
     missing_cols = [c for c in label_columns if c not in df.columns]
     if missing_cols:
         raise DatasetError(f"{path}: label column(s) {missing_cols} not found; columns: {list(df.columns)}")
-    if label_kind not in ("multilabel", "multiclass"):
+    if label_kind not in CLASSIFICATION_KINDS:
         raise DatasetError(f"label_kind must be 'multilabel' or 'multiclass', got {label_kind!r}")
     labels = df[list(label_columns)].apply(pd.to_numeric, errors="coerce").to_numpy(np.float32)
     bad = ~np.isnan(labels) & ~np.isin(labels, (0.0, 1.0))
