@@ -1,26 +1,30 @@
 """Benchmark: adapting EVA-X Ti/16 to the real X-ray sets in ../shared/datasets.
 
-Two backbones — randomly initialised, and pretrained by xrayfm's own MIM (pixel target) on
-synthetic phantoms — are adapted with full fine-tuning, linear probing and LoRA, on all and on
-10% of the training patients, for:
+Two backbones — randomly initialised, and pretrained by xrayfm's own MIM (pixel target, the
+Medical-MAE-style baseline, not EVA-X's teacher target) on synthetic phantoms — are adapted on all
+and on 10% of the training patients, each with three seeds, for:
 
-- pneumonia vs normal classification (Kermany test set, 624 real images, patient-hash split);
-- lung segmentation (JSRT, 247 real images, its published split);
+- pneumonia vs normal classification (Kermany test set, 624 real images, patient-hash split):
+  full fine-tuning and linear probing;
+- lung segmentation (JSRT, 247 real images, its published split): full fine-tuning;
 - TB lesion box localization (TBX11K sample, 200 real images; full fine-tuning on all training
   images, scored on its validation split, as it has no test split here).
 
-Every number comes from ``xrayfm.finetune.sweep`` (test split, 95% bootstrap CIs) and is
-written with its provenance (``bench/provenance.py``) to ``bench/results/finetune_real_<device>.json``
-plus the sweep tables. This is a small-compute benchmark (128 px, a few epochs on 2 CPU cores): it
-shows the pipeline on real data and the relative behaviour of the modes, not the paper's numbers.
+Every number comes from ``xrayfm.finetune.sweep`` and is written with its provenance
+(``bench/provenance.py``) to ``bench/results/finetune_real_<device>.json`` plus the sweep tables:
+per row the mean and sd over seeds, and per row its paired difference from the ``--baseline`` row
+(same seed, same test images; mean over seeds with a 95% CI resampling images and seeds). This is
+a small-compute benchmark (128 px, a few epochs on 2 CPU cores): it shows the pipeline on real data
+and the relative behaviour of the backbones, not the paper's numbers.
 
 Caches, and what the results file trusts: the phantoms and the pretrained backbone live under
 WORK in folders named by the hash of the settings that produce them (``phantom_<hash>``,
 ``mim_phantom_<hash>``), so other settings never reuse them. The pretraining facts reported
 (steps, images, losses, seconds, when and where) are read from the backbone's own records: its
-export sidecar, its ``metrics.csv`` and the ``bench_record.json`` this script writes beside them
-when it trains it, never from the current arguments. Sweep runs are reused only when they ran
-with the same config. The results file is written whole by each invocation; with ``--only``, the
+``summary.json``, its ``metrics.csv`` and the ``bench_record.json`` this script writes beside them
+when it trains it, never from the current arguments; ``seconds`` is the training loop's wall time
+for ``steps_timed`` steps (fewer than ``steps`` when the run resumed). Sweep runs are reused only
+when they ran with the same config. The results file is written whole by each invocation; with ``--only``, the
 other experiments of the previous file are kept only when the config hash they recorded is the
 one they would have now (the others are dropped with a warning).
 
@@ -59,11 +63,11 @@ MIM_HASHED = ("steps", "batch_size", "lr", "min_lr", "warmup_steps", "weight_dec
 log = logging.getLogger("finetune_real")
 
 
-def engine(out: Path, *, batch: int, lr: float, accelerator: str) -> TrainConfig:
+def engine(out: Path, *, epochs: float, batch: int, lr: float, accelerator: str) -> TrainConfig:
     """Fine-tuning engine settings (steps from the epochs)."""
     return TrainConfig(
-        out_dir=str(out), steps=0, batch_size=batch, lr=lr, warmup_steps=10, clip_grad=0.0, accelerator=accelerator,
-        precision="auto", checkpoint_every=1000, log_every=10,
+        out_dir=str(out), steps=0, epochs=epochs, batch_size=batch, lr=lr, warmup_steps=10, clip_grad=0.0,
+        accelerator=accelerator, precision="auto", checkpoint_every=1000, log_every=10,
     )  # fmt: skip
 
 
@@ -113,21 +117,18 @@ def pretrain(work: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]
     if (mim_dir / "export" / "backbone.json").is_file():
         log.info("reusing the backbone pretrained with config %s in %s", key, mim_dir)
     else:
-        resumed = (mim_dir / "last.ckpt").is_file()
-        t0 = time.perf_counter()
         run_mim("phantom", phantom, arch=ARCH, img_size=args.img_size, mask_ratio=MASK_RATIO,
                 train_config=mim_engine(mim_dir, args))  # fmt: skip
-        record = {"config": cfg, "config_hash": key, "seconds": round(time.perf_counter() - t0, 1),
-                  "resumed_from_checkpoint": resumed}  # fmt: skip
-        write_result(mim_dir / RECORD, record)
+        write_result(mim_dir / RECORD, {"config": cfg, "config_hash": key})
     return mim_dir, pretraining_record(mim_dir, key)
 
 
 def pretraining_record(mim_dir: Path, key: str) -> dict[str, Any]:
-    """What a pretrained backbone records about itself: steps, images and target from its export
-    sidecar, losses from its ``metrics.csv``, time and provenance from ``bench_record.json``
-    (None where the folder has no such record)."""
-    sidecar = json.loads((mim_dir / "export" / "backbone.json").read_text())["provenance"]
+    """What a pretrained backbone records about itself: steps, images, target, training seconds and
+    resumption from the run's ``summary.json`` (the same facts as its export sidecar), losses from
+    its ``metrics.csv``, config and machine from ``bench_record.json`` (None where the folder has
+    no such record)."""
+    sidecar = json.loads((mim_dir / "summary.json").read_text())
     with open(mim_dir / "metrics.csv") as fh:
         metrics = list(csv.DictReader(fh))
     own = json.loads((mim_dir / RECORD).read_text()) if (mim_dir / RECORD).is_file() else {}
@@ -138,31 +139,31 @@ def pretraining_record(mim_dir: Path, key: str) -> dict[str, Any]:
         "target": sidecar["target"], "dataset": sidecar["dataset"], "images": sidecar["images"],
         "mask_ratio": sidecar["mask_ratio"], "steps": sidecar["steps"], "last_logged_step": int(metrics[-1]["step"]),
         "first_loss": float(metrics[0]["loss"]), "last_loss": float(metrics[-1]["loss"]),
-        "seconds": own.get("seconds"), "resumed_from_checkpoint": own.get("resumed_from_checkpoint"),
-        "provenance": own.get("provenance"),
-        "source": f"{mim_dir.name}: export/backbone.json, metrics.csv, {RECORD if own else 'no ' + RECORD}",
+        "seconds": sidecar["seconds"], "steps_timed": sidecar["steps_this_call"],
+        "resumed_from_checkpoint": sidecar["resumed_from_checkpoint"], "provenance": own.get("provenance"),
+        "source": f"{mim_dir.name}: summary.json, metrics.csv, {RECORD if own else 'no ' + RECORD}",
     }  # fmt: skip
 
 
 def experiments(shared: Path, work: Path, args: argparse.Namespace, fractions: list[float]) -> dict[str, tuple]:
-    """Name -> (base fine-tuning config, modes, fractions)."""
-    all_modes = ["full", "linear", "lora"]
+    """Name -> (base fine-tuning config, modes, fractions). Full fine-tuning and the linear probe
+    on Kermany, full fine-tuning on JSRT: with three seeds each this fits a 2-core session."""
     return {
         "kermany_pneumonia": (FinetuneConfig(
             dataset="csv", root=str(shared / "kermany_pneumonia_test224"), dataset_options={"split_column": ""},
-            img_size=args.img_size, epochs=4, layer_decay=0.55, n_boot=1000, eval_splits=("test",),
-            train=engine(work, batch=16, lr=1e-3, accelerator=args.accelerator),
-        ), all_modes, fractions),
+            img_size=args.img_size, layer_decay=0.55, n_boot=1000, eval_splits=("test",),
+            train=engine(work, epochs=4, batch=16, lr=1e-3, accelerator=args.accelerator),
+        ), ["full", "linear"], fractions),
         "jsrt_lungs": (FinetuneConfig(
             dataset="csv", root=str(shared / "jsrt_lungs"),
-            dataset_options={"mask_columns": ("mask",), "label_columns": ()}, img_size=args.img_size, epochs=8,
+            dataset_options={"mask_columns": ("mask",), "label_columns": ()}, img_size=args.img_size,
             layer_decay=0.85, flip=0.0, n_boot=1000, eval_splits=("test",),
-            train=engine(work, batch=8, lr=5e-4, accelerator=args.accelerator),
-        ), all_modes, fractions),
+            train=engine(work, epochs=8, batch=8, lr=5e-4, accelerator=args.accelerator),
+        ), ["full"], fractions),
         "tbx11k_boxes": (FinetuneConfig(
             dataset="csv", root=str(shared / "tbx11k_tb_boxes"), dataset_options={"boxes_complete": True},
-            tasks=["boxes"], img_size=args.img_size, epochs=8, layer_decay=0.85, n_boot=200, eval_splits=("val",),
-            train=engine(work, batch=8, lr=2e-4, accelerator=args.accelerator),
+            tasks=["boxes"], img_size=args.img_size, layer_decay=0.85, n_boot=200, eval_splits=("val",),
+            train=engine(work, epochs=8, batch=8, lr=2e-4, accelerator=args.accelerator),
         ), ["full"], [1.0]),
     }  # fmt: skip
 
@@ -179,7 +180,8 @@ def main() -> None:
     ap.add_argument("--img-size", type=int, default=128)
     ap.add_argument("--mim-steps", type=int, default=300)
     ap.add_argument("--fractions", default="0.1,1")
-    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--baseline", default="random", help="sweep row every other is compared with, paired by seed")
     ap.add_argument("--accelerator", default="auto")
     ap.add_argument("--only", help="comma-separated experiments to run (default all)")
     ap.add_argument("--out", help="results file (default bench/results/finetune_real_<device>.json)")
@@ -203,6 +205,7 @@ def main() -> None:
     for name, (cfg, modes, fracs) in plans.items():
         part = {
             "experiment": name, "finetune": finetune_settings(cfg), "modes": modes, "fractions": fracs, "seeds": seeds,
+            "baseline": args.baseline,
             "backbones": {b.label: [b.arch, pretraining["config_hash"] if b.pretrained else None] for b in backbones},
         }  # fmt: skip
         key = config_hash(part)
@@ -215,13 +218,15 @@ def main() -> None:
                             name, out, old.get("config_hash", "(none recorded)"), key)  # fmt: skip
             continue
         started, t1 = time.time(), time.perf_counter()
-        table = run_sweep(cfg, backbones=backbones, modes=modes, fractions=fracs, seeds=seeds, out_dir=work / name)
+        table = run_sweep(cfg, backbones=backbones, modes=modes, fractions=fracs, seeds=seeds, out_dir=work / name,
+                          baseline=args.baseline, split=cfg.eval_splits[0])  # fmt: skip
         with open(table) as fh:
             rows = list(csv.DictReader(fh))
         folders = [run_folder(work / name, b, m, f, s) for b in backbones for m in modes for f in fracs for s in seeds]
         trained = sum((d / "summary.json").stat().st_mtime >= started for d in folders)
         results[name] = {
             "config_hash": key, "config": part, "rows": rows, "table_markdown": (table.parent / "sweep.md").read_text(),
+            "seed_statistics": json.loads((table.parent / "sweep_stats.json").read_text()),
             "runs": len(folders), "runs_reused": len(folders) - trained,
             "wall_seconds": round(time.perf_counter() - t1, 1), "provenance": provenance(),
         }  # fmt: skip

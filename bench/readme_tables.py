@@ -22,7 +22,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
-from xrayfm.finetune.sweep import markdown_table
+from xrayfm.finetune.sweep import differences_table, markdown_table
 from xrayfm.io.atomic import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,13 +170,15 @@ def phantom_bullet(report: dict[str, Any], source: str) -> str:
 def io_bullet(report: dict[str, Any], source: str) -> str:
     """The Development list's image-reading item."""
     r = {name: rate(res["files_per_s"]) for name, res in report["results"].items()}
-    return (
-        f"  - `bench/io_read_throughput.py`: `read_xray` on real files, see\n"
-        f"    `{source}`: 8-bit PNG {r['png8_224 (kermany)']} files/s at 224 px and {r['png8_512 (jsrt)']} files/s\n"
-        f"    at 512 px; CR DICOM of ~1.9k px {r['dicom_uncompressed (CR ~1.9k)']} files/s uncompressed but "
-        f"{r['dicom_jpeg2000 (CR ~1.9k)']} files/s in JPEG 2000\n"
-        "    lossless (Pillow's decoder), so JPEG 2000 archives need conversion or many loader workers.\n"
-    ) + wrap(describe(report, source), "    ")
+    text = (
+        f"`bench/io_read_throughput.py`: `read_xray` on real files, see `{source}`: 8-bit PNG "
+        f"{r['png8_224 (kermany)']} files/s at 224 px and {r['png8_512 (jsrt)']} files/s at 512 px; CR DICOM of "
+        f"~1.9k px {r['dicom_uncompressed (CR ~1.9k)']} files/s uncompressed, {r['dicom_jpeg2000 (CR ~1.9k)']} "
+        f"files/s in JPEG 2000 lossless at full size (pydicom's decoder plugins) and "
+        f"{r['dicom_jpeg2000 for 512 px (CR ~1.9k)']} files/s read for a 512 px model "
+        "(`target_size=512`: the coarsest resolution level still covering 512 px)."
+    )
+    return wrap(text, "    ").replace("    ", "  - ", 1) + wrap(describe(report, source), "    ")
 
 
 def renderer(name: str) -> tuple[str, Callable[[dict[str, Any], str], str]]:
@@ -185,6 +187,11 @@ def renderer(name: str) -> tuple[str, Callable[[dict[str, Any], str], str]]:
     if stem.startswith("finetune_real"):
         if part == "provenance":
             return stem, finetune_provenance
+        if part.endswith(":differences"):
+            experiment = part.removesuffix(":differences")
+            return stem, lambda report, source: differences_table(
+                report["experiments"][experiment]["seed_statistics"], heading=False
+            )
         return stem, lambda report, source: finetune_table(report, part)
     fixed = {"serve_latency": serve_table, "phantom_throughput": phantom_bullet, "io_read_throughput": io_bullet}
     for prefix, fn in fixed.items():

@@ -72,9 +72,9 @@ def test_shared_options_are_declared_alike() -> None:
         a for a in parsers.pop("pretrain")._actions if isinstance(a, argparse._SubParsersAction)
     ).choices["mim"]
     with_option = {name for name, p in parsers.items() if any("--option" in a.option_strings for a in p._actions)}
-    assert with_option == {"inspect", "stats", "pretrain mim", "finetune", "sweep", "evaluate", "localize"}
+    assert with_option == {"inspect", "stats", "pretrain mim", "finetune", "sweep", "evaluate", "localize", "compare"}
     defaults = {name: a.default for name, p in parsers.items() for a in p._actions if "--split" in a.option_strings}
-    assert defaults == {"inspect": "all", "stats": "train", "evaluate": "test", "localize": "test"}
+    assert defaults == {"inspect": "all", "stats": "train", "evaluate": "test", "localize": "test", "compare": "test"}
 
 
 @pytest.mark.parametrize(

@@ -98,3 +98,30 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
     assert saved["steps"] == 5 and saved["mask_ratio"] == 0.3 and saved["recipe"] == "eva_x_mim_tiny"
     again = parse(["pretrain", "mim", "--config", str(path), "phantom", "R"])
     assert again.steps == 5 and again.lr == args.lr
+
+
+@pytest.mark.parametrize(
+    ("typed", "expect"),
+    [
+        ([], {"steps": 0, "epochs": 30.0, "warmup_steps": 50, "warmup_epochs": 5.0, "accumulate": 1}),
+        (["--steps", "7"], {"steps": 7, "epochs": 0, "warmup_epochs": 5.0}),
+        (["--ste=7", "--epochs", "2"], {"steps": 7, "epochs": 2.0}),  # both typed: epochs counts
+        (["--warmup", "3"], {"warmup_steps": 3, "warmup_epochs": 0, "epochs": 30.0}),
+        (["--accumulate", "2"], {"accumulate": 2, "global_batch": 0}),
+    ],
+)
+def test_a_typed_duration_wins_over_the_recipes_other_form(typed: list[str], expect: dict, tmp_path: Path) -> None:
+    from xrayfm.cli.args import train_config
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("epochs: 30\nwarmup_epochs: 5\nglobal_batch: 64\nbatch_size: 16\n")
+    cfg = train_config(parse(["finetune", "--config", str(recipe), "phantom", "ROOT", *typed]))
+    assert {k: getattr(cfg, k) for k in expect} == expect
+
+
+def test_typed_steps_round_trip_through_the_resolved_config(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("epochs: 30\nglobal_batch: 64\nbatch_size: 16\n")
+    args = parse(["sweep", "--config", str(recipe), "phantom", "R", "--steps", "3"])
+    again = parse(["sweep", "--config", str(write_resolved_config(args, tmp_path / "run")), "phantom", "R"])
+    assert (again.steps, again.epochs, again.global_batch) == (3, 0, 64)

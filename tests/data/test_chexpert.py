@@ -214,3 +214,27 @@ def _empty(tmp_path: Path) -> Path:
     path = tmp_path / "empty"
     path.mkdir()
     return path
+
+
+def test_recipe_options_give_u_ones_for_atelectasis_edema_and_u_zeros_for_the_rest(
+    small_root: Path, real_df: pd.DataFrame
+) -> None:
+    """The options of the eva_x_cls_chexpert recipe, as ``-o`` strings: EVA-X's per-finding policy
+    (hustvl/EVA-X classification/utils/dataloader_med.py:253-258), every train.csv patient in train."""
+    from xrayfm.cli.recipes import parse_options
+
+    for i in IMAGE_ROWS:
+        _write_jpeg(small_root / real_df["Path"].iloc[i].replace("CheXpert-v1.0-small/", ""))
+    opts = parse_options(
+        ["label_set=competition", "views=frontal", "policy=zeros", "label_policies=Atelectasis=ones,Edema=ones",
+         "blank=zero", "val_fraction=0"]
+    )  # fmt: skip
+    train = build_dataset("chexpert", small_root, "train", missing="skip", **opts)
+    assert len(train) == 3 and len(build_dataset("chexpert", small_root, "val", missing="skip", **opts)) == 0
+    s = next(train[i] for i in range(len(train)) if train.records[i].meta["patient_id"] == "patient00002")
+    # real row: all five findings uncertain (-1): ones for Atelectasis and Edema, zeros for the rest
+    assert dict(zip(COMPETITION_LABELS, s["labels"].tolist())) == {
+        "Atelectasis": 1.0, "Cardiomegaly": 0.0, "Consolidation": 0.0, "Edema": 1.0, "Pleural Effusion": 0.0,
+    }  # fmt: skip
+    paper = build_dataset("chexpert", small_root, "train", missing="skip", label_set="competition", policy="paper")
+    assert all((a.labels == b.labels).all() for a, b in zip(train.records, paper.records))

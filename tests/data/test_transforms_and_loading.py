@@ -74,3 +74,58 @@ def test_real_mixed_size_images_batch_after_resize(shared_datasets: Path) -> Non
     assert batch["image"].shape == (8, 1, 128, 128) and batch["mask"].shape == (8, 1, 128, 128)
     sizes = {tuple(m["resized_from"]) for m in batch["meta"] if "resized_from" in m}
     assert len(sizes) > 1  # the real set really mixes sizes
+
+
+def _seed(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _grey(h: int = 300, w: int = 260) -> dict:
+    g = torch.Generator().manual_seed(0)
+    return {"image": torch.rand(1, h, w, generator=g), "labels": torch.tensor([1.0, 0.0]), "meta": {"id": "g"}}
+
+
+def test_randaugment_view_is_evax_timm_pipeline_on_a_grey_image() -> None:
+    from torchvision.transforms import InterpolationMode
+
+    from xrayfm.data.transforms import RandAugmentView
+
+    view = RandAugmentView(224, rand_augment="rand-m6-mstd0.5-inc1", scale=(0.08, 1.0), interpolation="bicubic")
+    crop = view.views[0].transforms[0]
+    assert crop.scale == (0.08, 1.0) and crop.interpolation == InterpolationMode.BICUBIC
+    rand = view.views[1].transforms[0]
+    assert rand.num_layers == 2 and all(op.magnitude == 6 and op.magnitude_std == 0.5 for op in rand.ops)
+    _seed(3)
+    a = view(_grey())
+    _seed(3)
+    b = view(_grey())
+    assert a["image"].shape == (1, 224, 224) and a["image"].dtype == torch.float32
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["labels"], b["labels"])
+    assert 0.0 <= a["image"].min() and a["image"].max() <= 1.0
+    _seed(4)
+    assert not torch.equal(view(_grey())["image"], a["image"])
+    assert set(view(_sample())) == {"image", "meta"}  # classification only: masks and boxes left out
+    with pytest.raises(XrayfmError, match="RandAugment string"):
+        RandAugmentView(224, rand_augment="v0")
+
+
+def test_photometric_view_flips_masks_with_the_image_and_keeps_contrast_in_range() -> None:
+    from xrayfm.data.transforms import PhotometricView
+
+    sample = {k: v for k, v in _sample().items() if k not in ("boxes", "box_labels")}
+    flipped = PhotometricView(32, flip=1.0, brightness=0.0, contrast=(1.0, 1.0))(sample)
+    straight = PhotometricView(32, flip=0.0, brightness=0.0, contrast=(1.0, 1.0))(sample)
+    assert flipped["image"].shape == (1, 32, 32) and flipped["mask"].shape == (1, 32, 32)
+    assert torch.equal(flipped["mask"], straight["mask"].flip(-1))
+    assert torch.allclose(flipped["image"], straight["image"].flip(-1))
+    _seed(0)
+    outs = [PhotometricView(32, flip=0.0)(sample)["image"] for _ in range(20)]
+    assert any(not torch.allclose(o, straight["image"]) for o in outs)  # brightness / contrast act half the time
+    assert all(0.0 <= o.min() and o.max() <= 1.0 for o in outs)
+    boxed = PhotometricView(40, flip=1.0, brightness=0.0, contrast=(1.0, 1.0))(_sample())
+    assert boxed["boxes"].tolist() == [[10.0, 10.0, 20.0, 20.0]]  # x 40-60 of 80 -> 20-30 of 40, mirrored
+    assert boxed["mask"][0, 10:20, 10:20].eq(1).all() and boxed["mask"][0, 10:20, 20:30].eq(0).all()

@@ -79,3 +79,21 @@ def test_boxes_without_box_labels_are_reported_with_the_image_ids() -> None:
     batch["box_labels"][0] = None
     with pytest.raises(XrayfmError, match=r"task 'lesions', batch of images \['img0', 'img1'\]: .*no box_labels"):
         objective()(batch)
+
+
+def test_evax_segmentation_loss_is_pixel_bce_without_dice_and_skips_ignored_pixels() -> None:
+    lungs = TaskSpec("lungs", "segmentation", ("lungs",))
+    torch.manual_seed(0)
+    model = XrayModel(create_model("eva_x_tiny_patch16", num_classes=0, img_size=64), [lungs]).eval()
+    mask = (torch.rand(2, 1, 64, 64) > 0.5).to(torch.uint8)
+    mask[:, :, :8] = 255
+    batch = {"image": torch.rand(2, 1, 64, 64), "mask": mask}
+    with torch.no_grad():
+        logits = model(batch["image"])["lungs"]
+        bce = FinetuneObjective(model, seg_loss="bce").eval()(batch)
+        both = FinetuneObjective(model).eval()(batch)
+    keep = mask != 255
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[keep], (mask[keep] == 1).float())
+    assert torch.allclose(bce, expected, atol=1e-6) and both > bce  # the default adds soft Dice
+    with pytest.raises(XrayfmError, match="unknown segmentation loss"):
+        FinetuneObjective(model, seg_loss="dice")

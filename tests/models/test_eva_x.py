@@ -14,7 +14,8 @@ release's own key layout (``mlp.w12`` / ``mlp.w1,w2,w3`` + ``mlp.ffn_ln``, ``att
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,8 @@ from timm.models.eva import Eva
 from torch import nn
 
 from xrayfm import UnknownNameError, XrayfmError
-from xrayfm.models import create_model, list_models, read_state_dict
+from xrayfm.models import create_model, list_models
+from xrayfm.models.backbones.eva_x import rope_grid_of
 
 WIDTH = {"eva_x_tiny_patch16": 192, "eva_x_small_patch16": 384, "eva_x_base_patch16": 768}
 
@@ -62,13 +64,15 @@ RELEASE: dict[str, ReleaseArch] = {
         embed_dim=768,  # eva_x.py eva_x_base_patch16(): embed_dim=768; models_eva.py eva02_base_patch16_xattn_fusedLN_NaiveSwiGLU_subln_RoPE(): embed_dim=768
         num_heads=12,  # eva_x.py eva_x_base_patch16(): num_heads=12; models_eva.py eva02_base_patch16_xattn_fusedLN_NaiveSwiGLU_subln_RoPE(): num_heads=12
         subln=True,  # models_eva.py eva02_base_patch16_xattn_fusedLN_NaiveSwiGLU_subln_RoPE(): subln=True, naiveswiglu=True; eva_x.py eva_x_base_patch16(): qkv_fused=False, scale_mlp=True
-        # eva_x.py eva_x_base_patch16(): ref_feat_shape=(14, 14); models_eva.py, first
-        # eva02_base_patch16_xattn_fusedLN_NaiveSwiGLU_subln_RoPE() (line 749): pt_hw_seq_len=14. NB the same file
-        # redefines that function at line 798 with pt_hw_seq_len=16 ("# 224/14", copied from the patch-14 model); that
-        # later definition is the one classification/train_files/eva_x/cxr14/vit_b.sh fine-tuned with.
+        # the pretrained file's definition: eva_x.py eva_x_base_patch16(): ref_feat_shape=(14, 14); models_eva.py,
+        # first eva02_base_patch16_xattn_fusedLN_NaiveSwiGLU_subln_RoPE() (line 749): pt_hw_seq_len=14
         pt_hw_seq_len=14,
     ),
 }
+#: The B fine-tuning's grid: models_eva.py redefines eva02_base_patch16_xattn_fusedLN_NaiveSwiGLU_subln_RoPE() at
+#: line 798 with pt_hw_seq_len=16 ("# 224/14", copied from the patch-14 model); the later def replaces the first (and
+#: its @register_model entry), and classification/train_files/eva_x/cxr14/vit_b.sh fine-tunes with that name.
+B_FINETUNE_PT_HW_SEQ_LEN = 16
 IMG_SIZE = (
     224  # eva_x.py eva_x_{tiny,small,base}_patch16(): img_size=224; classification/train.py: --input_size default 224
 )
@@ -226,10 +230,15 @@ class ReleaseViT(nn.Module):
         return self.pool_head(self.tokens(x))
 
 
-def release_model(name: str, num_classes: int, img_size: int = IMG_SIZE) -> ReleaseViT:
-    """The release's model with random, non-trivial weights (norms, biases and embeddings included)."""
+def release_model(
+    name: str, num_classes: int, img_size: int = IMG_SIZE, pt_hw_seq_len: int | None = None
+) -> ReleaseViT:
+    """The release's model (``name`` may carry a tag; ``pt_hw_seq_len`` replaces the size's RoPE grid) with
+    random, non-trivial weights (norms, biases and embeddings included)."""
     torch.manual_seed(1)
-    model = ReleaseViT(RELEASE[name], num_classes, img_size).eval()
+    arch = RELEASE[name.partition(".")[0]]
+    arch = arch if pt_hw_seq_len is None else replace(arch, pt_hw_seq_len=pt_hw_seq_len)
+    model = ReleaseViT(arch, num_classes, img_size).eval()
     with torch.no_grad():
         for mod in model.modules():
             if isinstance(mod, nn.LayerNorm):
@@ -297,33 +306,53 @@ def test_reference_has_the_release_key_layout() -> None:
 
 
 @pytest.mark.parametrize(
-    "name,layout,img_size",
+    "name,layout,img_size,grid,rope_in_file",
     [
-        pytest.param("eva_x_tiny_patch16", "finetuned", IMG_SIZE, id="Ti-finetuned"),
-        pytest.param("eva_x_tiny_patch16", "mim", IMG_SIZE, id="Ti-mim"),
-        pytest.param("eva_x_small_patch16", "finetuned", IMG_SIZE, id="S-finetuned"),
+        pytest.param("eva_x_tiny_patch16", "finetuned", IMG_SIZE, 14, True, id="Ti-finetuned"),
+        pytest.param("eva_x_tiny_patch16", "mim", IMG_SIZE, 14, True, id="Ti-mim"),
+        pytest.param("eva_x_small_patch16", "finetuned", IMG_SIZE, 14, True, id="S-finetuned"),
         # the release fine-tunes at other sizes too (covidx*/vit_s.sh: --input_size 480): RoPE is rescaled to 14x14
-        pytest.param("eva_x_small_patch16", "finetuned", 112, id="S-finetuned-112"),
-        pytest.param("eva_x_base_patch16", "finetuned", IMG_SIZE, id="B-finetuned"),
-        pytest.param("eva_x_base_patch16", "mim", IMG_SIZE, id="B-mim", marks=pytest.mark.slow),  # ~10-20 s on 2 CPUs
+        pytest.param("eva_x_small_patch16", "finetuned", 112, 14, True, id="S-finetuned-112"),
+        # the tag alone gives B's fine-tuning grid (this file stores no RoPE table)
+        pytest.param(
+            "eva_x_base_patch16.ft_chestxray14",
+            "finetuned",
+            IMG_SIZE,
+            B_FINETUNE_PT_HW_SEQ_LEN,
+            False,
+            id="B-finetuned",
+        ),
+        # a file's stored RoPE table sets the grid, whatever the name's default (14x14 here)
+        pytest.param("eva_x_tiny_patch16", "finetuned", 112, 16, True, id="Ti-16-from-file"),
+        pytest.param(
+            "eva_x_base_patch16.mim_merged520k", "mim", IMG_SIZE, 14, True, id="B-mim", marks=pytest.mark.slow
+        ),  # ~10-20 s on 2 CPUs
     ],
 )
-def test_release_checkpoint_parity(tmp_path: Path, name: str, layout: str, img_size: int) -> None:
-    """A file in the release's layout, loaded by xrayfm, computes exactly what the release's model computes."""
+def test_release_checkpoint_parity(
+    tmp_path: Path, name: str, layout: str, img_size: int, grid: int, rope_in_file: bool
+) -> None:
+    """A file in the release's layout, loaded by xrayfm without any unsafe flag, computes exactly what the
+    release's model computes."""
     mim = layout == "mim"
-    reference = release_model(name, 0 if mim else NUM_CLASSES, img_size)
+    reference = release_model(name, 0 if mim else NUM_CLASSES, img_size, grid)
+    weights = (
+        reference.state_dict()
+        if rope_in_file
+        else {k: v for k, v in reference.state_dict().items() if "rope." not in k}
+    )
     if mim:  # pretrained files: fp16 weights under "module" (see ../shared/reference/eva-x.md)
         with torch.no_grad():
             for p in reference.parameters():
                 p.copy_(p.half().float())
-        checkpoint = {"module": {k: v.half() for k, v in mim_layout(reference.state_dict()).items()}}
+        checkpoint = {"module": {k: v.half() for k, v in mim_layout(weights).items()}}
     else:  # fine-tuned files: classification/utils/misc.py save_model() also pickles `args`
-        checkpoint = {"model": reference.state_dict(), "epoch": 9, "args": argparse.Namespace(model=name)}
+        checkpoint = {"model": weights, "epoch": 9, "args": argparse.Namespace(model=name, input_size=img_size)}
     torch.save(checkpoint, tmp_path / "release.pth")
     ours = create_model(
-        name, pretrained=tmp_path / "release.pth", allow_unsafe=not mim, num_classes=0 if mim else NUM_CLASSES,
-        img_size=img_size,
-    ).eval()  # fmt: skip
+        name, pretrained=tmp_path / "release.pth", num_classes=0 if mim else NUM_CLASSES, img_size=img_size
+    ).eval()
+    assert tuple(ours.rope.ref_feat_shape) == (grid, grid)
     x = torch.randn(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():  # timm's Eva.forward is forward_head(forward_features(x)): one pass serves both checks
         ours_tokens, ref_tokens = ours.forward_features(x), reference.tokens(x)
@@ -331,14 +360,63 @@ def test_release_checkpoint_parity(tmp_path: Path, name: str, layout: str, img_s
         torch.testing.assert_close(ours.forward_head(ours_tokens), reference.pool_head(ref_tokens), rtol=0, atol=ATOL)
 
 
-def test_parity_test_sees_a_wrong_value(tmp_path: Path) -> None:
-    """The comparison is sharp enough to catch one wrong architecture value (the RoPE reference grid)."""
+@pytest.mark.parametrize(
+    "name,grid",
+    [
+        ("eva_x_tiny_patch16", 14),
+        ("eva_x_small_patch16.ft_chestxray14", 14),
+        ("eva_x_base_patch16", 14),  # its default tag is the pretrained file's
+        ("eva_x_base_patch16.mim_merged520k", 14),
+        ("eva_x_base_patch16.ft_chestxray14", B_FINETUNE_PT_HW_SEQ_LEN),
+    ],
+)
+def test_each_tag_builds_the_rope_grid_its_file_was_trained_with(name: str, grid: int) -> None:
+    with torch.device("meta"):
+        model = timm.create_model(name)
+    assert tuple(model.rope.ref_feat_shape) == (grid, grid)
+    assert RELEASE[name.partition(".")[0]].pt_hw_seq_len == 14  # the quick-start's grid for every size
+
+
+def test_rope_grid_is_read_only_from_a_release_table() -> None:
+    table = release_model("eva_x_tiny_patch16", 0, 112, 16).state_dict()["rope.freqs_cos"]
+    assert rope_grid_of({"rope.freqs_cos": table}) == 16
+    assert rope_grid_of({"rope.freqs_cos": table.half()}) == 16  # pretrained files are fp16
+    assert rope_grid_of({"rope.freqs_cos": torch.rand_like(table)}) is None
+    assert rope_grid_of({"rope.freqs_cos": table[:-1]}) is None
+    assert rope_grid_of({"pos_embed": torch.zeros(1, 50, 192)}) is None
+
+
+def test_parity_test_sees_a_wrong_value(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The comparison is sharp enough to catch one wrong architecture value (the RoPE reference grid); an explicit
+    grid that contradicts the file's is used as asked, with a warning."""
     reference = release_model("eva_x_tiny_patch16", 0)
     torch.save({"model": reference.state_dict()}, tmp_path / "release.pth")
-    wrong_grid = create_model("eva_x_tiny_patch16", pretrained=tmp_path / "release.pth", ref_feat_shape=(16, 16)).eval()
+    with caplog.at_level(logging.WARNING, logger="xrayfm.models.backbones.eva_x"):
+        wrong_grid = create_model(
+            "eva_x_tiny_patch16", pretrained=tmp_path / "release.pth", ref_feat_shape=(16, 16)
+        ).eval()
+    assert "computed with 14x14" in caplog.text
     x = torch.randn(1, 3, IMG_SIZE, IMG_SIZE, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert (wrong_grid.forward_features(x) - reference.tokens(x)).abs().max() > 100 * ATOL
+
+
+def test_mim_only_keys_are_optional_backbone_keys_are_not(tmp_path: Path) -> None:
+    """A pretrained file without mask token and lm_head loads (its final norm becomes fc_norm); a missing backbone
+    tensor is a one-line error naming it."""
+    reference = release_model("eva_x_tiny_patch16", 0, 112)
+    weights = {k: v for k, v in mim_layout(reference.state_dict()).items() if not k.startswith(("mask_token", "lm_"))}
+    assert "norm.weight" in weights and "fc_norm.weight" not in weights
+    torch.save({"module": weights}, tmp_path / "backbone_only.pt")
+    ours = create_model("eva_x_tiny_patch16", pretrained=tmp_path / "backbone_only.pt", img_size=112).eval()
+    x = torch.randn(1, 3, 112, 112, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), rtol=0, atol=ATOL)
+    del weights["blocks.3.attn.proj.weight"]
+    torch.save({"module": weights}, tmp_path / "incomplete.pt")
+    with pytest.raises(XrayfmError, match=r"blocks\.3\.attn\.proj\.weight") as err:
+        create_model("eva_x_tiny_patch16", pretrained=tmp_path / "incomplete.pt", img_size=112)
+    assert "\n" not in str(err.value)
 
 
 def test_own_safetensors_roundtrip_and_head_swap(tmp_path: Path, image: torch.Tensor) -> None:
@@ -355,16 +433,6 @@ def test_any_multiple_of_16_input(image: torch.Tensor) -> None:
     model = create_model("eva_x_tiny_patch16", dynamic_img_size=True).eval()
     with torch.no_grad():
         assert model.forward_features(torch.randn(1, 3, 320, 256)).shape == (1, 1 + 20 * 16, 192)
-
-
-def test_unsafe_pickle_refused_by_default(tmp_path: Path) -> None:
-    torch.save(
-        {"model": {"w": torch.zeros(1)}, "args": argparse.Namespace(lr=0.1)},
-        tmp_path / "u.pt",
-    )
-    with pytest.raises(XrayfmError, match="unsafe unpickling"):
-        read_state_dict(tmp_path / "u.pt")
-    assert read_state_dict(tmp_path / "u.pt", allow_unsafe=True).keys() == {"w"}  # trusted: loads
 
 
 def test_wrong_architecture_and_bad_names(tmp_path: Path) -> None:
@@ -394,3 +462,16 @@ def test_attention_runs_on_pytorch_scaled_dot_product_attention(name: str, monke
     with torch.no_grad():
         model(torch.rand(1, 3, 32, 32))
     assert len(calls) == len(model.blocks)
+
+
+def test_exports_record_the_rope_grid_the_model_was_built_with() -> None:
+    """The grid may come from a file rather than the name: sidecars record it (exports hold no RoPE table)."""
+    from xrayfm.models.registry import export_kwargs
+
+    with torch.device("meta"):
+        tagged = timm.create_model("eva_x_base_patch16.ft_chestxray14")
+        plain = timm.create_model("eva_x_tiny_patch16", ref_feat_shape=(16, 16))
+        resnet = timm.create_model("resnet18")
+    assert export_kwargs(tagged) == {"ref_feat_shape": [16, 16]}
+    assert export_kwargs(plain) == {"ref_feat_shape": [16, 16]}
+    assert export_kwargs(resnet) == {}

@@ -130,3 +130,52 @@ def test_every_head_on_cnn_and_hierarchical_backbones(arch: str, kw: dict, size:
     assert out["findings"].shape == (1, 3) and out["lungs"].shape == (1, 2, size, size)
     assert len(out["lesions"]) == 1 and model.pyramid.strides[-4:] == [4, 8, 16, 32]
     assert model.head_config()["decoder"] == "unet"
+
+
+def test_head_init_scale_shrinks_the_new_classifier_as_evax_does() -> None:
+    from xrayfm.models.heads import ClassificationHead
+
+    torch.manual_seed(0)
+    plain = ClassificationHead(384, 14)
+    torch.manual_seed(0)
+    scaled = ClassificationHead(384, 14, init_scale=0.001)  # hustvl/EVA-X models_eva.py:478, 558-560
+    assert torch.allclose(scaled.fc.weight, plain.fc.weight * 0.001) and not scaled.fc.bias.any()
+    assert 1e-5 < float(scaled.fc.weight.detach().std()) < 3e-5
+    model = XrayModel(vit(), [FINDINGS], head_init_scale=0.001)
+    assert float(model.heads["findings"].fc.weight.abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("arch", ["eva_x_tiny_patch16", "eva_x_small_patch16"])
+@pytest.mark.parametrize("size", [224, pytest.param(512, marks=pytest.mark.slow)])
+def test_last_feature_upernet_as_evax_segmentation(arch: str, size: int) -> None:
+    bb = create_model(arch, num_classes=0, img_size=size)
+    model = XrayModel(bb, [LUNGS], decoder_dropout=0.1).eval()
+    assert model.pyramid.layers == [11] and model.pyramid.strides == [4, 8, 16, 32]
+    assert model.heads["lungs"].kind == "upernet" and model.heads["lungs"].dropout.p == 0.1
+    with torch.no_grad():
+        _, maps = model.pyramid(bb, torch.rand(1, 3, size, size))
+        out = model(torch.rand(1, 1, size, size))["lungs"]
+    assert [m.shape[-1] for m in maps] == [size // 4, size // 8, size // 16, size // 32]
+    assert out.shape == (1, 2, size, size)
+    assert model.head_config()["layers"] == [11]
+
+
+def test_last_feature_levels_come_from_one_block_and_the_pyramid_option_is_unchanged(tmp_path) -> None:
+    from xrayfm.models.features import dense_layers
+
+    bb = vit()
+    assert dense_layers(bb, "last") == [11] and dense_layers(bb, "pyramid") == [3, 5, 7, 11]
+    assert dense_layers(create_model("resnet18", num_classes=0), "last") == [0, 1, 2, 3, 4]
+    with pytest.raises(XrayfmError, match="unknown feature mode"):
+        dense_layers(bb, "middle")
+    x = torch.rand(2, 3, 64, 64)
+    last = FeaturePyramid(bb, [11]).eval()
+    (block,) = features(bb, x, layers=[11])
+    with torch.no_grad():
+        _, maps = last(bb, x)
+        assert torch.allclose(maps[2], block) and torch.allclose(maps[3], torch.nn.functional.max_pool2d(block, 2))
+    pyramid = XrayModel(bb, [LUNGS], features="pyramid")
+    assert pyramid.pyramid.layers == [3, 5, 7, 11] and len(pyramid.pyramid.adapters) == 4
+    save_task_model(pyramid, tmp_path / "m", arch="eva_x_tiny_patch16", model_kwargs={"img_size": 64}, info={})
+    loaded, _ = load_task_model(tmp_path / "m")  # a saved model reloads with the layers it trained with
+    assert loaded.pyramid.layers == [3, 5, 7, 11]

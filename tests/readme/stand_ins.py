@@ -43,6 +43,9 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
 ]  # fmt: skip
 
 #: Options appended to an ``xrayfm`` command, by its leading words: small sizes and few steps.
+#: Typed ``--steps`` / ``--warmup`` / ``--accumulate`` switch off the epochs, warmup epochs and global
+#: batch of a recipe or default (finetune counts 10 epochs; the EVA-X recipes a global batch of 1024
+#: or 2048 images, which at ``--batch-size 4`` would accumulate hundreds of micro-batches per step).
 TRAIN = [
     "--steps",
     "2",
@@ -51,6 +54,8 @@ TRAIN = [
     "--batch-size",
     "4",
     "--warmup",
+    "1",
+    "--accumulate",
     "1",
     "--log-every",
     "1",
@@ -64,12 +69,13 @@ OVERRIDES: dict[tuple[str, ...], list[str]] = {
     ("phantom",): ["-n", "8", "--size", "64"],
     ("stats",): ["--size", "32", "--max-images", "8"],
     ("inspect",): ["--check", "4"],
-    ("pretrain", "mim"): ["--steps", "1", "--img-size", "32", "--batch-size", "4", "--warmup", "0"],
+    ("pretrain", "mim"): "--steps 1 --img-size 32 --batch-size 4 --warmup 0 --accumulate 1".split(),
     # the recipes name EVA-X S/16: Ti/16 here (runs/mim_s and W are Ti/16 stand-ins too)
     ("finetune",): [*TRAIN, "--arch", "eva_x_tiny_patch16"],
     # one run per backbone instead of backbones x 3 modes x 3 fractions x 3 seeds
     ("sweep",): [*TRAIN, "--modes", "lora", "--fractions", "1", "--seeds", "0"],
     ("evaluate",): ["--n-boot", "10"],
+    ("compare",): ["--n-boot", "10"],
     ("serve",): ["--port", "{port}"],
 }
 
@@ -101,6 +107,7 @@ NEEDS: dict[str, list[str]] = {
     "fine-tune-on-your-data-1": ["runs/mim_s", "runs/mim"],
     "fine-tune-on-your-data-2": ["runs/mim"],
     "evaluate-1": ["runs/cxr14"],
+    "compare-two-models-1": ["runs/cxr14"],
     "explain-1": ["runs/ft", "demo_output"],
     "explain-2": ["runs/ft"],
     "serve-1": ["demo_output"],

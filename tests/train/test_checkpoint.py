@@ -13,7 +13,7 @@ from torch import nn
 from xrayfm.errors import XrayfmError
 from xrayfm.train import CHECKPOINT, TrainConfig
 from xrayfm.train.checkpoint import load_checkpoint, save_checkpoint
-from xrayfm.train.schedules import cosine_scheduler
+from xrayfm.train.schedules import build_scheduler
 
 
 class FolderFabric:
@@ -52,7 +52,7 @@ def _setup(fabric: Fabric, seed: int) -> dict[str, Any]:
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 1))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    scheduler = cosine_scheduler(optimizer, TrainConfig(steps=10, warmup_steps=2, lr=1e-2))
+    scheduler = build_scheduler(optimizer, TrainConfig(steps=10, warmup_steps=2, lr=1e-2))
     module, optimizer = fabric.setup(model, optimizer)
     return {"objective": module, "optimizer": optimizer, "step": 0, "scheduler": scheduler}
 

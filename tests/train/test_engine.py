@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -14,7 +15,7 @@ from xrayfm.errors import XrayfmError
 from xrayfm.models import create_model
 from xrayfm.pretrain.mim import MaskedFeatureModeling
 from xrayfm.progress import PROGRESS_LOGGER
-from xrayfm.train import CHECKPOINT, TrainConfig, engine, train
+from xrayfm.train import CHECKPOINT, TrainConfig, engine, lr_factor, train
 
 
 class Crash(RuntimeError):
@@ -105,7 +106,8 @@ class _Collect(logging.Handler):
 def test_without_a_bar_progress_is_a_line_every_log_every_steps(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CI", "true")  # CI, a pipe or a log file: no bar
     logger, collect = logging.getLogger(PROGRESS_LOGGER), _Collect()
-    monkeypatch.setattr(logger, "level", logging.INFO)
+    level = logger.level
+    logger.setLevel(logging.INFO)  # setLevel, not the attribute: it clears the cache of an earlier run's level
     logger.addHandler(collect)
     cfg = _cfg(tmp_path)
     cfg.steps, cfg.log_every = 7, 3
@@ -113,6 +115,7 @@ def test_without_a_bar_progress_is_a_line_every_log_every_steps(tmp_path: Path, 
         train(_objective(), _data(), cfg, batch_to_input=lambda b: b[0])
     finally:
         logger.removeHandler(collect)
+        logger.setLevel(level)
     lines = collect.lines
     assert [line.split()[1] for line in lines] == ["3/7", "6/7", "7/7"]
     shape = r"step \d/7  loss \d+\.\d{4}  lr \d\.\de-0\d  \d+\.\d img/s  ETA \d:\d\d:\d\d"
@@ -131,3 +134,78 @@ def test_with_a_bar_there_are_no_progress_lines(tmp_path: Path, monkeypatch, cap
         train(_objective(), _data(), cfg, batch_to_input=lambda b: b[0])
     assert not [r for r in caplog.records if r.name == PROGRESS_LOGGER]
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 3
+
+
+class _Regression(torch.nn.Module):
+    """A tiny objective: the squared error of a linear map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(4, 1)
+
+    def forward(self, batch: list[torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        return (self.linear(x).squeeze(1) - y).pow(2).mean()
+
+
+def _pairs(n: int = 10) -> TensorDataset:
+    g = torch.Generator().manual_seed(1)
+    return TensorDataset(torch.randn(n, 4, generator=g), torch.randn(n, generator=g))
+
+
+def _epoch_cfg(out: Path, **settings) -> TrainConfig:
+    base = dict(
+        out_dir=str(out), steps=1000, epochs=2, warmup_epochs=0.5, batch_size=2, accumulate=2, lr=1e-2,
+        accelerator="cpu", precision="32-true", checkpoint_every=1, log_every=1,
+    )  # fmt: skip
+    return TrainConfig(**{**base, **settings})
+
+
+def test_epochs_set_the_number_of_steps(tmp_path: Path) -> None:
+    cfg = _epoch_cfg(tmp_path)  # 10 samples in steps of 2 x 2: 3 steps an epoch
+    result = train(_Regression(), _pairs(), cfg)
+    assert (result["step"], result["steps"], result["warmup_steps"]) == (6, 6, 2)
+    recorded = json.loads((tmp_path / "train_config.json").read_text())
+    assert (recorded["steps"], recorded["warmup_steps"], recorded["epochs"]) == (6, 2, 2)
+    rows = [r.split(",") for r in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
+    assert [int(r[0]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    resolved = TrainConfig(**{**recorded, "betas": tuple(recorded["betas"])})
+    assert [float(r[2]) for r in rows] == pytest.approx([1e-2 * lr_factor(s, resolved) for s in range(1, 7)], rel=1e-3)
+    assert cfg.steps == 1000  # the caller's config is not changed
+
+
+def test_an_epochs_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    ref = _Regression()
+    train(ref, _pairs(), _epoch_cfg(tmp_path / "straight", schedule="poly", poly_power=0.9))
+
+    calls = {"n": 0}
+
+    def crash_in_step_four(batch):
+        calls["n"] += 1
+        if calls["n"] == 7:  # the first micro-batch of step 4
+            raise Crash
+        return batch
+
+    killed = _epoch_cfg(tmp_path / "killed", schedule="poly", poly_power=0.9)
+    with pytest.raises(Crash):
+        train(_Regression(), _pairs(), killed, batch_to_input=crash_in_step_four)
+    assert torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=False)["step"] == 3
+    resumed = _Regression()
+    assert train(resumed, _pairs(), killed)["steps"] == 6
+    torch.testing.assert_close(ref.state_dict(), resumed.state_dict(), rtol=0, atol=0)
+    straight, again = ((tmp_path / d / "metrics.csv").read_text() for d in ("straight", "killed"))
+    assert [r.split(",")[:3] for r in straight.splitlines()] == [r.split(",")[:3] for r in again.splitlines()]
+
+
+def test_sgd_with_a_constant_schedule_trains(tmp_path: Path) -> None:
+    model = _Regression()
+    before = model(_pairs()[:]).item()
+    cfg = _epoch_cfg(tmp_path, optimizer="sgd", momentum=0.9, schedule="constant", epochs=4, warmup_epochs=0)
+    cfg.warmup_steps = 0
+    result = train(model, _pairs(), cfg)
+    saved = torch.load(tmp_path / CHECKPOINT, weights_only=False)["optimizer"]
+    assert result["steps"] == 12 and [g["lr"] for g in saved["param_groups"]] == [1e-2, 1e-2]
+    assert all(g["momentum"] == 0.9 and not g["nesterov"] for g in saved["param_groups"])
+    assert all("momentum_buffer" in s for s in saved["state"].values())
+    assert model(_pairs()[:]).item() < before

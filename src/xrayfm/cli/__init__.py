@@ -4,7 +4,7 @@ Every subcommand calls one public function. Errors the toolkit anticipates (Xray
 printed as one line and exit with status 2; anything else is a bug, reported as one line with
 status 1 (``-v`` logs its traceback). One module per command group registers its subcommands:
 :mod:`~xrayfm.cli.data`, :mod:`~xrayfm.cli.demo`, :mod:`~xrayfm.cli.pretrain`,
-:mod:`~xrayfm.cli.finetune`, :mod:`~xrayfm.cli.explain` and :mod:`~xrayfm.cli.deploy`; the
+:mod:`~xrayfm.cli.finetune`, :mod:`~xrayfm.cli.compare`, :mod:`~xrayfm.cli.explain` and :mod:`~xrayfm.cli.deploy`; the
 options several share are in :mod:`~xrayfm.cli.args`, YAML recipes in :mod:`~xrayfm.cli.recipes`.
 """
 
@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from xrayfm import __version__
+from xrayfm.cli.compare import add_compare_command
 from xrayfm.cli.data import add_data_commands
 from xrayfm.cli.demo import add_demo_command
 from xrayfm.cli.deploy import add_deploy_commands
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_command(sub)
     add_pretrain_commands(sub)
     add_finetune_commands(sub)
+    add_compare_command(sub)
     add_explain_commands(sub)
     add_deploy_commands(sub)
     return parser

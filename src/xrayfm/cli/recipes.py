@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
+import sys
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -204,11 +205,48 @@ def parse_with_recipe(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     Raises:
         XrayfmError: The recipe cannot be read or does not fit the command.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if getattr(args, "config", None):
         apply_recipe(args.parser, args.config)
         args = parser.parse_args(argv)
+    if hasattr(args, "parser"):
+        given = given_options(args.parser, argv)
+        for typed, other in ALTERNATIVES:
+            if typed in given and other not in given and hasattr(args, other):
+                setattr(args, other, 0)
     return args
+
+
+#: Options that set the same thing another way (``--steps`` / ``--epochs``...): where only the
+#: first is typed, the second (from a recipe or a default) is switched off (0), so that
+#: ``--steps 500`` trains 500 steps though the recipe, or finetune's default, counts epochs.
+ALTERNATIVES = (("steps", "epochs"), ("warmup", "warmup_epochs"), ("accumulate", "global_batch"))
+
+
+def given_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """Destinations of the options typed in ``argv`` (``--steps 5``, ``--steps=5``, or an unambiguous
+    prefix as argparse accepts), as opposed to those holding a default or a recipe's value.
+
+    Commands use it where two options set one thing (``--steps`` / ``--epochs``): the one typed wins.
+
+    Args:
+        parser: The subcommand's parser.
+        argv: The command line.
+
+    Returns:
+        The ``dest`` of every option of ``parser`` that ``argv`` names.
+    """
+    dest_of = {s: a.dest for a in parser._actions for s in a.option_strings}
+    given = set()
+    for token in argv:
+        if not token.startswith("--") or token == "--":
+            continue
+        name = token.split("=", 1)[0]
+        matches = [name] if name in dest_of else [s for s in dest_of if s.startswith(name)]
+        if len(matches) == 1:
+            given.add(dest_of[matches[0]])
+    return given
 
 
 def parse_options(pairs: Sequence[str]) -> dict[str, Any]:

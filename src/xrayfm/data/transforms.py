@@ -1,9 +1,14 @@
 """Sample transforms that keep images, masks and boxes in register.
 
-Only geometry that every pipeline needs lives here for now: :class:`Resize` brings samples of
-any size to one shape (so they batch) and rescales masks (nearest neighbour, so 255 = ignore
-survives) and boxes with the image. Training augmentation (crops, flips, gamma, noise; never
-colour jitter) builds on the same Sample contract.
+:class:`Resize` brings samples of any size to one shape (so they batch) and rescales masks
+(nearest neighbour, so 255 = ignore survives) and boxes with the image; :class:`EvalResize` is
+the evaluation view of a preprocessing record. Training views, all on the same Sample contract:
+
+- :class:`FinetuneAugment` (``basic``, xrayfm's own): crop, flip, small rotation, gamma, noise;
+- :class:`RandAugmentView` (``randaugment``): EVA-X classification's timm pipeline (random
+  resized crop, flip, RandAugment) on the grey image;
+- :class:`PhotometricView` (``photometric``): EVA-X segmentation's mmseg pipeline (resize,
+  flip, photometric distortion, which on a grey image is brightness and contrast).
 """
 
 from __future__ import annotations
@@ -192,6 +197,7 @@ class FinetuneAugment:
         degrees: Maximum rotation.
         gamma: Gamma range (1, 1) = off.
         noise: Std of additive Gaussian noise (0 = off).
+        interpolation: ``bilinear`` or ``bicubic`` for the image (masks: nearest).
     """
 
     def __init__(
@@ -204,13 +210,15 @@ class FinetuneAugment:
         degrees: float = 10.0,
         gamma: tuple[float, float] = (0.8, 1.25),
         noise: float = 0.01,
+        interpolation: str = "bilinear",
     ) -> None:
-        from torchvision.transforms import v2
+        from torchvision.transforms import InterpolationMode, v2
 
+        mode = InterpolationMode(interpolation)
         self.geometry = v2.Compose(
             [
                 v2.RandomAffine(degrees=degrees),
-                v2.RandomResizedCrop(size, scale=scale, ratio=ratio, antialias=True),
+                v2.RandomResizedCrop(size, scale=scale, ratio=ratio, interpolation=mode, antialias=True),
                 v2.RandomHorizontalFlip(flip),
             ]
         )
@@ -242,3 +250,121 @@ class FinetuneAugment:
             boxes = targets["boxes"].as_subclass(torch.Tensor)
             out["boxes"], out["box_labels"] = drop_empty_boxes(boxes, sample["box_labels"])
         return out
+
+
+class RandAugmentView:
+    """EVA-X classification's training view: timm's ``create_transform`` on the grey image.
+
+    Random resized crop (``scale``, ``ratio``, ``interpolation``), horizontal flip and timm
+    RandAugment (``rand_augment``, e.g. ``rand-m6-mstd0.5-inc1``), as the official fine-tuning
+    builds it (``--build_timm_transform --aa ...``) with colour jitter and random erasing off.
+    timm works on 8-bit PIL images, so the grey [0, 1] image goes through an 8-bit RGB image
+    (its three channels equal, as the official loader's ``convert('RGB')``) and comes back as one
+    grey channel; every RandAugment op keeps the channels equal. Randomness comes from Python's
+    ``random``, NumPy and torch (seed all three for a repeatable view). Classification only: the
+    view cannot move masks or boxes, so it leaves them out of its output.
+
+    Args:
+        size: Output side.
+        rand_augment: timm RandAugment string.
+        scale: Crop area range.
+        ratio: Crop aspect-ratio range.
+        flip: Horizontal-flip probability.
+        interpolation: ``bilinear`` or ``bicubic``.
+        fill: Grey [0, 1] value of pixels that geometric ops uncover (timm: the normalisation mean).
+
+    Raises:
+        XrayfmError: A malformed RandAugment string.
+    """
+
+    def __init__(
+        self,
+        size: int = 224,
+        *,
+        rand_augment: str = "rand-m6-mstd0.5-inc1",
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip: float = 0.5,
+        interpolation: str = "bicubic",
+        fill: float = 0.5,
+    ) -> None:
+        from timm.data import create_transform
+
+        if not rand_augment.startswith("rand"):
+            raise XrayfmError(
+                f"rand_augment must be a timm RandAugment string such as rand-m6-mstd0.5-inc1, got {rand_augment!r}"
+            )
+        try:
+            self.views = create_transform(
+                size, is_training=True, scale=tuple(scale), ratio=tuple(ratio), hflip=flip, color_jitter=None,
+                auto_augment=rand_augment, interpolation=interpolation, mean=(fill,) * 3, re_prob=0.0,
+                normalize=False, separate=True,
+            )  # fmt: skip
+        except (AssertionError, ValueError, KeyError) as exc:
+            raise XrayfmError(f"rand_augment {rand_augment!r} is not a valid timm RandAugment string: {exc}") from None
+        self.rand_augment = rand_augment
+
+    def __call__(self, sample: Sample) -> Sample:
+        from PIL import Image
+
+        grey = (sample["image"][0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        image = Image.fromarray(grey, mode="L").convert("RGB")
+        primary, secondary, final = self.views
+        tensor = final(secondary(primary(image)))
+        out = {k: v for k, v in sample.items() if k not in ("mask", "boxes", "box_labels")}
+        out["image"] = tensor[:1].float() / 255.0
+        return out  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"RandAugmentView({self.views})"
+
+
+class PhotometricView:
+    """EVA-X segmentation's training view (mmseg): resize, flip, photometric distortion.
+
+    The image (mask and boxes with it) is resized to ``size`` x ``size`` without keeping the aspect
+    ratio (mmseg ``Resize(keep_ratio=False)``), flipped with probability ``flip`` (``RandomFlip``), then
+    mmseg's ``PhotoMetricDistortion`` acts: with probability 1/2 each, a brightness shift
+    uniform in +-``brightness`` and a contrast factor uniform in ``contrast`` (pixel times factor),
+    each clipped to [0, 1]. Its saturation and hue steps do nothing to a grey image, so they are left out.
+
+    Args:
+        size: Output side.
+        flip: Horizontal-flip probability.
+        brightness: Largest brightness shift on the [0, 1] scale (mmseg: 32 of 255).
+        contrast: Contrast factor range (mmseg: 0.5 to 1.5).
+        interpolation: ``bilinear`` or ``bicubic`` for the image.
+    """
+
+    def __init__(
+        self,
+        size: int = 512,
+        *,
+        flip: float = 0.5,
+        brightness: float = 32 / 255,
+        contrast: tuple[float, float] = (0.5, 1.5),
+        interpolation: str = "bilinear",
+    ) -> None:
+        self.resize = Resize(size, interpolation=interpolation)
+        self.flip, self.brightness, self.contrast = flip, brightness, contrast
+
+    def __call__(self, sample: Sample) -> Sample:
+        out = self.resize(sample)
+        if float(torch.rand(())) < self.flip:
+            out["image"] = out["image"].flip(-1)
+            if "mask" in out:
+                out["mask"] = out["mask"].flip(-1)
+            if "boxes" in out:
+                width = out["image"].shape[-1]
+                out["boxes"] = torch.stack([width - out["boxes"][:, 2], out["boxes"][:, 1], width - out["boxes"][:, 0],
+                                            out["boxes"][:, 3]], dim=1)  # fmt: skip
+        image = out["image"]
+        if float(torch.rand(())) < 0.5:
+            image = (image + float(torch.empty(()).uniform_(-self.brightness, self.brightness))).clamp(0.0, 1.0)
+        if float(torch.rand(())) < 0.5:
+            image = image * float(torch.empty(()).uniform_(*self.contrast))
+        out["image"] = image.clamp(0.0, 1.0)
+        return out
+
+    def __repr__(self) -> str:
+        return f"PhotometricView(size={self.resize.size}, flip={self.flip}, contrast={self.contrast})"

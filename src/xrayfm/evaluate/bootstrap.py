@@ -18,6 +18,7 @@ import contextlib
 import copy
 import io
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,7 +61,7 @@ def _weight_chunks(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
         yield np.bincount(flat, minlength=idx.size).reshape(idx.shape).astype(np.float64)
 
 
-def _interval(value: float | None, resampled: np.ndarray, alpha: float) -> dict[str, Any]:
+def percentile_interval(value: float | None, resampled: np.ndarray, alpha: float) -> dict[str, Any]:
     """``value``, percentile ``low`` / ``high`` of the finite resampled values, ``n_boot``, ``skipped``."""
     resampled = np.asarray(resampled, dtype=np.float64).reshape(-1)
     valid = resampled[np.isfinite(resampled)]
@@ -76,6 +77,46 @@ def _interval(value: float | None, resampled: np.ndarray, alpha: float) -> dict[
         "n_boot": int(valid.size),
         "skipped": int(resampled.size - valid.size),
     }
+
+
+Key = tuple[str, ...]
+
+
+@dataclass
+class Resamples:
+    """Metrics on all images and on each bootstrap resample, keyed by their place in the result.
+
+    Two models scored on the same images with the same ``n_boot`` and ``seed`` share their
+    resamples row by row, which is what a paired comparison subtracts.
+
+    Attributes:
+        values: Key (``("mean_auroc",)``, ``("per_class", "nodule", "auroc")``) -> value on all
+            images, None where undefined.
+        draws: Key -> (n_boot,) values on the resamples, ``nan`` where undefined.
+    """
+
+    values: dict[Key, float | None] = field(default_factory=dict)
+    draws: dict[Key, np.ndarray] = field(default_factory=dict)
+
+    def add(self, key: Key, value: float | None, draws: np.ndarray) -> None:
+        """Record one metric."""
+        self.values[key] = value
+        self.draws[key] = np.asarray(draws, dtype=np.float64).reshape(-1)
+
+    def intervals(self, alpha: float) -> dict[str, Any]:
+        """Nested dict of intervals (as :func:`bootstrap_ci` returns them), one per key."""
+        return nest({key: percentile_interval(self.values[key], self.draws[key], alpha) for key in self.values})
+
+
+def nest(flat: dict[Key, Any]) -> dict[str, Any]:
+    """``{("a", "b"): v}`` -> ``{"a": {"b": v}}``, keeping the order of first appearance."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        for part in key[:-1]:
+            node = node.setdefault(part, {})
+        node[key[-1]] = value
+    return out
 
 
 def rank_auroc(p: np.ndarray, t: np.ndarray) -> float | None:
@@ -158,7 +199,79 @@ def bootstrap_ci(
         for chunk in _index_chunks(n_samples, n_boot, seed)
         for idx in chunk
     ]
-    return _interval(None if value is None else float(value), np.asarray(values), alpha)
+    return percentile_interval(None if value is None else float(value), np.asarray(values), alpha)
+
+
+def classification_resamples(
+    probs: Any,
+    labels: Any,
+    classes: Sequence[str],
+    *,
+    kind: str = "multilabel",
+    threshold: float | Sequence[float] = 0.5,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Resamples:
+    """The classification metrics of :func:`classification_cis` on all images and on each resample.
+
+    Keys: ``mean_auroc``, ``accuracy``, ``mean_sensitivity``, ``mean_specificity`` and
+    ``per_class`` / name / ``auroc``, ``accuracy``, ``sensitivity``, ``specificity``.
+
+    Raises:
+        XrayfmError: Bad inputs (as :func:`classification_metrics`) or bootstrap settings.
+    """
+    point = classification_metrics(probs, labels, classes, kind=kind, threshold=threshold)
+    p, y, thresholds = check_classification_inputs(probs, labels, classes, kind, threshold)
+    k_classes = len(classes)
+    if kind == "multiclass":
+        rows = known_class_rows(y)
+        p, target = p[rows], y[rows].argmax(1)
+        positive = np.eye(k_classes, dtype=bool)[target]
+        negative = ~positive
+        decided = np.eye(k_classes, dtype=bool)[p.argmax(1)]
+    else:
+        positive, negative = y == 1, y == 0
+        decided = p >= thresholds
+    n = len(p)
+    _check_settings(n, n_boot, 0.05)
+    aurocs = []
+    for k in range(k_classes):
+        known = positive[:, k] | negative[:, k]
+        aurocs.append(_WeightedAuroc(np.flatnonzero(known), p[known, k], positive[known, k]))
+    # per class: positives, negatives, true positives, true negatives
+    indicators = np.concatenate([positive, negative, decided & positive, ~decided & negative], axis=1).astype(float)
+    correct = (decided & positive).any(1).astype(float)  # multi-class top-1 hit
+
+    def stats(w: np.ndarray) -> dict[str, np.ndarray]:
+        pos, neg, tp, tn = np.split(w @ indicators, 4, axis=1)
+        return {
+            "auroc": np.stack([f(w) for f in aurocs], axis=1),
+            "accuracy": _ratio(tp + tn, pos + neg),
+            "sensitivity": _ratio(tp, pos),
+            "specificity": _ratio(tn, neg),
+            "top1": (w @ correct) / w.sum(1),
+        }
+
+    full = stats(np.ones((1, n)))
+    parts = [stats(w) for w in _weight_chunks(n, n_boot, seed)]
+    resampled = {key: np.concatenate([full[key][:0], *(s[key] for s in parts)]) for key in full}
+    out = Resamples()
+
+    def add_mean(name: str, key: str) -> None:
+        defined = np.isfinite(full[key][0])
+        out.add((name,), point["mean"][key], _mean_of_defined(resampled[key], defined))
+
+    add_mean("mean_auroc", "auroc")
+    if kind == "multiclass":
+        out.add(("accuracy",), point["mean"]["accuracy"], resampled["top1"])
+    else:
+        add_mean("accuracy", "accuracy")
+    add_mean("mean_sensitivity", "sensitivity")
+    add_mean("mean_specificity", "specificity")
+    for k, c in enumerate(classes):
+        for key in ("auroc", "accuracy", "sensitivity", "specificity"):
+            out.add(("per_class", c, key), point["per_class"][c][key], resampled[key][:, k])
+    return out
 
 
 def classification_cis(
@@ -199,61 +312,43 @@ def classification_cis(
     Raises:
         XrayfmError: Bad inputs (as :func:`classification_metrics`) or bootstrap settings.
     """
-    point = classification_metrics(probs, labels, classes, kind=kind, threshold=threshold)
-    p, y, thresholds = check_classification_inputs(probs, labels, classes, kind, threshold)
-    k_classes = len(classes)
-    if kind == "multiclass":
-        rows = known_class_rows(y)
-        p, target = p[rows], y[rows].argmax(1)
-        positive = np.eye(k_classes, dtype=bool)[target]
-        negative = ~positive
-        decided = np.eye(k_classes, dtype=bool)[p.argmax(1)]
-    else:
-        positive, negative = y == 1, y == 0
-        decided = p >= thresholds
-    n = len(p)
-    _check_settings(n, n_boot, alpha)
-    aurocs = []
-    for k in range(k_classes):
-        known = positive[:, k] | negative[:, k]
-        aurocs.append(_WeightedAuroc(np.flatnonzero(known), p[known, k], positive[known, k]))
-    # per class: positives, negatives, true positives, true negatives
-    indicators = np.concatenate([positive, negative, decided & positive, ~decided & negative], axis=1).astype(float)
-    correct = (decided & positive).any(1).astype(float)  # multi-class top-1 hit
+    _check_settings(1, n_boot, alpha)
+    resamples = classification_resamples(probs, labels, classes, kind=kind, threshold=threshold, n_boot=n_boot,
+                                         seed=seed)  # fmt: skip
+    return resamples.intervals(alpha)
 
-    def stats(w: np.ndarray) -> dict[str, np.ndarray]:
-        pos, neg, tp, tn = np.split(w @ indicators, 4, axis=1)
-        return {
-            "auroc": np.stack([f(w) for f in aurocs], axis=1),
-            "accuracy": _ratio(tp + tn, pos + neg),
-            "sensitivity": _ratio(tp, pos),
-            "specificity": _ratio(tn, neg),
-            "top1": (w @ correct) / w.sum(1),
-        }
 
-    full = stats(np.ones((1, n)))
-    parts = [stats(w) for w in _weight_chunks(n, n_boot, seed)]
-    resampled = {key: np.concatenate([full[key][:0], *(s[key] for s in parts)]) for key in full}
+def segmentation_resamples(
+    dice: Any, jaccard: Any, classes: Sequence[str], *, n_boot: int = 1000, seed: int = 0
+) -> Resamples:
+    """Mean Dice / Jaccard (over classes and per class) on all images and on each resample.
 
-    def mean_interval(key: str) -> dict[str, Any]:
-        defined = np.isfinite(full[key][0])
-        return _interval(point["mean"][key], _mean_of_defined(resampled[key], defined), alpha)
+    Keys: ``mean_dice``, ``mean_jaccard`` and ``per_class`` / name / ``dice``, ``jaccard``.
 
-    out: dict[str, Any] = {
-        "mean_auroc": mean_interval("auroc"),
-        "accuracy": _interval(point["mean"]["accuracy"], resampled["top1"], alpha)
-        if kind == "multiclass"
-        else mean_interval("accuracy"),
-        "mean_sensitivity": mean_interval("sensitivity"),
-        "mean_specificity": mean_interval("specificity"),
-    }
-    out["per_class"] = {
-        c: {
-            key: _interval(point["per_class"][c][key], resampled[key][:, k], alpha)
-            for key in ("auroc", "accuracy", "sensitivity", "specificity")
-        }
-        for k, c in enumerate(classes)
-    }
+    Raises:
+        XrayfmError: The arrays are not (N, M) with M class names, or bad bootstrap settings.
+    """
+    scores = {"dice": np.asarray(dice, dtype=np.float64), "jaccard": np.asarray(jaccard, dtype=np.float64)}
+    for name, s in scores.items():
+        if s.ndim != 2 or s.shape[1] != len(classes) or s.shape != scores["dice"].shape:
+            raise XrayfmError(f"per-image {name} must be (N, {len(classes)}), got {s.shape}")
+    n = len(scores["dice"])
+    _check_settings(n, n_boot, 0.05)
+    means: dict[str, list[float | None]] = {}
+    resampled: dict[str, np.ndarray] = {}
+    for name, s in scores.items():
+        scored = ~np.isnan(s)
+        values, filled = scored.astype(float), np.where(scored, s, 0.0)
+        chunks = [_ratio(w @ filled, w @ values) for w in _weight_chunks(n, n_boot, seed)]
+        resampled[name] = np.concatenate(chunks) if chunks else np.zeros((0, len(classes)))
+        means[name] = column_means(s)
+    out = Resamples()
+    for name in scores:
+        defined = np.array([m is not None for m in means[name]])
+        out.add((f"mean_{name}",), mean_or_none(means[name]), _mean_of_defined(resampled[name], defined))
+    for k, c in enumerate(classes):
+        for name in scores:
+            out.add(("per_class", c, name), means[name][k], resampled[name][:, k])
     return out
 
 
@@ -287,26 +382,8 @@ def segmentation_cis(
     Raises:
         XrayfmError: The arrays are not (N, M) with M class names, or bad bootstrap settings.
     """
-    scores = {"dice": np.asarray(dice, dtype=np.float64), "jaccard": np.asarray(jaccard, dtype=np.float64)}
-    for name, s in scores.items():
-        if s.ndim != 2 or s.shape[1] != len(classes) or s.shape != scores["dice"].shape:
-            raise XrayfmError(f"per-image {name} must be (N, {len(classes)}), got {s.shape}")
-    n = len(scores["dice"])
-    _check_settings(n, n_boot, alpha)
-    out: dict[str, Any] = {}
-    per_class: dict[str, dict[str, Any]] = {c: {} for c in classes}
-    for name, s in scores.items():
-        scored = ~np.isnan(s)
-        values, filled = scored.astype(float), np.where(scored, s, 0.0)
-        chunks = [_ratio(w @ filled, w @ values) for w in _weight_chunks(n, n_boot, seed)]
-        resampled = np.concatenate(chunks) if chunks else np.zeros((0, len(classes)))
-        means = column_means(s)
-        defined = np.array([m is not None for m in means])
-        out[f"mean_{name}"] = _interval(mean_or_none(means), _mean_of_defined(resampled, defined), alpha)
-        for k, c in enumerate(classes):
-            per_class[c][name] = _interval(means[k], resampled[:, k], alpha)
-    out["per_class"] = per_class
-    return out
+    _check_settings(1, n_boot, alpha)
+    return segmentation_resamples(dice, jaccard, classes, n_boot=n_boot, seed=seed).intervals(alpha)
 
 
 class _CocoResampler:
@@ -385,6 +462,35 @@ class _CocoResampler:
         }
 
 
+def detection_resamples(
+    preds: Sequence[dict[str, Any]],
+    targets: Sequence[dict[str, Any]],
+    classes: Sequence[str],
+    *,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> Resamples:
+    """Box mAP, mAP@0.5, mAP@0.75 and per-class AP on all images and on each resample.
+
+    Keys: ``map``, ``map_50``, ``map_75`` and ``per_class`` / name / ``ap``.
+
+    Raises:
+        XrayfmError: Inconsistent inputs (as :func:`detection_metrics`) or bootstrap settings.
+    """
+    resampler = _CocoResampler(preds, targets, len(classes))
+    n = resampler.n
+    _check_settings(n, n_boot, 0.05)
+    full = resampler.scores(np.arange(n))
+    draws = [resampler.scores(idx) for chunk in _index_chunks(n, n_boot, seed) for idx in chunk]
+    out = Resamples()
+    for key in ("map", "map_50", "map_75"):
+        out.add((key,), None if np.isnan(full[key]) else float(full[key]), np.array([d[key] for d in draws]))
+    ap = np.array([d["ap"] for d in draws]).reshape(len(draws), len(classes))
+    for k, c in enumerate(classes):
+        out.add(("per_class", c, "ap"), None if np.isnan(full["ap"][k]) else float(full["ap"][k]), ap[:, k])
+    return out
+
+
 def detection_cis(
     preds: Sequence[dict[str, Any]],
     targets: Sequence[dict[str, Any]],
@@ -416,14 +522,5 @@ def detection_cis(
     Raises:
         XrayfmError: Inconsistent inputs (as :func:`detection_metrics`) or bootstrap settings.
     """
-    resampler = _CocoResampler(preds, targets, len(classes))
-    n = resampler.n
-    _check_settings(n, n_boot, alpha)
-    full = resampler.scores(np.arange(n))
-    draws = [resampler.scores(idx) for chunk in _index_chunks(n, n_boot, seed) for idx in chunk]
-    out: dict[str, Any] = {
-        key: _interval(full[key], np.array([d[key] for d in draws]), alpha) for key in ("map", "map_50", "map_75")
-    }
-    ap = np.array([d["ap"] for d in draws]).reshape(len(draws), len(classes))
-    out["per_class"] = {c: {"ap": _interval(full["ap"][k], ap[:, k], alpha)} for k, c in enumerate(classes)}
-    return out
+    _check_settings(1, n_boot, alpha)
+    return detection_resamples(preds, targets, classes, n_boot=n_boot, seed=seed).intervals(alpha)

@@ -1,6 +1,7 @@
 """Label-efficiency sweeps: backbones x modes x train fractions x seeds, one table.
 
-Every combination is an ordinary fine-tuning run in its own folder. A finished run (its
+Every combination (a row: backbone, mode, fraction) runs once per seed, each an ordinary
+fine-tuning run in its own folder. A finished run (its
 ``summary.json`` exists) is reused only when the config it records equals the one the sweep would
 run now (its folder aside), so an interrupted sweep continues where it stopped and a changed
 setting runs again instead of reporting stale numbers. The table (``sweep.csv``: one row per run,
@@ -8,6 +9,13 @@ split, task and headline metric, with its 95% CI) and a Markdown summary (mean o
 rewritten atomically after every run. Each run is announced on the ``xrayfm.progress`` logger
 (:mod:`xrayfm.progress`) when it starts and when it ends (or is reused), with its time and
 headline metrics: ``run 3/12 eva_x_tiny full f0.1 s0: done in 41 s, test labels mean_auroc 0.712``.
+
+When the sweep is done, each row's headline metrics get their mean and standard deviation over
+the seeds and, with a named baseline row, the paired difference against it: per seed, both runs'
+saved test predictions are scored on the same images and resamples, and the mean over seeds
+gets an interval that resamples both the images and the seeds
+(:func:`~xrayfm.evaluate.paired.seed_mean_difference`). These go to ``sweep_stats.json``,
+``sweep.md`` and ``sweep.html``.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import json
 import logging
 import math
 import shutil
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -29,7 +38,7 @@ from typing import Any
 
 from xrayfm.errors import XrayfmError
 from xrayfm.finetune.run import FinetuneConfig, run_finetune
-from xrayfm.io.atomic import atomic_write_text
+from xrayfm.io.atomic import atomic_write_json, atomic_write_text
 from xrayfm.progress import PROGRESS_LOGGER, format_duration
 from xrayfm.train import is_global_zero
 
@@ -60,6 +69,59 @@ class Backbone:
         return cls(label, arch, weights or None)
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """The row each sweep row is compared with: a backbone label, and optionally a mode and a fraction.
+
+    A part left out means "the same as the row compared": ``random`` compares every row with the
+    ``random`` backbone at the row's own mode and fraction; ``random/full/1`` compares every row
+    with that one row.
+    """
+
+    label: str
+    mode: str | None = None
+    fraction: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Baseline:
+        """``LABEL``, ``LABEL/MODE`` or ``LABEL/MODE/FRACTION``."""
+        parts = text.split("/")
+        if not parts[0] or len(parts) > 3 or any(not p for p in parts):
+            raise XrayfmError(f"baseline {text!r} is not LABEL, LABEL/MODE or LABEL/MODE/FRACTION")
+        try:
+            fraction = float(parts[2]) if len(parts) == 3 else None
+        except ValueError:
+            raise XrayfmError(f"baseline {text!r}: {parts[2]!r} is not a fraction") from None
+        return cls(parts[0], parts[1] if len(parts) > 1 else None, fraction)
+
+    def of(self, row: tuple[str, str, float]) -> tuple[str, str, float]:
+        """The baseline row of ``row`` (backbone label, mode, fraction)."""
+        return (self.label, self.mode or row[1], row[2] if self.fraction is None else self.fraction)
+
+    def check(self, backbones: Sequence[Backbone], modes: Sequence[str], fractions: Sequence[float]) -> Baseline:
+        """This baseline with the sweep's own fraction value; refused if it names a row the sweep does not run."""
+        labels = [b.label for b in backbones]
+        if self.label not in labels:
+            raise XrayfmError(f"baseline backbone {self.label!r} is not in the sweep ({', '.join(labels)})")
+        if self.mode is not None and self.mode not in modes:
+            raise XrayfmError(f"baseline mode {self.mode!r} is not in the sweep ({', '.join(modes)})")
+        if self.fraction is None:
+            return self
+        same = [f for f in fractions if math.isclose(self.fraction, f)]
+        if not same:
+            listed = ", ".join(f"{f:g}" for f in fractions)
+            raise XrayfmError(f"baseline fraction {self.fraction:g} is not in the sweep ({listed})")
+        return Baseline(self.label, self.mode, same[0])
+
+    def __str__(self) -> str:
+        return "/".join([self.label, *([self.mode] if self.mode else []), *([f"{self.fraction:g}"] if self.fraction
+                                                                            is not None else [])])  # fmt: skip
+
+
+def _row_name(row: tuple[str, str, float]) -> str:
+    return f"{row[0]} {row[1]} f{row[2]:g}"
+
+
 def _rows(backbone: Backbone, mode: str, fraction: float, seed: int, summary: dict[str, Any]) -> list[dict]:
     rows = []
     for split, result in summary["evaluations"].items():
@@ -81,7 +143,8 @@ def _fmt(v: float | None) -> str:
 def markdown_table(rows: Sequence[dict[str, Any]], split: str = "test") -> str:
     """Mean over seeds of each headline metric on ``split``: one line per backbone, mode and fraction.
 
-    With one seed the cell shows the run's 95% bootstrap CI; with several, the seeds' range.
+    With one seed the cell shows the run's 95% bootstrap CI; with several, the standard deviation
+    over the seeds and their number.
     """
     cells: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     metrics: list[str] = []
@@ -109,7 +172,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], split: str = "test") -> str:
                 low, high = runs[0]["low"], runs[0]["high"]
                 span = f" [{_fmt(float(low))}, {_fmt(float(high))}]" if low not in (None, "") else ""
             else:
-                span = f" (seeds {_fmt(min(values))}–{_fmt(max(values))}, n={len(runs)})"
+                span = f" ± {_fmt(statistics.stdev(values))} (n={len(runs)})"
             out.append(f"{mean:.3f}{span}")
         lines.append(f"| {backbone} | {mode} | {fraction:g} | " + " | ".join(out) + " |")
     return "\n".join(lines) + "\n"
@@ -129,8 +192,7 @@ def _config_differences(cfg: FinetuneConfig, summary: dict[str, Any]) -> list[st
     """Dotted keys in which ``cfg`` differs from the config a finished run recorded in its summary.
 
     The folder and logging cadence (:data:`NOT_COMPARED`) are not compared. ``run_finetune``
-    records ``train.steps`` resolved from ``epochs`` when it was 0; a ``cfg`` that asks for that
-    is compared with the steps the recorded run's ``train_images`` give.
+    records the config as given (durations in epochs unresolved), so the two compare as they are.
 
     Returns:
         The differing keys (empty: same config), or None when the summary records no config.
@@ -138,12 +200,7 @@ def _config_differences(cfg: FinetuneConfig, summary: dict[str, Any]) -> list[st
     recorded = summary.get("config")
     if not isinstance(recorded, dict):
         return None
-    wanted = json.loads(json.dumps(asdict(cfg), default=str))
-    tc = wanted["train"]
-    if tc["steps"] <= 0 and isinstance(summary.get("train_images"), int):
-        # the rule of run_finetune: epochs over the training subset, at least one step
-        tc["steps"] = max(1, math.ceil(cfg.epochs * summary["train_images"] / (tc["batch_size"] * tc["accumulate"])))
-    have, want = _flatten(recorded), _flatten(wanted)
+    have, want = _flatten(recorded), _flatten(json.loads(json.dumps(asdict(cfg), default=str)))
     missing = object()
     return sorted(
         k for k in have.keys() | want.keys() if k not in NOT_COMPARED and have.get(k, missing) != want.get(k, missing)
@@ -183,11 +240,15 @@ def run_sweep(
     fractions: Sequence[float],
     seeds: Sequence[int],
     out_dir: str | Path,
+    baseline: str | Baseline | None = None,
+    split: str = "test",
 ) -> Path:
     """Run every combination (reusing runs finished with the same config); returns the path of ``sweep.csv``.
 
     Rank 0 logs a line on the ``xrayfm.progress`` logger when a run starts and when it is done
-    (with its time and headline metrics) or reused.
+    (with its time and headline metrics) or reused. At the end it writes the seed statistics and
+    paired differences (:func:`sweep_statistics`) to ``sweep_stats.json``, ``sweep.md`` and
+    ``sweep.html``.
 
     Args:
         base: Settings shared by all runs (dataset, image size, steps, lr...).
@@ -196,13 +257,20 @@ def run_sweep(
         fractions: Training fractions.
         seeds: Seeds (subset choice, initialisation of heads, data order).
         out_dir: Sweep folder; run ``LABEL_MODE_fFRACTION_sSEED`` lives inside.
+        baseline: The row every other row is compared with, paired by seed (see :class:`Baseline`).
+        split: The split of the seed statistics and paired differences.
 
     Returns:
-        The path of ``sweep.csv`` (``sweep.md`` beside it).
+        The path of ``sweep.csv`` (``sweep.md``, ``sweep_stats.json`` and ``sweep.html`` beside it).
 
     Raises:
-        XrayfmError: A run's settings are unusable (see :func:`~xrayfm.finetune.run.run_finetune`).
+        XrayfmError: A run's settings are unusable (see :func:`~xrayfm.finetune.run.run_finetune`),
+            or the baseline names a row the sweep does not run.
     """
+    if isinstance(baseline, str):
+        baseline = Baseline.parse(baseline)
+    if baseline is not None:
+        baseline = baseline.check(backbones, modes, fractions)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -226,7 +294,115 @@ def run_sweep(
             progress_log.info("%s: reused, %s", name, _headline(summary))
         rows.extend(_rows(bb, mode, fraction, seed, summary))
         _write(out, rows)
+    if is_global_zero():
+        stats = sweep_statistics(out, rows, [(bb.label, m, f, sd) for bb, m, f, sd in runs], baseline=baseline,
+                                 split=split, n_boot=base.n_boot)  # fmt: skip
+        _write(out, rows, stats)
     return out / "sweep.csv"
+
+
+def _seed_rows(rows: Sequence[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+    """Per row (backbone, mode, fraction) and headline metric on ``split``: the seeds' values, mean and sd."""
+    groups: dict[tuple, dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        if r["split"] == split and r["value"] not in (None, ""):
+            groups[(r["backbone"], r["mode"], float(r["fraction"]), r["task"], r["metric"])][int(r["seed"])] = float(
+                r["value"]
+            )
+    out = []
+    for (backbone, mode, fraction, task, metric), by_seed in groups.items():
+        values = [by_seed[k] for k in sorted(by_seed)]
+        out.append({
+            "backbone": backbone, "mode": mode, "fraction": fraction, "task": task, "metric": metric,
+            "n_seeds": len(values), "seeds": sorted(by_seed), "values": values, "mean": statistics.fmean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else None,
+        })  # fmt: skip
+    return out
+
+
+def sweep_statistics(
+    out_dir: str | Path,
+    rows: Sequence[dict[str, Any]],
+    runs: Sequence[tuple[str, str, float, int]],
+    *,
+    baseline: Baseline | None = None,
+    split: str = "test",
+    n_boot: int = 1000,
+) -> dict[str, Any]:
+    """Mean and sd over seeds of each row's headline metrics, and paired differences against ``baseline``.
+
+    For a row and its baseline row, each seed run by both gives a paired difference: both runs'
+    saved predictions of ``split`` (``RUN/eval_SPLIT``) are matched by image id and scored on the
+    same bootstrap resamples (:func:`~xrayfm.evaluate.compare.paired_resamples`, each run with its
+    own recorded thresholds). :func:`~xrayfm.evaluate.paired.seed_mean_difference` then gives the
+    mean over seeds and its interval over images and seeds.
+
+    Args:
+        out_dir: The sweep folder.
+        rows: The rows of ``sweep.csv``.
+        runs: The sweep's runs as (backbone label, mode, fraction, seed).
+        baseline: The baseline row; None: no differences.
+        split: The split compared.
+        n_boot: Bootstrap resamples of the images.
+
+    Returns:
+        ``split``, ``baseline`` (its name or None), ``n_boot``, ``rows`` (per row and metric:
+        ``n_seeds``, ``seeds``, ``values``, ``mean``, ``sd``), ``differences`` (per row, baseline
+        and metric, as :func:`~xrayfm.evaluate.paired.seed_mean_difference`, with ``row``,
+        ``against``, ``task``, ``metric`` and ``seeds``) and ``notes`` (what could not be paired).
+    """
+    from xrayfm.evaluate.compare import common_tasks, paired_resamples
+    from xrayfm.evaluate.paired import seed_mean_difference
+    from xrayfm.evaluate.run import load_evaluation
+
+    stats: dict[str, Any] = {
+        "split": split, "baseline": None if baseline is None else str(baseline), "n_boot": n_boot,
+        "rows": _seed_rows(rows, split), "differences": [], "notes": [],
+    }  # fmt: skip
+    if baseline is None:
+        return stats
+    headline = defaultdict(list)
+    for r in stats["rows"]:
+        if r["metric"] not in headline[r["task"]]:
+            headline[r["task"]].append(r["metric"])
+    seeds_of: dict[tuple, list[int]] = defaultdict(list)
+    for label, mode, fraction, seed in runs:
+        seeds_of[(label, mode, fraction)].append(seed)
+    loaded: dict[Path, Any] = {}
+
+    def evaluation(row: tuple, seed: int) -> Any:
+        folder = run_folder(out_dir, Backbone(row[0], ""), row[1], row[2], seed) / f"eval_{split}"
+        if folder not in loaded:
+            loaded[folder] = load_evaluation(folder)
+        return loaded[folder]
+
+    for row, seeds in seeds_of.items():
+        base_row = baseline.of(row)
+        if base_row == row or base_row not in seeds_of:
+            continue
+        paired = [s for s in seeds if s in seeds_of[base_row]]
+        per_metric: dict[tuple[str, str], list] = defaultdict(list)
+        try:
+            for seed in paired:
+                (tasks_a, pred_a, thr_a), (tasks_b, pred_b, thr_b) = evaluation(base_row, seed), evaluation(row, seed)
+                tasks, _ = common_tasks(tasks_a, tasks_b)
+                pairs = paired_resamples(tasks, pred_a, pred_b, thresholds_a=thr_a, thresholds_b=thr_b,
+                                         n_boot=n_boot, seed=0)  # fmt: skip
+                for task, (ra, rb) in pairs.items():
+                    for metric in headline.get(task, []):
+                        va, vb = ra.values.get((metric,)), rb.values.get((metric,))
+                        if (metric,) in ra.draws:
+                            diff = None if va is None or vb is None else vb - va
+                            per_metric[(task, metric)].append((diff, rb.draws[(metric,)] - ra.draws[(metric,)]))
+        except XrayfmError as exc:
+            stats["notes"].append(f"{_row_name(row)} vs {_row_name(base_row)}: not paired ({exc})")
+            continue
+        for (task, metric), diffs in per_metric.items():
+            stats["differences"].append({
+                "row": _row_name(row), "against": _row_name(base_row), "task": task, "metric": metric,
+                "seeds": paired, **seed_mean_difference(diffs),
+            })  # fmt: skip
+    return stats
 
 
 def _headline(summary: dict[str, Any]) -> str:
@@ -243,11 +419,36 @@ def _headline(summary: dict[str, Any]) -> str:
     return f"{split} {', '.join(values)}" if values else f"{split}: no headline metric"
 
 
-def _write(out: Path, rows: list[dict[str, Any]]) -> None:
+def differences_table(stats: dict[str, Any], *, heading: bool = True) -> str:
+    """Markdown table of the paired differences in ``stats`` (:func:`sweep_statistics`): per row,
+    baseline and metric, the mean difference over seeds with its 95% CI and the sd over seeds."""
+    lines = [
+        *([f"## paired differences against {stats['baseline']} ({stats['split']})\n"] if heading else []),
+        "| row | baseline | metric | seeds | mean difference [95% CI] | sd over seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for d in stats["differences"]:
+        ci = f" [{d['low']:+.3f}, {d['high']:+.3f}]" if d["low"] is not None else ""
+        value = "–" if d["difference"] is None else f"{d['difference']:+.3f}{ci}"
+        lines.append(f"| {d['row']} | {d['against']} | {d['task']} {d['metric']} | {len(d['per_seed'])} | {value} | "
+                     f"{_fmt(d['sd'])} |")  # fmt: skip
+    lines += [f"\n{n}" for n in stats["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def _write(out: Path, rows: list[dict[str, Any]], stats: dict[str, Any] | None = None) -> None:
     buf = io.StringIO(newline="")
     writer = csv.DictWriter(buf, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out / "sweep.csv", buf.getvalue())
     splits = sorted({r["split"] for r in rows})
-    atomic_write_text(out / "sweep.md", "".join(f"## {s}\n\n{markdown_table(rows, s)}\n" for s in splits))
+    md = "".join(f"## {s}\n\n{markdown_table(rows, s)}\n" for s in splits)
+    if stats is not None:
+        from xrayfm.report.comparison_report import write_sweep_report
+
+        if stats["baseline"]:
+            md += differences_table(stats)
+        atomic_write_json(out / "sweep_stats.json", stats)
+        write_sweep_report(stats, out / "sweep.html")
+    atomic_write_text(out / "sweep.md", md)

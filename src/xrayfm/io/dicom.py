@@ -4,22 +4,34 @@ Applies the display pipeline a radiologist's viewer applies, in DICOM order (PS3
 modality LUT / rescale slope-intercept, then VOI (LUT sequence, or window centre/width with its
 VOI LUT function), then MONOCHROME1 inversion so bright always means dense. Metadata keeps only
 acquisition facts; patient-identifying tags are dropped unless asked for by name.
+
+Compressed pixel data is decoded by pydicom's decoder plugins (GDCM, pylibjpeg with OpenJPEG and
+RLE, pyjpegls, Pillow). A caller that will shrink the image may pass ``target_size``: JPEG 2000 is
+then decoded at the coarsest resolution level that still covers it, several times faster.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pydicom
+from pydicom import uid
+from pydicom.encaps import get_frame
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, apply_voi
+from pydicom.pixels import apply_modality_lut, apply_voi, get_decoder
 
-from xrayfm.errors import ImageReadError, UnsafeInputError
+from xrayfm.errors import ImageReadError
+from xrayfm.io.images import decode_j2k, j2k_header, j2k_reduction
 from xrayfm.io.limits import DEFAULT_LIMITS, ReadLimits
+
+log = logging.getLogger(__name__)
 
 VoiMode = Literal["auto", "none"]
 
@@ -41,6 +53,65 @@ SAFE_TAGS: tuple[str, ...] = (
     "Manufacturer",
     "SOPClassUID",
 )
+
+#: What to install for each family of compressed transfer syntaxes when no plugin decodes it.
+_INSTALL_HINTS: tuple[tuple[frozenset[str], str], ...] = (
+    (frozenset(uid.JPEGTransferSyntaxes), "pip install python-gdcm (an xrayfm dependency)"),
+    (frozenset(uid.JPEGLSTransferSyntaxes), "pip install pyjpegls (an xrayfm dependency)"),
+    (frozenset(uid.JPEG2000TransferSyntaxes), "pip install pylibjpeg-openjpeg (an xrayfm dependency)"),
+    (frozenset({uid.RLELossless}), "pip install pylibjpeg-rle (an xrayfm dependency)"),
+)
+#: 12-bit JPEG Extended: pydicom's GDCM and Pillow plugins refuse it; only its GPL one decodes it.
+_JPEG12_HINT = "pip install 'xrayfm[gpl-codecs]' (pylibjpeg-libjpeg, GPL-3.0)"
+#: Top-level loggers of pydicom and its decoder plugins.
+_PLUGIN_LOGGERS = frozenset({"pydicom", "pylibjpeg", "openjpeg", "libjpeg", "rle", "jpeg_ls", "gdcm"})
+
+
+class _HeldDecoderLogs(logging.Filter):
+    """Holds back what pydicom and its plugins log while the current thread decodes pixel data.
+
+    pydicom logs every plugin that fails at ERROR with its traceback, then tries the next one;
+    xrayfm reports the outcome itself (one error line, or success), so those records must not
+    reach the application's handlers. The filter sits on each plugin logger (a logger's filters
+    see only its own records) and holds records of the decoding thread only.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._local = threading.local()
+        self._loggers_seen = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        held = getattr(self._local, "held", None)
+        if held is None:
+            return True
+        held.append(record)
+        return False
+
+    def _attach(self) -> None:
+        loggers = logging.Logger.manager.loggerDict
+        if len(loggers) == self._loggers_seen:
+            return
+        for name in list(loggers):
+            if name.partition(".")[0] in _PLUGIN_LOGGERS:
+                logger = logging.getLogger(name)
+                if self not in logger.filters:
+                    logger.addFilter(self)
+        self._loggers_seen = len(loggers)
+
+    @contextmanager
+    def hold(self) -> Iterator[list[logging.LogRecord]]:
+        """Collect the plugin records this thread logs inside the block."""
+        self._attach()
+        outer = getattr(self._local, "held", None)
+        self._local.held = held = []
+        try:
+            yield held
+        finally:
+            self._local.held = outer
+
+
+_held_logs = _HeldDecoderLogs()
 
 
 def _first(value: Any) -> float:
@@ -145,12 +216,98 @@ def _no_pixel_data(path: Path, ds: pydicom.Dataset) -> ImageReadError:
     return ImageReadError(f"{path}: DICOM file has no pixel data (e.g. a report or structured document)")
 
 
+def _syntax_name(tsyntax: uid.UID | None) -> str:
+    """``JPEG Lossless, ... (1.2.840.10008.1.2.4.70)``: a transfer syntax by name and UID."""
+    if tsyntax is None:
+        return "unknown transfer syntax"
+    return f"{tsyntax.name} ({tsyntax})" if tsyntax.name != str(tsyntax) else str(tsyntax)
+
+
+def _one_line(text: str) -> str:
+    """A plugin's multi-line message (pydicom lists each failed plugin on a line) as one line."""
+    return "; ".join(part.strip().rstrip(":") for part in text.splitlines() if part.strip())
+
+
+def _missing_decoder(path: Path, tsyntax: uid.UID, bits_stored: int) -> ImageReadError | None:
+    """The error for compressed pixel data that no installed plugin decodes; None when one does."""
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        return ImageReadError(
+            f"{path}: pixel data in {_syntax_name(tsyntax)} cannot be decoded: pydicom has no decoder for it"
+        )
+    if tsyntax == uid.JPEGExtended12Bit and bits_stored > 8 and "pylibjpeg" not in decoder.available_plugins:
+        return ImageReadError(
+            f"{path}: no decoder plugin is installed for {bits_stored}-bit {_syntax_name(tsyntax)}: {_JPEG12_HINT}"
+        )
+    if decoder.is_available:
+        return None
+    hint = next((how for syntaxes, how in _INSTALL_HINTS if tsyntax in syntaxes), None)
+    hint = hint or "; ".join(decoder.missing_dependencies)
+    return ImageReadError(f"{path}: no decoder plugin is installed for {_syntax_name(tsyntax)}: {hint}")
+
+
+def _reduced_j2k(path: Path, ds: pydicom.Dataset, target_size: int) -> tuple[np.ndarray, int] | None:
+    """JPEG 2000 stored values at the coarsest level whose shorter side covers ``target_size``.
+
+    Returns ``(values, levels dropped)``, or None where the full image is needed or the codestream
+    is not one this path decodes; pydicom's plugins then decode it (and name any damage).
+    """
+    try:
+        frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+        header = j2k_header(frame)
+    except (ImageReadError, ValueError) as exc:
+        log.debug("%s: JPEG 2000 header not read (%s); decoding at full size", path, exc)
+        return None
+    if header.signed != bool(ds.get("PixelRepresentation", 0)):
+        # pydicom reads such samples' bit patterns as the dataset says; a coarser level averages
+        # them as the codestream says, which mixes values across the sign wrap: full size only
+        return None
+    level = j2k_reduction(header, target_size)
+    if not level:
+        return None
+    try:
+        return decode_j2k(frame, header, level), level
+    except ImageReadError as exc:
+        log.debug("%s: %s; decoding at full size", path, exc)
+        return None
+
+
+def _decode_pixels(
+    path: Path, ds: pydicom.Dataset, tsyntax: uid.UID | None, target_size: int | None
+) -> tuple[np.ndarray, int]:
+    """Decode the stored pixel values: ``(values, resolution levels dropped)``.
+
+    Raises:
+        ImageReadError: One line naming the file, the transfer syntax and why it fails; what the
+            plugins logged on the way is held back (see :class:`_HeldDecoderLogs`).
+    """
+    if _is_compressed(ds) and tsyntax is not None:
+        missing = _missing_decoder(path, tsyntax, int(ds.get("BitsStored", 0) or 0))
+        if missing is not None:
+            raise missing
+        if target_size is not None and tsyntax in uid.JPEG2000TransferSyntaxes:
+            reduced = _reduced_j2k(path, ds, target_size)
+            if reduced is not None:
+                return reduced
+    with _held_logs.hold() as held:
+        try:
+            raw = ds.pixel_array
+        except Exception as exc:  # each plugin raises its own types
+            detail = _one_line(str(exc)) or type(exc).__name__
+            raise ImageReadError(f"{path}: cannot decode pixel data ({_syntax_name(tsyntax)}): {detail}") from None
+    for record in held:
+        log.debug("%s: %s logged while decoding: %s", path, record.name, _one_line(record.getMessage()))
+    return raw, 0
+
+
 def read_dicom(
     path: Path,
     *,
     limits: ReadLimits = DEFAULT_LIMITS,
     voi: VoiMode = "auto",
     extra_tags: Sequence[str] = (),
+    target_size: int | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a single-frame DICOM radiograph as float32 grey in [0, 1].
 
@@ -161,13 +318,19 @@ def read_dicom(
             modality values min-max.
         extra_tags: Further tag keywords to copy into metadata (e.g. ``"PatientID"`` when the
             caller needs it to split by patient); nothing identifying is copied otherwise.
+        target_size: Shorter side, in pixels, the caller will resize the image to. JPEG 2000
+            is then decoded at the coarsest resolution level (1/2, 1/4, ...) whose shorter side
+            is still at least this; ``meta["downscale"]`` gives the factor (1 = full size,
+            always the case for other syntaxes). None decodes at full resolution.
 
     Returns:
-        ``(pixels, meta)``; pixels (H, W), bright = dense tissue whatever the photometric.
+        ``(pixels, meta)``; pixels (H, W), bright = dense tissue whatever the photometric;
+        ``meta["original_size"]`` is the stored (width, height) even when decoded smaller.
 
     Raises:
         ImageReadError: Missing or not a regular file, not DICOM, no pixel data, truncated,
-            multi-frame, colour, or undecodable.
+            multi-frame, colour, undecodable, or compressed in a syntax no installed plugin
+            decodes (the message names the package that would).
         UnsafeInputError: File or declared size above ``limits``.
     """
     path = Path(path)
@@ -201,18 +364,7 @@ def read_dicom(
             f"{path}: truncated: {expected:,} bytes of pixel data expected ({cols}x{rows}, "
             f"{ds.BitsAllocated} bits allocated), {present:,} present"
         )
-    try:
-        raw = ds.pixel_array
-    except (UnsafeInputError, ImageReadError):
-        raise
-    except Exception as exc:
-        name = tsyntax.name if tsyntax is not None else "unknown transfer syntax"
-        plugin = (
-            ". Compressed syntaxes need a decoder plugin (Pillow handles JPEG/JPEG 2000; install pylibjpeg for JPEG-LS)"
-            if _is_compressed(ds) is not False
-            else ""
-        )
-        raise ImageReadError(f"{path}: cannot decode pixel data ({name}): {exc}{plugin}") from None
+    raw, level = _decode_pixels(path, ds, tsyntax, target_size)
     if raw.ndim != 2:
         raise ImageReadError(f"{path}: expected a 2-D image, decoded shape {raw.shape}")
     try:
@@ -231,6 +383,7 @@ def read_dicom(
         "voi": voi_used,
         "inverted": photometric == "MONOCHROME1",
         "original_size": [cols, rows],
+        "downscale": 2**level,
         "bit_depth": int(ds.get("BitsStored", 0) or 0),
         "intensity": "dicom",
     }

@@ -2,13 +2,18 @@
 
 Pillow does the decoding; this module adds what X-ray work needs on top: the declared size is
 checked before decoding, truncated files fail instead of being padded with grey, 16-bit data
-keeps its precision, and colour files (X-rays saved as RGB) are reduced to one channel.
+keeps its precision, and colour files (X-rays saved as RGB) are reduced to one channel. It also
+decodes a JPEG 2000 codestream at a coarser resolution level (OpenJPEG's ``reduce``, through
+Pillow), which is how DICOM archives of large CR/DX images are read quickly for a small model.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import struct
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -123,3 +128,126 @@ def read_raster(
         "intensity": intensity if depth else "minmax",
     }
     return scale_to_unit(arr, depth, intensity), meta
+
+
+@dataclass(frozen=True)
+class J2kHeader:
+    """What the main header of a JPEG 2000 codestream says about its first component.
+
+    Attributes:
+        width: Image width (``Xsiz - XOsiz``).
+        height: Image height (``Ysiz - YOsiz``).
+        origin: Image offset on the reference grid (``XOsiz``, ``YOsiz``).
+        precision: Bits per sample (1..38).
+        signed: Whether samples are two's-complement signed.
+        components: Number of components (1 for greyscale).
+        levels: Wavelet decomposition levels of component 0 (COD, or its COC override): the
+            image can be decoded at 1/2, 1/4 ... 1/2**levels of its size.
+    """
+
+    width: int
+    height: int
+    origin: tuple[int, int]
+    precision: int
+    signed: bool
+    components: int
+    levels: int
+
+    def reduced_size(self, level: int) -> tuple[int, int]:
+        """(width, height) that decoding at ``level`` (1/2**level) yields (ISO 15444-1 B.5)."""
+        x0, y0 = self.origin
+
+        def ceil(n: int) -> int:
+            return -(-n // 2**level)
+
+        return ceil(x0 + self.width) - ceil(x0), ceil(y0 + self.height) - ceil(y0)
+
+
+def j2k_header(codestream: bytes) -> J2kHeader:
+    """Parse the SIZ, COD and COC markers of a raw JPEG 2000 codestream (as DICOM encapsulates it).
+
+    Raises:
+        ImageReadError: The data is not a codestream or its main header is damaged.
+    """
+    if not codestream.startswith(b"\xff\x4f\xff\x51"):
+        raise ImageReadError("not a JPEG 2000 codestream (no SOC/SIZ markers)")
+    pos, siz, levels, coc_levels = 2, None, None, None
+    try:
+        while pos + 4 <= len(codestream):
+            marker, length = struct.unpack(">HH", codestream[pos : pos + 4])
+            body = codestream[pos + 4 : pos + 2 + length]
+            if marker == 0xFF90 or length < 2:  # SOT: the main header is over
+                break
+            if marker == 0xFF51:
+                xsiz, ysiz, x0, y0 = struct.unpack(">4I", body[2:18])
+                csiz, ssiz = struct.unpack(">HB", body[34:37])
+                siz = (xsiz - x0, ysiz - y0, (x0, y0), (ssiz & 0x7F) + 1, bool(ssiz & 0x80), csiz)
+            elif marker == 0xFF52:
+                levels = body[5]
+            elif marker == 0xFF53 and siz is not None:
+                wide = siz[5] >= 257  # Ccoc takes two bytes past 256 components
+                if int.from_bytes(body[: 2 if wide else 1], "big") == 0:
+                    coc_levels = body[3 if wide else 2]
+            pos += 2 + length
+    except (struct.error, IndexError):
+        raise ImageReadError("damaged JPEG 2000 main header") from None
+    if siz is None or levels is None:
+        raise ImageReadError("JPEG 2000 main header without SIZ or COD marker")
+    return J2kHeader(*siz, levels=coc_levels if coc_levels is not None else levels)
+
+
+def j2k_reduction(header: J2kHeader, target_size: int) -> int:
+    """The coarsest resolution level whose shorter side is still at least ``target_size``.
+
+    A level Pillow cannot decode is skipped for the next finer one: Pillow (13.0) sizes a
+    reduced image by rounding half up where OpenJPEG rounds up (ISO 15444-1 B.5), and refuses
+    the stream where the two differ (e.g. 1841 px at 1/4: 460 against 461).
+    """
+    level = 0
+    while level < header.levels and min(header.reduced_size(level + 1)) >= target_size:
+        level += 1
+    while level and header.reduced_size(level) != _pillow_reduced_size(header, level):
+        level -= 1
+    return level
+
+
+def _pillow_reduced_size(header: J2kHeader, level: int) -> tuple[int, int]:
+    half = 2**level >> 1
+    return (header.width + half) // 2**level, (header.height + half) // 2**level
+
+
+def decode_j2k(codestream: bytes, header: J2kHeader, level: int = 0) -> np.ndarray:
+    """Decode a greyscale JPEG 2000 codestream at 1/2**level of its size to its stored values.
+
+    Pillow scales N-bit samples up to 8 or 16 bits and offsets signed ones to unsigned
+    (``j2ku_gray_l`` / ``j2ku_gray_i`` in its ``Jpeg2KDecode.c``); both are undone here, so the
+    result holds the codestream's own sample values.
+
+    Args:
+        codestream: Raw codestream (SOC first, no JP2 boxes).
+        header: Its :func:`j2k_header`.
+        level: Resolution levels to discard (0 = full size), at most ``header.levels``.
+
+    Returns:
+        int32 array of shape ``header.reduced_size(level)`` reversed (rows, columns).
+
+    Raises:
+        ImageReadError: Colour or over-16-bit data, or a stream OpenJPEG cannot decode.
+    """
+    if header.components != 1 or header.precision > 16:
+        raise ImageReadError(
+            f"JPEG 2000 with {header.components} components of {header.precision} bits is not a greyscale radiograph "
+            "Pillow can decode"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # callers check ReadLimits
+            with Image.open(io.BytesIO(codestream), formats=["JPEG2000"]) as im:
+                im.reduce = level
+                im.load()
+                stored = np.asarray(im)
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageReadError(f"JPEG 2000 codestream cannot be decoded ({exc})") from None
+    shift = 8 * stored.dtype.itemsize - header.precision
+    offset = 2 ** (header.precision - 1) if header.signed else 0
+    return (stored.astype(np.int32) >> shift) - offset

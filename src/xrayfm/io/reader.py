@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from xrayfm.errors import ImageReadError
+from xrayfm.errors import ImageReadError, XrayfmError
 from xrayfm.io.dicom import VoiMode, read_dicom
 from xrayfm.io.images import Intensity, read_raster
 from xrayfm.io.limits import DEFAULT_LIMITS, ReadLimits
@@ -72,6 +72,7 @@ def read_xray(
     intensity: Intensity = "dtype",
     voi: VoiMode = "auto",
     check_extension: bool = True,
+    target_size: int | None = None,
 ) -> XrayImage:
     """Read any supported radiograph file (PNG, JPEG, TIFF, BMP, DICOM).
 
@@ -81,9 +82,12 @@ def read_xray(
         intensity: For PNG/JPEG/TIFF: ``"dtype"`` (divide by 255 or 65535) or ``"minmax"``.
         voi: For DICOM: ``"auto"`` (file's VOI LUT / window) or ``"none"`` (min-max).
         check_extension: Refuse files whose extension names another format than their content.
+        target_size: Shorter side, in pixels, the caller will resize the image to; a format that
+            can decode at a lower resolution (JPEG 2000 DICOM) then does so, never below it, and
+            ``meta["downscale"]`` says by what factor (1 = full size). None: full resolution.
 
     Returns:
-        The decoded :class:`XrayImage`.
+        The decoded :class:`XrayImage`; ``meta["original_size"]`` is the stored (width, height).
 
     Raises:
         ImageReadError: Missing, empty, corrupt, truncated, unsupported or mislabelled file.
@@ -102,9 +106,12 @@ def read_xray(
             f"{path}: extension {suffix or '(none)'!r} does not match its content ({fmt.upper()}); "
             "rename the file to match its content (or read it with check_extension=False in Python)"
         )
+    if target_size is not None and target_size < 1:
+        raise XrayfmError(f"target_size must be a positive number of pixels, not {target_size}")
     if fmt == "dicom":
-        pixels, meta = read_dicom(path, limits=limits, voi=voi)
+        pixels, meta = read_dicom(path, limits=limits, voi=voi, target_size=target_size)
     else:
         pixels, meta = read_raster(path, limits=limits, intensity=intensity)
+        meta["downscale"] = 1
     meta["path"] = str(path)
     return XrayImage(pixels=pixels, meta=meta)

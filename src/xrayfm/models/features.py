@@ -2,9 +2,11 @@
 
 Every timm backbone (EVA-X, ViT, ResNet, Swin, ConvNeXt...) exposes ``forward_intermediates``;
 :func:`features` calls it with sensible default layers. A plain ViT has one stride (16), so
-:class:`FeaturePyramid` builds the 1/4, 1/8, 1/16, 1/32 pyramid from four of its blocks by
-deconvolution and pooling, as BEiT / EVA-X do for UperNet; a hierarchical backbone's stage
-outputs are used as they are.
+:class:`FeaturePyramid` builds the 1/4, 1/8, 1/16, 1/32 pyramid by deconvolution and pooling,
+either from the last block alone (``last``: EVA-X's segmentation, ``use_last_feat_only=True`` in
+hustvl/EVA-X segmentation/config/__base__/models/upernet_eva_x_small.py:31, after ViTDet) or
+from four blocks, one per level (``pyramid``: blocks 3, 5, 7, 11 of 12, xrayfm's own option, as
+BEiT / EVA-02 segmentation tap them); a hierarchical backbone's stage outputs are used as they are.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def is_plain_vit(model: nn.Module) -> bool:
 
 
 def default_layers(model: nn.Module) -> list[int]:
-    """Layers to tap: four blocks of a ViT ending at the last (EVA-X / BEiT: 3, 5, 7, 11 of 12;
+    """Layers to tap: four blocks of a ViT ending at the last (BEiT / EVA-02 segmentation: 3, 5, 7, 11 of 12;
     7, 11, 15, 23 of 24), else every stage of a hierarchical backbone (strides 2 or 4 to 32)."""
     info = list(getattr(model, "feature_info", []))
     if not info:
@@ -39,6 +41,23 @@ def default_layers(model: nn.Module) -> list[int]:
     return list(range(len(info)))
 
 
+#: How a plain ViT feeds dense heads: ``last`` block only (EVA-X) or a four-block ``pyramid``.
+FEATURE_MODES = ("last", "pyramid")
+
+
+def dense_layers(model: nn.Module, mode: str = "last") -> list[int]:
+    """Layers feeding dense heads: a plain ViT's last block (``last``) or four blocks
+    (``pyramid``, :func:`default_layers`); every stage of a hierarchical backbone either way.
+
+    Raises:
+        XrayfmError: Unknown mode, or a backbone without ``feature_info``.
+    """
+    if mode not in FEATURE_MODES:
+        raise XrayfmError(f"unknown feature mode {mode!r}; expected one of {FEATURE_MODES}")
+    layers = default_layers(model)
+    return layers[-1:] if mode == "last" and is_plain_vit(model) else layers
+
+
 def features(model: nn.Module, x: torch.Tensor, layers: Sequence[int] | None = None) -> list[torch.Tensor]:
     """Feature maps (N, C, H, W) of ``model`` at ``layers`` (default :func:`default_layers`)."""
     indices = list(layers) if layers is not None else default_layers(model)
@@ -47,6 +66,8 @@ def features(model: nn.Module, x: torch.Tensor, layers: Sequence[int] | None = N
 
 class FeaturePyramid(nn.Module):
     """Backbone -> final features plus a pyramid of maps at strides 4, 8, 16, 32.
+
+    A plain ViT taps one block (its map feeds all four levels) or four (one per level).
 
     Args:
         backbone: A timm model.
@@ -63,8 +84,8 @@ class FeaturePyramid(nn.Module):
         info = backbone.feature_info
         self.plain = is_plain_vit(backbone)
         if self.plain:
-            if len(self.layers) != 4:
-                raise XrayfmError(f"a ViT pyramid needs 4 layers, got {self.layers}")
+            if len(self.layers) not in (1, 4):
+                raise XrayfmError(f"a ViT pyramid needs 1 layer (the last feature) or 4 layers, got {self.layers}")
             dim = info[self.layers[0]]["num_chs"]
             self.strides = [4, 8, 16, 32]
             self.adapters = nn.ModuleList([_resampler(dim, info[0]["reduction"], s) for s in self.strides])
@@ -77,6 +98,8 @@ class FeaturePyramid(nn.Module):
     def forward(self, backbone: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """One backbone pass: (final features for pooling heads, pyramid maps)."""
         final, maps = backbone.forward_intermediates(x, indices=self.layers)
+        if len(maps) < len(self.adapters):  # one ViT block feeds every level
+            maps = maps * len(self.adapters)
         return final, [adapt(m) for adapt, m in zip(self.adapters, maps)]
 
 

@@ -84,6 +84,23 @@ def backbone_kwargs(name: str, *, img_size: int | None = None, drop_path: float 
     return kwargs
 
 
+def export_kwargs(model: nn.Module) -> dict[str, Any]:
+    """Constructor arguments a saved copy of ``model`` needs beyond its name and input size.
+
+    A RoPE reference grid can come from the weight file rather than the name (an EVA-X file whose
+    stored table overrides the tag's grid, see :func:`~xrayfm.models.backbones.eva_x.file_kwargs`);
+    xrayfm's exports do not store that table, so their sidecar records the grid instead.
+
+    Args:
+        model: A backbone (or anything with a timm ``rope`` module).
+
+    Returns:
+        ``{"ref_feat_shape": [h, w]}`` for a model with a reference grid, else ``{}``.
+    """
+    ref = getattr(getattr(model, "rope", None), "ref_feat_shape", None)
+    return {} if ref is None else {"ref_feat_shape": [int(v) for v in ref]}
+
+
 def _build(name: str, overlay: dict[str, Any], kwargs: dict[str, Any], *, strict: bool = True) -> nn.Module:
     """timm's builder with xrayfm's errors: a constructor that rejects the arguments or weights
     that do not fit become one-line :class:`XrayfmError` messages."""
@@ -167,7 +184,10 @@ def create_model(
     Args:
         name: An xrayfm model (``eva_x_small_patch16``, tags such as ``.mim_merged520k``) or any
             timm model name, tags included (``resnet18.a1_in1k``).
-        pretrained: Weight file (.safetensors / .pt, EVA-X release layout accepted), a folder
+        pretrained: Weight file (.safetensors / .pt; EVA-X release files as published: fp16
+            under ``module``, or under ``model`` with a pickled ``args`` namespace, with or
+            without the MIM-only ``mask_token`` / ``lm_head``; built with the RoPE grid their
+            stored table records), a folder
             holding an xrayfm export (e.g. a finished pretraining run: its architecture,
             preprocessing and constructor arguments come with it; a model exported at one input
             size also takes any other multiple of its patch size, and ``img_size`` here sets the
@@ -202,6 +222,8 @@ def create_model(
         model = _build(name, overlay, kwargs)
     else:
         state = read_state_dict(pretrained, allow_unsafe=allow_unsafe)
+        if split_model_name_tag(name)[0] in XRAYFM_MODELS:  # a release file's own RoPE grid
+            kwargs = eva_x.file_kwargs(name, state, kwargs)
         model = _load(name, state, overlay, kwargs, str(pretrained))
     _check_input_size(model, name, kwargs.get("img_size"))
     return model

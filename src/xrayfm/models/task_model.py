@@ -6,7 +6,8 @@ in its buffers), so inference can never silently use other numbers than training
 :class:`~xrayfm.models.preprocess.Preprocess` record (input size, interpolation, crop, mean /
 std) is saved with it and drives every evaluation, serving, explanation and export path. One
 backbone pass feeds every head: pooled features to classification heads, a feature pyramid
-to segmentation heads.
+to segmentation heads (for a plain ViT made from its last block, as EVA-X's segmentation, or
+from four blocks; the tapped layers are saved, so a model reloads with the pyramid it trained with).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from xrayfm.errors import XrayfmError
-from xrayfm.models.features import FeaturePyramid
+from xrayfm.models.features import FeaturePyramid, dense_layers
 from xrayfm.models.heads import ClassificationHead, DetectionHead, SegmentationHead
 from xrayfm.models.preprocess import Preprocess, resolve_preprocess
 from xrayfm.tasks import CLASSIFICATION_KINDS, DENSE_KINDS, TaskSpec
@@ -47,10 +48,16 @@ class XrayModel(nn.Module):
             its ``pretrained_cfg``); its mean / std fill the normalisation buffers.
         dropout: Dropout before classification layers.
         decoder: Segmentation decoder: ``upernet`` / ``unet`` (default UperNet for a ViT, U-Net for a CNN).
-        layers: Backbone layers feeding dense heads (default :func:`~xrayfm.models.features.default_layers`).
+        layers: Backbone layers feeding dense heads; given, they replace ``features``.
+        features: Which layers feed dense heads when ``layers`` is not given: ``last`` (a plain
+            ViT's last block makes all four levels, EVA-X) or ``pyramid`` (four blocks); see
+            :func:`~xrayfm.models.features.dense_layers`.
+        head_init_scale: Factor on the initial classification-head weights (EVA-X: 0.001).
+        decoder_dropout: ``Dropout2d`` before the segmentation classifier (EVA-X: 0.1).
 
     Raises:
-        XrayfmError: No task, or a detection task on a backbone without strides 4-32.
+        XrayfmError: No task, an unknown ``features`` mode, or a detection task on a backbone
+            without strides 4-32.
     """
 
     def __init__(
@@ -62,6 +69,9 @@ class XrayModel(nn.Module):
         dropout: float = 0.0,
         decoder: str | None = None,
         layers: Sequence[int] | None = None,
+        features: str = "last",
+        head_init_scale: float = 1.0,
+        decoder_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if not tasks:
@@ -74,15 +84,20 @@ class XrayModel(nn.Module):
         self.register_buffer("std", torch.tensor(self.preprocess.std), persistent=True)
         self.heads = nn.ModuleDict()
         dense = [t for t in tasks if t.kind in DENSE_KINDS]
+        if dense and layers is None:
+            layers = dense_layers(backbone, features)
         self.pyramid = FeaturePyramid(backbone, layers) if dense else None
         for t in tasks:
             if t.kind in CLASSIFICATION_KINDS:
-                self.heads[t.name] = ClassificationHead(backbone.num_features, t.num_classes, dropout)
+                self.heads[t.name] = ClassificationHead(
+                    backbone.num_features, t.num_classes, dropout, init_scale=head_init_scale
+                )
             elif t.kind == "segmentation":
                 assert self.pyramid is not None
                 self.heads[t.name] = SegmentationHead(
                     self.pyramid.out_channels, self.pyramid.strides, t.num_classes,
                     decoder=decoder or ("upernet" if self.pyramid.plain else "unet"), input_channels=self.in_chans,
+                    dropout=decoder_dropout,
                 )  # fmt: skip
             else:  # detection
                 assert self.pyramid is not None

@@ -3,14 +3,17 @@
 The student's patch tokens at a random 30% of positions are replaced by a learnable mask
 token; a linear head maps the student's output to the teacher's width; the loss is
 ``1 - cos(prediction, teacher feature)`` averaged over the *masked* tokens only. The teacher
-sees the unmasked image, has no gradients and stays in eval mode. A ``pixel`` target
-(normalised pixels of each masked patch, as in MAE / Medical-MAE) lets a user start without a
-teacher; that run can then be the teacher of the next (iterated distillation).
+sees the unmasked image, has no gradients and stays in eval mode. It receives the student's
+augmented view in its own input convention (:class:`TeacherInput`: its mean / std per channel
+and its input side), not the student's. A ``pixel`` target (normalised pixels of each masked
+patch, as in MAE / Medical-MAE) lets a user start without a teacher; that baseline is not EVA-X,
+but its run can be the teacher of the next (iterated distillation).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -22,6 +25,37 @@ from torch.utils.checkpoint import checkpoint
 from xrayfm.errors import XrayfmError
 
 Target = Literal["teacher", "pixel"]
+
+
+@dataclass(frozen=True)
+class TeacherInput:
+    """How the teacher's input is made from the student's view.
+
+    The student sees a grey [0, 1] image normalised with ``source_mean`` / ``source_std`` and
+    repeated to its channels; the teacher gets that same view with the normalisation undone, then
+    resized to ``size`` and normalised with its own ``mean`` / ``std`` per teacher channel.
+
+    Attributes:
+        source_mean: Mean the student's view was normalised with (grey).
+        source_std: Std the student's view was normalised with (grey, positive).
+        mean: The teacher's mean, one per teacher input channel.
+        std: The teacher's std, one per teacher input channel (positive).
+        size: The teacher's input side (None: the student's view size).
+        interpolation: Resampling to ``size`` (``bilinear``, ``bicubic`` or ``nearest``).
+    """
+
+    source_mean: float
+    source_std: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    size: int | None = None
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != len(self.std) or not self.mean:
+            raise XrayfmError(f"teacher mean {self.mean} and std {self.std} must have one value per channel")
+        if self.source_std <= 0 or any(s <= 0 for s in self.std):
+            raise XrayfmError(f"normalisation std must be positive, got {self.source_std} and {self.std}")
 
 
 def random_patch_mask(
@@ -88,10 +122,18 @@ class MaskedFeatureModeling(nn.Module):
         teacher: Frozen feature model for ``target="teacher"`` (any timm ViT xrayfm can load).
         target: ``teacher`` (cosine loss on features) or ``pixel`` (normalised-pixel MSE).
         mask_ratio: Share of patch tokens masked (EVA-X: 0.3).
+        teacher_input: The teacher's input convention (None: it takes the student's view as is).
+            Kept as non-persistent buffers, so it follows the module to any device and process.
     """
 
     def __init__(
-        self, student: Eva, teacher: nn.Module | None = None, *, target: Target = "teacher", mask_ratio: float = 0.3
+        self,
+        student: Eva,
+        teacher: nn.Module | None = None,
+        *,
+        target: Target = "teacher",
+        mask_ratio: float = 0.3,
+        teacher_input: TeacherInput | None = None,
     ) -> None:
         super().__init__()
         if target == "teacher" and teacher is None:
@@ -110,6 +152,18 @@ class MaskedFeatureModeling(nn.Module):
             self.teacher = None
             out_dim = self.patch * self.patch * student.patch_embed.proj.in_channels
         self.head = nn.Linear(dim, out_dim)
+        self.teacher_size, self.teacher_interpolation = None, "bilinear"
+        self.renormalise = teacher_input is not None
+        if teacher_input is not None:
+            if self.teacher is None:
+                raise XrayfmError("teacher_input describes a teacher's input, but this objective has no teacher")
+            t = teacher_input
+            std = torch.tensor(t.std, dtype=torch.float32).view(1, -1, 1, 1)
+            mean = torch.tensor(t.mean, dtype=torch.float32).view(1, -1, 1, 1)
+            # (x * source_std + source_mean - mean) / std as one affine map per teacher channel
+            self.register_buffer("teacher_scale", t.source_std / std, persistent=False)
+            self.register_buffer("teacher_shift", (t.source_mean - mean) / std, persistent=False)
+            self.teacher_size, self.teacher_interpolation = t.size, t.interpolation
 
     def train(self, mode: bool = True) -> MaskedFeatureModeling:
         """Switch the student and head; the teacher always stays in eval mode."""
@@ -134,12 +188,25 @@ class MaskedFeatureModeling(nn.Module):
         x = s.norm(x)
         return x[:, s.num_prefix_tokens :]
 
+    def teacher_view(self, images: torch.Tensor) -> torch.Tensor:
+        """The student's view (B, C, H, W) in the teacher's input convention (see :class:`TeacherInput`)."""
+        if not self.renormalise:
+            return images
+        grey = images[:, :1]  # the view is one grey channel repeated
+        size = self.teacher_size
+        if size is not None and tuple(grey.shape[-2:]) != (size, size):
+            mode = self.teacher_interpolation
+            shrink = size < max(grey.shape[-2:])
+            kw = {} if mode == "nearest" else {"align_corners": False, "antialias": shrink}
+            grey = F.interpolate(grey, size=(size, size), mode=mode, **kw)
+        return grey * self.teacher_scale + self.teacher_shift
+
     def targets(self, images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Regression targets (B, N, D_t) from the unmasked image."""
         if self.teacher is None:
             return patch_pixels(images, self.patch)
         with torch.no_grad():
-            return _resize_grid(_patch_tokens(self.teacher, images), grid)
+            return _resize_grid(_patch_tokens(self.teacher, self.teacher_view(images)), grid)
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """MIM loss of a batch; ``mask`` (B, N) is drawn at ``mask_ratio`` when not given."""

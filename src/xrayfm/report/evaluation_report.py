@@ -60,7 +60,8 @@ def _roc_figure(curves: Mapping[str, Mapping[str, Any]]) -> str:
             ax.plot(c["fpr"], c["tpr"], lw=1.3, label=f"{name} ({c['auroc']:.3f})")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01), title="ROC")
-    ax.legend(fontsize=7, loc="lower right")
+    if any(c["auroc"] is not None for c in curves.values()):  # a legend of nothing warns
+        ax.legend(fontsize=7, loc="lower right")
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png")
@@ -198,6 +199,15 @@ def _detection_section(
     )
 
 
+def _thresholds_note(thresholds: Mapping[str, Any] | None) -> str:
+    """Where the multi-label decision thresholds come from (rule, and the split that chose them)."""
+    if not thresholds:
+        return ""
+    where = f" chosen on the {html.escape(str(thresholds['split']))} split" if thresholds.get("split") else ""
+    notes = "".join(f'<p class="note">{html.escape(str(n))}</p>' for n in thresholds.get("notes", []))
+    return f"<p>Decision thresholds: {html.escape(str(thresholds['rule']))}{where}.</p>{notes}"
+
+
 def write_evaluation_report(
     result: dict[str, Any],
     predictions: dict[str, Any],
@@ -246,6 +256,7 @@ def write_evaluation_report(
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
         f"<p>{result.get('n')} images; model {html.escape(str(result.get('model', '')))}; "
         f"95% CIs from {result.get('n_boot')} bootstrap resamples of images (seed {result.get('seed')}).</p>"
-        f"{''.join(sections)}<p class='ci'>Research use only, not for diagnosis.</p></body></html>"
+        f"{_thresholds_note(result.get('thresholds'))}{''.join(sections)}"
+        "<p class='ci'>Research use only, not for diagnosis.</p></body></html>"
     )
     return atomic_write_text(path, doc)

@@ -1,10 +1,23 @@
-"""Settings of a training run: optimisation, schedule, devices and checkpoint cadence."""
+"""Settings of a training run: optimiser, schedule, duration, devices and checkpoint cadence.
+
+:class:`TrainConfig` checks its values when it is made (:meth:`TrainConfig.check`); durations given
+in epochs become optimiser steps where the dataset and the number of processes are known
+(:func:`resolve_steps`, called by :func:`~xrayfm.train.train`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from xrayfm.errors import XrayfmError
+
+#: Optimisers the engine builds (:func:`~xrayfm.train.optim.build_optimizer`).
+OPTIMIZERS = ("adamw", "sgd")
+#: Learning-rate schedules after the linear warmup (:func:`~xrayfm.train.schedules.lr_factor`).
+SCHEDULES = ("cosine", "constant", "poly")
 
 
 @dataclass
@@ -13,14 +26,26 @@ class TrainConfig:
 
     Attributes:
         out_dir: Run folder (config, checkpoints, metrics.csv).
-        steps: Total optimiser steps.
+        steps: Total optimiser steps (0 only with ``epochs``, which then sets it).
+        epochs: Duration in passes over the training set; > 0 replaces ``steps`` (see
+            :func:`resolve_steps`).
         batch_size: Per-device batch size.
-        lr: Peak learning rate (cosine schedule after linear warmup).
-        min_lr: Final learning rate.
-        warmup_steps: Linear warmup length.
-        weight_decay: AdamW weight decay.
+        optimizer: ``adamw`` or ``sgd`` (with ``momentum`` and ``nesterov``).
+        lr: Peak learning rate, reached at the end of the linear warmup.
+        min_lr: Final learning rate of the ``cosine`` and ``poly`` schedules.
+        schedule: After the warmup, ``cosine`` (decay to ``min_lr``), ``constant`` (EVA-X
+            classification's ``--fixed_lr``), or ``poly`` (mmseg's poly policy, power ``poly_power``).
+        poly_power: Exponent of the ``poly`` schedule.
+        warmup_steps: Linear warmup length in optimiser steps.
+        warmup_epochs: Warmup length in epochs; > 0 replaces ``warmup_steps``.
+        weight_decay: Weight decay (decoupled for AdamW, L2 for SGD) of groups that do not set their own.
         betas: AdamW betas.
+        momentum: SGD momentum.
+        nesterov: SGD with Nesterov momentum.
         accumulate: Gradient accumulation (micro-batches per optimiser step).
+        global_batch: Images per optimiser step over all processes, as papers state it; > 0 sets
+            ``accumulate`` to ``global_batch / (batch_size x processes)`` (see :func:`resolve_steps`),
+            so a recipe's batch is reached on one small machine and on a cluster alike.
         clip_grad: Max gradient norm (0 = off).
         precision: Fabric precision (``32-true``, ``bf16-mixed``, ``16-mixed``); ``auto`` picks
             bf16-mixed on GPU and 32-true on CPU.
@@ -35,17 +60,29 @@ class TrainConfig:
         checkpoint_every: Steps between checkpoints.
         log_every: Steps between metric rows (and progress lines where no bar is shown).
         extra: Free-form settings of the method that runs the loop (saved with the run).
+
+    Raises:
+        XrayfmError: On creation (and :func:`dataclasses.replace`), a value out of its range or an
+            unknown optimiser or schedule name (see :meth:`check`).
     """
 
     out_dir: str = "runs/pretrain"
     steps: int = 1000
+    epochs: float = 0.0
     batch_size: int = 32
+    optimizer: str = "adamw"
     lr: float = 3e-4
     min_lr: float = 1e-6
+    schedule: str = "cosine"
+    poly_power: float = 1.0
     warmup_steps: int = 100
+    warmup_epochs: float = 0.0
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.98)
+    momentum: float = 0.9
+    nesterov: bool = False
     accumulate: int = 1
+    global_batch: int = 0
     clip_grad: float = 3.0
     precision: str = "auto"
     accelerator: str = "auto"
@@ -58,19 +95,158 @@ class TrainConfig:
     log_every: int = 10
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Refuse settings the engine cannot run; ``betas`` becomes a tuple of floats.
+
+        Device settings are checked where the machine is known (:func:`~xrayfm.train.check_devices`).
+
+        Raises:
+            XrayfmError: One line naming the first bad setting.
+        """
+        if self.optimizer not in OPTIMIZERS:
+            raise XrayfmError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise XrayfmError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        try:
+            b1, b2 = (float(b) for b in self.betas)
+        except (TypeError, ValueError):
+            raise XrayfmError(f"betas must be two numbers, got {self.betas!r}") from None
+        self.betas = (b1, b2)
+        rules = [
+            ("steps", self.steps >= 0, "at least 0 (0: set by epochs)"),
+            ("epochs", self.epochs >= 0, "at least 0 (0: use steps)"),
+            ("warmup_steps", self.warmup_steps >= 0, "at least 0"),
+            ("warmup_epochs", self.warmup_epochs >= 0, "at least 0 (0: use warmup_steps)"),
+            ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("accumulate", self.accumulate >= 1, "at least 1"),
+            ("global_batch", self.global_batch >= 0, "at least 0 (0: batch_size x processes x accumulate)"),
+            ("lr", self.lr > 0, "positive"),
+            ("min_lr", 0 <= self.min_lr <= self.lr, f"between 0 and lr ({self.lr:g})"),
+            ("poly_power", self.poly_power > 0, "positive"),
+            ("weight_decay", self.weight_decay >= 0, "at least 0"),
+            ("betas", all(0 <= b < 1 for b in self.betas), "two numbers in [0, 1)"),
+            ("momentum", self.momentum >= 0, "at least 0"),
+            ("nesterov", not self.nesterov or self.momentum > 0, "used with a positive momentum"),
+            ("clip_grad", self.clip_grad >= 0, "at least 0 (0: off)"),
+            ("num_workers", self.num_workers >= 0, "at least 0"),
+            ("checkpoint_every", self.checkpoint_every >= 1, "at least 1"),
+            ("log_every", self.log_every >= 1, "at least 1"),
+        ]
+        for name, ok, expected in rules:
+            if not ok:
+                raise XrayfmError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+
+
+def steps_per_epoch(cfg: TrainConfig, n_samples: int, world_size: int = 1) -> int:
+    """Optimiser steps of one pass over the data, as :class:`~xrayfm.train.sampler.StepSampler` deals it.
+
+    Each of ``world_size`` processes takes ``n_samples // world_size`` samples of a pass, in batches
+    of ``batch_size`` and ``accumulate`` batches per step; the last step of a pass is rounded up (it
+    reaches into the next pass, as a last partial batch would).
+
+    Args:
+        cfg: Settings (``batch_size``, ``accumulate``).
+        n_samples: Training set length.
+        world_size: Number of processes.
+
+    Returns:
+        ``ceil((n_samples // world_size) / (batch_size * accumulate))``.
+
+    Raises:
+        XrayfmError: Fewer samples than processes.
+    """
+    per_rank = n_samples // world_size
+    if per_rank < 1:
+        raise XrayfmError(f"dataset of {n_samples} samples is smaller than the {world_size} processes")
+    return math.ceil(per_rank / (cfg.batch_size * cfg.accumulate))
+
+
+def _epochs_to_steps(epochs: float, per_epoch: int) -> int:
+    """``ceil(epochs * per_epoch)``, without float noise turning 3.0000000000000004 into 4."""
+    return math.ceil(round(epochs * per_epoch, 9))
+
+
+def resolve_accumulate(cfg: TrainConfig, world_size: int = 1) -> TrainConfig:
+    """``cfg`` with ``accumulate`` set so that each optimiser step sees ``global_batch`` images.
+
+    Args:
+        cfg: Settings (``global_batch``, ``batch_size``, ``accumulate``).
+        world_size: Number of processes.
+
+    Returns:
+        A new config with ``accumulate = global_batch / (batch_size x world_size)``; ``cfg``
+        itself when ``global_batch`` is 0. Resolving twice changes nothing.
+
+    Raises:
+        XrayfmError: ``global_batch`` is not a multiple of ``batch_size x world_size``, or an
+            ``accumulate`` other than 1 contradicts it.
+    """
+    if cfg.global_batch <= 0:
+        return cfg
+    per_step = cfg.batch_size * world_size
+    if cfg.global_batch % per_step:
+        raise XrayfmError(
+            f"global batch {cfg.global_batch} is not a multiple of batch size {cfg.batch_size} x {world_size} "
+            "processes; choose a batch size that divides it"
+        )
+    accumulate = cfg.global_batch // per_step
+    if cfg.accumulate not in (1, accumulate):
+        raise XrayfmError(
+            f"accumulate {cfg.accumulate} contradicts global batch {cfg.global_batch} (which needs {accumulate} "
+            f"at batch size {cfg.batch_size} x {world_size} processes); give one of them"
+        )
+    return replace(cfg, accumulate=accumulate)
+
+
+def resolve_steps(cfg: TrainConfig, n_samples: int, world_size: int = 1) -> TrainConfig:
+    """``cfg`` with the global batch turned into gradient accumulation (:func:`resolve_accumulate`)
+    and durations in epochs into optimiser steps.
+
+    ``steps = max(1, ceil(epochs * steps_per_epoch))`` when ``epochs`` > 0 and ``warmup_steps =
+    ceil(warmup_epochs * steps_per_epoch)`` when ``warmup_epochs`` > 0 (:func:`steps_per_epoch`);
+    other values are kept. The result depends only on its arguments, so a resumed run resolves to
+    the same numbers, and resolving twice changes nothing.
+
+    Args:
+        cfg: Settings.
+        n_samples: Training set length.
+        world_size: Number of processes (Fabric's ``world_size``).
+
+    Returns:
+        A new config (``cfg`` itself when nothing is given in epochs).
+
+    Raises:
+        XrayfmError: Neither ``steps`` nor ``epochs`` is set, or fewer samples than processes.
+    """
+    if cfg.epochs <= 0 and cfg.steps < 1:
+        raise XrayfmError("steps must be at least 1, or set epochs")
+    cfg = resolve_accumulate(cfg, world_size)
+    if cfg.epochs <= 0 and cfg.warmup_epochs <= 0:
+        return cfg
+    per_epoch = steps_per_epoch(cfg, n_samples, world_size)
+    steps = max(1, _epochs_to_steps(cfg.epochs, per_epoch)) if cfg.epochs > 0 else cfg.steps
+    warmup = _epochs_to_steps(cfg.warmup_epochs, per_epoch) if cfg.warmup_epochs > 0 else cfg.warmup_steps
+    return replace(cfg, steps=steps, warmup_steps=warmup)
+
 
 #: TrainConfig fields that are command-line options, and the option's name where it differs.
 _CLI_NAMES = {"out_dir": "out", "warmup_steps": "warmup", "num_workers": "workers"}
 _CLI_FIELDS = (
-    "out_dir", "steps", "batch_size", "lr", "weight_decay", "warmup_steps", "clip_grad", "accumulate", "precision",
-    "accelerator", "devices", "num_nodes", "strategy", "seed", "num_workers", "checkpoint_every", "log_every",
+    "out_dir", "steps", "epochs", "batch_size", "optimizer", "lr", "min_lr", "schedule", "poly_power",
+    "weight_decay", "warmup_steps", "warmup_epochs", "betas", "momentum", "nesterov", "clip_grad", "accumulate",
+    "global_batch", "precision", "accelerator", "devices", "num_nodes", "strategy", "seed", "num_workers",
+    "checkpoint_every", "log_every",
 )  # fmt: skip
 
 
 def engine_options(cfg: TrainConfig) -> dict[str, Any]:
     """``cfg`` in the training commands' option names (``--out``, ``--warmup``...), as a run's
-    ``config.yaml`` records them; ``min_lr``, ``betas`` and ``extra`` have no option and are left out."""
+    ``config.yaml`` records them; ``betas`` is a list ``[b1, b2]``, ``extra`` (no option) is left out."""
     out = {_CLI_NAMES.get(k, k): getattr(cfg, k) for k in _CLI_FIELDS}
+    out["betas"] = list(cfg.betas)
     out["devices"] = str(cfg.devices)  # --devices takes text: a number or auto
     return out
 

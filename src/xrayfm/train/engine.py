@@ -2,7 +2,10 @@
 
 The loop stays explicit (objectives differ: MIM, anatomy-contrastive, multi-task); Fabric
 supplies devices, DDP / FSDP, mixed precision and multi-node launch from one set of arguments,
-so the same call runs on a laptop CPU and a GPU cluster. Runs are exactly resumable: the data
+so the same call runs on a laptop CPU and a GPU cluster. The optimiser (AdamW or SGD) and the
+learning-rate schedule come from the config (:mod:`xrayfm.train.optim`, :mod:`xrayfm.train.schedules`);
+durations in epochs become steps once the dataset and the processes are known
+(:func:`~xrayfm.train.config.resolve_steps`). Runs are exactly resumable: the data
 order is a seeded permutation per epoch sharded by rank (:class:`StepSampler`), the global RNG is
 re-seeded before every forward pass (:func:`micro_batch_seed`), and checkpoints (model,
 optimiser, scheduler, step) are swapped in atomically (:mod:`xrayfm.train.checkpoint`).
@@ -31,13 +34,14 @@ from torch.utils.data import DataLoader, Dataset
 from xrayfm.errors import XrayfmError
 from xrayfm.progress import PROGRESS_LOGGER, format_clock, progress, progress_enabled
 from xrayfm.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-from xrayfm.train.config import TrainConfig
+from xrayfm.train.config import TrainConfig, resolve_steps
 from xrayfm.train.distributed import copy_full_weights, is_sharded, make_fabric
 from xrayfm.train.optim import build_optimizer, named_param_groups
 from xrayfm.train.sampler import StepSampler
-from xrayfm.train.schedules import cosine_scheduler
+from xrayfm.train.schedules import build_scheduler
 from xrayfm.train.seeding import micro_batch_seed
 
+log = logging.getLogger(__name__)
 progress_log = logging.getLogger(PROGRESS_LOGGER)
 
 
@@ -53,7 +57,9 @@ def train(
 ) -> dict[str, Any]:
     """Optimise ``objective`` (a module whose forward returns the loss) on ``dataset``.
 
-    Resumes from ``out_dir/last.ckpt`` (a file, or a folder under FSDP) when it exists. Loss,
+    Durations in epochs are resolved to steps first (:func:`~xrayfm.train.config.resolve_steps` of
+    the dataset length and Fabric's world size); ``out_dir/train_config.json`` records the resolved
+    settings. Resumes from ``out_dir/last.ckpt`` (a file, or a folder under FSDP) when it exists. Loss,
     learning rate and throughput go every ``cfg.log_every`` steps to ``metrics.csv``, to
     TensorBoard (``out_dir/tensorboard``) and, where no progress bar is shown
     (:func:`~xrayfm.progress.progress_enabled`), to the ``xrayfm.progress`` logger at INFO: a line
@@ -69,23 +75,29 @@ def train(
         collate_fn: DataLoader collation.
         fabric: A launched Fabric (default: :func:`~xrayfm.train.distributed.make_fabric` of ``cfg``,
             which first refuses device settings this machine cannot run).
-        param_groups: AdamW parameter groups of ``objective`` (each with its ``lr`` and
+        param_groups: Parameter groups of ``objective`` (each with its ``lr`` and
             ``weight_decay``, e.g. layer-wise lr decay); default: every trainable parameter at
             ``cfg.lr``, no decay on biases and norms.
 
     Returns:
-        ``step``, ``loss`` (mean over ranks of the last step) and ``checkpoint`` path.
+        ``step`` (the last step done), ``steps`` and ``warmup_steps`` (resolved), ``start_step``
+        (the step this call resumed from, 0 for a fresh run), ``seconds`` (wall time of this call's
+        loop), ``loss`` (mean over ranks of the last step) and ``checkpoint`` path.
 
     Raises:
-        XrayfmError: Nothing to train, device settings this machine cannot run
+        XrayfmError: Nothing to train, neither steps nor epochs, device settings this machine cannot run
             (:func:`~xrayfm.train.distributed.check_devices`), a checkpoint this run cannot
             resume, or a non-finite loss.
     """
     groups = named_param_groups(objective, param_groups, weight_decay=cfg.weight_decay)
     if fabric is None:
         fabric = make_fabric(cfg)
+    cfg = resolve_steps(cfg, len(dataset), fabric.world_size)
     out = Path(cfg.out_dir)
     reports = fabric.global_rank == 0  # files, metrics and progress: rank 0 only
+    if reports and (cfg.epochs > 0 or cfg.warmup_epochs > 0):
+        log.info("epochs of %d samples over %d processes: %d steps, %d of them warmup", len(dataset),
+                 fabric.world_size, cfg.steps, cfg.warmup_steps)  # fmt: skip
     if reports:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
@@ -94,7 +106,7 @@ def train(
     work = copy.deepcopy(objective) if sharded else objective  # sharding replaces the parameters in place
     module = fabric.setup_module(work)
     optimizer = build_optimizer(work, groups, cfg)
-    scheduler = cosine_scheduler(optimizer, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
     optimizer = fabric.setup_optimizers(optimizer)
     state: dict[str, Any] = {"objective": module, "optimizer": optimizer, "step": 0, "scheduler": {}}
     ckpt = out / CHECKPOINT
@@ -154,4 +166,7 @@ def train(
         copy_full_weights(work, objective)
     for logger in fabric.loggers:
         logger.finalize("success")
-    return {"step": cfg.steps, "loss": loss_value, "checkpoint": str(ckpt)}
+    return {
+        "step": cfg.steps, "steps": cfg.steps, "warmup_steps": cfg.warmup_steps, "start_step": first,
+        "seconds": round(time.perf_counter() - t0, 1), "loss": loss_value, "checkpoint": str(ckpt),
+    }  # fmt: skip

@@ -1,4 +1,4 @@
-"""The optimiser of a run, built from parameter groups.
+"""The optimiser of a run (AdamW or SGD), built from parameter groups.
 
 Groups are resolved to parameter *names* before the model is set up: sharding (FSDP) replaces the
 parameter tensors, so the optimiser is built afterwards, from the set-up module's parameters of
@@ -56,18 +56,26 @@ def named_param_groups(
     return groups
 
 
-def build_optimizer(module: nn.Module, groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over ``module``'s parameters named in ``groups``.
+def build_optimizer(module: nn.Module, groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser ``cfg.optimizer`` names, over ``module``'s parameters named in ``groups``.
+
+    A group's own ``lr`` and ``weight_decay`` win over ``cfg``'s (a layer-wise decay ratio is
+    baked into the group's ``lr``); the schedule then scales every group by the same factor.
 
     Args:
         module: The (possibly sharded) module; its parameter names match those of the module
             the groups were made from.
         groups: Output of :func:`named_param_groups`.
-        cfg: Settings (``lr`` for groups without their own, ``betas``).
+        cfg: Settings: ``optimizer``, ``lr`` and ``weight_decay`` of groups without their own,
+            ``betas`` (AdamW), ``momentum`` and ``nesterov`` (SGD).
 
     Returns:
-        The optimiser.
+        ``torch.optim.AdamW`` or ``torch.optim.SGD``.
     """
     params = dict(module.named_parameters())
     resolved = [{**g, "params": [params[n] for n in g["params"]]} for g in groups]
-    return torch.optim.AdamW(resolved, lr=cfg.lr, betas=cfg.betas)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            resolved, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.AdamW(resolved, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)

@@ -1,8 +1,10 @@
 """Segmentation heads on a feature pyramid, with segmentation-models-pytorch decoders.
 
-A plain ViT (EVA-X) gets UperNet over the 1/4 to 1/32 pyramid built from four of its blocks,
-as EVA-X's segmentation does; a hierarchical CNN gets a U-Net decoder over all its stages with
-the input as the full-resolution skip. Logits come out at the input's size.
+A plain ViT (EVA-X) gets UperNet over the 1/4 to 1/32 pyramid of
+:class:`~xrayfm.models.features.FeaturePyramid` (EVA-X: all four levels from the last block); a
+hierarchical CNN gets a U-Net decoder over all its stages with the input as the
+full-resolution skip. As mmseg's decode heads, dropout (``Dropout2d``, EVA-X 0.1) acts on the
+decoder's output before the 1x1 classifier. Logits come out at the input's size.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class SegmentationHead(nn.Module):
         decoder: ``upernet`` or ``unet``.
         decoder_channels: UperNet width.
         input_channels: Channels of the image (the U-Net's full-resolution skip).
+        dropout: ``Dropout2d`` rate before the classifier (mmseg ``dropout_ratio``).
     """
 
     def __init__(
@@ -40,8 +43,10 @@ class SegmentationHead(nn.Module):
         decoder: str = "upernet",
         decoder_channels: int = 256,
         input_channels: int = 3,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        self.dropout = nn.Dropout2d(dropout)
         levels = len(in_channels)
         self.kind = decoder
         if decoder == "upernet":
@@ -64,7 +69,7 @@ class SegmentationHead(nn.Module):
             out = self.decoder([maps[0], maps[0], *maps])
         else:
             out = self.decoder([image, *pyramid])
-        logits = self.classifier(out)
+        logits = self.classifier(self.dropout(out))
         if logits.shape[-2:] != image.shape[-2:]:
             logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
         return logits
