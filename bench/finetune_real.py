@@ -29,7 +29,7 @@ other experiments of the previous file are kept only when the config hash they r
 one they would have now (the others are dropped with a warning).
 
 Usage: python bench/finetune_real.py [--shared ../shared/datasets] [--work runs/bench_real] [--only NAME,...]
-       [--out FILE]
+       [--modes MODE,...] [--seeds 0,1,2] [--baseline random] [--out FILE]
 """
 
 from __future__ import annotations
@@ -184,6 +184,7 @@ def main() -> None:
     ap.add_argument("--baseline", default="random", help="sweep row every other is compared with, paired by seed")
     ap.add_argument("--accelerator", default="auto")
     ap.add_argument("--only", help="comma-separated experiments to run (default all)")
+    ap.add_argument("--modes", help="comma-separated modes replacing each experiment's own (e.g. full)")
     ap.add_argument("--out", help="results file (default bench/results/finetune_real_<device>.json)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -203,6 +204,7 @@ def main() -> None:
     earlier = previous_parts(out) if only != set(plans) else {}
     results: dict[str, Any] = {}
     for name, (cfg, modes, fracs) in plans.items():
+        modes = args.modes.split(",") if args.modes else modes
         part = {
             "experiment": name, "finetune": finetune_settings(cfg), "modes": modes, "fractions": fracs, "seeds": seeds,
             "baseline": args.baseline,
