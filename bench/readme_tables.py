@@ -114,17 +114,7 @@ def finetune_table(report: dict[str, Any], experiment: str) -> str:
 
 def finetune_provenance(report: dict[str, Any], source: str) -> str:
     """Provenance of the whole real-data benchmark: the run, the pretrained backbone, each experiment."""
-    pre = report.get("pretraining") or {}
-    if "restored_from" in pre:  # an old file whose entry was corrected from the run that trained it
-        return wrap(
-            f"{describe(report, source)} Its pretraining entry ({pre.get('steps')} steps, {pre.get('seconds')} s) "
-            f"is restored from {pre['restored_from']}."
-        )
-    if "source" not in pre:  # written before the backbone's own record was read
-        return wrap(
-            f"{describe(report, source)} Its pretraining entry ({pre.get('steps')} steps, {pre.get('seconds')} s) "
-            "was written from the script's arguments, not read from the backbone it reused."
-        )
+    pre = report["pretraining"]
     seconds = "time unrecorded" if pre.get("seconds") is None else f"{pre['seconds']} s"
     if pre.get("resumed_from_checkpoint"):
         seconds += " after resuming from a checkpoint"

@@ -73,11 +73,6 @@ def test_config_hash_is_canonical() -> None:
 
 
 def test_finetune_provenance_reports_the_backbone_record_and_each_part(tables: ModuleType) -> None:
-    old = json.loads((REPO / "bench" / "results" / "finetune_real_cpu.json").read_text())
-    restored = " ".join(tables.finetune_provenance(old, "f.json").split())
-    assert "(200 steps, 1003.5 s) is restored from commit 5ddb2b5" in restored
-    del old["pretraining"]["restored_from"]
-    assert "not read from the backbone" in tables.finetune_provenance(old, "f.json")
     new = {
         "provenance": {"date": "2026-01-02T03:04:05+00:00", "command": ["bench/finetune_real.py"]},
         "pretraining": {"source": "mim_phantom_abc: export/backbone.json", "artefact": "mim_phantom_abc", "steps": 200,
