@@ -24,5 +24,9 @@ class DatasetError(XrayfmError):
     """A dataset root does not match the layout or label format its adapter expects."""
 
 
+class MissingSplitError(DatasetError):
+    """A dataset root has no label file for the split asked for (e.g. no official test list)."""
+
+
 class UnknownNameError(XrayfmError):
     """A registry lookup (dataset, model, policy) used a name that does not exist."""

@@ -68,13 +68,14 @@ def test_explain_point_is_two_numbers() -> None:
 def test_shared_options_are_declared_alike() -> None:
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     parsers = dict(sub.choices)
-    parsers["pretrain mim"] = next(
-        a for a in parsers.pop("pretrain")._actions if isinstance(a, argparse._SubParsersAction)
-    ).choices["mim"]
+    methods = next(a for a in parsers.pop("pretrain")._actions if isinstance(a, argparse._SubParsersAction))
+    parsers["pretrain mim"], parsers["pretrain anatomy"] = methods.choices["mim"], methods.choices["anatomy"]
     with_option = {name for name, p in parsers.items() if any("--option" in a.option_strings for a in p._actions)}
-    assert with_option == {"inspect", "stats", "pretrain mim", "finetune", "sweep", "evaluate", "localize", "compare"}
+    assert with_option == {"inspect", "stats", "pretrain mim", "pretrain anatomy", "finetune", "sweep", "evaluate",
+                           "evaluate anatomy", "localize", "compare"}  # fmt: skip
     defaults = {name: a.default for name, p in parsers.items() for a in p._actions if "--split" in a.option_strings}
-    assert defaults == {"inspect": "all", "stats": "train", "evaluate": "test", "localize": "test", "compare": "test"}
+    assert defaults == {"inspect": "all", "stats": "train", "evaluate": "test", "evaluate anatomy": "test",
+                        "localize": "test", "compare": "test"}  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -87,7 +87,7 @@ def test_old_three_column_format_and_versioned_names(tmp_path: Path) -> None:
     _write(tmp_path, "test", ["4 IM-0117-0001.jpeg normal"])
     (tmp_path / "test.txt").rename(tmp_path / "test_COVIDx9A.txt")
     entries = parse_list(tmp_path / "train_split_v3.txt")
-    assert entries[0] == ("1", "person1_virus_6.jpeg", "pneumonia", None)
+    assert entries[0] == ("1", "person1_virus_6.jpeg", "pneumonia", None, 1)
     assert len(build_dataset("covidx", tmp_path, "all")) == 4
 
 

@@ -14,6 +14,9 @@ from xrayfm import DatasetError, UnknownNameError
 from xrayfm.data import build_dataset
 from xrayfm.data.datasets.nih_cxr14 import BOX_CLASSES, FINDINGS
 
+#: The fixture links the sample images in from the read-only shared folder: symlinks leading out of the root.
+LINKED = {"allow_outside_root": True}
+
 
 @pytest.fixture(scope="module")
 def nih_root(tmp_path_factory: pytest.TempPathFactory, shared_datasets: Path) -> Path:
@@ -29,7 +32,7 @@ def nih_root(tmp_path_factory: pytest.TempPathFactory, shared_datasets: Path) ->
 
 
 def test_parses_whole_label_file_with_skip(nih_root: Path, shared_datasets: Path) -> None:
-    ds = build_dataset("nih_cxr14", nih_root, "all", missing="skip")
+    ds = build_dataset("nih_cxr14", nih_root, "all", missing="skip", **LINKED)
     assert len(ds) == 300  # every sample image is in Data_Entry
     sample_labels = pd.read_csv(shared_datasets / "nih_cxr14_sample" / "labels.csv")
     by_id = {Path(p).stem: row for p, row in zip(sample_labels["image"], sample_labels.itertuples())}
@@ -46,7 +49,7 @@ def test_missing_images_are_an_error_by_default(nih_root: Path) -> None:
 
 
 def test_keep_gives_label_statistics_without_images(nih_root: Path, shared_datasets: Path) -> None:
-    ds = build_dataset("nih_cxr14", nih_root, "all", missing="keep")
+    ds = build_dataset("nih_cxr14", nih_root, "all", missing="keep", **LINKED)
     full = pd.read_csv(shared_datasets / "label_files" / "Data_Entry_2017_v2020.csv.gz")
     assert len(ds) == len(full) == 112120
     hernia = full["Finding Labels"].str.split("|").apply(lambda t: "Hernia" in t).sum()
@@ -54,7 +57,7 @@ def test_keep_gives_label_statistics_without_images(nih_root: Path, shared_datas
 
 
 def test_boxes_scaled_from_1024_space(nih_root: Path, shared_datasets: Path) -> None:
-    ds = build_dataset("nih_cxr14", nih_root, "all", missing="skip", box_images_only=True)
+    ds = build_dataset("nih_cxr14", nih_root, "all", missing="skip", box_images_only=True, **LINKED)
     assert len(ds) == 44 and ds.task_for("boxes").classes == BOX_CLASSES
     truth = pd.read_csv(shared_datasets / "nih_cxr14_sample" / "boxes.csv")
     assert sum(len(r.boxes) for r in ds.records) == len(truth) == 49
@@ -72,7 +75,7 @@ def test_splits_patient_disjoint_and_official_test(nih_root: Path) -> None:
     names = sorted(p.name for p in (nih_root / "images").glob("*.png"))
     (nih_root / "test_list.txt").write_text("\n".join(names[:60]) + "\n")
     try:
-        parts = {s: build_dataset("nih_cxr14", nih_root, s, missing="skip") for s in ("train", "val", "test")}
+        parts = {s: build_dataset("nih_cxr14", nih_root, s, missing="skip", **LINKED) for s in ("train", "val", "test")}
     finally:
         (nih_root / "test_list.txt").unlink()
     assert {r.image.name for r in parts["test"].records} == set(names[:60])
@@ -82,7 +85,7 @@ def test_splits_patient_disjoint_and_official_test(nih_root: Path) -> None:
 
 
 def test_no_finding_option_and_unknown_option(nih_root: Path) -> None:
-    ds = build_dataset("nih_cxr14", nih_root, "all", missing="skip", include_no_finding=True)
+    ds = build_dataset("nih_cxr14", nih_root, "all", missing="skip", include_no_finding=True, **LINKED)
     assert ds.task_for("labels").classes[-1] == "No Finding"
     with pytest.raises(UnknownNameError, match="no option"):
         build_dataset("nih_cxr14", nih_root, "all", misssing="skip")

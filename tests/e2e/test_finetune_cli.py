@@ -155,7 +155,7 @@ def nih_root(shared_datasets: Path, label_files: Path, tmp_path_factory: pytest.
     return root
 
 
-NIH_FAST = ["--img-size", "64", "--steps", "2", "--batch-size", "4", "--warmup", "1", "--n-boot", "10"]
+NIH_FAST = ["-o", "allow_outside_root=true", "--img-size", "64", "--steps", "2", "--batch-size", "4", "--warmup", "1", "--n-boot", "10"]
 
 
 def test_nih_finetune_trains_findings_and_boxes_on_the_box_annotated_images(nih_root: Path, tmp_path: Path) -> None:

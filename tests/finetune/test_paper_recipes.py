@@ -177,7 +177,7 @@ PINS: dict[str, dict[str, tuple[Any, str]]] = {
     "eva_x_mim_base": _mim("eva_x_base_patch16", 600.0, 63, 64),
 }
 #: The paper's sources a citation may name; anything else must say ``xrayfm:`` (xrayfm's own choice).
-SOURCES = re.compile(r"classification/|segmentation/|README\.md:|paper|arXiv:|xrayfm:")
+SOURCES = re.compile(r"classification/|segmentation/|Adam-v1/|README\.md:|paper|arXiv:|xrayfm:")
 
 
 def _lines(name: str) -> dict[str, str]:

@@ -264,14 +264,16 @@ def _write_mura(root: Path, phantom: Path) -> None:
 
 
 def _write_mine(root: Path, phantom: Path) -> None:
-    """A generic csv dataset: labels.csv with a nodule column and a lung-mask column named ``mask``."""
+    """A generic csv dataset: labels.csv with a nodule column and a lung-mask column named ``mask``,
+    its files copied under the root (files a label file names outside it are refused by default)."""
     root.mkdir(parents=True)
     rows = [["image", "mask", "patient_id", "nodule"]]
     with open(phantom / "labels.csv") as f:
         for rec in csv.DictReader(f):
-            rows.append(
-                [str(phantom / rec["image"]), str(phantom / rec["lungs_mask"]), rec["patient_id"], rec["nodule"]]
-            )
+            for rel in (rec["image"], rec["lungs_mask"]):
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(phantom / rel, root / rel)
+            rows.append([rec["image"], rec["lungs_mask"], rec["patient_id"], rec["nodule"]])
     with open(root / "labels.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
 

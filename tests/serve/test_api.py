@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -56,7 +57,8 @@ def test_predict_with_heatmap(client: TestClient) -> None:
     assert body["top_finding"]["probability"] == max(body["probabilities"].values())
     assert set(body["positive"]) == {c for c, p in body["probabilities"].items() if p >= 0.4}
     heat = Image.open(io.BytesIO(base64.b64decode(body["heatmap"]["png"])))
-    assert heat.size == (80, 64) and body["image"] == {"width": 80, "height": 64, "format": "png"}
+    assert heat.size == (80, 64) and body["image"] == {"width": 80, "height": 64, "format": "png", "downscale": 1}
+    assert (body["heatmap"]["width"], body["heatmap"]["height"]) == (80, 64)
 
 
 def test_predict_from_dicom(client: TestClient, tmp_path: Path) -> None:
@@ -75,6 +77,31 @@ def test_segment_and_detect(client: TestClient) -> None:
     assert det.status_code == 200
     for box in det.json()["boxes"]:
         assert box["class"] == "nodule" and 0 <= box["box"][0] <= box["box"][2] <= 128.5
+
+
+def test_a_large_upload_is_decoded_reduced_and_answered_in_its_own_pixels(client: TestClient) -> None:
+    small = np.random.default_rng(0).integers(0, 255, (64, 80), dtype=np.uint8)
+    big = np.kron(small, np.ones((8, 8), dtype=np.uint8))  # 640 x 512: each pixel of `small` as an 8 x 8 block
+
+    def post(endpoint: str, pixels: np.ndarray) -> dict:
+        buf = io.BytesIO()
+        Image.fromarray(pixels, "L").save(buf, format="PNG")
+        res = client.post(endpoint, files=upload(buf.getvalue()))
+        assert res.status_code == 200, res.text
+        return res.json()
+
+    det_big, det_small = post("/detect?min_score=0", big), post("/detect?min_score=0", small)
+    assert det_big["image"] == {"width": 640, "height": 512, "format": "png", "downscale": 8}
+    assert det_small["image"]["downscale"] == 1 and len(det_big["boxes"]) == len(det_small["boxes"]) > 0
+    for b, s in zip(det_big["boxes"], det_small["boxes"]):
+        assert b["box"] == pytest.approx([min(v * 8, side) for v, side in zip(s["box"], (640, 512, 640, 512))])
+    pred_big, pred_small = post("/predict?heatmap=true", big), post("/predict?heatmap=true", small)
+    assert pred_big["probabilities"] == pytest.approx(pred_small["probabilities"], abs=1e-6)
+    assert (pred_big["heatmap"]["width"], pred_big["heatmap"]["height"]) == (80, 64)
+    assert "1/downscale" in pred_big["heatmap"]["encoding"]
+    seg = post("/segment", big)
+    assert (seg["mask_width"], seg["mask_height"]) == (80, 64)
+    assert Image.open(io.BytesIO(base64.b64decode(seg["masks"]["lung"]))).size == (80, 64)
 
 
 @pytest.mark.parametrize(
@@ -126,13 +153,35 @@ def test_endpoint_without_its_head_is_404(tmp_path: Path) -> None:
 
 def test_token_is_required_when_set(model_dir: Path) -> None:
     with TestClient(create_app(model_dir, token="s3cret")) as c:
-        assert c.get("/health").json()["auth_required"] is True
         assert c.get("/model").status_code == 401
         assert c.post("/predict", files=upload(png_bytes())).status_code == 401
         wrong = {"Authorization": "Bearer nope"}
         assert c.post("/predict", files=upload(png_bytes()), headers=wrong).status_code == 401
         ok = {"Authorization": "Bearer s3cret"}
         assert c.post("/predict", files=upload(png_bytes()), headers=ok).status_code == 200
+        assert c.get("/model", headers=ok).status_code == 200
+
+
+def test_health_shows_only_liveness_without_the_token(model_dir: Path) -> None:
+    with TestClient(create_app(model_dir, token="s3cret")) as c:
+        assert c.get("/health").json() == {"status": "ok"}
+        assert c.get("/health", headers={"Authorization": "Bearer nope"}).json() == {"status": "ok"}
+        c.post("/segment", files=upload(png_bytes()))
+        detail = c.get("/health", headers={"Authorization": "Bearer s3cret"}).json()
+        assert detail["auth_required"] is True and detail["model"] == "eva_x_tiny_patch16"
+        assert detail["backend"] == "torch" and detail["refused"]["unauthorised"] == 1
+    with TestClient(create_app(model_dir)) as c:  # no token set: nothing to hide
+        assert c.get("/health").json()["model"] == "eva_x_tiny_patch16"
+
+
+def test_docs_work_offline(client: TestClient) -> None:
+    html = client.get("/docs").text
+    urls = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", html)
+    assert len(urls) >= 3 and not [u for u in urls if "//" in u], urls  # script, style sheet, schema: all local
+    assert "cdn" not in html.lower()
+    for url in urls:
+        assert client.get(url).status_code == 200, url
+    assert client.get("/redoc").status_code == 404  # ReDoc's page would load its logo from outside
 
 
 def test_concurrent_requests_share_batches(model_dir: Path) -> None:

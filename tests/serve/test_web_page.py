@@ -1,4 +1,5 @@
-"""The web page in a real headless Chromium: upload a phantom radiograph, see findings and overlays.
+"""The web page in a real headless Chromium: upload a phantom radiograph, see findings and overlays;
+the API docs at /docs render without fetching anything from outside the server.
 
 Needs Debian's ``chromium`` and the ``playwright`` Python package (``.ci/run`` installs both);
 skips with the reason otherwise. The screenshot is kept in ``test-artifacts/`` (or
@@ -80,6 +81,9 @@ def test_upload_shows_findings_heatmap_masks_and_boxes(server: str, tmp_path: Pa
         page.fill("#opacity", "0.6")
         page.dispatch_event("#opacity", "input")
         page.screenshot(path=str(artifacts / "web_page.png"), full_page=True)
+        page.goto(server + "/docs")
+        page.wait_for_selector(".swagger-ui .opblock-summary-path", timeout=30_000)
+        assert "xrayfm model server" in page.inner_text("body") and "/predict" in page.inner_text("body")
         browser.close()
     assert not errors, errors
     assert not external, f"the page fetched outside the server: {external}"

@@ -38,8 +38,9 @@ class FolderFabric:
             raise OSError("disk full")
         torch.save({"step": state["step"]}, path / "meta.pt")
 
-    def load(self, path: Path, state: dict[str, Any]) -> None:
-        state.update(torch.load(path / "meta.pt"))
+    def load(self, path: Path, state: dict[str, Any], *, weights_only: bool | None = None) -> None:
+        assert weights_only is True, "checkpoints are read without running code"
+        state.update(torch.load(path / "meta.pt", weights_only=True))
 
 
 def _fabric() -> Fabric:

@@ -4,7 +4,8 @@ Every subcommand calls one public function. Errors the toolkit anticipates (Xray
 printed as one line and exit with status 2; anything else is a bug, reported as one line with
 status 1 (``-v`` logs its traceback). One module per command group registers its subcommands:
 :mod:`~xrayfm.cli.data`, :mod:`~xrayfm.cli.demo`, :mod:`~xrayfm.cli.pretrain`,
-:mod:`~xrayfm.cli.finetune`, :mod:`~xrayfm.cli.compare`, :mod:`~xrayfm.cli.explain` and :mod:`~xrayfm.cli.deploy`; the
+:mod:`~xrayfm.cli.finetune`, :mod:`~xrayfm.cli.anatomy` (``evaluate anatomy``), :mod:`~xrayfm.cli.compare`,
+:mod:`~xrayfm.cli.explain` and :mod:`~xrayfm.cli.deploy`; the
 options several share are in :mod:`~xrayfm.cli.args`, YAML recipes in :mod:`~xrayfm.cli.recipes`.
 """
 
@@ -16,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from xrayfm import __version__
+from xrayfm.cli.anatomy import add_evaluate_anatomy_command, merge_command_words
 from xrayfm.cli.compare import add_compare_command
 from xrayfm.cli.data import add_data_commands
 from xrayfm.cli.demo import add_demo_command
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_command(sub)
     add_pretrain_commands(sub)
     add_finetune_commands(sub)
+    add_evaluate_anatomy_command(sub)
     add_compare_command(sub)
     add_explain_commands(sub)
     add_deploy_commands(sub)
@@ -89,17 +92,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit status: the command's own (0 on success), 2 for an error the toolkit names
-        (:class:`~xrayfm.errors.XrayfmError`), 1 for an unexpected one, 130 when interrupted.
+        (:class:`~xrayfm.errors.XrayfmError`), 1 for an unexpected one, 130 when interrupted
+        (128 + the signal after a training run saved its checkpoint on SIGINT / SIGTERM).
     """
     verbose = False
     try:
-        args = parse_with_recipe(build_parser(), argv)
+        args = parse_with_recipe(build_parser(), merge_command_words(sys.argv[1:] if argv is None else argv))
         verbose = args.verbose
         _configure_logging(verbose)
         return int(args.func(args))
     except XrayfmError as exc:
-        print(f"xrayfm: error: {exc}", file=sys.stderr)
-        return 2
+        signum = getattr(exc, "signum", None)  # TrainingInterrupted: saved, then stopped by a signal
+        print(f"xrayfm: {'error: ' if signum is None else ''}{exc}", file=sys.stderr)
+        return 2 if signum is None else 128 + signum
     except KeyboardInterrupt:
         print("xrayfm: interrupted", file=sys.stderr)
         return 130

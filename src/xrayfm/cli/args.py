@@ -141,9 +141,16 @@ def add_engine_args(
     g.add_argument("--devices", default="1", help="devices per node (int or auto)")
     g.add_argument("--num-nodes", type=int, default=1, help="nodes (default 1)")
     g.add_argument("--strategy", default="auto", help="auto | ddp | fsdp (sharded; OUT/last.ckpt becomes a folder)")
-    g.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    g.add_argument(
+        "--seed", type=int, default=0,
+        help="seed of init, data order, augmentations and masks: one seed, one machine, the same weights (default 0)",
+    )  # fmt: skip
     g.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
     g.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default 100)")
+    g.add_argument(
+        "--checkpoint-minutes", type=float, default=5.0,
+        help="minutes between checkpoints, 0 = off (default 5); SIGINT / SIGTERM also save before stopping",
+    )  # fmt: skip
     g.add_argument("--log-every", type=int, default=10, help="steps between metrics and progress lines (default 10)")
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute activations: less memory")
 
@@ -198,7 +205,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         precision=args.precision,
         accelerator=args.accelerator, devices=_devices(args.devices), num_nodes=args.num_nodes,
         strategy=args.strategy, seed=args.seed, num_workers=args.workers, checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every, clip_grad=args.clip_grad,
+        checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every, clip_grad=args.clip_grad,
     )  # fmt: skip
     check_devices(cfg)
     return cfg

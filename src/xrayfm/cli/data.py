@@ -76,7 +76,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from xrayfm.data.registry import get_dataset_info, list_datasets
+    from xrayfm.data.registry import SHARED_OPTIONS, get_dataset_info, list_datasets
 
     if args.name:
         info = get_dataset_info(args.name)
@@ -84,7 +84,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         print("\n".join("  " + line for line in info.layout.splitlines()))
         print("\nOptions (-o key=value):")
         for k, v in info.options().items():
-            print(f"  {k} = {v!r}")
+            note = f"   (every adapter: {SHARED_OPTIONS[k].help})" if k in SHARED_OPTIONS else ""
+            print(f"  {k} = {v!r}{note}")
         doc = inspect.getdoc(info.builder) or ""
         if doc:
             print("\n" + doc)
@@ -106,7 +107,9 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     for name, path in recipes.items():
         lines = path.read_text().splitlines()
         print(f"{name:<{width}}  {lines[0].lstrip('# ') if lines else ''}")
-    print("\nUse one with --config NAME (pretrain mim, finetune, sweep); print it: xrayfm recipes NAME")
+    print(
+        "\nUse one with --config NAME (pretrain mim, pretrain anatomy, finetune, sweep); print it: xrayfm recipes NAME"
+    )
     return 0
 
 

@@ -9,6 +9,10 @@ from pathlib import Path
 from xrayfm.cli.args import add_model_arg
 from xrayfm.errors import XrayfmError
 
+KEEP_ALIVE_S = 5
+MAX_HEADER_BYTES = 16_384
+GRACEFUL_SHUTDOWN_S = 10
+
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
@@ -20,9 +24,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("XRAYFM_TOKEN") or None
     app = create_app(args.model, token=token, max_upload_mb=args.max_upload_mb, max_batch=args.max_batch,
                      max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, device=args.device,
-                     backend=args.backend)  # fmt: skip
+                     backend=args.backend, max_decodes=args.max_decodes,
+                     max_pixels_in_flight=int(args.max_megapixels_in_flight * 1e6), body_timeout=args.body_timeout,
+                     body_idle_timeout=args.body_idle_timeout)  # fmt: skip
     print(f"serving {args.model} ({args.backend}) on http://{args.host}:{args.port}/  (API docs: /docs; Ctrl-C stops)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # h11 for every install (its header limit applies; httptools has none to set); a bounded number of
+    # connections (503 beyond), idle keep-alive connections closed after 5 s, headers at most 16 KiB.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", http="h11",
+                limit_concurrency=args.max_connections, timeout_keep_alive=KEEP_ALIVE_S,
+                h11_max_incomplete_event_size=MAX_HEADER_BYTES, server_header=False,
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)  # fmt: skip
     return 0
 
 
@@ -33,7 +44,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         description=(
             "Serve a fine-tuned model: POST /predict, /segment, /detect (multipart image or DICOM), "
             "GET /health, /model, the OpenAPI schema at /openapi.json and a web page at /. "
-            "Concurrent requests are batched; a full queue answers 503."
+            "Concurrent requests are batched; a full queue answers 503. Uploads are refused as their bytes arrive "
+            "(token, size, time) and decoded within a bounded number of decodes and pixels."
         ),
     )
     add_model_arg(p)
@@ -43,7 +55,36 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=float, default=32.0, help="largest upload (default 32 MB)")
     p.add_argument("--max-batch", type=int, default=8, help="most images per forward pass (default 8)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="batching wait (default 5 ms)")
-    p.add_argument("--queue-size", type=int, default=64, help="most waiting requests before 503 (default 64)")
+    p.add_argument("--queue-size", type=int, default=64,
+                   help="most uploads admitted beyond those decoding, and most waiting for the model; more get 503 "
+                        "(default 64)")  # fmt: skip
+    p.add_argument(
+        "--max-decodes",
+        type=int,
+        default=None,
+        help="most uploads decoded at once (default: the CPUs the server may use)",
+    )
+    p.add_argument("--max-megapixels-in-flight", type=float, default=200.0,
+                   help="most declared megapixels decoded at once; an upload waits up to 10 s for room, then gets 503 "
+                        "(default 200: two images at the 100 MP read limit)")  # fmt: skip
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        help="seconds an upload's body may take to arrive, else 408 (default 30)",
+    )
+    p.add_argument(
+        "--body-idle-timeout",
+        type=float,
+        default=10.0,
+        help="seconds allowed between two chunks of a body, else 408 (default 10)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        help="most open connections and requests; beyond them the server answers 503 (default 256)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
                    help="run inference with PyTorch or with ONNX Runtime on model.onnx (xrayfm export onnx); "

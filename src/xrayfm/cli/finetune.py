@@ -19,7 +19,7 @@ from xrayfm.cli.args import (
     train_config,
 )
 from xrayfm.cli.recipes import parse_options, write_resolved_config
-from xrayfm.errors import XrayfmError
+from xrayfm.errors import MissingSplitError, XrayfmError
 
 if TYPE_CHECKING:
     from xrayfm.finetune.run import FinetuneConfig
@@ -150,7 +150,7 @@ def _evaluation_thresholds(args: argparse.Namespace, model: Any, transform: Any,
         return ThresholdChoice.fixed(float(rule.value)), None
     try:
         val = build_dataset(args.dataset, args.root, "val", transform=transform, **options)
-    except XrayfmError as exc:
+    except MissingSplitError as exc:  # any other problem with val (missing images...) is the user's to fix
         val, why = None, str(exc)
     else:
         why = "it has no images"
@@ -305,7 +305,8 @@ def add_finetune_commands(sub: argparse._SubParsersAction) -> None:
         description=(
             "Evaluate a fine-tuned model (a finetune run folder or its model/ folder) on a dataset "
             "split: AUROC, accuracy, sensitivity/specificity, ECE, Dice/Jaccard with 95% bootstrap "
-            "CIs; writes metrics.json, predictions and an HTML report."
+            "CIs; writes metrics.json, predictions and an HTML report. For the anatomy measures of a backbone's "
+            "embeddings (Eve): xrayfm evaluate anatomy --help."
         ),
     )
     add_model_arg(p)

@@ -1,4 +1,4 @@
-"""``xrayfm pretrain``: self-supervised pretraining (EVA-X masked image modeling).
+"""``xrayfm pretrain``: self-supervised pretraining (EVA-X masked image modeling, Adam anatomy-aware MoCo-v2).
 
 Accepts ``--config RECIPE.yaml`` (see :mod:`xrayfm.cli.recipes`) and writes the resolved
 settings to ``OUT/config.yaml``.
@@ -11,9 +11,12 @@ from pathlib import Path
 
 from xrayfm.cli.args import add_engine_args, add_run_args, train_config
 from xrayfm.cli.recipes import parse_options
+from xrayfm.errors import XrayfmError
 
 #: ``--teacher-layout`` choices (those of :mod:`xrayfm.pretrain.teachers`, which loads torch).
 LAYOUTS = ("auto", "mgca", "eva_clip", "timm", "xrayfm")
+#: ``--grid`` choices (those of :mod:`xrayfm.pretrain.anatomy`, which loads torch).
+GRIDS = ("nxn", "pow2")
 
 
 def cmd_pretrain_mim(args: argparse.Namespace) -> int:
@@ -34,13 +37,92 @@ def cmd_pretrain_mim(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_stages(value: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
+    """Granularities of ``--stages``: text ``0,2,4`` (command line) or a list (a recipe or a run's config.yaml).
+
+    Raises:
+        XrayfmError: Not a comma-separated list of whole numbers.
+    """
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        return tuple(int(str(v).strip()) for v in items)
+    except (TypeError, ValueError):
+        raise XrayfmError(f"--stages must be granularities such as 0,2,4, got {value!r}") from None
+
+
+def cmd_pretrain_anatomy(args: argparse.Namespace) -> int:
+    from xrayfm.pretrain.anatomy_run import run_anatomy
+    from xrayfm.train import is_global_zero
+
+    train, options = train_config(args), parse_options(args.option)
+    export = run_anatomy(  # writes OUT/config.yaml, the run's one resolved config
+        args.dataset, args.root, stages=parse_stages(args.stages), arch=args.arch, img_size=args.img_size,
+        grid=args.grid, moco_dim=args.moco_dim, queue_size=args.queue_size,
+        momentum_key=args.momentum_key, temperature=args.temperature, prune_threshold=args.prune_threshold,
+        carry_queue=args.carry_queue, split_bn=args.split_bn, brightness=args.brightness, contrast=args.contrast,
+        jitter_p=args.jitter_p, mean=args.mean, std=args.std, val_fraction=args.val_fraction,
+        grad_checkpointing=args.grad_checkpointing, dataset_options=options, train_config=train,
+    )  # fmt: skip
+    if not is_global_zero():
+        return 0
+    print(f"anatomy pretraining finished: stages under {args.out}/stage_n*, summary {Path(args.out) / 'summary.json'}")
+    print(f"exported backbone: {export} (load with create_model({args.arch!r}, pretrained={str(args.out)!r}))")
+    return 0
+
+
+def add_anatomy_command(methods: argparse._SubParsersAction) -> None:
+    """Register ``pretrain anatomy`` (Adam) on the pretrain methods' subparsers."""
+    a = methods.add_parser(
+        "anatomy",
+        help="Adam: anatomy-aware MoCo-v2 (anatomy decomposer + purposive pruner), stages n = 0 -> 2 -> 4",
+        description=(
+            "Pretrain any backbone (ResNet-50 by default) with Adam: MoCo-v2 on two views of one random cell of "
+            "an n x n grid, stage after stage (--stages 0,2,4), each stage starting from the one before; for n > 0 "
+            "the purposive pruner drops queued negatives too similar to the query. Each stage keeps its own folder "
+            "OUT/stage_nN (resumable, exported); a rerun skips finished stages. Defaults are Adam's: SGD lr 0.03, "
+            "momentum 0.9, weight decay 1e-4 on every parameter, no warmup, no clipping. Paper recipe: --config "
+            "adam_resnet50 (see xrayfm recipes)."
+        ),
+    )
+    a.add_argument("dataset", help="dataset adapter (see 'xrayfm datasets'), e.g. phantom")
+    a.add_argument("root", help="dataset root")
+    add_run_args(a, "runs/anatomy")
+    a.add_argument("--stages", type=parse_stages, default=(0, 2, 4), help="granularities in order (default 0,2,4)")
+    a.add_argument("--arch", default="resnet50", help="backbone, any registry name (default resnet50)")
+    a.add_argument("--img-size", type=int, default=224, help="view side (default 224)")
+    a.add_argument("--grid", choices=GRIDS, default="nxn", help="nxn (official code) or pow2 (paper figure, 2^n parts)")
+    a.add_argument("--moco-dim", type=int, default=128, help="projection head output width (default 128)")
+    a.add_argument("--queue-size", type=int, default=65536, help="queued negatives K (default 65536)")
+    a.add_argument("--momentum-key", type=float, default=0.999, help="key encoder momentum m (default 0.999)")
+    a.add_argument("--temperature", type=float, default=0.2, help="InfoNCE temperature (default 0.2)")
+    a.add_argument(
+        "--prune-threshold", type=float, default=0.8, help="purposive pruner: drop negatives with cos >= this (0.8)"
+    )
+    a.add_argument("--carry-queue", action="store_true", help="start each stage with the previous stage's queue")
+    a.add_argument(
+        "--split-bn", type=int, default=0,
+        help="samples per BatchNorm group, key batch shuffled between groups (default 0: the per-device batch)",
+    )  # fmt: skip
+    a.add_argument("--brightness", type=float, default=0.0, help="brightness jitter 1 +- this (default 0: off)")
+    a.add_argument("--contrast", type=float, default=0.0, help="contrast jitter 1 +- this (default 0: off)")
+    a.add_argument("--jitter-p", type=float, default=0.8, help="probability of the jitter when on (default 0.8)")
+    a.add_argument("--mean", type=float, help="normalisation mean of [0,1] grey (default: the backbone's)")
+    a.add_argument("--std", type=float, help="normalisation std (default: the backbone's)")
+    a.add_argument(
+        "--val-fraction", type=float, default=0.1,
+        help="patient share held out for the validation loss when the dataset has no val split (0: none)",
+    )  # fmt: skip
+    add_engine_args(a, steps=1000, batch=32, lr=0.03, warmup=0, clip=0.0)
+    a.set_defaults(func=cmd_pretrain_anatomy, optimizer="sgd", weight_decay=1e-4)
+
+
 def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
-    """Register pretrain (with its method mim) on the top-level subparsers.
+    """Register pretrain (with its methods mim and anatomy) on the top-level subparsers.
 
     Args:
         sub: The ``xrayfm`` subparsers.
     """
-    p = sub.add_parser("pretrain", help="self-supervised pretraining (EVA-X MIM)")
+    p = sub.add_parser("pretrain", help="self-supervised pretraining (EVA-X MIM, Adam)")
     methods = p.add_subparsers(dest="method", metavar="METHOD", required=True)
     m = methods.add_parser(
         "mim",
@@ -77,3 +159,4 @@ def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--std", type=float, help="normalisation std (default EVA-X 0.2851)")
     add_engine_args(m, steps=1000, batch=32, lr=3e-4, warmup=100, clip=3.0)
     m.set_defaults(func=cmd_pretrain_mim)
+    add_anatomy_command(methods)

@@ -38,6 +38,9 @@ class Record:
             stored image (NIH boxes are in 1024-px space); None = the stored image's pixels.
         mask: Callable returning uint8 (M, H, W) (see :mod:`xrayfm.data.masks`).
         meta: ``id``, ``patient_id``, ``view``, ... (JSON-serialisable values).
+        origin: Where the paths were read: the label file and its row, line or entry
+            (``labels.csv row 5``), named when a path is refused; empty for files found by
+            listing folders.
     """
 
     image: Path
@@ -47,6 +50,7 @@ class Record:
     box_space: tuple[int, int] | None = None
     mask: MaskSource | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    origin: str = ""
 
 
 class XrayDataset(Dataset):
@@ -60,6 +64,8 @@ class XrayDataset(Dataset):
         split: Split these records belong to.
         transform: Optional callable applied to each Sample.
         read_options: Keyword arguments for :func:`xrayfm.io.read_xray`.
+        extra_roots: Folders outside ``root`` that the user named for this dataset (JSRT's
+            ``cache_dir``), trusted like ``root`` when paths are checked to stay inside it.
     """
 
     def __init__(
@@ -72,6 +78,7 @@ class XrayDataset(Dataset):
         split: str,
         transform: Transform | None = None,
         read_options: dict[str, Any] | None = None,
+        extra_roots: Sequence[Path] = (),
     ) -> None:
         self.records = list(records)
         self.tasks = list(tasks)
@@ -80,6 +87,7 @@ class XrayDataset(Dataset):
         self.split = split
         self.transform = transform
         self.read_options = dict(read_options or {})
+        self.extra_roots = tuple(Path(p) for p in extra_roots)
         keys = [t.sample_key for t in self.tasks]
         if len(keys) != len(set(keys)):
             raise DatasetError(f"{name}: more than one task targets the same sample key: {keys}")
@@ -169,6 +177,7 @@ class XrayDataset(Dataset):
             split=split or self.split,
             transform=self.transform,
             read_options=self.read_options,
+            extra_roots=self.extra_roots,
         )
 
 

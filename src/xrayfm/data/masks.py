@@ -2,7 +2,8 @@
 
 Public datasets store masks in several ways (one label-map PNG, one file per organ, run-length
 strings). Each source here is a small picklable object returning uint8 (M, H, W) with 1 = class,
-0 = background and 255 = ignore, so DataLoader workers can carry it.
+0 = background and 255 = ignore, so DataLoader workers can carry it. Each lists the files it
+reads in ``files``, so a dataset can check them against its root before any is opened.
 """
 
 from __future__ import annotations
@@ -64,6 +65,11 @@ class LabelMapMask:
     values: tuple[int, ...] = (1,)
     ignore_value: int | None = MASK_IGNORE
 
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The files this source reads."""
+        return (self.path,)
+
     def __call__(self) -> np.ndarray:
         raw = read_label_map(self.path)
         out = np.stack([(raw == v) for v in self.values]).astype(np.uint8)
@@ -82,6 +88,11 @@ class FileMasks:
 
     paths: tuple[Path, ...]
     ignore_value: int | None = None
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The files this source reads."""
+        return self.paths
 
     def __call__(self) -> np.ndarray:
         raws = [read_label_map(p) for p in self.paths]
@@ -103,6 +114,11 @@ class UnionMask:
     """
 
     channels: tuple[tuple[Path, ...], ...]
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The files this source reads."""
+        return tuple(p for files in self.channels for p in files)
 
     def __call__(self) -> np.ndarray:
         planes = []
@@ -185,6 +201,11 @@ class RleMask:
     width: int
     height: int
     relative: bool = True
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """No file: the runs are held in the record itself."""
+        return ()
 
     def __call__(self) -> np.ndarray:
         flat = np.zeros(self.width * self.height, np.uint8)

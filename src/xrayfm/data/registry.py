@@ -2,6 +2,9 @@
 
 Adapters register a builder ``builder(root: Path, split: str, **opts) -> XrayDataset`` with a
 description and the folder layout they expect, so ``xrayfm datasets`` can document them.
+Options every adapter accepts (:data:`SHARED_OPTIONS`) are handled here, not by the builders:
+``allow_outside_root`` (default False) lets label files name image and mask files that resolve
+outside the dataset root, which are refused otherwise.
 """
 
 from __future__ import annotations
@@ -20,10 +23,31 @@ from pathlib import Path
 from typing import Any
 
 from xrayfm.data.base import Transform, XrayDataset
+from xrayfm.data.tables import check_inside_root
 from xrayfm.errors import DatasetError, UnknownNameError
 
 Builder = Callable[..., XrayDataset]
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test", "all")
+
+
+@dataclass(frozen=True)
+class SharedOption:
+    """An option every adapter accepts; :func:`build_dataset` applies it, not the builder."""
+
+    default: Any
+    kind: type
+    help: str
+
+
+#: Options valid for every adapter (``-o key=value`` on the CLI, keywords in Python).
+SHARED_OPTIONS: dict[str, SharedOption] = {
+    "allow_outside_root": SharedOption(
+        False,
+        bool,
+        "use image and mask files that label files name outside ROOT (../.., absolute paths, symlinks "
+        "leading out); refused by default",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -37,13 +61,14 @@ class DatasetInfo:
     tasks: tuple[str, ...]
 
     def options(self) -> dict[str, Any]:
-        """Builder keyword options and their defaults."""
+        """Builder keyword options and their defaults, then the :data:`SHARED_OPTIONS`."""
         sig = inspect.signature(self.builder)
-        return {
+        own = {
             k: (None if p.default is inspect.Parameter.empty else p.default)
             for k, p in sig.parameters.items()
             if k not in ("root", "split") and p.kind is inspect.Parameter.KEYWORD_ONLY
         }
+        return {**own, **{k: o.default for k, o in SHARED_OPTIONS.items()}}
 
     def coerce_options(self, opts: dict[str, Any]) -> dict[str, Any]:
         """Fit option values to the builder's annotations, as ``-o key=value`` cannot type them.
@@ -62,7 +87,7 @@ class DatasetInfo:
             DatasetError: A value does not fit its option's type; the message names the option
                 and the type expected.
         """
-        hints = typing.get_type_hints(self.builder)
+        hints = {**typing.get_type_hints(self.builder), **{k: o.kind for k, o in SHARED_OPTIONS.items()}}
         return {k: _coerce(self.name, k, v, hints.get(k, Any)) for k, v in opts.items()}
 
 
@@ -236,12 +261,14 @@ def build_dataset(
         split: ``train``, ``val``, ``test`` or ``all``.
         transform: Callable applied to each Sample.
         read_options: Passed to :func:`xrayfm.io.read_xray` (limits, intensity, voi).
-        **opts: Adapter options (see ``xrayfm datasets NAME``).
+        **opts: Adapter options (see ``xrayfm datasets NAME``), and ``allow_outside_root``
+            (default False): accept image and mask files that resolve outside ``root``.
 
     Raises:
         UnknownNameError: Unknown adapter, split or option.
-        DatasetError: An option value of the wrong type, or ``root`` is missing or not in the
-            expected layout.
+        DatasetError: An option value of the wrong type, ``root`` is missing or not in the
+            expected layout, or (unless ``allow_outside_root``) a label file names an image or
+            mask that resolves outside ``root`` (``..``, an absolute path, a symlink leading out).
     """
     info = get_dataset_info(name)
     check_choice("split", split, SPLIT_NAMES)
@@ -255,7 +282,10 @@ def build_dataset(
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{name}: dataset root {root} is not a directory")
+    allow_outside_root = opts.pop("allow_outside_root", False)
     ds = info.builder(root, split, **opts)
+    if not allow_outside_root:
+        check_inside_root(ds.records, root, name, extra_roots=ds.extra_roots)
     ds.transform = transform
     ds.read_options = dict(read_options or {})
     return ds

@@ -27,7 +27,7 @@ from xrayfm.data.inspect import train_split_problem
 from xrayfm.data.registry import build_dataset
 from xrayfm.data.sample import collate_samples
 from xrayfm.data.transforms import FinetuneAugment, PhotometricView, RandAugmentView
-from xrayfm.errors import DatasetError, XrayfmError
+from xrayfm.errors import DatasetError, MissingSplitError, XrayfmError
 from xrayfm.finetune.label_efficiency import fraction_subset
 from xrayfm.finetune.losses import positive_weights
 from xrayfm.finetune.modes import LoraSettings, apply_mode, merge_lora
@@ -39,7 +39,7 @@ from xrayfm.models.registry import backbone_kwargs, create_model, export_kwargs
 from xrayfm.models.task_checkpoint import save_task_model
 from xrayfm.models.task_model import XrayModel
 from xrayfm.tasks import CLASSIFICATION_KINDS, TASK_KINDS
-from xrayfm.train import TrainConfig, is_global_zero, train
+from xrayfm.train import TrainConfig, is_global_zero, seed_everything, train
 from xrayfm.train.config import engine_options, write_run_config
 
 log = logging.getLogger(__name__)
@@ -229,12 +229,14 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     The settings go first to ``OUT/config.yaml`` in ``xrayfm finetune``'s option names (see
     :func:`write_finetune_config`). The summary (``OUT/summary.json``) holds the parameter counts,
     the training subset, the final loss and the metrics (with 95% bootstrap intervals) per
-    evaluated split.
+    evaluated split. Every RNG is seeded with ``cfg.train.seed`` first, so that two runs with one
+    seed give identical weights and metrics.
     """
     from xrayfm.evaluate.run import evaluate_splits
     from xrayfm.evaluate.thresholds import ThresholdRule
 
     rule = ThresholdRule.parse(cfg.threshold)  # a malformed rule fails before training, not after
+    seed_everything(cfg.train.seed)  # before any model, head or subset: a seed gives identical runs
 
     out = Path(cfg.train.out_dir)
     write_finetune_config(cfg, out / "config.yaml")
@@ -261,6 +263,10 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             "photometric or none, or train classification tasks only (--task)"
         )
     _check_labels(train_ds, tasks, cfg.allow_empty_classes)
+    # the evaluated splits are built before training, so a missing test image stops the run before, not after it
+    datasets = {split: ds for split in cfg.eval_splits if (ds := _eval_dataset(cfg, split, preprocess)) is not None}
+    needs_val = rule.kind != "fixed" and "val" not in datasets
+    val = _eval_dataset(cfg, "val", preprocess, quiet=True) if needs_val else None
 
     if cfg.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
@@ -299,9 +305,6 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     }  # fmt: skip
     save_task_model(model.cpu(), out / "model", arch=cfg.arch, model_kwargs=model_kwargs, info=info)
 
-    datasets = {split: ds for split in cfg.eval_splits if (ds := _eval_dataset(cfg, split, preprocess)) is not None}
-    needs_val = rule.kind != "fixed" and "val" not in datasets
-    val = _eval_dataset(cfg, "val", preprocess, quiet=True) if needs_val else None
     summary["evaluations"] = evaluate_splits(
         model, datasets, out, threshold=cfg.threshold, threshold_dataset=val, n_boot=cfg.n_boot, seed=tc.seed,
         model_name=f"{cfg.arch} ({cfg.mode}, from {cfg.pretrained or 'random init'}) in {out / 'model'}",
@@ -312,10 +315,14 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
 def _eval_dataset(cfg: FinetuneConfig, split: str, preprocess: Preprocess, *, quiet: bool = False) -> Any:
     """The dataset of ``split`` at the model's input, or None (with a warning unless ``quiet``)
-    when the adapter has no such split or it is empty."""
+    when the adapter has no such split or it is empty.
+
+    Every other problem (missing images unless ``missing=skip``, paths outside the root, corrupt
+    label files) is raised: a split asked for is never left out silently.
+    """
     try:
         ds = build_dataset(cfg.dataset, cfg.root, split, transform=preprocess.eval_transform(), **cfg.dataset_options)
-    except XrayfmError as exc:
+    except MissingSplitError as exc:
         if not quiet:
             log.warning("not evaluating split %s: %s", split, exc)
         return None

@@ -7,7 +7,9 @@ acquisition facts; patient-identifying tags are dropped unless asked for by name
 
 Compressed pixel data is decoded by pydicom's decoder plugins (GDCM, pylibjpeg with OpenJPEG and
 RLE, pyjpegls, Pillow). A caller that will shrink the image may pass ``target_size``: JPEG 2000 is
-then decoded at the coarsest resolution level that still covers it, several times faster.
+then decoded at the coarsest resolution level that still covers it, several times faster, and any
+image is box-averaged band by band as its values are windowed, so no float copy of the full image
+is held.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,8 +31,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi, get_decoder
 
 from xrayfm.errors import ImageReadError
-from xrayfm.io.images import decode_j2k, j2k_header, j2k_reduction
-from xrayfm.io.limits import DEFAULT_LIMITS, ReadLimits
+from xrayfm.io.images import band_rows, box_mean, decode_j2k, j2k_header, j2k_reduction, reduction_factor
+from xrayfm.io.limits import DEFAULT_LIMITS, CheckedSource, ImageProbe, ImageSource, ReadLimits
 
 log = logging.getLogger(__name__)
 
@@ -161,20 +164,50 @@ def window_to_unit(arr: np.ndarray, center: float, width: float, function: str =
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def _voi_to_unit(arr: np.ndarray, ds: pydicom.Dataset, voi: VoiMode) -> tuple[np.ndarray, str]:
+def _voi_lut_to_unit(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+    lut = apply_voi(arr, ds).astype(np.float64)
+    bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+    return np.clip(lut / float(2**bits - 1), 0, 1).astype(np.float32)
+
+
+def _voi_stage(ds: pydicom.Dataset, voi: VoiMode) -> tuple[Callable[[np.ndarray], np.ndarray] | None, str]:
+    """The VOI stage as a function of modality values, and its name; None for min-max scaling,
+    which needs the whole image's range."""
     if voi == "auto" and "VOILUTSequence" in ds:
-        lut = apply_voi(arr, ds).astype(np.float64)
-        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        return np.clip(lut / float(2**bits - 1), 0, 1).astype(np.float32), "voi_lut_sequence"
+        return partial(_voi_lut_to_unit, ds=ds), "voi_lut_sequence"
     if voi == "auto" and "WindowCenter" in ds and "WindowWidth" in ds:
         center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
         if math.isfinite(center) and math.isfinite(width) and width > 0:
             function = str(ds.get("VOILUTFunction", "LINEAR"))
-            return window_to_unit(arr, center, width, function), f"window {center:g}/{width:g} {function}"
-    lo, hi = float(arr.min()), float(arr.max())
+            stage = partial(window_to_unit, center=center, width=width, function=function)
+            return stage, f"window {center:g}/{width:g} {function}"
+    return None, "minmax"
+
+
+def _minmax(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     if hi <= lo:
-        return np.zeros(arr.shape, np.float32), "minmax"
-    return ((arr.astype(np.float64) - lo) / (hi - lo)).astype(np.float32), "minmax"
+        return np.zeros(arr.shape, np.float32)
+    return ((arr.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
+
+
+def _to_unit(raw: np.ndarray, ds: pydicom.Dataset, voi: VoiMode, factor: int) -> tuple[np.ndarray, str]:
+    """Modality LUT then VOI of stored values, to float32 [0, 1], box-averaged by ``factor``.
+
+    A reduction converts one band of rows at a time and keeps only its block means, so it gives
+    the full-size values box-averaged without a float copy of the full image.
+    """
+    stage, name = _voi_stage(ds, voi)
+    if factor == 1:
+        modality = np.asarray(apply_modality_lut(raw, ds))
+        return (stage(modality) if stage else _minmax(modality, float(modality.min()), float(modality.max()))), name
+    means, lo, hi = [], math.inf, -math.inf
+    for start, stop in band_rows(*raw.shape, factor):
+        modality = np.asarray(apply_modality_lut(raw[start:stop], ds))
+        if stage is None:  # min-max is linear: average first, scale by the full image's range after
+            lo, hi = min(lo, float(modality.min())), max(hi, float(modality.max()))
+        means.append(box_mean(stage(modality) if stage else modality, factor))
+    reduced = np.concatenate(means)
+    return (reduced.astype(np.float32) if stage else _minmax(reduced, lo, hi)), name
 
 
 def _is_compressed(ds: pydicom.Dataset) -> bool | None:
@@ -197,12 +230,12 @@ def _native_pixel_bytes(ds: pydicom.Dataset) -> int | None:
         return None
 
 
-def _no_pixel_data(path: Path, ds: pydicom.Dataset) -> ImageReadError:
+def _no_pixel_data(src: CheckedSource, ds: pydicom.Dataset) -> ImageReadError:
     """The error for a file without pixel data: truncated (or stripped) image, or a non-image object."""
     meta = getattr(ds, "file_meta", None)
     sop = meta.get("MediaStorageSOPClassUID") if meta is not None else ds.get("SOPClassUID")
     sop_name = getattr(sop, "name", "")
-    expected = _native_pixel_bytes(ds)
+    expected, path = _native_pixel_bytes(ds), src.label
     if expected is not None:
         return ImageReadError(
             f"{path}: no pixel data: {expected:,} bytes expected ({ds.Columns}x{ds.Rows}, "
@@ -210,7 +243,7 @@ def _no_pixel_data(path: Path, ds: pydicom.Dataset) -> ImageReadError:
         )
     if "Image Storage" in sop_name:
         return ImageReadError(
-            f"{path}: no pixel data in this {sop_name} file of {path.stat().st_size:,} bytes: it is truncated "
+            f"{path}: no pixel data in this {sop_name} file of {src.size:,} bytes: it is truncated "
             "(or its pixels were removed)"
         )
     return ImageReadError(f"{path}: DICOM file has no pixel data (e.g. a report or structured document)")
@@ -228,7 +261,7 @@ def _one_line(text: str) -> str:
     return "; ".join(part.strip().rstrip(":") for part in text.splitlines() if part.strip())
 
 
-def _missing_decoder(path: Path, tsyntax: uid.UID, bits_stored: int) -> ImageReadError | None:
+def _missing_decoder(path: Path | str, tsyntax: uid.UID, bits_stored: int) -> ImageReadError | None:
     """The error for compressed pixel data that no installed plugin decodes; None when one does."""
     try:
         decoder = get_decoder(tsyntax)
@@ -247,7 +280,7 @@ def _missing_decoder(path: Path, tsyntax: uid.UID, bits_stored: int) -> ImageRea
     return ImageReadError(f"{path}: no decoder plugin is installed for {_syntax_name(tsyntax)}: {hint}")
 
 
-def _reduced_j2k(path: Path, ds: pydicom.Dataset, target_size: int) -> tuple[np.ndarray, int] | None:
+def _reduced_j2k(path: Path | str, ds: pydicom.Dataset, target_size: int) -> tuple[np.ndarray, int] | None:
     """JPEG 2000 stored values at the coarsest level whose shorter side covers ``target_size``.
 
     Returns ``(values, levels dropped)``, or None where the full image is needed or the codestream
@@ -274,7 +307,7 @@ def _reduced_j2k(path: Path, ds: pydicom.Dataset, target_size: int) -> tuple[np.
 
 
 def _decode_pixels(
-    path: Path, ds: pydicom.Dataset, tsyntax: uid.UID | None, target_size: int | None
+    path: Path | str, ds: pydicom.Dataset, tsyntax: uid.UID | None, target_size: int | None
 ) -> tuple[np.ndarray, int]:
     """Decode the stored pixel values: ``(values, resolution levels dropped)``.
 
@@ -301,18 +334,56 @@ def _decode_pixels(
     return raw, 0
 
 
+def _read_header(src: CheckedSource, stop_before_pixels: bool = False) -> pydicom.Dataset:
+    try:
+        with src.open() as fh:
+            return pydicom.dcmread(fh, force=False, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        raise ImageReadError(f"{src.label}: not a DICOM file (no 'DICM' marker)") from None
+    except Exception as exc:  # pydicom raises many types on broken headers
+        raise ImageReadError(f"{src.label}: corrupt DICOM header ({type(exc).__name__}: {exc})") from None
+
+
+def _image_attributes(label: Path | str, ds: pydicom.Dataset) -> tuple[int, int, int, int]:
+    """``(rows, columns, frames, samples per pixel)`` as the dataset declares them."""
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        return int(ds.Rows), int(ds.Columns), frames, int(ds.get("SamplesPerPixel", 1))
+    except Exception as exc:
+        raise ImageReadError(f"{label}: DICOM image attributes missing or invalid ({exc})") from None
+
+
+def probe_dicom(src: CheckedSource, limits: ReadLimits = DEFAULT_LIMITS) -> ImageProbe:
+    """What a DICOM header declares, read up to the pixel data and no further; dimensions checked.
+
+    Raises:
+        ImageReadError: Not DICOM, damaged header, or image attributes missing.
+        UnsafeInputError: Declared size above ``limits``.
+    """
+    ds = _read_header(src, stop_before_pixels=True)
+    rows, cols, frames, _ = _image_attributes(src.label, ds)
+    limits.check_dims(src.label, cols, rows)
+    bits = ds.get("BitsAllocated")
+    try:
+        bit_depth = int(bits) if bits is not None else None
+    except (TypeError, ValueError):  # multi-valued or garbage: the decoder will refuse it in one line
+        raise ImageReadError(f"{src.label}: DICOM BitsAllocated is invalid ({bits!r})") from None
+    return ImageProbe("dicom", cols, rows, bit_depth, frames)
+
+
 def read_dicom(
-    path: Path,
+    source: ImageSource,
     *,
     limits: ReadLimits = DEFAULT_LIMITS,
     voi: VoiMode = "auto",
     extra_tags: Sequence[str] = (),
     target_size: int | None = None,
+    name: str | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a single-frame DICOM radiograph as float32 grey in [0, 1].
 
     Args:
-        path: DICOM file (Part 10, with or without preamble).
+        source: DICOM file (Part 10, with or without preamble), or its whole content as bytes.
         limits: Safety limits checked before the pixel data is decoded.
         voi: ``"auto"`` applies the file's VOI LUT or first window; ``"none"`` scales the
             modality values min-max.
@@ -320,8 +391,11 @@ def read_dicom(
             caller needs it to split by patient); nothing identifying is copied otherwise.
         target_size: Shorter side, in pixels, the caller will resize the image to. JPEG 2000
             is then decoded at the coarsest resolution level (1/2, 1/4, ...) whose shorter side
-            is still at least this; ``meta["downscale"]`` gives the factor (1 = full size,
-            always the case for other syntaxes). None decodes at full resolution.
+            is still at least this, and the stored values are box-averaged by the largest
+            further integer factor that keeps it so, band by band as they are windowed: the
+            result is the full-size image box-averaged. ``meta["downscale"]`` gives the whole
+            factor (1 = full size). None decodes at full resolution.
+        name: What error messages call the file (default its path, or ``"upload"`` for bytes).
 
     Returns:
         ``(pixels, meta)``; pixels (H, W), bright = dense tissue whatever the photometric;
@@ -333,22 +407,12 @@ def read_dicom(
             decodes (the message names the package that would).
         UnsafeInputError: File or declared size above ``limits``.
     """
-    path = Path(path)
-    limits.check_file(path)  # before opening: a FIFO or device would block or never end
-    try:
-        ds = pydicom.dcmread(path, force=False)
-    except InvalidDicomError:
-        raise ImageReadError(f"{path}: not a DICOM file (no 'DICM' marker)") from None
-    except Exception as exc:  # pydicom raises many types on broken headers
-        raise ImageReadError(f"{path}: corrupt DICOM header ({type(exc).__name__}: {exc})") from None
+    src = limits.check_source(source, name)  # before opening: a FIFO or device would block or never end
+    path = src.label
+    ds = _read_header(src)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise _no_pixel_data(path, ds)
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        samples = int(ds.get("SamplesPerPixel", 1))
-    except Exception as exc:
-        raise ImageReadError(f"{path}: DICOM image attributes missing or invalid ({exc})") from None
+        raise _no_pixel_data(src, ds)
+    rows, cols, frames, samples = _image_attributes(path, ds)
     limits.check_dims(path, cols, rows)
     if frames > 1:
         raise ImageReadError(f"{path}: multi-frame DICOM ({frames} frames) is not supported; export one frame per file")
@@ -367,9 +431,9 @@ def read_dicom(
     raw, level = _decode_pixels(path, ds, tsyntax, target_size)
     if raw.ndim != 2:
         raise ImageReadError(f"{path}: expected a 2-D image, decoded shape {raw.shape}")
+    factor = reduction_factor(raw.shape[1], raw.shape[0], target_size)
     try:
-        modality = apply_modality_lut(raw, ds)
-        pixels, voi_used = _voi_to_unit(np.asarray(modality), ds, voi)
+        pixels, voi_used = _to_unit(raw, ds, voi, factor)
     except ImageReadError as exc:
         raise ImageReadError(f"{path}: {exc}") from None
     except Exception as exc:
@@ -383,7 +447,7 @@ def read_dicom(
         "voi": voi_used,
         "inverted": photometric == "MONOCHROME1",
         "original_size": [cols, rows],
-        "downscale": 2**level,
+        "downscale": 2**level * factor,
         "bit_depth": int(ds.get("BitsStored", 0) or 0),
         "intensity": "dicom",
     }

@@ -1,10 +1,13 @@
-"""PNG / JPEG / TIFF reading (8- and 16-bit) into float32 grey images in [0, 1].
+"""PNG / JPEG / TIFF / BMP reading (8- and 16-bit) into float32 grey images in [0, 1].
 
 Pillow does the decoding; this module adds what X-ray work needs on top: the declared size is
 checked before decoding, truncated files fail instead of being padded with grey, 16-bit data
-keeps its precision, and colour files (X-rays saved as RGB) are reduced to one channel. It also
-decodes a JPEG 2000 codestream at a coarser resolution level (OpenJPEG's ``reduce``, through
-Pillow), which is how DICOM archives of large CR/DX images are read quickly for a small model.
+keeps its precision, and colour files (X-rays saved as RGB) are reduced to one channel. A caller
+that will shrink the image may ask for a reduced decode: JPEG is then decoded at 1/2, 1/4 or 1/8
+by its DCT scaling and every format is box-averaged before the float copy is made, so no float
+array of the full image is ever held. It also decodes a JPEG 2000 codestream at a coarser
+resolution level (OpenJPEG's ``reduce``, through Pillow), which is how DICOM archives of large
+CR/DX images are read quickly for a small model.
 """
 
 from __future__ import annotations
@@ -13,15 +16,16 @@ import io
 import logging
 import struct
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import ExifTags, Image, ImageChops, ImageFile, ImageOps
 
 from xrayfm.errors import ImageReadError, UnsafeInputError
-from xrayfm.io.limits import DEFAULT_LIMITS, ReadLimits
+from xrayfm.io.limits import DEFAULT_LIMITS, CheckedSource, ImageProbe, ImageSource, ReadLimits
 
 log = logging.getLogger(__name__)
 
@@ -30,30 +34,71 @@ Intensity = Literal["dtype", "minmax"]
 # Never let Pillow silently pad a truncated file.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+_COLOUR = ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX")
+#: Bits per sample of a Pillow mode once decoded.
+_MODE_BITS = {"1": 1, "I": 32, "F": 32, **dict.fromkeys(_SIXTEEN_BIT, 16)}
+#: numpy type of the grey array for each nominal bit depth (0: float data).
+_DTYPES = {8: np.uint8, 16: np.uint16, 0: np.float32}
+#: Sizes libjpeg's DCT scaling decodes to: 1/8, 1/4, 1/2, 1/1.
+_DCT_SCALES = (8, 4, 2, 1)
+#: EXIF orientations that turn the image by 90 degrees (width and height swap).
+_TURNED = (5, 6, 7, 8)
+#: About how many pixels a band of a banded reduction holds (2 MiB as float64).
+_BAND_PIXELS = 1 << 18
 
-def _to_grey_array(im: Image.Image, path: Path) -> tuple[np.ndarray, int]:
-    """Return the pixels of ``im`` as a 2-D integer/float array and its nominal bit depth."""
+
+def reduction_factor(width: int, height: int, target_size: int | None) -> int:
+    """The largest integer factor that keeps the shorter side at least ``target_size`` (1: full size)."""
+    return 1 if target_size is None else max(1, min(width, height) // target_size)
+
+
+def box_mean(arr: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of each ``factor`` x ``factor`` block of a 2-D array, as float64.
+
+    Blocks cut by the right or bottom edge are averaged over the pixels they hold, as Pillow's
+    ``Image.reduce`` does, so the result has ``ceil(side / factor)`` pixels per side.
+    """
+    h, w = arr.shape
+    ys, xs = np.arange(0, h, factor), np.arange(0, w, factor)
+    sums = np.add.reduceat(np.add.reduceat(arr, ys, axis=0, dtype=np.float64), xs, axis=1)
+    return sums / np.outer(np.diff(ys, append=h), np.diff(xs, append=w))
+
+
+def band_rows(height: int, width: int, factor: int) -> Iterator[tuple[int, int]]:
+    """Row ranges ``(start, stop)`` covering an image, each a whole number of ``factor``-row blocks
+    of about ``_BAND_PIXELS``, so a reduction converts one band to float at a time."""
+    step = factor * max(1, _BAND_PIXELS // (factor * factor * width))
+    for start in range(0, height, step):
+        yield start, min(start + step, height)
+
+
+def _grey_image(im: Image.Image, label: object) -> tuple[Image.Image, int]:
+    """``im`` as one grey band: L (8 bits), I;16 or I holding 16-bit values (16), or F (0: float)."""
     mode = im.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return np.asarray(im, dtype=np.uint16), 16
+    if mode in _SIXTEEN_BIT:
+        return im, 16
     if mode == "I":
-        arr = np.asarray(im, dtype=np.int64)
-        if arr.size and (arr.min() < 0 or arr.max() > 65535):
-            raise ImageReadError(f"{path}: 32-bit integer pixels outside 0..65535 are not supported")
-        return arr.astype(np.uint16), 16
+        lo, hi = im.getextrema()
+        if lo < 0 or hi > 65535:
+            raise ImageReadError(f"{label}: 32-bit integer pixels outside 0..65535 are not supported")
+        return im, 16
     if mode == "F":
-        return np.asarray(im, dtype=np.float32), 0
+        return im, 0
     if mode in ("L", "P", "1", "LA", "PA"):
-        return np.asarray(im.convert("L"), dtype=np.uint8), 8
-    if mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
-        rgb = np.asarray(im.convert("RGB"), dtype=np.float32)
-        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])):
-            log.debug("%s: colour image reduced to luminance", path)
-        return np.asarray(im.convert("L"), dtype=np.uint8), 8
-    raise ImageReadError(f"{path}: unsupported pixel mode {mode!r}")
+        return (im if mode == "L" else im.convert("L")), 8
+    if mode in _COLOUR:
+        if log.isEnabledFor(logging.DEBUG):
+            red, green, blue = im.convert("RGB").split()
+            if ImageChops.difference(red, green).getbbox() or ImageChops.difference(green, blue).getbbox():
+                log.debug("%s: colour image reduced to luminance", label)
+        return im.convert("L"), 8
+    raise ImageReadError(f"{label}: unsupported pixel mode {mode!r}")
 
 
-def scale_to_unit(arr: np.ndarray, bit_depth: int, intensity: Intensity) -> np.ndarray:
+def scale_to_unit(
+    arr: np.ndarray, bit_depth: int, intensity: Intensity, extrema: tuple[float, float] | None = None
+) -> np.ndarray:
     """Map raw pixels to float32 [0, 1].
 
     Args:
@@ -61,6 +106,8 @@ def scale_to_unit(arr: np.ndarray, bit_depth: int, intensity: Intensity) -> np.n
         bit_depth: Nominal depth (8 or 16); 0 for float data, which is always min-max scaled.
         intensity: ``"dtype"`` divides by the type's maximum (keeps absolute exposure);
             ``"minmax"`` stretches each image to its own range.
+        extrema: The (min, max) min-max scaling uses; default those of ``arr``. A reduced image
+            passes its full-size range, which box averaging narrows.
 
     Returns:
         A float32 array with values in [0, 1].
@@ -68,7 +115,7 @@ def scale_to_unit(arr: np.ndarray, bit_depth: int, intensity: Intensity) -> np.n
     out = arr.astype(np.float32)
     if intensity == "dtype" and bit_depth > 0:
         return out / float(2**bit_depth - 1)
-    lo, hi = float(np.min(out)), float(np.max(out))
+    lo, hi = (float(np.min(out)), float(np.max(out))) if extrema is None else map(float, extrema)
     if not np.isfinite(lo) or not np.isfinite(hi):
         raise ImageReadError("image contains NaN or infinite pixel values")
     if hi <= lo:
@@ -76,58 +123,129 @@ def scale_to_unit(arr: np.ndarray, bit_depth: int, intensity: Intensity) -> np.n
     return (out - lo) / (hi - lo)
 
 
+@contextmanager
+def _opened(src: CheckedSource) -> Iterator[ImageFile.ImageFile]:
+    """``src`` opened by Pillow, which reads its header only; Pillow's errors become one-line ones."""
+    try:
+        with warnings.catch_warnings():
+            # Size is checked by ReadLimits; Pillow's own warning would only duplicate it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with src.open() as fh, Image.open(fh) as im:
+                yield im
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise UnsafeInputError(f"{src.label}: {exc}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageReadError(f"{src.label}: not a readable image (unrecognised or corrupt content)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageReadError(f"{src.label}: corrupt or truncated image ({exc})") from None
+
+
+def probe_raster(src: CheckedSource, fmt: str, limits: ReadLimits = DEFAULT_LIMITS) -> ImageProbe:
+    """What a PNG/JPEG/TIFF/BMP header declares, without decoding a pixel; dimensions checked.
+
+    ``fmt`` is the format :func:`xrayfm.io.sniff_format` names (Pillow may call a JPEG ``MPO``).
+
+    Raises:
+        ImageReadError: Unreadable header.
+        UnsafeInputError: Declared size above ``limits``.
+    """
+    with _opened(src) as im:
+        limits.check_dims(src.label, *im.size)
+        bits = getattr(im, "bits", None) if fmt == "jpeg" else _MODE_BITS.get(im.mode, 8)
+        return ImageProbe(fmt, im.width, im.height, bits, getattr(im, "n_frames", 1))
+
+
+def _reduced(
+    im: ImageFile.ImageFile, label: object, intensity: Intensity, target_size: int
+) -> tuple[np.ndarray, int, str, int]:
+    """Decode ``im`` (opened, not loaded) reduced by an integer factor whose shorter side stays at
+    least ``target_size``: JPEG by DCT scaling first (not for min-max intensity, which needs the full
+    image's range), then a box mean of the grey integer image.
+
+    Returns:
+        ``(pixels, bit depth, mode, factor)``.
+    """
+    scale = 1
+    if im.format == "JPEG" and intensity == "dtype":
+        dct = next(s for s in _DCT_SCALES if s <= reduction_factor(*im.size, target_size))
+        if dct > 1 and im.draft("L", (im.width // dct, im.height // dct)) is not None:
+            scale = dct
+    im.load()
+    im = ImageOps.exif_transpose(im) if im.format == "JPEG" else im
+    grey, depth = _grey_image(im, label)
+    factor = reduction_factor(*grey.size, target_size)
+    extrema = grey.getextrema() if intensity == "minmax" or depth == 0 else None
+    if grey.mode in _SIXTEEN_BIT and factor > 1:
+        width, height = grey.size
+        bands = (np.asarray(grey.crop((0, y0, width, y1)), np.uint16) for y0, y1 in band_rows(height, width, factor))
+        arr = np.concatenate([box_mean(band, factor) for band in bands])
+    else:
+        arr = np.asarray(grey.reduce(factor) if factor > 1 else grey, _DTYPES[depth])
+    if depth == 0 and not np.isfinite(arr).all():  # a NaN or inf pixel spreads to its block's mean
+        raise ImageReadError(f"{label}: image contains NaN or infinite pixel values")
+    return scale_to_unit(arr, depth, intensity, extrema), depth, im.mode, scale * factor
+
+
 def read_raster(
-    path: Path,
+    source: ImageSource,
     *,
     limits: ReadLimits = DEFAULT_LIMITS,
     intensity: Intensity = "dtype",
+    target_size: int | None = None,
+    name: str | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a PNG/JPEG/TIFF/BMP file as a float32 grey image in [0, 1].
 
     Args:
-        path: Image file.
+        source: Image file, or its whole content as bytes.
         limits: Safety limits checked before decoding.
         intensity: How raw values map to [0, 1]; see :func:`scale_to_unit`.
+        target_size: Shorter side the caller will resize to: the image is then decoded reduced by
+            the largest integer factor that keeps its shorter side at least this, its intensities
+            those of the full image box-averaged. JPEG is first decoded at 1/2, 1/4 or 1/8 by DCT
+            scaling (the DCT's low-pass, not exactly a box mean: within about a grey level inside,
+            more in a last row or column cut by the 8 px blocks), except for ``"minmax"``.
+        name: What error messages call the file (default its path, or ``"upload"`` for bytes).
 
     Returns:
         ``(pixels, meta)`` with ``pixels`` of shape (H, W) and ``meta`` holding format, mode,
-        bit depth and original size.
+        bit depth, original size (after EXIF orientation) and ``downscale`` (1 = full size).
 
     Raises:
         ImageReadError: The file is missing, not a regular file, corrupt, truncated or of an
             unsupported kind.
         UnsafeInputError: The file or its declared size exceeds ``limits``.
     """
-    limits.check_file(path)  # before opening: a FIFO or device would block or never end
-    try:
-        with warnings.catch_warnings():
-            # Size is checked by ReadLimits below; Pillow's own warning would only duplicate it.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                limits.check_dims(path, *im.size)
-                if getattr(im, "n_frames", 1) > 1:
-                    raise ImageReadError(f"{path}: has {im.n_frames} frames; xrayfm reads single-frame images only")
-                fmt = im.format
-                im.load()
-                im = ImageOps.exif_transpose(im) if fmt == "JPEG" else im
-                arr, depth = _to_grey_array(im, path)
-                mode = im.mode
-    except (ImageReadError, UnsafeInputError):
-        raise
-    except Image.DecompressionBombError as exc:
-        raise UnsafeInputError(f"{path}: {exc}") from None
-    except Image.UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not a readable image (unrecognised or corrupt content)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageReadError(f"{path}: corrupt or truncated image ({exc})") from None
+    src = limits.check_source(source, name)  # before opening: a FIFO or device would block or never end
+    label = src.label
+    with _opened(src) as im:
+        limits.check_dims(label, *im.size)
+        if getattr(im, "n_frames", 1) > 1:
+            raise ImageReadError(f"{label}: has {im.n_frames} frames; xrayfm reads single-frame images only")
+        fmt = im.format
+        if target_size is not None:
+            turned = fmt == "JPEG" and im.getexif().get(ExifTags.Base.Orientation) in _TURNED
+            size = im.size[::-1] if turned else im.size
+            pixels, depth, mode, factor = _reduced(im, label, intensity, target_size)
+        else:
+            im.load()
+            im = ImageOps.exif_transpose(im) if fmt == "JPEG" else im
+            grey, depth = _grey_image(im, label)
+            arr, mode, factor = np.asarray(grey, _DTYPES[depth]), im.mode, 1
+            size = arr.shape[::-1]
+    if target_size is None:
+        pixels = scale_to_unit(arr, depth, intensity)
     meta = {
         "format": fmt,
         "mode": mode,
         "bit_depth": depth,
-        "original_size": [int(arr.shape[1]), int(arr.shape[0])],
+        "original_size": [int(size[0]), int(size[1])],
+        "downscale": factor,
         "intensity": intensity if depth else "minmax",
     }
-    return scale_to_unit(arr, depth, intensity), meta
+    return pixels, meta
 
 
 @dataclass(frozen=True)

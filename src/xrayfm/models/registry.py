@@ -26,6 +26,7 @@ from timm.models import split_model_name_tag
 from torch import nn
 
 from xrayfm.errors import UnknownNameError, XrayfmError
+from xrayfm.models.adam_weights import release_backbone
 from xrayfm.models.backbones import eva_x
 from xrayfm.models.checkpoints import read_state_dict
 from xrayfm.models.export import read_export
@@ -187,7 +188,9 @@ def create_model(
         pretrained: Weight file (.safetensors / .pt; EVA-X release files as published: fp16
             under ``module``, or under ``model`` with a pickled ``args`` namespace, with or
             without the MIM-only ``mask_token`` / ``lm_head``; built with the RoPE grid their
-            stored table records), a folder
+            stored table records; contrastive releases such as Adam's MoCo ``checkpoint.pth``,
+            with ``module.encoder_q.`` / ``encoder.`` / ``backbone.`` prefixes, see
+            :mod:`~xrayfm.models.adam_weights`), a folder
             holding an xrayfm export (e.g. a finished pretraining run: its architecture,
             preprocessing and constructor arguments come with it; a model exported at one input
             size also takes any other multiple of its patch size, and ``img_size`` here sets the
@@ -222,6 +225,7 @@ def create_model(
         model = _build(name, overlay, kwargs)
     else:
         state = read_state_dict(pretrained, allow_unsafe=allow_unsafe)
+        state = release_backbone(state, name, source=str(pretrained))  # MoCo / Adam layouts
         if split_model_name_tag(name)[0] in XRAYFM_MODELS:  # a release file's own RoPE grid
             kwargs = eva_x.file_kwargs(name, state, kwargs)
         model = _load(name, state, overlay, kwargs, str(pretrained))

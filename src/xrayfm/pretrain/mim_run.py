@@ -1,7 +1,8 @@
 """One EVA-X MIM pretraining run from a dataset: what ``xrayfm pretrain mim`` calls.
 
 Builds the dataset with the pretraining view (:class:`~xrayfm.data.transforms.PretrainAugment`),
-the student and the frozen teacher (:func:`~xrayfm.pretrain.teachers.load_teacher`: MGCA,
+the student (after seeding every RNG with the run's seed, so that two runs with one seed give
+identical weights) and the frozen teacher (:func:`~xrayfm.pretrain.teachers.load_teacher`: MGCA,
 EVA-CLIP, timm / EVA-X files or an earlier run, each fed in its own input convention), trains with
 the shared engine, then exports the student backbone for downstream use: ``create_model(arch,
 pretrained=out_dir)``. The student's final norm is exported as ``fc_norm`` (mean-pooled fine-tuning,
@@ -28,7 +29,7 @@ from xrayfm.models.preprocess import resolve_preprocess
 from xrayfm.models.registry import export_kwargs
 from xrayfm.pretrain.mim import MaskedFeatureModeling
 from xrayfm.pretrain.teachers import Layout, load_teacher
-from xrayfm.train import TrainConfig, is_global_zero, train
+from xrayfm.train import TrainConfig, is_global_zero, seed_everything, train
 from xrayfm.train.config import engine_options, write_run_config
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ def run_mim(
         XrayfmError: A non-positive ``std``, or a dataset, model or teacher that cannot be built.
     """
     cfg = train_config or TrainConfig()
+    seed_everything(cfg.seed)  # before the student is built: its initial weights follow from the seed
     write_run_config(Path(cfg.out_dir) / "config.yaml", {
         "dataset": dataset, "root": root, "arch": arch, "teacher": teacher, "teacher_arch": teacher_arch,
         "teacher_layout": teacher_layout, "teacher_img_size": teacher_img_size, "img_size": img_size,

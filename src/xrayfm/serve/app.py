@@ -2,17 +2,23 @@
 
 ``POST /predict`` (classification: probabilities, decision threshold, top finding, optional
 heatmap), ``POST /segment`` and ``POST /detect`` when the model has those heads, ``GET /health``,
-``GET /model`` (model card) and the page at ``/``. The OpenAPI schema is at ``/openapi.json``
-(browsable at ``/docs``). Uploads are size-limited before they are parsed, decoded like
-training data, and batched with concurrent requests; bad input gets a 4xx with a message, an
-overloaded server a 503, and the server keeps running either way.
+``GET /model`` (model card) and the page at ``/``. The OpenAPI schema is at ``/openapi.json``,
+browsable at ``/docs`` (Swagger UI) with its assets served by the app itself: no CDN is reached.
+
+Hostile traffic is refused as early as possible (:mod:`xrayfm.serve.guard`: token before the
+body, size counted as bytes arrive, body time limits) and memory stays bounded
+(:mod:`xrayfm.serve.admission`: a slot before the body is read, decode slots and a pixel budget
+before decoding, 503 with ``Retry-After`` when full). Uploads are decoded from memory at the
+resolution the model needs; boxes and image sizes in answers are in the uploaded image's pixels,
+and maps (heatmap, masks) cover the whole image at ``1 / downscale`` of its size. Bad input gets
+a 4xx with a message, and the server keeps running either way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
+import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,21 +28,24 @@ import torch
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from xrayfm.errors import UnsafeInputError, XrayfmError
+from xrayfm.io import sniff_format
+from xrayfm.serve.admission import Admission, Busy
 from xrayfm.serve.batcher import MicroBatcher, QueueFull
+from xrayfm.serve.guard import BUSY, TOKEN_HINT, GuardStats, UploadGuard, token_matches
 from xrayfm.serve.runtime import ModelRuntime, png_base64
 from xrayfm.tasks import CLASSIFICATION_KINDS
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
-CHUNK = 1 << 20
-
-
-def _to_image(runtime: ModelRuntime, plane: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """A map over the model input back onto the uploaded image's pixels (the record's geometry)."""
-    t = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))
-    return runtime.preprocess.plane_to_original(t, shape[0], shape[1]).numpy()
+UPLOAD_PATHS = ("/predict", "/segment", "/detect")
+#: How a map (heatmap, mask) lies over the uploaded image.
+MAP_GEOMETRY = (
+    "covers the whole image at 1/downscale of its size: map pixel (x, y) is image pixels "
+    "[x*downscale, (x+1)*downscale) x [y*downscale, (y+1)*downscale), clipped to the image"
+)
 
 
 def create_app(
@@ -49,21 +58,49 @@ def create_app(
     queue_size: int = 64,
     device: str = "cpu",
     backend: str = "torch",
+    max_decodes: int | None = None,
+    max_pixels_in_flight: int = 200_000_000,
+    body_timeout: float = 30.0,
+    body_idle_timeout: float = 10.0,
+    decode_wait: float = 10.0,
 ) -> FastAPI:
     """Build the app serving the model in ``model_dir``.
 
     Args:
         model_dir: Finetune run folder or model folder.
-        token: When set, API calls need ``Authorization: Bearer TOKEN`` (the page asks for it).
+        token: When set, API calls need ``Authorization: Bearer TOKEN`` (the page asks for it)
+            and ``/health`` tells others only that the server is up.
         max_upload_mb: Largest accepted upload.
         max_batch: Most images per forward pass.
         max_wait_ms: How long a request waits for others to share its batch.
-        queue_size: Most requests waiting; beyond it the server answers 503.
+        queue_size: Most uploads admitted beyond those decoding, and most requests waiting for
+            the model; beyond either the server answers 503.
         device: Torch device.
         backend: ``torch`` or ``onnx`` (ONNX Runtime on the folder's ``model.onnx``).
+        max_decodes: Most uploads decoded at once (default: the CPUs this process may use).
+        max_pixels_in_flight: Most declared pixels decoded at once; at least the read limit of
+            one image (100 MP by default), so every accepted image fits.
+        body_timeout: Seconds an upload's body may take to arrive (408 otherwise).
+        body_idle_timeout: Seconds allowed between two chunks of a body (408 otherwise).
+        decode_wait: Seconds an admitted upload may wait for a decode slot and pixel budget
+            before the answer is 503.
+
+    Raises:
+        XrayfmError: A limit is not positive, or the pixel budget is below one image's limit.
     """
     runtime = ModelRuntime(model_dir, device=device, backend=backend)
+    if max_upload_mb <= 0 or body_timeout <= 0 or body_idle_timeout <= 0:
+        raise XrayfmError("--max-upload-mb, --body-timeout and --body-idle-timeout must be positive")
+    if max_pixels_in_flight < runtime.limits.max_pixels:
+        raise XrayfmError(
+            f"the pixel budget (--max-megapixels-in-flight) of {max_pixels_in_flight / 1e6:g} MP is below the "
+            f"{runtime.limits.max_pixels / 1e6:g} MP one accepted image may have; raise it"
+        )
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    admission = Admission(max_decodes=max_decodes or cpus, queue_size=queue_size,
+                          max_pixels=max_pixels_in_flight, wait_s=decode_wait)  # fmt: skip
     batcher = MicroBatcher(runtime.run_batch, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size)
+    refused = GuardStats()
     max_bytes = int(max_upload_mb * (1 << 20))
 
     @asynccontextmanager
@@ -72,48 +109,51 @@ def create_app(
         yield
         await batcher.stop()
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="xrayfm model server",
         version="1",
         description=f"{runtime.meta['arch']} fine-tuned by xrayfm. Research use only, not for diagnosis.",
         lifespan=lifespan,
+        static_url="/docs-assets",
+        redoc_url=None,  # ReDoc's page loads its logo from redoc.ly; Swagger UI at /docs needs nothing outside
+        swagger_ui_parameters={"validatorUrl": None},
     )
-    app.state.runtime, app.state.batcher = runtime, batcher
+    app.state.runtime, app.state.batcher, app.state.admission = runtime, batcher, admission
+    app.add_middleware(UploadGuard, upload_paths=UPLOAD_PATHS, token=token, max_upload=max_bytes,
+                       body_timeout=body_timeout, idle_timeout=body_idle_timeout, admission=admission,
+                       stats=refused)  # fmt: skip
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):  # noqa: ANN001, ANN202
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_bytes + 65536):
-            return JSONResponse({"detail": f"upload larger than {max_upload_mb:g} MB"}, status_code=413)
-        return await call_next(request)
+    def authorised(request: Request) -> bool:
+        return token is None or token_matches(request.headers.get("authorization"), token)
 
     def authorise(request: Request) -> None:
-        if token is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise HTTPException(401, "missing or wrong API token (Authorization: Bearer TOKEN)")
+        if not authorised(request):
+            raise HTTPException(401, TOKEN_HINT, headers={"WWW-Authenticate": "Bearer"})
 
     async def read_upload(file: UploadFile) -> tuple[np.ndarray, dict[str, Any]]:
-        data = bytearray()
-        while chunk := await file.read(CHUNK):
-            data.extend(chunk)
-            if len(data) > max_bytes:
-                raise HTTPException(413, f"upload larger than {max_upload_mb:g} MB")
         try:
-            return await asyncio.to_thread(runtime.decode, bytes(data))
+            async with admission.decode_slot():
+                data = await file.read()  # at most the upload limit: the guard cut longer bodies
+                if len(data) > max_bytes:
+                    raise HTTPException(413, f"upload larger than {max_upload_mb:g} MB")
+                if data and sniff_format(data[:132]) is None:
+                    raise HTTPException(415, "not a PNG, JPEG, TIFF, BMP or DICOM file")
+                probe = runtime.probe(data)
+                async with admission.pixels(probe.width * probe.height):
+                    return await asyncio.to_thread(runtime.decode, data)
+        except Busy as exc:
+            raise HTTPException(503, f"{exc}; retry shortly", headers={"Retry-After": "1"}) from None
         except UnsafeInputError as exc:
             raise HTTPException(413, str(exc)) from None
         except XrayfmError as exc:
-            raise HTTPException(415 if "not a PNG" in str(exc) else 400, str(exc)) from None
+            raise HTTPException(400, str(exc)) from None
 
     async def infer(pixels: np.ndarray, task: str) -> tuple[torch.Tensor, dict[str, Any]]:
         x = runtime.prepare(pixels)
         try:
             return x, await batcher.submit((x, task))
         except QueueFull:
-            raise HTTPException(503, "server busy: too many requests waiting; retry shortly",
-                                headers={"Retry-After": "1"}) from None  # fmt: skip
+            raise HTTPException(503, BUSY, headers={"Retry-After": "1"}) from None
 
     def task_of(kind: tuple[str, ...], name: str | None, endpoint: str):  # noqa: ANN202
         tasks = [t for t in runtime.tasks.values() if t.kind in kind]
@@ -129,9 +169,22 @@ def create_app(
             raise HTTPException(422, f"no task {name!r}; choose from {[t.name for t in tasks]}")
         return match
 
-    def image_info(pixels: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
-        fmt = str(meta.get("format", "")).lower()
-        return {"width": int(pixels.shape[1]), "height": int(pixels.shape[0]), "format": fmt}
+    def image_info(meta: dict[str, Any]) -> dict[str, Any]:
+        width, height = meta["original_size"]
+        return {"width": width, "height": height, "format": str(meta.get("format", "")).lower(),
+                "downscale": int(meta.get("downscale", 1))}  # fmt: skip
+
+    def to_map(plane: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+        """A map over the model input onto the decoded image (the record's geometry)."""
+        t = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))
+        return runtime.preprocess.plane_to_original(t, *pixels.shape[:2]).numpy()
+
+    def to_image_boxes(boxes: np.ndarray, pixels: np.ndarray, meta: dict[str, Any]) -> torch.Tensor:
+        """xyxy boxes over the model input in the uploaded image's pixels."""
+        decoded = runtime.preprocess.boxes_to_original(torch.as_tensor(boxes, dtype=torch.float32), *pixels.shape[:2])
+        width, height = meta["original_size"]
+        bound = decoded.new_tensor([width, height, width, height])
+        return torch.minimum(decoded * int(meta.get("downscale", 1)), bound).clamp(min=0)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -139,19 +192,28 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/health", summary="Liveness, queue and batching counters")
-    def health() -> dict[str, Any]:
-        s = batcher.stats
+    @app.get("/health", summary="Liveness; with the token (or without one set), queue and limit counters")
+    def health(request: Request) -> dict[str, Any]:
+        if not authorised(request):
+            return {"status": "ok"}
+        s, a = batcher.stats, admission.stats
         return {"status": "ok", "model": runtime.meta["arch"], "backend": runtime.backend,
                 "auth_required": token is not None, "queue": batcher.queue.qsize(), "queue_size": queue_size,
-                "requests": s.requests, "batches": s.batches, "rejected": s.rejected,
-                "largest_batch": s.largest_batch}  # fmt: skip
+                "requests": s.requests, "batches": s.batches, "rejected": s.rejected + a.busy,
+                "largest_batch": s.largest_batch,
+                "uploads": {"admitted": a.admitted, "in_flight": a.in_flight, "max_in_flight": admission.max_requests,
+                            "decoding": a.decoding, "max_decodes": admission.max_decodes,
+                            "pixels_decoding": a.pixels_decoding, "peak_pixels_decoding": a.peak_pixels_decoding,
+                            "max_pixels_in_flight": admission.max_pixels,
+                            "memory_bound_bytes": admission.memory_bound(max_bytes)},
+                "refused": {"unauthorised": refused.unauthorised, "too_large": refused.too_large,
+                            "too_slow": refused.too_slow, "busy": s.rejected + a.busy}}  # fmt: skip
 
     @app.get("/model", summary="Model card", dependencies=[Depends(authorise)])
     def model_card() -> dict[str, Any]:
         return runtime.card()
 
-    @app.post("/predict", summary="Findings with probabilities (and a heatmap)", dependencies=[Depends(authorise)])
+    @app.post("/predict", summary="Findings with probabilities (and a heatmap)")
     async def predict(
         file: UploadFile = File(..., description="PNG, JPEG, TIFF, BMP or DICOM radiograph"),
         task: str | None = Query(None, description="classification task (default the first)"),
@@ -173,7 +235,7 @@ def create_app(
             "probabilities": {c: float(p) for c, p in zip(spec.classes, probs.tolist())},
             "threshold": threshold, "positive": positive,
             "top_finding": {"class": ranked[0][0], "probability": float(ranked[0][1])},
-            "image": image_info(pixels, meta), "heatmap": None,
+            "image": image_info(meta), "heatmap": None,
         }  # fmt: skip
         if heatmap:
             k = spec.classes.index(ranked[0][0])
@@ -181,12 +243,13 @@ def create_app(
                 heat = await asyncio.to_thread(runtime.heatmap, x, spec.name, k, method)
             except XrayfmError as exc:
                 raise HTTPException(422, str(exc)) from None
-            full = _to_image(runtime, heat, pixels.shape)
-            result["heatmap"] = {"png": png_base64(full), "class": ranked[0][0], "method": method,
-                                 "encoding": "8-bit grey PNG, 255 = strongest, image size"}  # fmt: skip
+            plane = to_map(heat, pixels)
+            result["heatmap"] = {"png": png_base64(plane), "class": ranked[0][0], "method": method,
+                                 "width": plane.shape[1], "height": plane.shape[0],
+                                 "encoding": f"8-bit grey PNG, 255 = strongest; {MAP_GEOMETRY}"}  # fmt: skip
         return result
 
-    @app.post("/segment", summary="Masks per class", dependencies=[Depends(authorise)])
+    @app.post("/segment", summary="Masks per class")
     async def segment(
         file: UploadFile = File(...),
         task: str | None = Query(None),
@@ -197,14 +260,15 @@ def create_app(
         _, out = await infer(pixels, spec.name)
         masks, areas = {}, {}
         for c, plane in zip(spec.classes, out[spec.name]):
-            full = _to_image(runtime, plane, pixels.shape) >= threshold
-            masks[c] = png_base64(full.astype(np.uint8) * 255)
-            areas[c] = float(full.mean())
+            inside = to_map(plane, pixels) >= threshold
+            masks[c] = png_base64(inside.astype(np.uint8) * 255)
+            areas[c] = float(inside.mean())
         return {"model": runtime.meta["arch"], "task": spec.name, "classes": list(spec.classes), "masks": masks,
-                "area_fraction": areas, "threshold": threshold, "image": image_info(pixels, meta),
-                "encoding": "8-bit PNG per class, 255 = inside, image size"}  # fmt: skip
+                "area_fraction": areas, "threshold": threshold, "image": image_info(meta),
+                "mask_width": pixels.shape[1], "mask_height": pixels.shape[0],
+                "encoding": f"8-bit PNG per class, 255 = inside; {MAP_GEOMETRY}"}  # fmt: skip
 
-    @app.post("/detect", summary="Boxes with classes and scores", dependencies=[Depends(authorise)])
+    @app.post("/detect", summary="Boxes with classes and scores")
     async def detect(
         file: UploadFile = File(...),
         task: str | None = Query(None),
@@ -214,7 +278,7 @@ def create_app(
         pixels, meta = await read_upload(file)
         _, out = await infer(pixels, spec.name)
         det = out[spec.name]
-        original = runtime.preprocess.boxes_to_original(torch.as_tensor(det["boxes"]), *pixels.shape[:2])
+        original = to_image_boxes(det["boxes"], pixels, meta)
         boxes = [
             {"class": spec.classes[int(lab)], "score": float(score), "box": [float(v) for v in b]}
             for b, score, lab in zip(original, det["scores"], det["labels"]) if score >= min_score
@@ -225,8 +289,8 @@ def create_app(
             "classes": list(spec.classes),
             "boxes": boxes,
             "min_score": min_score,
-            "image": image_info(pixels, meta),
-            "box_format": "xyxy image pixels",
+            "image": image_info(meta),
+            "box_format": "xyxy pixels of the uploaded image",
         }
 
     @app.exception_handler(Exception)

@@ -1,9 +1,11 @@
 """The model behind the server: decoding uploads, batched inference, heatmaps, the model card.
 
 Uploads are decoded by :func:`xrayfm.io.read_xray` exactly as training data are (DICOM windowing,
-MONOCHROME1, 16-bit PNG...), from a temporary file named after the format its bytes show, with
-the same size limits. Every model call holds one lock: Grad-CAM hooks the model, and a batched
-forward pass must not run through those hooks.
+MONOCHROME1, 16-bit PNG...), with the same size limits, straight from the uploaded bytes (no
+temporary file) and reduced by the largest integer factor whose result still covers what the
+model's preprocessing resizes to: a 10,000-pixel upload is never held as a full-size float image.
+Every model call holds one lock: Grad-CAM hooks the model, and a batched forward pass must not
+run through those hooks.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import tempfile
+import math
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,15 +25,13 @@ from PIL import Image
 
 from xrayfm.errors import ImageReadError, XrayfmError
 from xrayfm.evaluate.predict import probabilities
-from xrayfm.io import read_xray
+from xrayfm.io import ImageProbe, probe_image, read_xray
 from xrayfm.io.limits import ReadLimits
-from xrayfm.io.reader import sniff_format
 from xrayfm.models.onnx_model import OnnxModel
 from xrayfm.models.preprocess import resolve_preprocess
 from xrayfm.models.task_checkpoint import WEIGHTS, find_task_model, load_task_model
 
 BACKENDS = ("torch", "onnx")
-SUFFIX = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "bmp": ".bmp", "dicom": ".dcm"}
 
 
 def png_base64(array: np.ndarray) -> str:
@@ -71,6 +71,7 @@ class ModelRuntime:
         self.device = torch.device(device)
         self.model.to(self.device).eval()
         self.preprocess = resolve_preprocess(self.model)
+        self.target_size = math.ceil(self.preprocess.input_size / self.preprocess.crop_pct)
         self.limits = limits or ReadLimits()
         self.lock = threading.Lock()
         self.backend = backend
@@ -80,25 +81,29 @@ class ModelRuntime:
         )
         self.tasks = {t.name: t for t in served}
 
+    def probe(self, data: bytes) -> ImageProbe:
+        """Format and declared size of an upload from its header alone, the pixel limits applied.
+
+        Raises:
+            ImageReadError / UnsafeInputError: Empty, unknown or corrupt header, too many pixels.
+        """
+        if not data:
+            raise ImageReadError("the upload is empty")
+        return probe_image(data, limits=self.limits, name="upload")
+
     def decode(self, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
-        """Pixels (H, W) in [0, 1] and format facts of an uploaded file.
+        """Pixels (h, w) in [0, 1] of an upload, reduced by ``meta["downscale"]`` from the stored
+        ``meta["original_size"]`` (width, height), and its format facts.
 
         Raises:
             ImageReadError / UnsafeInputError: Unknown format, corrupt or oversized content.
         """
         if not data:
             raise ImageReadError("the upload is empty")
-        fmt = sniff_format(data[:132])
-        if fmt is None:
-            raise ImageReadError("not a PNG, JPEG, TIFF, BMP or DICOM file")
-        with tempfile.TemporaryDirectory(prefix="xrayfm-upload-") as tmp:
-            path = Path(tmp) / f"upload{SUFFIX[fmt]}"
-            path.write_bytes(data)
-            try:
-                image = read_xray(path, limits=self.limits)
-            except ImageReadError as exc:  # name the upload, not the temporary file
-                raise type(exc)(str(exc).replace(str(path), "upload")) from None
+        image = read_xray(data, limits=self.limits, target_size=self.target_size, name="upload")
         meta = {k: v for k, v in image.meta.items() if isinstance(v, (str, int, float, bool)) or v is None}
+        width, height = image.meta.get("original_size", image.size)
+        meta["original_size"] = (int(width), int(height))
         return image.pixels, meta
 
     def prepare(self, pixels: np.ndarray) -> torch.Tensor:

@@ -55,9 +55,12 @@ class TrainConfig:
         strategy: ``auto``, ``ddp`` (or another Fabric strategy name the engine can launch, see
             :func:`~xrayfm.train.distributed.check_devices`), or ``fsdp``: PyTorch FSDP2 over all
             processes, on GPUs or CPUs, with sharded checkpoint folders (see :mod:`xrayfm.train.distributed`).
-        seed: Seed of data order, masks and init.
-        num_workers: DataLoader workers (0 for bit-exact resume when transforms are random).
+        seed: Seed of data order, augmentations, masks and init, in ``[0, 2**32)`` (the commands
+            seed with it before they build a model, see :func:`~xrayfm.train.seeding.seed_everything`).
+        num_workers: DataLoader workers (any number replays the same augmentations).
         checkpoint_every: Steps between checkpoints.
+        checkpoint_minutes: Minutes between checkpoints, whatever the step (0 = off); a run also saves
+            at its last step and when SIGINT or SIGTERM stops it.
         log_every: Steps between metric rows (and progress lines where no bar is shown).
         extra: Free-form settings of the method that runs the loop (saved with the run).
 
@@ -92,6 +95,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     checkpoint_every: int = 100
+    checkpoint_minutes: float = 5.0
     log_every: int = 10
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -132,7 +136,9 @@ class TrainConfig:
             ("nesterov", not self.nesterov or self.momentum > 0, "used with a positive momentum"),
             ("clip_grad", self.clip_grad >= 0, "at least 0 (0: off)"),
             ("num_workers", self.num_workers >= 0, "at least 0"),
+            ("seed", 0 <= self.seed < 2**32, "between 0 and 2**32 - 1"),
             ("checkpoint_every", self.checkpoint_every >= 1, "at least 1"),
+            ("checkpoint_minutes", self.checkpoint_minutes >= 0, "at least 0 (0: off)"),
             ("log_every", self.log_every >= 1, "at least 1"),
         ]
         for name, ok, expected in rules:
@@ -238,7 +244,7 @@ _CLI_FIELDS = (
     "out_dir", "steps", "epochs", "batch_size", "optimizer", "lr", "min_lr", "schedule", "poly_power",
     "weight_decay", "warmup_steps", "warmup_epochs", "betas", "momentum", "nesterov", "clip_grad", "accumulate",
     "global_batch", "precision", "accelerator", "devices", "num_nodes", "strategy", "seed", "num_workers",
-    "checkpoint_every", "log_every",
+    "checkpoint_every", "checkpoint_minutes", "log_every",
 )  # fmt: skip
 
 

@@ -6,9 +6,15 @@ so the same call runs on a laptop CPU and a GPU cluster. The optimiser (AdamW or
 learning-rate schedule come from the config (:mod:`xrayfm.train.optim`, :mod:`xrayfm.train.schedules`);
 durations in epochs become steps once the dataset and the processes are known
 (:func:`~xrayfm.train.config.resolve_steps`). Runs are exactly resumable: the data
-order is a seeded permutation per epoch sharded by rank (:class:`StepSampler`), the global RNG is
-re-seeded before every forward pass (:func:`micro_batch_seed`), and checkpoints (model,
-optimiser, scheduler, step) are swapped in atomically (:mod:`xrayfm.train.checkpoint`).
+order is a seeded permutation per epoch sharded by rank (:class:`StepSampler`), each sample is read
+with the RNGs seeded by its position in the run (:class:`~xrayfm.train.seeding.SeededSamples`: random
+augmentations replay whatever the DataLoader workers), the global RNG is re-seeded before every
+forward pass (:func:`micro_batch_seed`), and checkpoints (model, optimiser, scheduler, step) are
+swapped in atomically (:mod:`xrayfm.train.checkpoint`). A checkpoint is saved every
+``checkpoint_every`` steps, every ``checkpoint_minutes``, at the last step, and at the end of the
+step in which SIGINT or SIGTERM arrived, after which :class:`TrainingInterrupted` stops the run;
+all ranks agree on it through the all-reduce of the loss that every step does anyway. On resume
+``metrics.csv`` is cut back to the checkpoint's step and "resumed from step N of M" is logged.
 Rank 0 reports progress: a bar on a terminal, else every ``log_every`` steps a line on the
 ``xrayfm.progress`` logger (:mod:`xrayfm.progress`), such as
 ``step 40/200  loss 0.6931  lr 2.9e-04  12.3 img/s  ETA 0:01:05``.
@@ -20,8 +26,10 @@ import copy
 import json
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,17 +40,26 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from xrayfm.errors import XrayfmError
+from xrayfm.io.atomic import atomic_write_text
 from xrayfm.progress import PROGRESS_LOGGER, format_clock, progress, progress_enabled
-from xrayfm.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from xrayfm.train.checkpoint import (
+    CHECKPOINT,
+    StopSignals,
+    TrainingInterrupted,
+    load_checkpoint,
+    quiet_worker,
+    save_checkpoint,
+)
 from xrayfm.train.config import TrainConfig, resolve_steps
 from xrayfm.train.distributed import copy_full_weights, is_sharded, make_fabric
 from xrayfm.train.optim import build_optimizer, named_param_groups
 from xrayfm.train.sampler import StepSampler
 from xrayfm.train.schedules import build_scheduler
-from xrayfm.train.seeding import micro_batch_seed
+from xrayfm.train.seeding import PositionSampler, SeededSamples, micro_batch_seed
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger(PROGRESS_LOGGER)
+METRICS_HEADER = "step,loss,lr,images_per_s"
 
 
 def train(
@@ -113,60 +130,100 @@ def train(
     if load_checkpoint(fabric, ckpt, state, sharded=sharded):
         scheduler.load_state_dict(state["scheduler"])
     step = int(state["step"])
-    micro = cfg.batch_size
-    sampler = StepSampler(
-        len(dataset), seed=cfg.seed, rank=fabric.global_rank, world=fabric.world_size,
-        start=step * cfg.accumulate * micro,
-    )  # fmt: skip
-    loader = DataLoader(dataset, batch_size=micro, sampler=sampler, num_workers=cfg.num_workers, collate_fn=collate_fn)
-    batches = iter(fabric.setup_dataloaders(loader, use_distributed_sampler=False))
+    resumed = f"resumed from step {step} of {cfg.steps}" if step else None
     metrics = out / "metrics.csv"
-    if reports and not metrics.exists():
-        metrics.write_text("step,loss,lr,images_per_s\n")
+    if reports:
+        _cut_metrics(metrics, step)
+        if resumed:
+            progress_log.info("%s (%s)", resumed, ckpt)
+    micro, rank = cfg.batch_size, fabric.global_rank
+    start = step * cfg.accumulate * micro
+    order = StepSampler(len(dataset), seed=cfg.seed, rank=rank, world=fabric.world_size, start=start)
+    loader = DataLoader(
+        SeededSamples(dataset, seed=cfg.seed, rank=rank), batch_size=micro, sampler=PositionSampler(order, start),
+        num_workers=cfg.num_workers, collate_fn=collate_fn, worker_init_fn=quiet_worker,
+    )  # fmt: skip
+    batches = iter(fabric.setup_dataloaders(loader, use_distributed_sampler=False))
     loss_value = float("nan")
     lines = reports and not progress_enabled()  # no bar where nobody watches one: a line every log_every steps
-    t0, seen, first = time.perf_counter(), 0, step
+    t0, seen, first, last_save = time.perf_counter(), 0, step, time.monotonic()
     module.train()
-    for step in progress(range(step, cfg.steps), desc="training", total=cfg.steps - step, unit="step", show=reports):
-        total = 0.0
-        for k in range(cfg.accumulate):
-            inputs = batch_to_input(next(batches))
-            # after fetching: a fresh DataLoader iterator draws its base seed from the global RNG
-            torch.manual_seed(micro_batch_seed(cfg.seed, step, k, fabric.global_rank))
-            with fabric.no_backward_sync(module, enabled=k < cfg.accumulate - 1):
-                loss = module(inputs) / cfg.accumulate
-                fabric.backward(loss)
-            total += loss.detach()
-            seen += micro
-        if cfg.clip_grad:
-            fabric.clip_gradients(module, optimizer, max_norm=cfg.clip_grad)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        loss_value = float(fabric.all_reduce(total, reduce_op="mean"))
-        if not math.isfinite(loss_value):
-            raise XrayfmError(f"loss became {loss_value} at step {step}; lower the learning rate or check the data")
-        done = step + 1
-        if reports and (done % cfg.log_every == 0 or done == cfg.steps):
-            elapsed = time.perf_counter() - t0
-            rate = seen * fabric.world_size / elapsed
-            lr_now = max(scheduler.get_last_lr())
-            with open(metrics, "a") as fh:
-                fh.write(f"{done},{loss_value:.6f},{lr_now:.3e},{rate:.2f}\n")
-            fabric.log_dict({"train/loss": loss_value, "train/lr": lr_now, "train/images_per_s": rate}, step=done)
-            if lines:
-                eta = format_clock(elapsed / (done - first) * (cfg.steps - done))
-                progress_log.info(
-                    "step %d/%d  loss %.4f  lr %.1e  %.1f img/s  ETA %s", done, cfg.steps, loss_value, lr_now, rate, eta
+    bar = progress(range(step, cfg.steps), desc="training", total=cfg.steps - step, unit="step", show=reports)
+    with StopSignals() as stop, closing(bar):  # closing: an interrupted run's bar is cleared before its message
+        for step in bar:
+            total = torch.zeros(())
+            for k in range(cfg.accumulate):
+                inputs = batch_to_input(next(batches))
+                # after fetching: a fresh DataLoader iterator draws its base seed from the global RNG
+                torch.manual_seed(micro_batch_seed(cfg.seed, step, k, rank))
+                with fabric.no_backward_sync(module, enabled=k < cfg.accumulate - 1):
+                    loss = module(inputs) / cfg.accumulate
+                    fabric.backward(loss)
+                total = total.to(loss.device) + loss.detach().float()
+                seen += micro
+            if cfg.clip_grad:
+                fabric.clip_gradients(module, optimizer, max_norm=cfg.clip_grad)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            # one all-reduce a step: the mean loss, whether rank 0's clock asks to save, whether any rank must stop
+            timed = (
+                reports and cfg.checkpoint_minutes > 0 and time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes
+            )
+            flags = torch.tensor([float(timed), float(stop.received is not None)], device=total.device)
+            loss_value, save_now, stopping = fabric.all_reduce(
+                torch.cat([total.reshape(1), flags]), reduce_op="mean"
+            ).tolist()
+            if not math.isfinite(loss_value):
+                raise XrayfmError(f"loss became {loss_value} at step {step}; lower the learning rate or check the data")
+            done = step + 1
+            if reports and (done % cfg.log_every == 0 or done == cfg.steps):
+                elapsed = time.perf_counter() - t0
+                rate = seen * fabric.world_size / elapsed
+                lr_now = max(scheduler.get_last_lr())
+                with open(metrics, "a") as fh:
+                    fh.write(f"{done},{loss_value:.6f},{lr_now:.3e},{rate:.2f}\n")
+                fabric.log_dict({"train/loss": loss_value, "train/lr": lr_now, "train/images_per_s": rate}, step=done)
+                if lines:
+                    eta = format_clock(elapsed / (done - first) * (cfg.steps - done))
+                    progress_log.info(
+                        "step %d/%d  loss %.4f  lr %.1e  %.1f img/s  ETA %s", done, cfg.steps, loss_value, lr_now, rate,
+                        eta,
+                    )  # fmt: skip
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps or save_now or stopping:
+                state.update(step=done, scheduler=scheduler.state_dict())
+                stop.saving = True
+                try:
+                    save_checkpoint(fabric, ckpt, state, sharded=sharded)
+                finally:
+                    stop.saving = False
+                last_save = time.monotonic()
+            if stopping and done < cfg.steps:
+                _finalize(fabric, "interrupted")
+                signum = stop.received or signal.SIGTERM  # a rank other than the one signalled
+                raise TrainingInterrupted(
+                    f"stopped by {signal.Signals(signum).name} after step {done} of {cfg.steps}, saved in {ckpt}; "
+                    "run the same command again to resume",
+                    signum,
                 )
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            state.update(step=done, scheduler=scheduler.state_dict())
-            save_checkpoint(fabric, ckpt, state, sharded=sharded)
     if sharded:
         copy_full_weights(work, objective)
-    for logger in fabric.loggers:
-        logger.finalize("success")
+    _finalize(fabric, "success")
     return {
         "step": cfg.steps, "steps": cfg.steps, "warmup_steps": cfg.warmup_steps, "start_step": first,
-        "seconds": round(time.perf_counter() - t0, 1), "loss": loss_value, "checkpoint": str(ckpt),
+        "resumed": resumed, "seconds": round(time.perf_counter() - t0, 1), "loss": loss_value, "checkpoint": str(ckpt),
     }  # fmt: skip
+
+
+def _finalize(fabric: Fabric, status: str) -> None:
+    """Flush and close the run's loggers (TensorBoard)."""
+    for logger in fabric.loggers:
+        logger.finalize(status)
+
+
+def _cut_metrics(path: Path, step: int) -> None:
+    """Keep the header and the whole rows of ``path`` up to ``step``, rewritten atomically (a missing
+    file gets the header), so that a resumed run writes no step twice."""
+    rows = path.read_text().splitlines()[1:] if path.is_file() else []
+    kept = [r for r in rows if len(f := r.split(",")) == 4 and f[0].isdigit() and int(f[0]) <= step]
+    atomic_write_text(path, "\n".join([METRICS_HEADER, *kept]) + "\n")

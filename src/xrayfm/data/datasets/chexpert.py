@@ -20,9 +20,9 @@ import pandas as pd
 from xrayfm.data.base import Record, XrayDataset
 from xrayfm.data.registry import check_choice, register_dataset
 from xrayfm.data.splits import split_groups
-from xrayfm.data.tables import read_table, require_images
+from xrayfm.data.tables import label_file_name, read_table, require_images
 from xrayfm.data.uncertainty import apply_uncertainty_policy, resolve_policy
-from xrayfm.errors import DatasetError, UnknownNameError
+from xrayfm.errors import DatasetError, MissingSplitError, UnknownNameError
 from xrayfm.tasks import TaskSpec
 
 #: The 14 observations, in the column order of CheXpert's train.csv (MIMIC-CXR uses the same names).
@@ -163,11 +163,11 @@ def _release_dir(root: Path) -> Path:
     )
 
 
-def _label_file(folder: Path, stem: str) -> Path:
+def _label_file(folder: Path, stem: str, split: str) -> Path:
     for name in (f"{stem}.csv", f"{stem}.csv.gz"):
         if (folder / name).is_file():
             return folder / name
-    raise DatasetError(f"label file {folder / (stem + '.csv')} not found")
+    raise MissingSplitError(f"chexpert: no {split} split: label file {folder / (stem + '.csv')} not found")
 
 
 def _image_path(folder: str, rel: str) -> Path:
@@ -176,10 +176,9 @@ def _image_path(folder: str, rel: str) -> Path:
     return Path(f"{folder}/{rest if sep and head.startswith('CheXpert-v1.0') else rel}")
 
 
-def _records(
-    path: Path, folder: Path, part: str | None, classes: tuple[str, ...], opts: dict[str, Any]
-) -> list[Record]:
-    """Records of one CSV; ``part`` None = train.csv (hashed train/val), else a fixed split."""
+def _records(path: Path, root: Path, part: str | None, classes: tuple[str, ...], opts: dict[str, Any]) -> list[Record]:
+    """Records of one CSV (in the release folder under ``root``); ``part`` None = train.csv
+    (hashed train/val), else a fixed split."""
     df = read_table(path, required=["Path", "Frontal/Lateral", *classes], dtype={"Path": str})
     fl = df["Frontal/Lateral"].astype(str).str.strip().str.lower()
     if opts["views"] != "all":
@@ -201,8 +200,9 @@ def _records(
     view = view.where(view.notna() & (view.astype(str).str.strip() != ""), df["Frontal/Lateral"]).astype(str)
     sex = df["Sex"].astype(object).where(df["Sex"].notna(), None).tolist() if "Sex" in df.columns else [None] * n
     ages = pd.to_numeric(df["Age"], errors="coerce").tolist() if "Age" in df.columns else [float("nan")] * n
-    base = str(folder)
+    base, where = str(path.parent), label_file_name(path, root)
     records = []
+    lines = (df.index + 2).tolist()
     columns = (df["Path"].tolist(), ids[0].tolist(), ids[1].tolist(), view.tolist(), sex, ages, parts)
     for i, (rel, pid, study, v, sx, age, p) in enumerate(zip(*columns)):
         if want != "all" and p != want:
@@ -216,7 +216,9 @@ def _records(
             "age": int(age) if age == age else None,
             "split": p,
         }
-        records.append(Record(image=_image_path(base, rel), labels=labels[i], meta=meta))
+        records.append(
+            Record(image=_image_path(base, rel), labels=labels[i], meta=meta, origin=f"{where} row {lines[i]}")
+        )
     return records
 
 
@@ -280,8 +282,8 @@ def build_chexpert(
     )  # fmt: skip
     records: list[Record] = []
     if split in ("train", "val") or (split == "all" and any(folder.glob("train.csv*"))):
-        records += _records(_label_file(folder, "train"), folder, None, classes, opts)
+        records += _records(_label_file(folder, "train", split), root, None, classes, opts)
     if split == "test" or (split == "all" and any(folder.glob("valid.csv*"))):
-        records += _records(_label_file(folder, "valid"), folder, "test", classes, opts)
+        records += _records(_label_file(folder, "valid", "test"), root, "test", classes, opts)
     records = require_images(records, "chexpert", missing=missing)
     return XrayDataset(records, [TaskSpec("findings", "multilabel", classes)], name="chexpert", root=root, split=split)

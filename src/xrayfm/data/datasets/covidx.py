@@ -10,20 +10,30 @@ a folder named after the split. The class order is fixed per family, never read 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from xrayfm.data.base import Record, XrayDataset
 from xrayfm.data.registry import register_dataset
 from xrayfm.data.splits import holdout_fractions, split_groups
-from xrayfm.data.tables import require_images, select_split
-from xrayfm.errors import DatasetError
+from xrayfm.data.tables import label_file_name, require_images, select_split
+from xrayfm.errors import DatasetError, MissingSplitError
 from xrayfm.tasks import TaskSpec
 
 THREE_CLASS: tuple[str, ...] = ("normal", "pneumonia", "COVID-19")
 BINARY: tuple[str, ...] = ("negative", "positive")
 _CANONICAL = {c.lower(): c for c in THREE_CLASS + BINARY} | {"covid": "COVID-19", "covid19": "COVID-19"}
-Entry = tuple[str, str, str, str | None]  # patient id, file name, class, source
+
+
+class Entry(NamedTuple):
+    """One line of a list file."""
+
+    patient_id: str
+    name: str
+    cls: str
+    source: str | None
+    line: int
 
 
 def _list_file(root: Path, part: str) -> Path | None:
@@ -58,7 +68,7 @@ def parse_list(path: Path) -> list[Entry]:
                 f"{path}: line {n}: expected 'patient_id filename class [source]' with class in "
                 f"{list(THREE_CLASS + BINARY)}, got {line.strip()[:120]!r}"
             )
-        entries.append((tokens[0], name, _CANONICAL[cls.lower()], source))
+        entries.append(Entry(tokens[0], name, _CANONICAL[cls.lower()], source, n))
     return entries
 
 
@@ -103,22 +113,23 @@ def build_covidx(
     parts = ["train", "val", "test"] if split == "all" else needed[split]
     for p in parts:
         if lists[p] is None and p != "val":
-            raise DatasetError(f"covidx: no {p} list ({p}.txt or {p}_COVIDx*.txt) in {root}")
+            raise MissingSplitError(f"covidx: no {p} list ({p}.txt or {p}_COVIDx*.txt) in {root}")
     records: list[Record] = []
     found: set[str] = set()
     entries_by_part = {p: parse_list(lists[p]) for p in parts if lists[p] is not None}  # type: ignore[arg-type]
     for part, entries in entries_by_part.items():
-        found |= {e[2] for e in entries}
+        found |= {e.cls for e in entries}
+        where = label_file_name(lists[part], root)  # type: ignore[arg-type]
         if part == "train" and lists["val"] is None:
-            groups = [f"{src}:{pid}" if src else pid for pid, _, _, src in entries]
+            groups = [f"{e.source}:{e.patient_id}" if e.source else e.patient_id for e in entries]
             names = split_groups(groups, seed=seed, fractions=holdout_fractions(val_fraction))
         else:
             names = [part] * len(entries)
-        for (pid, name, cls, src), s in zip(entries, names):
+        for (pid, name, cls, src, line), s in zip(entries, names):
             meta = {"id": Path(name).stem, "patient_id": pid, "split": s, "class": cls}
             if src:
                 meta["data_source"] = src
-            records.append(Record(image=root / part / name, labels=None, meta=meta))
+            records.append(Record(image=root / part / name, labels=None, meta=meta, origin=f"{where} line {line}"))
     classes = _classes(found, [p for p in lists.values() if p])
     for rec in records:
         rec.labels = (np.asarray(classes) == rec.meta["class"]).astype(np.float32)

@@ -25,7 +25,7 @@ from xrayfm.data.base import Record, XrayDataset
 from xrayfm.data.masks import FileMasks, LabelMapMask
 from xrayfm.data.registry import register_dataset
 from xrayfm.data.splits import split_groups
-from xrayfm.data.tables import require_images, select_split
+from xrayfm.data.tables import label_file_name, require_images, select_split
 from xrayfm.errors import DatasetError
 from xrayfm.tasks import TaskSpec
 
@@ -219,7 +219,7 @@ def build_coco(
         split: ``train``, ``val``, ``test`` or ``all``.
         annotations: Json file, relative to ``root`` or absolute (default: see layout).
         image_dir: Folder of ``file_name`` relative to ``root`` (default ``images`` if it exists,
-            else ``root``).
+            else ``root``); one outside ``root`` needs ``allow_outside_root=True``.
         include_crowd: Keep ``iscrowd`` annotations as boxes (skipped by default, as COCO does).
         group_regex: Regex on the file name giving a patient id for the split (see image_folder).
         seed: Seed of the hashed split.
@@ -243,6 +243,7 @@ def build_coco(
     ids = list(images)
     names = [str(images[k]["file_name"]) for k in ids]
     parts = _hashed(names, group_regex, seed)
+    where = label_file_name(path, root)
     records = []
     for k, name, part in zip(ids, names, parts):
         im = images[k]
@@ -254,6 +255,7 @@ def build_coco(
                 box_labels=np.asarray([c for _, c in found], np.int64),
                 box_space=(int(im["width"]), int(im["height"])),
                 meta={"id": Path(name).stem, "coco_id": k, "split": part},
+                origin=f"{where} image id {k!r}",
             )
         )
     records = require_images(select_split(records, split), "coco", missing=missing)

@@ -19,7 +19,7 @@ from xrayfm.data.base import Record, XrayDataset
 from xrayfm.data.masks import FileMasks
 from xrayfm.data.registry import register_dataset
 from xrayfm.data.splits import split_groups
-from xrayfm.data.tables import read_table, require_images, select_split
+from xrayfm.data.tables import label_file_name, read_table, require_images, select_split
 from xrayfm.errors import DatasetError
 from xrayfm.tasks import CLASSIFICATION_KINDS, TaskSpec
 
@@ -164,12 +164,15 @@ def build_csv(
         box_rows, names = _read_box_file(root / boxes_file, box_classes)
         tasks.append(TaskSpec("boxes", "detection", names))
     splits = _resolve_split(df, split_column, patient_column, seed)
+    where = label_file_name(path, root)
     records = []
     for i, rel in enumerate(df["image"]):
         meta = {"id": Path(rel).stem, "split": splits[i]}
         if patient_column:
             meta["patient_id"] = None if pd.isna(df[patient_column].iloc[i]) else str(df[patient_column].iloc[i])
-        rec = Record(image=root / rel, labels=labels[i] if label_columns else None, meta=meta)
+        rec = Record(
+            image=root / rel, labels=labels[i] if label_columns else None, meta=meta, origin=f"{where} row {i + 2}"
+        )
         if mask_columns:
             rec.mask = FileMasks(tuple(root / str(df[c].iloc[i]) for c in mask_columns), mask_ignore_value)
         if box_rows is not None and rel in box_rows:

@@ -31,7 +31,7 @@ from xrayfm.data.base import Record, XrayDataset
 from xrayfm.data.masks import FileMasks, UnionMask
 from xrayfm.data.registry import check_choice, register_dataset
 from xrayfm.data.splits import split_groups
-from xrayfm.data.tables import require_images, select_split
+from xrayfm.data.tables import RootCheck, require_images, select_split
 from xrayfm.errors import DatasetError, UnknownNameError
 from xrayfm.io.atomic import atomic_path
 from xrayfm.io.writers import write_png
@@ -221,7 +221,9 @@ def build_jsrt(
             single SCR structure (``left lung``...). The PNG layout only has ``lungs``.
         size: Raw layout: side of the converted images (2048 or 1024); default 1024 with SCR
             masks, else 2048.
-        cache_dir: Raw layout: folder for the converted PNGs (default ``ROOT/png16``).
+        cache_dir: Raw layout: folder for the converted PNGs (default ``ROOT/png16``, which
+            must not be a symlink leading out of the root); a folder named here is trusted
+            like the root.
         seed: Seed of the raw layout's hashed split.
         missing: Absent images: ``error``, ``skip`` them, or ``keep`` (labels only, no check).
     """
@@ -245,10 +247,17 @@ def build_jsrt(
         if not (root / "All247images").is_dir():
             raise DatasetError(f"jsrt: neither {root / 'All247images'} nor {root}/Train/Images found")
         cache = Path(cache_dir) if cache_dir else root / "png16"
+        inside = RootCheck((root,))
+        if not cache_dir and not inside.contains(inside.resolve(cache)):
+            raise DatasetError(
+                f"jsrt: {cache} leads outside the dataset root {root}; pass -o cache_dir=DIR (cache_dir= in Python) "
+                "to convert the raw images into a folder of your choice"
+            )
         records, with_masks = _raw_records(root, split, structures, masks, size, cache, seed)
     tasks = [LABEL_TASK]
     if with_masks:
         name = "lungs" if structures == ("lungs",) else "anatomy"
         tasks.append(TaskSpec(name, "segmentation", tuple(s.replace(" ", "_") for s in structures)))
     records = require_images(records, "jsrt", missing=missing)
-    return XrayDataset(records, tasks, name="jsrt", root=root, split=split)
+    extra = (Path(cache_dir),) if cache_dir else ()
+    return XrayDataset(records, tasks, name="jsrt", root=root, split=split, extra_roots=extra)

@@ -23,7 +23,7 @@ from xrayfm.data.datasets.chexpert import (
     resolve_label_set,
 )
 from xrayfm.data.registry import check_choice, register_dataset
-from xrayfm.data.tables import find_first, read_table, require_images
+from xrayfm.data.tables import find_first, label_file_name, read_table, require_images
 from xrayfm.errors import DatasetError
 from xrayfm.tasks import TaskSpec
 
@@ -134,16 +134,17 @@ def build_mimic_cxr(
     view = df["ViewPosition"].fillna("").astype(str).str.strip()
     if keep_views is not None:
         df = df[view.str.upper().isin(keep_views)]
+    where = label_file_name(meta_path, root)
     records = []
-    for dicom, subject, study, pos, part in zip(
+    for dicom, subject, study, pos, part, line in zip(
         df["dicom_id"].tolist(), df["subject_id"].tolist(), df["study_id"].tolist(),
-        view.loc[df.index].tolist(), df["part"].tolist(),
+        view.loc[df.index].tolist(), df["part"].tolist(), (df.index + 2).tolist(),
     ):  # fmt: skip
         row = label_row.get((subject, study))
         if row is None:  # a study the labeler did not label: no targets to train on
             continue
         image = root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}" / f"{dicom}{image_ext}"
         meta_row = {"id": dicom, "patient_id": subject, "study": study, "view": pos or None, "split": part}
-        records.append(Record(image=image, labels=target[row], meta=meta_row))
+        records.append(Record(image=image, labels=target[row], meta=meta_row, origin=f"{where} row {line}"))
     records = require_images(records, "mimic_cxr", missing=missing)
     return XrayDataset(records, [TaskSpec("findings", "multilabel", classes)], name="mimic_cxr", root=root, split=split)

@@ -22,7 +22,7 @@ from xrayfm.data.base import Record, XrayDataset
 from xrayfm.data.registry import register_dataset
 from xrayfm.data.splits import holdout_fractions, split_groups
 from xrayfm.data.tables import read_table, require_images
-from xrayfm.errors import DatasetError, UnknownNameError
+from xrayfm.errors import DatasetError, MissingSplitError, UnknownNameError
 from xrayfm.tasks import TaskSpec
 
 BODY_PARTS: tuple[str, ...] = ("ELBOW", "FINGER", "FOREARM", "HAND", "HUMERUS", "SHOULDER", "WRIST")
@@ -59,6 +59,9 @@ def _read_studies(path: Path) -> dict[str, float]:
 def _read_part(mura: Path, official: str, seed: int, val_fraction: float) -> list[Record]:
     paths_file = mura / f"{official}_image_paths.csv"
     studies_file = mura / f"{official}_labeled_studies.csv"
+    if not paths_file.is_file():
+        splits = "test" if official == "valid" else "train/val"
+        raise MissingSplitError(f"mura: no {splits} split: {paths_file} not found")
     studies = _read_studies(studies_file)
     df = read_table(paths_file, header=None, names=["image"], dtype=str)
     records = []
@@ -88,7 +91,8 @@ def _read_part(mura: Path, official: str, seed: int, val_fraction: float) -> lis
             "study_id": study_key,
             "official_split": official,
         }
-        records.append(Record(image=mura / rel, labels=np.asarray([label], np.float32), meta=meta))
+        origin = f"{paths_file.name} line {row + 1}"
+        records.append(Record(image=mura / rel, labels=np.asarray([label], np.float32), meta=meta, origin=origin))
     if official == "valid":
         for rec in records:
             rec.meta["split"] = "test"

@@ -15,7 +15,7 @@ import numpy as np
 from xrayfm.data.base import Record, XrayDataset
 from xrayfm.data.registry import register_dataset
 from xrayfm.data.splits import holdout_fractions, split_groups
-from xrayfm.data.tables import find_first, read_table, require_images, select_split
+from xrayfm.data.tables import find_first, label_file_name, read_table, require_images, select_split
 from xrayfm.errors import DatasetError
 from xrayfm.tasks import TaskSpec
 
@@ -120,12 +120,14 @@ def build_nih_cxr14(
         parts = ["test" if n in official_test else t for n, t in zip(df["Image Index"], trainval)]
     else:
         parts = split_groups(pids, seed=seed)
+    where, lines = label_file_name(entry, root), (df.index + 2).tolist()
     records = []
     for i, (name, view) in enumerate(zip(df["Image Index"], df["View Position"])):
         rec = Record(
             image=index.get(name) or images_dir / name,
             labels=labels[i],
             meta={"id": name[:-4], "patient_id": pids[i], "view": view, "split": parts[i]},
+            origin=f"{where} row {lines[i]}",
         )
         if name in box_table:
             rec.boxes, rec.box_labels = box_table[name]

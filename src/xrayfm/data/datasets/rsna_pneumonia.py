@@ -18,7 +18,7 @@ import pandas as pd
 from xrayfm.data.base import Record, XrayDataset
 from xrayfm.data.registry import check_choice, register_dataset
 from xrayfm.data.splits import holdout_fractions, split_groups
-from xrayfm.data.tables import find_first, read_table, require_images
+from xrayfm.data.tables import find_first, label_file_name, read_table, require_images
 from xrayfm.errors import DatasetError
 from xrayfm.tasks import TaskSpec
 
@@ -139,6 +139,7 @@ def build_rsna_pneumonia(
         classes = _read_classes(find_first(root, CLASS_FILES, "RSNA detailed class file"), boxes)
     parts = split_groups(ids, seed=seed, fractions=fractions)
     folder, index = _index_images(root)
+    where = label_file_name(path, root)
     records = []
     for pid, part in zip(ids, parts):
         if split != "all" and part != split:
@@ -149,6 +150,7 @@ def build_rsna_pneumonia(
             box_labels=np.zeros(len(boxes[pid]), np.int64),
             box_space=BOX_SPACE,
             meta={"id": pid, "patient_id": pid, "split": part},
+            origin=f"{where} patientId {pid!r}",
         )
         if labels == "opacity":
             rec.labels = np.asarray([float(bool(boxes[pid]))], np.float32)

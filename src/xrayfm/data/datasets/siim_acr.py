@@ -18,7 +18,7 @@ from xrayfm.data.base import Record, XrayDataset
 from xrayfm.data.masks import NO_MASK_RLE, RleMask, parse_rle
 from xrayfm.data.registry import check_choice, register_dataset
 from xrayfm.data.splits import holdout_fractions, split_groups
-from xrayfm.data.tables import find_first, read_table, require_images
+from xrayfm.data.tables import find_first, label_file_name, read_table, require_images
 from xrayfm.errors import DatasetError
 from xrayfm.tasks import TaskSpec
 
@@ -139,6 +139,7 @@ def build_siim_acr(
     ids = list(rles)
     parts = split_groups(ids, seed=seed, fractions=fractions)
     index = _index_images(root)
+    where = label_file_name(path, root)
     records = []
     for image_id, part in zip(ids, parts):
         if split != "all" and part != split:
@@ -150,6 +151,7 @@ def build_siim_acr(
                 labels=np.asarray([float(bool(runs))], np.float32),
                 mask=RleMask(runs, width, height, relative=rle == "relative"),
                 meta={"id": image_id, "regions": len(runs), "split": part},
+                origin=f"{where} ImageId {image_id!r}",
             )
         )
     tasks = [TaskSpec("pneumothorax", "multilabel", CLASSES), TaskSpec("pneumothorax_mask", "segmentation", CLASSES)]

@@ -25,8 +25,8 @@ import pandas as pd
 from xrayfm.data.base import Record, XrayDataset
 from xrayfm.data.registry import check_choice, register_dataset
 from xrayfm.data.splits import holdout_fractions, split_groups
-from xrayfm.data.tables import read_table, require_images
-from xrayfm.errors import DatasetError
+from xrayfm.data.tables import label_file_name, read_table, require_images
+from xrayfm.errors import DatasetError, MissingSplitError
 from xrayfm.tasks import TaskSpec
 
 LESIONS: tuple[str, ...] = (
@@ -99,6 +99,8 @@ def _read_kaggle(root: Path) -> dict[str, _Reads]:
 
 def _read_physionet(root: Path, part: str) -> dict[str, _Reads]:
     labels_path = _csv(root / "annotations", f"image_labels_{part}")
+    if not labels_path.is_file():
+        raise MissingSplitError(f"vindr_cxr: no {part} split: {labels_path} not found")
     df = read_table(labels_path, required=["image_id", *LESIONS, NO_FINDING], dtype={"image_id": str})
     values = df[[*LESIONS, NO_FINDING]].apply(pd.to_numeric, errors="coerce").to_numpy(np.float32)
     bad = ~np.isin(values, (0.0, 1.0))
@@ -247,6 +249,10 @@ def build_vindr_cxr(
         else:
             parts = split_groups(ids, seed=seed, fractions=holdout_fractions(val_fraction))
         index = _index_images(root / folder)
+        labels_file = (
+            _csv(root, "train") if layout == "kaggle" else _csv(root / "annotations", f"image_labels_{folder}")
+        )
+        where = label_file_name(labels_file, root)
         for image_id, part in zip(ids, parts):
             if split != "all" and part != split:
                 continue
@@ -264,7 +270,15 @@ def build_vindr_cxr(
                 "box_readers": box_readers,
             }
             records.append(
-                Record(image=image, labels=labels, boxes=boxes, box_labels=box_labels, box_space=space, meta=meta)
+                Record(
+                    image=image,
+                    labels=labels,
+                    boxes=boxes,
+                    box_labels=box_labels,
+                    box_space=space,
+                    meta=meta,
+                    origin=f"{where} image_id {image_id!r}",
+                )
             )
     tasks = [
         TaskSpec("findings", "multilabel", LESIONS + ((NO_FINDING,) if include_no_finding else ())),

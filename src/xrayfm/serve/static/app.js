@@ -1,8 +1,9 @@
 // xrayfm web page: upload a radiograph, show findings, heatmap, masks and boxes. No external code.
 "use strict";
 const $ = (id) => document.getElementById(id);
-const state = { auth: false, health: null, imageBitmap: null, heat: null, masks: [], boxes: [] };
+const state = { auth: false, health: null, imageBitmap: null, heat: null, masks: [], boxes: [], scale: 1 };
 const MASK_COLOURS = [[60, 200, 75], [70, 130, 230], [240, 50, 230], [255, 200, 0]];
+const MAX_CANVAS_SIDE = 2048; // larger images are drawn scaled down: a 10,000 px canvas would hold 400 MB
 
 function headers() {
   const token = $("token").value.trim();
@@ -17,15 +18,18 @@ function setStatus(text, isError = false) {
 async function loadModel() {
   const health = await (await fetch("/health")).json();
   state.health = health;
-  state.auth = health.auth_required;
+  state.auth = !("model" in health) || health.auth_required; // with a token set, /health says only "ok"
   $("token-row").hidden = !state.auth;
-  $("model-name").textContent = health.model;
+  $("model-name").textContent = health.model || "enter the API token to see the model";
   if (!state.auth) {
-    const card = await (await fetch("/model")).json();
-    const tasks = card.tasks.map((t) => `${t.name} (${t.kind})`).join(", ");
-    $("model-name").textContent = `${card.architecture} · ${tasks}`;
-    state.card = card;
+    showCard(await (await fetch("/model")).json());
   }
+}
+
+function showCard(card) {
+  const tasks = card.tasks.map((t) => `${t.name} (${t.kind})`).join(", ");
+  $("model-name").textContent = `${card.architecture} · ${tasks}`;
+  state.card = card;
 }
 
 function jet(v) { // 0..1 -> [r, g, b] of the jet colour map
@@ -33,14 +37,18 @@ function jet(v) { // 0..1 -> [r, g, b] of the jet colour map
   return [c(1.5 - Math.abs(4 * v - 3)), c(1.5 - Math.abs(4 * v - 2)), c(1.5 - Math.abs(4 * v - 1))].map((x) => x * 255);
 }
 
-async function pngToImageData(b64, width, height) {
+// A map (heatmap, mask) covers the image at 1/downscale: each map pixel is downscale x downscale image
+// pixels, the last row and column clipped. Drawn over the displayed image (its size times state.scale).
+async function mapToImageData(b64, image) {
   const img = new Image();
   img.src = "data:image/png;base64," + b64;
   await img.decode();
   const canvas = document.createElement("canvas");
+  const width = $("overlay-canvas").width, height = $("overlay-canvas").height;
   canvas.width = width; canvas.height = height;
   const ctx = canvas.getContext("2d");
-  ctx.drawImage(img, 0, 0, width, height);
+  const k = image.downscale * state.scale;
+  ctx.drawImage(img, 0, 0, img.naturalWidth * k, img.naturalHeight * k);
   return ctx.getImageData(0, 0, width, height);
 }
 
@@ -72,9 +80,10 @@ function drawOverlay() {
   ctx.lineWidth = Math.max(2, canvas.width / 300);
   ctx.font = `${Math.max(12, canvas.width / 50)}px sans-serif`;
   for (const b of state.boxes) {
+    const [x0, y0, x1, y1] = b.box.map((v) => v * state.scale);
     ctx.strokeStyle = ctx.fillStyle = "rgb(235, 50, 50)";
-    ctx.strokeRect(b.box[0], b.box[1], b.box[2] - b.box[0], b.box[3] - b.box[1]);
-    ctx.fillText(`${b.class} ${b.score.toFixed(2)}`, b.box[0] + 3, b.box[1] - 4);
+    ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
+    ctx.fillText(`${b.class} ${b.score.toFixed(2)}`, x0 + 3, y0 - 4);
   }
 }
 
@@ -110,20 +119,20 @@ async function analyse(file) {
   $("findings").innerHTML = ""; $("extras").innerHTML = "";
   if (!state.card) {
     const response = await fetch("/model", { headers: headers() });
-    if (response.ok) state.card = await response.json();
+    if (response.ok) showCard(await response.json());
   }
   const kinds = new Set((state.card ? state.card.tasks : []).map((t) => t.kind));
   try {
-    let width = 0, height = 0;
+    let image = null, heatmap = null, seg = null;
     if (kinds.size === 0 || kinds.has("multilabel") || kinds.has("multiclass")) {
       const result = await post("/predict", file, { heatmap: $("want-heatmap").checked, threshold: $("threshold").value });
-      ({ width, height } = result.image);
+      image = result.image;
       showFindings(result);
-      if (result.heatmap) state.heat = await pngToImageData(result.heatmap.png, width, height);
+      heatmap = result.heatmap;
     }
     if (kinds.has("segmentation")) {
-      const seg = await post("/segment", file, {});
-      ({ width, height } = seg.image);
+      seg = await post("/segment", file, {});
+      image = seg.image;
       const legend = document.createElement("p");
       legend.className = "legend";
       seg.classes.forEach((c, k) => {
@@ -132,17 +141,18 @@ async function analyse(file) {
           `(${(100 * seg.area_fraction[c]).toFixed(1)}% of the image) `;
       });
       $("extras").appendChild(legend);
-      for (const c of seg.classes) state.masks.push(await pngToImageData(seg.masks[c], width, height));
     }
     if (kinds.has("detection")) {
       const det = await post("/detect", file, {});
-      ({ width, height } = det.image);
+      image = det.image;
       state.boxes = det.boxes;
       const p = document.createElement("p");
       p.textContent = `${det.boxes.length} box(es) with score ≥ ${det.min_score}`;
       $("extras").appendChild(p);
     }
-    await showImage(file, width, height);
+    await showImage(file, image.width, image.height);
+    if (heatmap) state.heat = await mapToImageData(heatmap.png, image);
+    if (seg) for (const c of seg.classes) state.masks.push(await mapToImageData(seg.masks[c], image));
     drawOverlay();
     setStatus("done: " + file.name);
   } catch (err) {
@@ -150,8 +160,10 @@ async function analyse(file) {
   }
 }
 
-async function showImage(file, width, height) {
-  // browsers cannot draw DICOM: the server's decoded size is used and the image is drawn when possible
+async function showImage(file, imageWidth, imageHeight) {
+  // browsers cannot draw DICOM: the server's image size is used and the image is drawn when possible
+  state.scale = Math.min(1, MAX_CANVAS_SIDE / Math.max(imageWidth, imageHeight));
+  const width = Math.round(imageWidth * state.scale), height = Math.round(imageHeight * state.scale);
   const canvas = $("image-canvas"), overlay = $("overlay-canvas");
   canvas.width = overlay.width = width; canvas.height = overlay.height = height;
   const ctx = canvas.getContext("2d");

@@ -1,0 +1,300 @@
+"""One Adam pretraining run from a dataset: what ``xrayfm pretrain anatomy`` calls.
+
+Stages of granularity n (0 -> 2 -> 4 by default) run one after the other on the shared engine,
+each in its own folder ``OUT/stage_n{n}`` (``last.ckpt``, ``metrics.csv``, ``objective.safetensors``,
+``export/``, ``stage.json``), each starting from the previous stage's final weights: query and key
+encoders and heads, and the queue when ``carry_queue`` (the official code carries it, Eden
+``Adam-v1/main.py:139-146``). The learning-rate schedule restarts every stage, as in the official
+``run.sh``. A stage is finished once its ``stage.json`` exists; running the same call again skips
+finished stages and resumes an interrupted one from its ``last.ckpt`` (the queue, the key encoder
+and the optimiser included), so a killed run continues exactly where it stopped.
+
+The training set's transform is the stage's :class:`~xrayfm.pretrain.anatomy.AnatomyDecomposer`
+(two views of one random cell, cut from the image at its own resolution). After each stage a
+validation loss is computed on the ``val`` split (or a patient-level share carved from the training
+split when the dataset has none) with views fixed by each image's index, no side effects
+(:meth:`~xrayfm.pretrain.moco.MoCo.evaluate_loss`), averaged over every process's share; it is
+recorded in ``stage.json`` and ``OUT/summary.json``. The query backbone of each stage is exported
+(``create_model(arch, pretrained=OUT/stage_n4)``) and the last stage's also to ``OUT/export``
+(``create_model(arch, pretrained=OUT)``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric import Fabric
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
+
+from xrayfm.data.base import XrayDataset
+from xrayfm.data.registry import build_dataset
+from xrayfm.data.sample import Sample, collate_samples
+from xrayfm.data.splits import holdout_fractions, split_groups
+from xrayfm.errors import XrayfmError
+from xrayfm.io.atomic import atomic_path, atomic_write_json
+from xrayfm.models import create_model
+from xrayfm.models.export import export_backbone
+from xrayfm.models.preprocess import Preprocess, resolve_preprocess
+from xrayfm.models.registry import backbone_kwargs, export_kwargs
+from xrayfm.pretrain.anatomy import AnatomyDecomposer, Grid
+from xrayfm.pretrain.moco import MoCo
+from xrayfm.train import TrainConfig, seed_everything, train
+from xrayfm.train.config import engine_options, write_run_config
+from xrayfm.train.distributed import make_fabric
+
+log = logging.getLogger(__name__)
+
+METHOD = "Adam: anatomy-aware MoCo-v2 (anatomy decomposer + purposive pruner)"
+#: Files of a finished stage: the whole objective (encoders, heads, queue) and its facts (written last).
+STAGE_WEIGHTS, STAGE_DONE = "objective.safetensors", "stage.json"
+
+
+class FixedPairs(Dataset):
+    """``dataset``'s images as view pairs fixed by index: the same views in every run and on every rank.
+
+    Args:
+        dataset: Samples with a grey ``image`` (no transform).
+        decomposer: Makes the views.
+        seed: Base of the per-image seeds (image ``i`` uses ``seed * 1_000_003 + i``).
+    """
+
+    def __init__(self, dataset: Dataset, decomposer: AnatomyDecomposer, seed: int) -> None:
+        self.dataset, self.decomposer, self.seed = dataset, decomposer, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Sample:
+        sample = self.dataset[index]
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        return {"image": torch.stack(self.decomposer.pair(sample["image"][:1], g)), "meta": sample.get("meta", {})}
+
+
+def stage_dir(out: str | Path, granularity: int) -> Path:
+    """The folder of the stage of ``granularity`` in run folder ``out``."""
+    return Path(out) / f"stage_n{granularity}"
+
+
+def _views(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query and key views of a collated batch of pairs (B, 2, C, S, S)."""
+    return batch["image"][:, 0], batch["image"][:, 1]
+
+
+def _check_stages(stages: Sequence[int]) -> tuple[int, ...]:
+    stages = tuple(int(n) for n in stages)
+    if not stages or any(n < 0 for n in stages) or len(set(stages)) != len(stages):
+        raise XrayfmError(f"stages must be distinct granularities >= 0 such as 0,2,4, got {list(stages)}")
+    return stages
+
+
+def _datasets(
+    dataset: str, root: str | Path, options: dict[str, Any], val_fraction: float
+) -> tuple[XrayDataset, XrayDataset | None]:
+    """Training and validation sets; without a ``val`` split, a patient-level share of train is carved."""
+    train_ds = build_dataset(dataset, root, "train", **options)
+    if val_fraction <= 0:
+        return train_ds, None
+    val = build_dataset(dataset, root, "val", **options)
+    if len(val):
+        return train_ds, val
+    groups = [str(r.meta.get("patient_id", r.meta.get("id", r.image.stem))) for r in train_ds.records]
+    parts = split_groups(groups, seed=0, fractions=holdout_fractions(val_fraction))
+    keep = [i for i, p in enumerate(parts) if p == "train"]
+    held = [i for i, p in enumerate(parts) if p == "val"]
+    log.info("%s has no val split: %d of %d training images (by patient) validate instead", dataset, len(held),
+             len(parts))  # fmt: skip
+    return train_ds.subset(keep), (train_ds.subset(held, split="val") if held else None)
+
+
+def validation_loss(moco: MoCo, pairs: Dataset, fabric: Fabric, *, batch_size: int, workers: int = 0) -> float:
+    """Mean loss over fixed view ``pairs`` (:class:`FixedPairs`), over all processes, without side effects.
+
+    Args:
+        moco: The objective (its weights, buffers and queue are left as they are).
+        pairs: Validation view pairs.
+        fabric: The run's Fabric: each process takes every ``world``-th pair, sums are all-reduced.
+        batch_size: Pairs per forward pass.
+        workers: DataLoader workers.
+
+    Returns:
+        The mean per-pair loss.
+    """
+    mine = list(range(fabric.global_rank, len(pairs), fabric.world_size))
+    batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+    loader = DataLoader(pairs, batch_sampler=batches, num_workers=workers, collate_fn=collate_samples)
+    total = torch.zeros(2, dtype=torch.float64, device=fabric.device)
+    with fabric.autocast():
+        for batch in loader:
+            query, key = _views(batch)
+            losses = moco.evaluate_loss((query.to(fabric.device), key.to(fabric.device)), reduction="none")
+            total += torch.stack([losses.double().sum(), torch.tensor(float(len(losses)), device=fabric.device)])
+    total = fabric.all_reduce(total, reduce_op="sum")
+    return float(total[0] / total[1])
+
+
+def run_anatomy(
+    dataset: str,
+    root: str | Path,
+    *,
+    stages: Sequence[int] = (0, 2, 4),
+    arch: str = "resnet50",
+    img_size: int = 224,
+    grid: Grid = "nxn",
+    moco_dim: int = 128,
+    queue_size: int = 65536,
+    momentum_key: float = 0.999,
+    temperature: float = 0.2,
+    prune_threshold: float = 0.8,
+    carry_queue: bool = False,
+    split_bn: int = 0,
+    brightness: float = 0.0,
+    contrast: float = 0.0,
+    jitter_p: float = 0.8,
+    mean: float | None = None,
+    std: float | None = None,
+    val_fraction: float = 0.1,
+    grad_checkpointing: bool = False,
+    dataset_options: dict[str, Any] | None = None,
+    train_config: TrainConfig | None = None,
+) -> Path:
+    """Pretrain ``arch`` with Adam on ``dataset``, stage by stage, and export it; returns ``OUT/export``.
+
+    Args:
+        dataset: Adapter name (``phantom``, ``nih_cxr14``, ``csv``...); labels are ignored.
+        root: Dataset root.
+        stages: Granularities in training order (each its own engine run).
+        arch: Backbone (any registry / timm name); ``create_model(arch, num_classes=0)`` must pool features.
+        img_size: Side of each view.
+        grid: ``nxn`` (official code) or ``pow2`` (paper figure), see :func:`~xrayfm.pretrain.anatomy.grid_shape`.
+        moco_dim: Projection head output width.
+        queue_size: Queued negatives K.
+        momentum_key: Key encoder momentum m.
+        temperature: InfoNCE temperature.
+        prune_threshold: Purposive pruner threshold for stages n > 0 (n = 0 prunes nothing).
+        carry_queue: Start each stage after the first with the previous stage's queue (else a fresh one).
+        split_bn: Samples per BatchNorm group with the key batch shuffled between groups (0: the
+            per-process batch; under DDP the key batch is always shuffled across processes).
+        brightness: Brightness jitter ``1 +- brightness`` (0: off).
+        contrast: Contrast jitter ``1 +- contrast`` (0: off).
+        jitter_p: Probability of the jitter when on.
+        mean: Normalisation mean of the grey image (default: the backbone's record, ImageNet's for ResNet-50).
+        std: Normalisation std (default: the backbone's record).
+        val_fraction: Share held out for validation when the dataset has no ``val`` split (0: no validation).
+        grad_checkpointing: Recompute backbone activations in the backward pass (timm backbones).
+        dataset_options: Adapter options.
+        train_config: Engine settings, the same for every stage (``out_dir`` is the run folder).
+
+    Returns:
+        The export folder of the last stage's query backbone, ``OUT/export``.
+
+    Raises:
+        XrayfmError: Bad stages or settings, ``--strategy fsdp`` (the key encoder's momentum update
+            needs whole parameters), or a dataset or model that cannot be built.
+    """
+    cfg = train_config or TrainConfig()
+    stages = _check_stages(stages)
+    if cfg.strategy == "fsdp":
+        raise XrayfmError("anatomy pretraining runs on one device or under --strategy ddp, not fsdp")
+    out = Path(cfg.out_dir)
+    settings = {
+        "dataset": dataset, "root": root, "stages": list(stages), "arch": arch, "img_size": img_size, "grid": grid,
+        "moco_dim": moco_dim, "queue_size": queue_size, "momentum_key": momentum_key, "temperature": temperature,
+        "prune_threshold": prune_threshold, "carry_queue": carry_queue, "split_bn": split_bn,
+        "brightness": brightness, "contrast": contrast, "jitter_p": jitter_p, "mean": mean, "std": std,
+        "val_fraction": val_fraction, "grad_checkpointing": grad_checkpointing, "option": dataset_options,
+    }  # fmt: skip
+    write_run_config(out / "config.yaml", {**settings, **engine_options(cfg)})
+    fabric = make_fabric(cfg)
+    seed_everything(cfg.seed)  # torch, numpy and python, before the model and its queue are built
+    backbone = create_model(arch, num_classes=0, **backbone_kwargs(arch, img_size=img_size))
+    if grad_checkpointing:
+        backbone.set_grad_checkpointing(True)
+    record = resolve_preprocess(backbone, img_size=img_size)
+    record = replace(record, mean=record.mean if mean is None else mean, std=record.std if std is None else std,
+                     crop_pct=1.0)  # fmt: skip
+    decomposer = AnatomyDecomposer(
+        img_size, grid=grid, brightness=brightness, contrast=contrast, jitter_p=jitter_p, mean=record.mean,
+        std=record.std, channels=record.channels,
+    )  # fmt: skip
+    moco = MoCo(backbone, dim=moco_dim, queue_size=queue_size, momentum=momentum_key, temperature=temperature,
+                bn_group=split_bn)  # fmt: skip
+    train_ds, val_ds = _datasets(dataset, root, dataset_options or {}, val_fraction)
+    groups = [{"params": [p for p in moco.parameters() if p.requires_grad], "weight_decay": cfg.weight_decay}]
+    model_kwargs = {**backbone_kwargs(arch, img_size=img_size), **export_kwargs(backbone)}
+    facts: list[dict[str, Any]] = []
+    for i, n in enumerate(stages):
+        folder = stage_dir(out, n)
+        train_ds.transform = replace(decomposer, granularity=n)
+        moco.prune_threshold = prune_threshold if n > 0 else None
+        if fabric.broadcast((folder / STAGE_DONE).is_file()):
+            facts.append(json.loads((folder / STAGE_DONE).read_text()))
+            log.info("stage n=%d finished earlier; skipped", n)
+            continue
+        if i > 0:  # the previous stage's final state; the stage's own last.ckpt, if any, then replaces it
+            _load_objective(moco, stage_dir(out, stages[i - 1]) / STAGE_WEIGHTS, fabric.device)
+            if not carry_queue:
+                moco.reset_queue()
+        result = train(moco, train_ds, replace(cfg, out_dir=str(folder)), batch_to_input=_views,
+                       collate_fn=collate_samples, fabric=fabric, param_groups=groups)  # fmt: skip
+        val_loss = None
+        if val_ds is not None:
+            pairs = FixedPairs(val_ds, train_ds.transform, cfg.seed)
+            val_loss = validation_loss(moco, pairs, fabric, batch_size=cfg.batch_size, workers=cfg.num_workers)
+        stage = {
+            "granularity": n, "grid": grid, "prune_threshold": moco.prune_threshold, "steps": result["steps"],
+            "steps_this_call": result["steps"] - result["start_step"], "seconds": result["seconds"],
+            "resumed_from_checkpoint": result["start_step"] > 0,
+            "final_loss": result["loss"] if math.isfinite(result["loss"]) else None, "val_loss": val_loss,
+            "export": str(folder / "export"),
+        }  # fmt: skip
+        if fabric.global_rank == 0:
+            _save_stage(moco, folder, stage, arch=arch, record=record, model_kwargs=model_kwargs,
+                        provenance={"method": METHOD, "dataset": dataset, "stages": list(stages[: i + 1])})  # fmt: skip
+        fabric.barrier()
+        facts.append(stage)
+    if fabric.global_rank != 0:
+        return out / "export"
+    _load_objective(moco, stage_dir(out, stages[-1]) / STAGE_WEIGHTS, fabric.device)
+    summary = {
+        "method": METHOD, "dataset": dataset, "root": str(root), "images": len(train_ds),
+        "val_images": len(val_ds) if val_ds is not None else 0, "carry_queue": carry_queue,
+        "stages": facts, "steps": sum(f["steps"] for f in facts), "seconds": round(sum(f["seconds"] for f in facts), 1),
+    }  # fmt: skip
+    export = export_backbone(moco.encoder_q, out / "export", arch=arch, preprocess=record,
+                             info={"model_kwargs": model_kwargs, "provenance": summary})  # fmt: skip
+    atomic_write_json(out / "summary.json", {**summary, "export": str(export)})
+    return export
+
+
+def _load_objective(moco: MoCo, path: Path, device: torch.device) -> None:
+    """Load a finished stage's whole objective (encoders, heads, queue and its pointer)."""
+    if not path.is_file():
+        raise XrayfmError(f"{path} is missing: the stage before was not finished; remove its stage.json to rerun it")
+    moco.load_state_dict(load_file(str(path), device=str(device)))
+
+
+def _save_stage(
+    moco: MoCo,
+    folder: Path,
+    stage: dict[str, Any],
+    *,
+    arch: str,
+    record: Preprocess,
+    model_kwargs: dict[str, Any],
+    provenance: dict[str, Any],
+) -> None:
+    """Write a finished stage: the objective's weights, the backbone export, then ``stage.json``."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in moco.state_dict().items()}
+    with atomic_path(folder / STAGE_WEIGHTS) as tmp:
+        save_file(tensors, str(tmp))
+    export_backbone(moco.encoder_q, folder / "export", arch=arch, preprocess=record,
+                    info={"model_kwargs": model_kwargs, "provenance": {**provenance, **stage}})  # fmt: skip
+    atomic_write_json(folder / STAGE_DONE, stage)
