@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 DEMO_OUT ?= demo_output
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install demo test test-all lint clean
+.PHONY: install demo demo-adam test test-all lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ install: $(STAMP)
 
 demo: install
 	$(VENV)/bin/xrayfm demo --out $(DEMO_OUT)
+
+# the demo with Adam (anatomy-aware MoCo-v2, ResNet-18, stages n = 0, 2) instead of EVA-X MIM
+demo-adam: install
+	$(VENV)/bin/xrayfm demo --pretrain anatomy --out $(DEMO_OUT)
 
 test: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

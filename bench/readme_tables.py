@@ -130,6 +130,29 @@ def finetune_provenance(report: dict[str, Any], source: str) -> str:
     )
 
 
+def adam_provenance(report: dict[str, Any], source: str) -> str:
+    """Provenance of the Adam real-data benchmark: the run, the pool, each pretraining, each experiment."""
+    pool = report["pool"]
+    held = ", ".join(f"{k} {v}" for k, v in pool["held_out_test_images"].items())
+    inits = []
+    for name, pre in report["pretraining"].items():
+        losses = [pre] if "first_loss" in pre else pre["stages"]
+        loss = ", ".join(f"{half_up(x['first_loss'], 3)} -> {half_up(x['last_loss'], 3)}" for x in losses)
+        resumed = " after resuming from a checkpoint" if pre.get("resumed_from_checkpoint") else ""
+        inits.append(f"{name} `{pre['artefact']}` {pre['steps']} steps x {pre['batch_size']} = {pre['images_seen']:,} "
+                     f"images seen, {half_up(pre['seconds'])} s{resumed}, loss {loss}")  # fmt: skip
+    parts = "; ".join(
+        f"{name}: config `{part['config_hash']}`, {part['runs']} runs ({part['runs_reused']} reused), "
+        f"{part['test_images']['n']} test images, {_known((part.get('provenance') or {}).get('date'))}"
+        for name, part in report["experiments"].items()
+    )
+    return wrap(
+        f"{describe(report, source)} Pool `{pool['folder']}`: {pool['train_images']:,} train and "
+        f"{pool['val_images']} val images, test images held out ({held}). Pretraining (as each run records "
+        f"itself): {'; '.join(inits)}. Experiments: {parts}."
+    )
+
+
 def serve_table(report: dict[str, Any], source: str) -> str:
     """The selected ``/predict`` rows (latency in ms) and the file's provenance."""
     runs = {(ARCH_LABELS[r["arch"]], r["backend"], r["heatmap"], r["clients"]): r for r in report["runs"]}
@@ -171,19 +194,48 @@ def io_bullet(report: dict[str, Any], source: str) -> str:
     return wrap(text, "    ").replace("    ", "  - ", 1) + wrap(describe(report, source), "    ")
 
 
+def adam_table(report: dict[str, Any], source: str) -> str:
+    """Adam's training throughput and memory per step against a plain supervised step, and the provenance."""
+    cpu = report["setup"]["device"] == "cpu"
+    memory = "peak RSS" if cpu else "peak allocated"
+    lines = [
+        f"| backbone | px | batch | Adam pairs/s | plain images/s | Adam / plain step time | Adam {memory} MiB "
+        f"(steps add) | plain {memory} MiB (steps add) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        cells = [r["arch"], str(r["img_size"]), str(r["batch"]), rate(r["moco_pairs_per_s"]),
+                 rate(r["plain_images_per_s"]), f"{half_up(r['ratio_moco_over_plain'], 2)}x",
+                 f"{int(half_up(r['moco_peak_mib'])):,} ({int(half_up(r['moco_step_mib'])):,})",
+                 f"{int(half_up(r['plain_peak_mib'])):,} ({int(half_up(r['plain_step_mib'])):,})"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    setup = report["setup"]
+    pairs = report["decomposer_pairs_per_s_one_thread"]
+    decomposer = ", ".join(f"{rate(v)} pairs/s at {k} px" for k, v in pairs.items())
+    text = (
+        f"Granularity n = {setup['granularity']} (pruner {'on' if setup['prune_threshold'] is not None else 'off'}), "
+        f"queue {setup['queue_size']:,}, {setup['precision']}, {setup['timed_steps']} timed steps after "
+        f"{setup['warmup_steps']} untimed; plain = the same backbone with a linear head, cross-entropy, the same "
+        f"SGD, on the query batch. The decomposer alone makes {decomposer} in one thread (one loader worker). "
+        + describe(report, source)
+    )
+    return "\n".join(lines) + "\n\n" + wrap(text)
+
+
 def renderer(name: str) -> tuple[str, Callable[[dict[str, Any], str], str]]:
     """The results file stem and the function that renders block ``name`` from it."""
     stem, _, part = name.partition(":")
-    if stem.startswith("finetune_real"):
+    if stem.startswith(("finetune_real", "adam_real")):
         if part == "provenance":
-            return stem, finetune_provenance
+            return stem, finetune_provenance if stem.startswith("finetune_real") else adam_provenance
         if part.endswith(":differences"):
             experiment = part.removesuffix(":differences")
             return stem, lambda report, source: differences_table(
                 report["experiments"][experiment]["seed_statistics"], heading=False
             )
         return stem, lambda report, source: finetune_table(report, part)
-    fixed = {"serve_latency": serve_table, "phantom_throughput": phantom_bullet, "io_read_throughput": io_bullet}
+    fixed = {"serve_latency": serve_table, "phantom_throughput": phantom_bullet, "io_read_throughput": io_bullet,
+             "adam_throughput": adam_table}  # fmt: skip
     for prefix, fn in fixed.items():
         if stem.startswith(prefix) and not part:
             return stem, fn

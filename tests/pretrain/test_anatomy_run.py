@@ -38,7 +38,7 @@ def _cfg(out: Path, steps: int = 2) -> TrainConfig:
     )  # fmt: skip
 
 
-def test_each_stage_starts_from_the_previous_stage_final_state(
+def test_each_stage_starts_from_the_previous_stage_selected_state(
     phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     entry: dict[str, dict[str, torch.Tensor]] = {}
@@ -81,7 +81,7 @@ def test_command_line_runs_two_stages_and_writes_a_config_it_runs_again(phantom:
     argv = ["pretrain", "anatomy", "phantom", str(phantom), "--out", str(out), "--stages", "0,2", "--arch",
             "resnet18", "--img-size", "32", "--queue-size", "16", "--moco-dim", "8", "--split-bn", "2", "--grid",
             "pow2", "--steps", "2", "--batch-size", "4", "--accelerator", "cpu", "--precision", "32-true",
-            "--checkpoint-every", "1", "--log-every", "1"]  # fmt: skip
+            "--checkpoint-every", "2", "--validate-every", "1", "--log-every", "1"]  # fmt: skip
     assert main(argv) == 0
     for stage in ("stage_n0", "stage_n2"):
         assert {"last.ckpt", "metrics.csv", "stage.json", STAGE_WEIGHTS, "export"} <= {
@@ -96,6 +96,8 @@ def test_command_line_runs_two_stages_and_writes_a_config_it_runs_again(phantom:
     args = parse_with_recipe(build_parser(), ["pretrain", "anatomy", "--config", str(out / "config.yaml"), "phantom",
                                               str(phantom)])  # fmt: skip
     assert parse_stages(args.stages) == (0, 2) and args.grid == "pow2" and args.split_bn == 2
+    assert args.validate_every == 1 and summary["stages"][0]["best_step"] in (1, 2)
+    assert len((out / "stage_n0" / "val_metrics.csv").read_text().splitlines()) == 1 + 2  # validated every step
     assert train_config(args).optimizer == "sgd" and train_config(args).weight_decay == 1e-4
     assert main(argv) == 0  # a rerun skips the finished stages
     assert json.loads((out / "summary.json").read_text())["stages"] == summary["stages"]
@@ -113,7 +115,7 @@ def test_a_run_killed_mid_stage_resumes_to_the_same_weights(phantom: Path, tmp_p
 
     def crash_in_stage_two(batch):
         calls["n"] += 1
-        if calls["n"] == 6:  # stage n=0: 3 training batches and 1 validation batch; n=2 dies after its first step
+        if calls["n"] == 9:  # stage n=0: 3 steps of a training and a validation batch; n=2 dies after its first step
             raise Crash
         return real_views(batch)
 

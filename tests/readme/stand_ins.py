@@ -65,7 +65,23 @@ TRAIN = [
     "test",
 ]
 OVERRIDES: dict[tuple[str, ...], list[str]] = {
-    ("demo",): ["-n", "24", "--size", "64", "--steps", "1", "--img-size", "32", "--finetune-steps", "1"],
+    ("demo",): [
+        "-n",
+        "24",
+        "--size",
+        "64",
+        "--steps",
+        "1",
+        "--img-size",
+        "32",
+        "--finetune-steps",
+        "1",
+        "--anatomy-steps",
+        "2",
+    ],
+    ("pretrain", "anatomy"): "--steps 1 --img-size 32 --batch-size 4 --queue-size 16 --split-bn 0 --warmup 0 "
+    "--accumulate 1 --val-fraction 0.25".split(),
+    ("evaluate", "anatomy"): ["--img-size", "32", "--max-images", "8", "--projection", "pca"],
     ("phantom",): ["-n", "8", "--size", "64"],
     ("stats",): ["--size", "32", "--max-images", "8"],
     ("inspect",): ["--check", "4"],
@@ -103,6 +119,7 @@ NEEDS: dict[str, list[str]] = {
     "models-eva-x-backbones-1": ["eva_x_s_16.pt"],
     "models-eva-x-backbones-2": ["runs/cxr14", "runs/mim_s"],
     "pretrain-your-own-eva-x-1": ["demo_output", "runs/teacher"],
+    "pretrain-with-anatomy-adam-1": ["demo_output"],
     "pretrain-your-own-eva-x-3": ["runs/teacher"],
     "fine-tune-on-your-data-1": ["runs/mim_s", "runs/mim"],
     "fine-tune-on-your-data-2": ["runs/mim"],
@@ -117,6 +134,13 @@ NEEDS: dict[str, list[str]] = {
 
 #: Code run before a Python block that continues from earlier text (its names are defined there).
 PRELUDES: dict[str, str] = {
+    # the user's Adam release file: the MoCo checkpoint layout, written from random weights
+    "pretrain-with-anatomy-adam-2": (
+        "import torch, torchvision\n"
+        "weights = torchvision.models.resnet50().state_dict()\n"
+        "torch.save({'state_dict': {f'module.encoder_q.{k}': v for k, v in weights.items() if not k.startswith('fc.')}},"
+        " 'checkpoint.pth')\n"
+    ),
     "python-2": "from xrayfm.data import build_dataset\n",
     "python-3": "from xrayfm.data import build_dataset, collate_samples\n",
     "explain-2": (

@@ -58,6 +58,18 @@ class Regression(torch.nn.Module):
         return (self.linear(self.drop(x)).squeeze(1) - y).pow(2).mean()
 
 
+@pytest.fixture(autouse=True)
+def default_signal_handlers() -> Iterator[None]:
+    """Python's own SIGINT / SIGTERM handlers during each test: a suite started in the background
+    (``cmd &``) inherits SIGINT ignored, which the engine rightly leaves alone."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+
+
 def _cfg(out: Path, **settings: Any) -> TrainConfig:
     base = dict(
         out_dir=str(out), steps=6, batch_size=2, warmup_steps=1, lr=1e-2, accelerator="cpu", precision="32-true",

@@ -98,7 +98,16 @@ def add_run_args(p: argparse.ArgumentParser, out: str) -> None:
 
 
 def add_engine_args(
-    p: argparse.ArgumentParser, *, steps: int, batch: int, lr: float, warmup: int, clip: float, epochs: float = 0.0
+    p: argparse.ArgumentParser,
+    *,
+    steps: int,
+    batch: int,
+    lr: float,
+    warmup: int,
+    clip: float,
+    epochs: float = 0.0,
+    optimizer: str = "adamw",
+    weight_decay: float = 0.05,
 ) -> None:
     """Add the training engine's options (optimisation, schedule, duration and hardware) as one group.
 
@@ -110,6 +119,8 @@ def add_engine_args(
         warmup: Default linear warmup steps.
         clip: Default maximum gradient norm (0 = off).
         epochs: Default duration in epochs (0 = use ``--steps``).
+        optimizer: Default optimiser, one of :data:`OPTIMIZERS`.
+        weight_decay: Default weight decay.
     """
     g = p.add_argument_group("optimisation and hardware")
     g.add_argument("--steps", type=int, default=steps, help=f"optimiser steps (default {steps})")
@@ -117,12 +128,12 @@ def add_engine_args(
         "--epochs", type=float, default=epochs, help=f"passes over the data, > 0 replaces --steps (default {epochs:g})"
     )
     g.add_argument("--batch-size", type=int, default=batch, help=f"per-device batch size (default {batch})")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="optimiser (default adamw)")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=optimizer, help=f"optimiser (default {optimizer})")
     g.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr:g})")
     g.add_argument("--min-lr", type=float, default=1e-6, help="final lr of cosine and poly (default 1e-06)")
     g.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="lr after the warmup (default cosine)")
     g.add_argument("--poly-power", type=float, default=1.0, help="exponent of the poly schedule (default 1)")
-    g.add_argument("--weight-decay", type=float, default=0.05, help="weight decay (default 0.05)")
+    g.add_argument("--weight-decay", type=float, default=weight_decay, help=f"weight decay (default {weight_decay:g})")
     g.add_argument("--betas", default="0.9,0.98", metavar="B1,B2", help="AdamW betas (default 0.9,0.98)")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     g.add_argument("--nesterov", action="store_true", help="SGD with Nesterov momentum")

@@ -7,6 +7,7 @@ settings to ``OUT/config.yaml``.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from xrayfm.cli.args import add_engine_args, add_run_args, train_config
@@ -54,7 +55,7 @@ def cmd_pretrain_anatomy(args: argparse.Namespace) -> int:
     from xrayfm.pretrain.anatomy_run import run_anatomy
     from xrayfm.train import is_global_zero
 
-    train, options = train_config(args), parse_options(args.option)
+    train, options = replace(train_config(args), validate_every=args.validate_every), parse_options(args.option)
     export = run_anatomy(  # writes OUT/config.yaml, the run's one resolved config
         args.dataset, args.root, stages=parse_stages(args.stages), arch=args.arch, img_size=args.img_size,
         grid=args.grid, moco_dim=args.moco_dim, queue_size=args.queue_size,
@@ -79,7 +80,8 @@ def add_anatomy_command(methods: argparse._SubParsersAction) -> None:
             "Pretrain any backbone (ResNet-50 by default) with Adam: MoCo-v2 on two views of one random cell of "
             "an n x n grid, stage after stage (--stages 0,2,4), each stage starting from the one before; for n > 0 "
             "the purposive pruner drops queued negatives too similar to the query. Each stage keeps its own folder "
-            "OUT/stage_nN (resumable, exported); a rerun skips finished stages. Defaults are Adam's: SGD lr 0.03, "
+            "OUT/stage_nN (resumable); its weights at the lowest validation loss are exported and start the next "
+            "stage; a rerun skips finished stages. Defaults are Adam's: SGD lr 0.03, "
             "momentum 0.9, weight decay 1e-4 on every parameter, no warmup, no clipping. Paper recipe: --config "
             "adam_resnet50 (see xrayfm recipes)."
         ),
@@ -112,8 +114,13 @@ def add_anatomy_command(methods: argparse._SubParsersAction) -> None:
         "--val-fraction", type=float, default=0.1,
         help="patient share held out for the validation loss when the dataset has no val split (0: none)",
     )  # fmt: skip
-    add_engine_args(a, steps=1000, batch=32, lr=0.03, warmup=0, clip=0.0)
-    a.set_defaults(func=cmd_pretrain_anatomy, optimizer="sgd", weight_decay=1e-4)
+    a.add_argument(
+        "--validate-every", type=int, default=0,
+        help="steps between validation losses, which select each stage's best weights (default 0: at each "
+        "checkpoint, --checkpoint-every); the last step is always validated",
+    )  # fmt: skip
+    add_engine_args(a, steps=1000, batch=32, lr=0.03, warmup=0, clip=0.0, optimizer="sgd", weight_decay=1e-4)
+    a.set_defaults(func=cmd_pretrain_anatomy)
 
 
 def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:

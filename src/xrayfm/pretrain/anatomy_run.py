@@ -1,22 +1,32 @@
 """One Adam pretraining run from a dataset: what ``xrayfm pretrain anatomy`` calls.
 
 Stages of granularity n (0 -> 2 -> 4 by default) run one after the other on the shared engine,
-each in its own folder ``OUT/stage_n{n}`` (``last.ckpt``, ``metrics.csv``, ``objective.safetensors``,
-``export/``, ``stage.json``), each starting from the previous stage's final weights: query and key
-encoders and heads, and the queue when ``carry_queue`` (the official code carries it, Eden
-``Adam-v1/main.py:139-146``). The learning-rate schedule restarts every stage, as in the official
-``run.sh``. A stage is finished once its ``stage.json`` exists; running the same call again skips
-finished stages and resumes an interrupted one from its ``last.ckpt`` (the queue, the key encoder
-and the optimiser included), so a killed run continues exactly where it stopped.
+each in its own folder ``OUT/stage_n{n}`` (``last.ckpt``, ``metrics.csv``, ``val_metrics.csv``,
+``best.safetensors``, ``export/``, ``stage.json``). The learning-rate schedule restarts every stage,
+as in the official ``run.sh``. A stage is finished once its ``stage.json`` exists; running the same
+call again skips finished stages and resumes an interrupted one from its ``last.ckpt`` (the queue,
+the key encoder, the optimiser and the best validation so far included), so a killed run continues
+exactly where it stopped.
 
 The training set's transform is the stage's :class:`~xrayfm.pretrain.anatomy.AnatomyDecomposer`
-(two views of one random cell, cut from the image at its own resolution). After each stage a
-validation loss is computed on the ``val`` split (or a patient-level share carved from the training
-split when the dataset has none) with views fixed by each image's index, no side effects
-(:meth:`~xrayfm.pretrain.moco.MoCo.evaluate_loss`), averaged over every process's share; it is
-recorded in ``stage.json`` and ``OUT/summary.json``. The query backbone of each stage is exported
-(``create_model(arch, pretrained=OUT/stage_n4)``) and the last stage's also to ``OUT/export``
-(``create_model(arch, pretrained=OUT)``).
+(two views of one random cell, cut from the image at its own resolution). Every ``validate_every``
+steps (default: at each checkpoint) and at the stage's last step, the engine computes a validation
+loss on the ``val`` split (or a patient-level share carved from the training split when the dataset
+has none) with views fixed by each image's index and no side effects
+(:meth:`~xrayfm.pretrain.moco.MoCo.evaluate_loss`), averaged over every process's share. The
+objective at the lowest validation loss (encoders, heads and queue) is the stage's
+``best.safetensors``: its query backbone is the stage's export (``create_model(arch,
+pretrained=OUT/stage_n4)``), and the next stage starts from it, queue included when
+``carry_queue`` (the official code carries it, Eden ``Adam-v1/main.py:139-146``). The official
+``run.sh`` starts each stage from the previous stage's *last* epoch (``checkpoint.pth``) while its
+README fine-tunes from the *best*: a defect, since a stage that overfits late hands its worse
+weights on. Without a validation set the last step's weights stand in for the best. Best step and
+losses go to ``stage.json`` and ``OUT/summary.json``; the last stage's best is also exported to
+``OUT/export`` (``create_model(arch, pretrained=OUT)``).
+
+Under DDP the queue is not broadcast from rank 0 before every forward pass (32 MB a step at K =
+65536): every rank fills it with the same gathered keys, so the copies stay identical (see
+:attr:`~xrayfm.train.TrainConfig.broadcast_buffers` for what this means for BatchNorm statistics).
 """
 
 from __future__ import annotations
@@ -26,9 +36,11 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.fabric import Fabric
 from safetensors.torch import load_file, save_file
@@ -49,12 +61,13 @@ from xrayfm.pretrain.moco import MoCo
 from xrayfm.train import TrainConfig, seed_everything, train
 from xrayfm.train.config import engine_options, write_run_config
 from xrayfm.train.distributed import make_fabric
+from xrayfm.train.engine import BEST
 
 log = logging.getLogger(__name__)
 
 METHOD = "Adam: anatomy-aware MoCo-v2 (anatomy decomposer + purposive pruner)"
-#: Files of a finished stage: the whole objective (encoders, heads, queue) and its facts (written last).
-STAGE_WEIGHTS, STAGE_DONE = "objective.safetensors", "stage.json"
+#: Files of a finished stage: the selected objective (encoders, heads, queue) and its facts (written last).
+STAGE_WEIGHTS, STAGE_DONE = BEST, "stage.json"
 
 
 class FixedPairs(Dataset):
@@ -140,6 +153,18 @@ def validation_loss(moco: MoCo, pairs: Dataset, fabric: Fabric, *, batch_size: i
     return float(total[0] / total[1])
 
 
+def _validation_values(
+    moco: MoCo, *, pairs: Dataset, fabric: Fabric, batch_size: int, workers: int
+) -> dict[str, float]:
+    """The engine's ``validate`` of a stage: ``{"loss": validation_loss(...)}``."""
+    return {"loss": validation_loss(moco, pairs, fabric, batch_size=batch_size, workers=workers)}
+
+
+def _stage_seed(seed: int, granularity: int) -> int:
+    """Seed of a stage's fresh queue: the same on every rank, and whether or not earlier stages ran in this call."""
+    return int(np.random.SeedSequence([seed, granularity]).generate_state(1)[0])
+
+
 def run_anatomy(
     dataset: str,
     root: str | Path,
@@ -190,16 +215,17 @@ def run_anatomy(
         val_fraction: Share held out for validation when the dataset has no ``val`` split (0: no validation).
         grad_checkpointing: Recompute backbone activations in the backward pass (timm backbones).
         dataset_options: Adapter options.
-        train_config: Engine settings, the same for every stage (``out_dir`` is the run folder).
+        train_config: Engine settings, the same for every stage (``out_dir`` is the run folder,
+            ``validate_every`` the steps between validations); ``broadcast_buffers`` is set False.
 
     Returns:
-        The export folder of the last stage's query backbone, ``OUT/export``.
+        The export folder of the last stage's best query backbone, ``OUT/export``.
 
     Raises:
         XrayfmError: Bad stages or settings, ``--strategy fsdp`` (the key encoder's momentum update
             needs whole parameters), or a dataset or model that cannot be built.
     """
-    cfg = train_config or TrainConfig()
+    cfg = replace(train_config or TrainConfig(), broadcast_buffers=False, select_metric="loss", select_mode="min")
     stages = _check_stages(stages)
     if cfg.strategy == "fsdp":
         raise XrayfmError("anatomy pretraining runs on one device or under --strategy ddp, not fsdp")
@@ -209,7 +235,8 @@ def run_anatomy(
         "moco_dim": moco_dim, "queue_size": queue_size, "momentum_key": momentum_key, "temperature": temperature,
         "prune_threshold": prune_threshold, "carry_queue": carry_queue, "split_bn": split_bn,
         "brightness": brightness, "contrast": contrast, "jitter_p": jitter_p, "mean": mean, "std": std,
-        "val_fraction": val_fraction, "grad_checkpointing": grad_checkpointing, "option": dataset_options,
+        "val_fraction": val_fraction, "validate_every": cfg.validate_every, "grad_checkpointing": grad_checkpointing,
+        "option": dataset_options,
     }  # fmt: skip
     write_run_config(out / "config.yaml", {**settings, **engine_options(cfg)})
     fabric = make_fabric(cfg)
@@ -238,26 +265,34 @@ def run_anatomy(
             facts.append(json.loads((folder / STAGE_DONE).read_text()))
             log.info("stage n=%d finished earlier; skipped", n)
             continue
-        if i > 0:  # the previous stage's final state; the stage's own last.ckpt, if any, then replaces it
+        if i > 0:  # the previous stage's best state; the stage's own last.ckpt, if any, then replaces it
             _load_objective(moco, stage_dir(out, stages[i - 1]) / STAGE_WEIGHTS, fabric.device)
             if not carry_queue:
+                torch.manual_seed(_stage_seed(cfg.seed, n))
                 moco.reset_queue()
-        result = train(moco, train_ds, replace(cfg, out_dir=str(folder)), batch_to_input=_views,
-                       collate_fn=collate_samples, fabric=fabric, param_groups=groups)  # fmt: skip
-        val_loss = None
+        validate = None
         if val_ds is not None:
             pairs = FixedPairs(val_ds, train_ds.transform, cfg.seed)
-            val_loss = validation_loss(moco, pairs, fabric, batch_size=cfg.batch_size, workers=cfg.num_workers)
+            validate = partial(_validation_values, pairs=pairs, fabric=fabric, batch_size=cfg.batch_size,
+                               workers=cfg.num_workers)  # fmt: skip
+        result = train(moco, train_ds, replace(cfg, out_dir=str(folder)), batch_to_input=_views,
+                       collate_fn=collate_samples, fabric=fabric, param_groups=groups, validate=validate)  # fmt: skip
+        selected = result.get("best_step") is not None
+        if selected:  # the engine wrote the best state; the stage hands it on and exports it
+            _load_objective(moco, folder / STAGE_WEIGHTS, fabric.device)
+        last, best = result.get("last_validation") or {}, result.get("best") or {}
         stage = {
             "granularity": n, "grid": grid, "prune_threshold": moco.prune_threshold, "steps": result["steps"],
             "steps_this_call": result["steps"] - result["start_step"], "seconds": result["seconds"],
             "resumed_from_checkpoint": result["start_step"] > 0,
-            "final_loss": result["loss"] if math.isfinite(result["loss"]) else None, "val_loss": val_loss,
-            "export": str(folder / "export"),
+            "final_loss": result["loss"] if math.isfinite(result["loss"]) else None, "val_loss": last.get("loss"),
+            "best_step": result.get("best_step"), "best_val_loss": best.get("loss"),
+            "exported_step": result["best_step"] if selected else result["steps"], "export": str(folder / "export"),
         }  # fmt: skip
         if fabric.global_rank == 0:
             _save_stage(moco, folder, stage, arch=arch, record=record, model_kwargs=model_kwargs,
-                        provenance={"method": METHOD, "dataset": dataset, "stages": list(stages[: i + 1])})  # fmt: skip
+                        provenance={"method": METHOD, "dataset": dataset, "stages": list(stages[: i + 1])},
+                        write_weights=not selected)  # fmt: skip
         fabric.barrier()
         facts.append(stage)
     if fabric.global_rank != 0:
@@ -275,7 +310,7 @@ def run_anatomy(
 
 
 def _load_objective(moco: MoCo, path: Path, device: torch.device) -> None:
-    """Load a finished stage's whole objective (encoders, heads, queue and its pointer)."""
+    """Load a stage's selected objective (encoders, heads, queue and its pointer)."""
     if not path.is_file():
         raise XrayfmError(f"{path} is missing: the stage before was not finished; remove its stage.json to rerun it")
     moco.load_state_dict(load_file(str(path), device=str(device)))
@@ -290,11 +325,14 @@ def _save_stage(
     record: Preprocess,
     model_kwargs: dict[str, Any],
     provenance: dict[str, Any],
+    write_weights: bool,
 ) -> None:
-    """Write a finished stage: the objective's weights, the backbone export, then ``stage.json``."""
-    tensors = {k: v.detach().contiguous().cpu() for k, v in moco.state_dict().items()}
-    with atomic_path(folder / STAGE_WEIGHTS) as tmp:
-        save_file(tensors, str(tmp))
+    """Write a finished stage: the objective's weights (unless the engine wrote the best), the backbone
+    export, then ``stage.json``."""
+    if write_weights:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in moco.state_dict().items()}
+        with atomic_path(folder / STAGE_WEIGHTS) as tmp:
+            save_file(tensors, str(tmp))
     export_backbone(moco.encoder_q, folder / "export", arch=arch, preprocess=record,
                     info={"model_kwargs": model_kwargs, "provenance": {**provenance, **stage}})  # fmt: skip
     atomic_write_json(folder / STAGE_DONE, stage)

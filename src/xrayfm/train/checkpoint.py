@@ -1,6 +1,7 @@
 """Checkpoints of a run: when they are due, written atomically by every rank, and read back safely on resume.
 
-A checkpoint holds the model, optimiser, scheduler and step. Without sharding, rank 0 writes one
+A checkpoint holds the model, optimiser, scheduler and step (and what else the loop keeps, such as the
+best validation so far). Without sharding, rank 0 writes one
 file; with FSDP every rank writes its shard into a folder (plus ``meta.pt``). Either way the
 content goes to a temporary sibling whose name rank 0 draws and broadcasts, and once every rank has
 finished, rank 0 alone renames it over ``last.ckpt``, so a kill at any moment leaves the previous
@@ -130,7 +131,9 @@ def _save_everywhere(fabric: Fabric, tmp: Path | None, state: dict[str, Any]) ->
     fabric.barrier()
 
 
-def load_checkpoint(fabric: Fabric, path: Path, state: dict[str, Any], *, sharded: bool) -> bool:
+def load_checkpoint(
+    fabric: Fabric, path: Path, state: dict[str, Any], *, sharded: bool, optional: tuple[str, ...] = ()
+) -> bool:
     """Restore ``state`` in place from ``path`` when a checkpoint is there; every rank calls this.
 
     Rank 0 decides whether a checkpoint exists, so all ranks resume or none does. A sharded run
@@ -145,6 +148,8 @@ def load_checkpoint(fabric: Fabric, path: Path, state: dict[str, Any], *, sharde
         state: Modules and optimisers to fill, and keys whose values are replaced; ``step`` must
             come back a non-negative int.
         sharded: The run shards parameters (FSDP).
+        optional: Keys of ``state`` (plain values) replaced when the checkpoint holds them and left as
+            they are otherwise, so that checkpoints written before such a key existed still resume.
 
     Returns:
         True when a checkpoint was loaded, False when there is none.
@@ -166,9 +171,12 @@ def load_checkpoint(fabric: Fabric, path: Path, state: dict[str, Any], *, sharde
     try:
         with warnings.catch_warnings():  # a hand-made pickle's protocol is not worth a warning before the error
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            fabric.load(path, state, weights_only=True)
+            required = {k: v for k, v in state.items() if k not in optional}
+            remainder = fabric.load(path, required, weights_only=True) or {}
     except Exception as exc:
         _refuse(path, _load_problem(exc, path))
+    state.update(required)
+    state.update({k: remainder[k] for k in optional if k in remainder})
     step = state.get("step")
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         _refuse(path, f"it holds no valid step ({step!r})")

@@ -16,6 +16,8 @@ from xrayfm.errors import XrayfmError
 
 #: Optimisers the engine builds (:func:`~xrayfm.train.optim.build_optimizer`).
 OPTIMIZERS = ("adamw", "sgd")
+#: How the selected validation value improves (:attr:`TrainConfig.select_mode`).
+SELECT_MODES = ("min", "max")
 #: Learning-rate schedules after the linear warmup (:func:`~xrayfm.train.schedules.lr_factor`).
 SCHEDULES = ("cosine", "constant", "poly")
 
@@ -62,6 +64,20 @@ class TrainConfig:
         checkpoint_minutes: Minutes between checkpoints, whatever the step (0 = off); a run also saves
             at its last step and when SIGINT or SIGTERM stops it.
         log_every: Steps between metric rows (and progress lines where no bar is shown).
+        validate_every: Steps between validations when :func:`~xrayfm.train.train` is given a ``validate``
+            function; 0 validates at each ``checkpoint_every`` step. Either way the last step is validated;
+            saves by the clock or on a signal are not (their steps depend on the wall clock, and a run must
+            select the same best step however often it was interrupted).
+        select_metric: The value of ``validate``'s result that selects the best weights (``best.safetensors``).
+        select_mode: ``min`` (lower is better, e.g. a loss) or ``max`` (e.g. an AUC).
+        broadcast_buffers: Under DDP, broadcast rank 0's buffers to every rank before each forward pass
+            (PyTorch's default). False keeps each rank's own buffers: right for buffers the ranks keep
+            identical by construction (MoCo's queue, filled with keys gathered from every rank: 32 MB a
+            step saved), but BatchNorm running statistics are buffers too and then follow each rank's
+            own batches. Training is unaffected (BatchNorm normalises with batch statistics in training);
+            checkpoints and exports hold rank 0's statistics, and the engine broadcasts rank 0's buffers
+            before each validation so that every rank validates the same model. The reference MoCo code
+            uses plain DDP, which broadcasts.
         extra: Free-form settings of the method that runs the loop (saved with the run).
 
     Raises:
@@ -97,6 +113,10 @@ class TrainConfig:
     checkpoint_every: int = 100
     checkpoint_minutes: float = 5.0
     log_every: int = 10
+    validate_every: int = 0
+    select_metric: str = "loss"
+    select_mode: str = "min"
+    broadcast_buffers: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -114,6 +134,10 @@ class TrainConfig:
             raise XrayfmError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise XrayfmError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.select_mode not in SELECT_MODES:
+            raise XrayfmError(f"select_mode must be one of {', '.join(SELECT_MODES)}, got {self.select_mode!r}")
+        if not isinstance(self.select_metric, str) or not self.select_metric:
+            raise XrayfmError(f"select_metric must be the name of a validation value, got {self.select_metric!r}")
         try:
             b1, b2 = (float(b) for b in self.betas)
         except (TypeError, ValueError):
@@ -140,6 +164,7 @@ class TrainConfig:
             ("checkpoint_every", self.checkpoint_every >= 1, "at least 1"),
             ("checkpoint_minutes", self.checkpoint_minutes >= 0, "at least 0 (0: off)"),
             ("log_every", self.log_every >= 1, "at least 1"),
+            ("validate_every", self.validate_every >= 0, "at least 0 (0: at each checkpoint_every step)"),
         ]
         for name, ok, expected in rules:
             if not ok:

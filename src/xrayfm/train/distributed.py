@@ -132,6 +132,11 @@ def is_global_zero() -> bool:
 def make_fabric(cfg: TrainConfig) -> Fabric:
     """Build and launch the Fabric of ``cfg`` (devices, strategy, precision, TensorBoard logger).
 
+    Where Fabric runs DDP (``--strategy ddp``, or ``auto`` over several devices) and
+    ``cfg.broadcast_buffers`` is False, DDP is built with ``forward_sync_buffers=False``: buffers
+    are broadcast from rank 0 once, when the module is set up, not before every forward pass
+    (see :attr:`~xrayfm.train.TrainConfig.broadcast_buffers`).
+
     Args:
         cfg: Settings; ``precision="auto"`` is ``bf16-mixed`` on GPUs and ``32-true`` on CPUs.
 
@@ -147,8 +152,19 @@ def make_fabric(cfg: TrainConfig) -> Fabric:
     if precision == "auto":
         precision = "bf16-mixed" if torch.cuda.is_available() and cfg.accelerator != "cpu" else "32-true"
     strategy: Any = ModelParallelStrategy(parallelize_fn=shard_blocks) if cfg.strategy == "fsdp" else cfg.strategy
+    fabric = _build_fabric(cfg, strategy, precision)
+    if not cfg.broadcast_buffers and type(fabric.strategy) is DDPStrategy:  # what "ddp" or "auto" chose
+        name = cfg.strategy if cfg.strategy in STRATEGY_REGISTRY else "ddp"
+        params = STRATEGY_REGISTRY[name]["init_params"]
+        fabric = _build_fabric(cfg, DDPStrategy(**params, forward_sync_buffers=False), precision)
+    fabric.launch()
+    return fabric
+
+
+def _build_fabric(cfg: TrainConfig, strategy: Any, precision: str) -> Fabric:
+    """A Fabric of ``cfg``'s devices with ``strategy`` and ``precision``, not launched yet."""
     try:
-        fabric = Fabric(
+        return Fabric(
             accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=strategy,
             precision=precision, loggers=_loggers(cfg.out_dir),
         )  # fmt: skip
@@ -158,8 +174,6 @@ def make_fabric(cfg: TrainConfig) -> Fabric:
             f"Lightning Fabric cannot run --accelerator {cfg.accelerator} --devices {cfg.devices} "
             f"--strategy {cfg.strategy} --precision {precision} --num-nodes {cfg.num_nodes}: {first}"
         ) from None
-    fabric.launch()
-    return fabric
 
 
 def _loggers(out_dir: str) -> list[Any]:
@@ -206,6 +220,38 @@ def is_sharded(fabric: Fabric) -> bool:
         True for Fabric's FSDP and model-parallel strategies.
     """
     return isinstance(fabric.strategy, (FSDPStrategy, ModelParallelStrategy))
+
+
+def full_state_dict(module: nn.Module, *, sharded: bool) -> dict[str, torch.Tensor]:
+    """The whole state of ``module`` (parameters and persistent buffers) as CPU tensors of their own.
+
+    Args:
+        module: The module being trained; under sharding every rank must call (a collective gather).
+        sharded: Its parameters are sharded (FSDP).
+
+    Returns:
+        Name -> a contiguous CPU copy (no two entries share memory, as safetensors requires); under
+        sharding only rank 0's dict is filled.
+    """
+    if sharded:
+        state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        state = module.state_dict()
+    return {name: value.detach().to("cpu", copy=True).contiguous() for name, value in state.items()}
+
+
+def share_rank_zero_buffers(fabric: Fabric, module: nn.Module) -> None:
+    """Overwrite every buffer of ``module`` with rank 0's, on every rank (nothing to do on one process).
+
+    Args:
+        fabric: The run's Fabric (a collective call: every rank calls).
+        module: The module whose buffers (e.g. BatchNorm running statistics kept per rank when
+            :attr:`~xrayfm.train.TrainConfig.broadcast_buffers` is False) become rank 0's.
+    """
+    if fabric.world_size == 1:
+        return
+    for buffer in module.buffers():
+        torch.distributed.broadcast(buffer.data, src=0)
 
 
 def copy_full_weights(sharded: nn.Module, dest: nn.Module) -> None:

@@ -15,9 +15,20 @@ swapped in atomically (:mod:`xrayfm.train.checkpoint`). A checkpoint is saved ev
 step in which SIGINT or SIGTERM arrived, after which :class:`TrainingInterrupted` stops the run;
 all ranks agree on it through the all-reduce of the loss that every step does anyway. On resume
 ``metrics.csv`` is cut back to the checkpoint's step and "resumed from step N of M" is logged.
+
 Rank 0 reports progress: a bar on a terminal, else every ``log_every`` steps a line on the
 ``xrayfm.progress`` logger (:mod:`xrayfm.progress`), such as
 ``step 40/200  loss 0.6931  lr 2.9e-04  12.3 img/s  ETA 0:01:05``.
+
+Given a ``validate`` function, the loop validates every ``validate_every`` steps (default: at each
+``checkpoint_every`` step) and at the last step, not at saves by the clock or on a signal (so the
+steps validated, and the best among them, do not depend on when a run was interrupted). It appends
+the values to ``val_metrics.csv`` (cut back on resume like ``metrics.csv``) and keeps the
+objective's whole state dict (buffers included) at the best value of ``select_metric`` in
+``best.safetensors``; the best step and values travel in the checkpoint, so a resumed run keeps the
+same best. Validation leaves training as it was: the modules' train / eval modes and the RNG states
+(Python, NumPy, torch) are restored after it, so a run with validation trains the same weights as
+one without.
 """
 
 from __future__ import annotations
@@ -26,21 +37,24 @@ import copy
 import json
 import logging
 import math
+import random
 import signal
 import time
-from collections.abc import Callable
-from contextlib import closing
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.fabric import Fabric
+from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from xrayfm.errors import XrayfmError
-from xrayfm.io.atomic import atomic_write_text
+from xrayfm.io.atomic import atomic_path, atomic_write_text
 from xrayfm.progress import PROGRESS_LOGGER, format_clock, progress, progress_enabled
 from xrayfm.train.checkpoint import (
     CHECKPOINT,
@@ -51,7 +65,13 @@ from xrayfm.train.checkpoint import (
     save_checkpoint,
 )
 from xrayfm.train.config import TrainConfig, resolve_steps
-from xrayfm.train.distributed import copy_full_weights, is_sharded, make_fabric
+from xrayfm.train.distributed import (
+    copy_full_weights,
+    full_state_dict,
+    is_sharded,
+    make_fabric,
+    share_rank_zero_buffers,
+)
 from xrayfm.train.optim import build_optimizer, named_param_groups
 from xrayfm.train.sampler import StepSampler
 from xrayfm.train.schedules import build_scheduler
@@ -60,6 +80,10 @@ from xrayfm.train.seeding import PositionSampler, SeededSamples, micro_batch_see
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger(PROGRESS_LOGGER)
 METRICS_HEADER = "step,loss,lr,images_per_s"
+#: Files of a run with validation: the objective's state at the best validation, and every validation's values.
+BEST, VAL_METRICS = "best.safetensors", "val_metrics.csv"
+#: A function that validates the module being trained, returning named values of the whole run.
+Validate = Callable[[nn.Module], Mapping[str, float]]
 
 
 def train(
@@ -71,6 +95,7 @@ def train(
     collate_fn: Callable | None = None,
     fabric: Fabric | None = None,
     param_groups: list[dict[str, Any]] | None = None,
+    validate: Validate | None = None,
 ) -> dict[str, Any]:
     """Optimise ``objective`` (a module whose forward returns the loss) on ``dataset``.
 
@@ -95,16 +120,26 @@ def train(
         param_groups: Parameter groups of ``objective`` (each with its ``lr`` and
             ``weight_decay``, e.g. layer-wise lr decay); default: every trainable parameter at
             ``cfg.lr``, no decay on biases and norms.
+        validate: Called by every rank, when ``cfg.validate_every`` (or ``checkpoint_every``) says and
+            at the last step, with the module being trained (the plain module, not Fabric's wrapper;
+            under FSDP its sharded copy), in eval mode and without gradients; returns named values,
+            among them ``cfg.select_metric``. It reduces over the processes itself (only it knows how
+            to weigh each rank's share, e.g. an all-reduce of sums and counts); the engine takes rank
+            0's values, so that every rank agrees on the best step. With ``cfg.broadcast_buffers``
+            False, rank 0's buffers are first broadcast to every rank.
 
     Returns:
         ``step`` (the last step done), ``steps`` and ``warmup_steps`` (resolved), ``start_step``
         (the step this call resumed from, 0 for a fresh run), ``seconds`` (wall time of this call's
-        loop), ``loss`` (mean over ranks of the last step) and ``checkpoint`` path.
+        loop), ``loss`` (mean over ranks of the last step), ``checkpoint`` path, and with
+        ``validate``: ``best_step`` and ``best`` (the step and values of the best validation, None
+        before any), ``last_validation`` (the values at the last step) and ``best_weights``
+        (``out_dir/best.safetensors``, the objective's whole state dict at the best step; None before any).
 
     Raises:
         XrayfmError: Nothing to train, neither steps nor epochs, device settings this machine cannot run
             (:func:`~xrayfm.train.distributed.check_devices`), a checkpoint this run cannot
-            resume, or a non-finite loss.
+            resume, a non-finite loss, or ``validate`` values without ``cfg.select_metric``.
     """
     groups = named_param_groups(objective, param_groups, weight_decay=cfg.weight_decay)
     if fabric is None:
@@ -125,15 +160,19 @@ def train(
     optimizer = build_optimizer(work, groups, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     optimizer = fabric.setup_optimizers(optimizer)
-    state: dict[str, Any] = {"objective": module, "optimizer": optimizer, "step": 0, "scheduler": {}}
+    state: dict[str, Any] = {
+        "objective": module, "optimizer": optimizer, "step": 0, "scheduler": {}, "validation": _no_validation(),
+    }  # fmt: skip
     ckpt = out / CHECKPOINT
-    if load_checkpoint(fabric, ckpt, state, sharded=sharded):
+    if load_checkpoint(fabric, ckpt, state, sharded=sharded, optional=("validation",)):
         scheduler.load_state_dict(state["scheduler"])
     step = int(state["step"])
     resumed = f"resumed from step {step} of {cfg.steps}" if step else None
     metrics = out / "metrics.csv"
+    validation = _checked_validation(state["validation"], ckpt)
     if reports:
-        _cut_metrics(metrics, step)
+        _cut_rows(metrics, step, METRICS_HEADER)
+        _cut_rows(out / VAL_METRICS, step)
         if resumed:
             progress_log.info("%s (%s)", resumed, ckpt)
     micro, rank = cfg.batch_size, fabric.global_rank
@@ -190,8 +229,11 @@ def train(
                         "step %d/%d  loss %.4f  lr %.1e  %.1f img/s  ETA %s", done, cfg.steps, loss_value, lr_now, rate,
                         eta,
                     )  # fmt: skip
+            if validate is not None and (done == cfg.steps or done % (cfg.validate_every or cfg.checkpoint_every) == 0):
+                validation = _validate(fabric, module, work, validate, cfg, done, validation, sharded=sharded,
+                                       lines=lines)  # fmt: skip
             if done % cfg.checkpoint_every == 0 or done == cfg.steps or save_now or stopping:
-                state.update(step=done, scheduler=scheduler.state_dict())
+                state.update(step=done, scheduler=scheduler.state_dict(), validation=validation)
                 stop.saving = True
                 try:
                     save_checkpoint(fabric, ckpt, state, sharded=sharded)
@@ -209,10 +251,118 @@ def train(
     if sharded:
         copy_full_weights(work, objective)
     _finalize(fabric, "success")
-    return {
+    result = {
         "step": cfg.steps, "steps": cfg.steps, "warmup_steps": cfg.warmup_steps, "start_step": first,
         "resumed": resumed, "seconds": round(time.perf_counter() - t0, 1), "loss": loss_value, "checkpoint": str(ckpt),
     }  # fmt: skip
+    if validate is not None:
+        best_weights = str(out / BEST) if validation["best_step"] is not None else None
+        result.update(best_step=validation["best_step"], best=validation["best"], last_validation=validation["last"],
+                      best_weights=best_weights)  # fmt: skip
+    return result
+
+
+def _no_validation() -> dict[str, Any]:
+    """What a run knows of its validations before the first: nothing (kept in checkpoints as ``validation``)."""
+    return {"best_step": None, "best": None, "last_step": None, "last": None}
+
+
+def _checked_validation(value: Any, ckpt: Path) -> dict[str, Any]:
+    """The ``validation`` record of a checkpoint, refused in one line when it is not one this engine wrote."""
+    fresh = _no_validation()
+    ok = isinstance(value, dict) and set(value) == set(fresh)
+    for kind in ("best", "last"):
+        step, values = (value.get(f"{kind}_step"), value.get(kind)) if ok else (None, None)
+        ok = ok and (
+            (step is None and values is None)
+            or (isinstance(step, int) and isinstance(values, dict) and all(isinstance(k, str) for k in values))
+        )
+    if not ok:
+        raise XrayfmError(
+            f"cannot resume from {ckpt}: its validation record is malformed ({value!r:.200}); delete it to start "
+            "again from step 0, or use a new --out"
+        )
+    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in value.items()}
+
+
+def _validate(
+    fabric: Fabric,
+    module: nn.Module,
+    work: nn.Module,
+    validate: Validate,
+    cfg: TrainConfig,
+    step: int,
+    record: dict[str, Any],
+    *,
+    sharded: bool,
+    lines: bool,
+) -> dict[str, Any]:
+    """Validate ``work`` at ``step``; on a better ``cfg.select_metric`` save its state as the best. Every rank calls.
+
+    Returns:
+        The updated record (best and last step and values).
+    """
+    if not cfg.broadcast_buffers:
+        share_rank_zero_buffers(fabric, work)
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        with _rng_kept(fabric.device), torch.no_grad():
+            values = validate(work)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    values = fabric.broadcast({str(k): float(v) for k, v in values.items()})
+    metric = cfg.select_metric
+    if metric not in values:
+        raise XrayfmError(f"validation returned {sorted(values)}, without select_metric {metric!r}")
+    record = {**record, "last_step": step, "last": values}
+    previous = (record["best"] or {}).get(metric)
+    value = values[metric]
+    improved = math.isfinite(value) and (
+        previous is None or (value < previous if cfg.select_mode == "min" else value > previous)
+    )
+    out = Path(cfg.out_dir)
+    if improved:
+        record.update(best_step=step, best=values)
+        tensors = full_state_dict(work, sharded=sharded) if sharded or fabric.global_rank == 0 else {}
+        if fabric.global_rank == 0:
+            metadata = {"step": str(step), **{k: repr(v) for k, v in values.items()}}
+            with atomic_path(out / BEST) as tmp:
+                save_file(tensors, str(tmp), metadata=metadata)
+    if fabric.global_rank == 0:
+        _append_validation(out / VAL_METRICS, step, values)
+        fabric.log_dict({f"val/{k}": v for k, v in values.items()}, step=step)
+        if lines:
+            shown = "  ".join(f"{k} {v:.4g}" for k, v in values.items())
+            best = f"best {metric} {record['best'][metric]:.4g} at step {record['best_step']}" if record["best"] else ""
+            progress_log.info("step %d/%d  validation  %s  %s", step, cfg.steps, shown, best)
+    return record
+
+
+@contextmanager
+def _rng_kept(device: torch.device) -> Iterator[None]:
+    """Restore Python's, NumPy's and torch's RNG states (CPU and ``device``) on leaving the block."""
+    python, numpy = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
+            yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy)
+
+
+def _append_validation(path: Path, step: int, values: dict[str, float]) -> None:
+    """Append a row of ``values`` to ``path`` (``step`` and one column per name, in full; the header comes first)."""
+    header = path.read_text().split("\n", 1)[0] if path.is_file() else ""
+    if not header:
+        header = ",".join(["step", *values])
+        path.write_text(header + "\n")
+    names = header.split(",")[1:]
+    if set(names) != set(values):
+        raise XrayfmError(f"validation returned {sorted(values)}, but {path} has columns {names}; use a new --out")
+    with open(path, "a") as fh:
+        fh.write(",".join([str(step), *(repr(values[n]) for n in names)]) + "\n")
 
 
 def _finalize(fabric: Fabric, status: str) -> None:
@@ -221,9 +371,14 @@ def _finalize(fabric: Fabric, status: str) -> None:
         logger.finalize(status)
 
 
-def _cut_metrics(path: Path, step: int) -> None:
-    """Keep the header and the whole rows of ``path`` up to ``step``, rewritten atomically (a missing
-    file gets the header), so that a resumed run writes no step twice."""
-    rows = path.read_text().splitlines()[1:] if path.is_file() else []
-    kept = [r for r in rows if len(f := r.split(",")) == 4 and f[0].isdigit() and int(f[0]) <= step]
-    atomic_write_text(path, "\n".join([METRICS_HEADER, *kept]) + "\n")
+def _cut_rows(path: Path, step: int, header: str | None = None) -> None:
+    """Keep the header and the whole rows of CSV ``path`` up to ``step``, rewritten atomically, so that a
+    resumed run writes no step twice; ``header`` (default: the file's first line) gives the columns, and a
+    missing file gets it (or stays missing without one)."""
+    lines = path.read_text().splitlines() if path.is_file() else []
+    header = header or (lines[0] if lines else None)
+    if header is None:
+        return
+    width = len(header.split(","))
+    kept = [r for r in lines[1:] if len(f := r.split(",")) == width and f[0].isdigit() and int(f[0]) <= step]
+    atomic_write_text(path, "\n".join([header, *kept]) + "\n")
