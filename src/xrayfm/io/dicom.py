@@ -15,28 +15,25 @@ is held.
 from __future__ import annotations
 
 import logging
-import math
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pydicom
 from pydicom import uid
 from pydicom.encaps import get_frame
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, apply_voi, get_decoder
+from pydicom.pixels import get_decoder
 
 from xrayfm.errors import ImageReadError
-from xrayfm.io.images import band_rows, box_mean, decode_j2k, j2k_header, j2k_reduction, reduction_factor
+from xrayfm.io.images import decode_j2k, j2k_header, j2k_reduction, reduction_factor
 from xrayfm.io.limits import DEFAULT_LIMITS, CheckedSource, ImageProbe, ImageSource, ReadLimits
+from xrayfm.io.voi import VoiMode, to_unit
 
 log = logging.getLogger(__name__)
-
-VoiMode = Literal["auto", "none"]
 
 #: Tags copied into metadata by default: acquisition facts, nothing that identifies a patient.
 SAFE_TAGS: tuple[str, ...] = (
@@ -117,13 +114,6 @@ class _HeldDecoderLogs(logging.Filter):
 _held_logs = _HeldDecoderLogs()
 
 
-def _first(value: Any) -> float:
-    """First value of a possibly multi-valued numeric element."""
-    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
-        value = value[0]
-    return float(value)
-
-
 def _json_value(value: Any) -> Any:
     if isinstance(value, (pydicom.multival.MultiValue, list, tuple)):
         return [_json_value(v) for v in value]
@@ -134,80 +124,6 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, (int, str)):
         return value
     return str(value)
-
-
-def window_to_unit(arr: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
-    """Apply a DICOM VOI window and return values in [0, 1].
-
-    Implements PS3.3 C.11.2.1.2 (LINEAR), C.11.2.1.3.2 (LINEAR_EXACT) and C.11.2.1.3.1
-    (SIGMOID) with output range [0, 1] instead of the display's bit range.
-
-    Args:
-        arr: Modality values (after rescale).
-        center: Window centre.
-        width: Window width (must be >= 1, or > 0 for LINEAR_EXACT).
-        function: ``VOILUTFunction`` value.
-
-    Returns:
-        float32 array in [0, 1].
-    """
-    x = arr.astype(np.float64)
-    function = (function or "LINEAR").upper()
-    if function == "SIGMOID":
-        out = 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
-    elif function == "LINEAR_EXACT":
-        out = (x - center) / width + 0.5
-    else:
-        if width < 1:
-            raise ImageReadError(f"window width {width} is below 1, which DICOM forbids for LINEAR")
-        out = (x - (center - 0.5)) / (width - 1) + 0.5
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
-
-
-def _voi_lut_to_unit(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
-    lut = apply_voi(arr, ds).astype(np.float64)
-    bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-    return np.clip(lut / float(2**bits - 1), 0, 1).astype(np.float32)
-
-
-def _voi_stage(ds: pydicom.Dataset, voi: VoiMode) -> tuple[Callable[[np.ndarray], np.ndarray] | None, str]:
-    """The VOI stage as a function of modality values, and its name; None for min-max scaling,
-    which needs the whole image's range."""
-    if voi == "auto" and "VOILUTSequence" in ds:
-        return partial(_voi_lut_to_unit, ds=ds), "voi_lut_sequence"
-    if voi == "auto" and "WindowCenter" in ds and "WindowWidth" in ds:
-        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
-        if math.isfinite(center) and math.isfinite(width) and width > 0:
-            function = str(ds.get("VOILUTFunction", "LINEAR"))
-            stage = partial(window_to_unit, center=center, width=width, function=function)
-            return stage, f"window {center:g}/{width:g} {function}"
-    return None, "minmax"
-
-
-def _minmax(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    if hi <= lo:
-        return np.zeros(arr.shape, np.float32)
-    return ((arr.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
-
-
-def _to_unit(raw: np.ndarray, ds: pydicom.Dataset, voi: VoiMode, factor: int) -> tuple[np.ndarray, str]:
-    """Modality LUT then VOI of stored values, to float32 [0, 1], box-averaged by ``factor``.
-
-    A reduction converts one band of rows at a time and keeps only its block means, so it gives
-    the full-size values box-averaged without a float copy of the full image.
-    """
-    stage, name = _voi_stage(ds, voi)
-    if factor == 1:
-        modality = np.asarray(apply_modality_lut(raw, ds))
-        return (stage(modality) if stage else _minmax(modality, float(modality.min()), float(modality.max()))), name
-    means, lo, hi = [], math.inf, -math.inf
-    for start, stop in band_rows(*raw.shape, factor):
-        modality = np.asarray(apply_modality_lut(raw[start:stop], ds))
-        if stage is None:  # min-max is linear: average first, scale by the full image's range after
-            lo, hi = min(lo, float(modality.min())), max(hi, float(modality.max()))
-        means.append(box_mean(stage(modality) if stage else modality, factor))
-    reduced = np.concatenate(means)
-    return (reduced.astype(np.float32) if stage else _minmax(reduced, lo, hi)), name
 
 
 def _is_compressed(ds: pydicom.Dataset) -> bool | None:
@@ -433,7 +349,7 @@ def read_dicom(
         raise ImageReadError(f"{path}: expected a 2-D image, decoded shape {raw.shape}")
     factor = reduction_factor(raw.shape[1], raw.shape[0], target_size)
     try:
-        pixels, voi_used = _to_unit(raw, ds, voi, factor)
+        pixels, voi_used = to_unit(raw, ds, voi, factor)
     except ImageReadError as exc:
         raise ImageReadError(f"{path}: {exc}") from None
     except Exception as exc:
