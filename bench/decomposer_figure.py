@@ -122,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     """Make the figure from one real radiograph."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--image", type=Path, default=IMAGE, help="a radiograph any format read_xray reads")
-    ap.add_argument("--name", default="an NIH ChestX-ray14 radiograph (00005869_001)", help="what the title calls the image")
+    ap.add_argument(
+        "--name", default="an NIH ChestX-ray14 radiograph (00005869_001)", help="what the title calls the image"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)

@@ -11,11 +11,12 @@ from xrayfm.errors import XrayfmError
 from xrayfm.evaluate.bootstrap import (
     bootstrap_ci,
     classification_cis,
-    detection_cis,
     rank_auroc,
     segmentation_cis,
 )
-from xrayfm.evaluate.metrics import classification_metrics, detection_metrics, segmentation_metrics
+from xrayfm.evaluate.box_bootstrap import detection_cis
+from xrayfm.evaluate.box_metrics import detection_metrics
+from xrayfm.evaluate.metrics import classification_metrics, segmentation_metrics
 
 
 def scores(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +83,7 @@ def test_segmentation_cis_from_per_image_scores() -> None:
 
 
 def test_detection_intervals_resample_images() -> None:
-    from xrayfm.evaluate.bootstrap import detection_cis
+    from xrayfm.evaluate.box_bootstrap import detection_cis
 
     targets = [{"boxes": [[10, 10, 50, 50]], "labels": [0]} for _ in range(12)]
     preds = [{"boxes": [[10, 10, 50, 50]] if i % 3 else [[60, 60, 90, 90]], "scores": [0.9], "labels": [0]}
@@ -218,10 +219,11 @@ def test_detection_intervals_match_torchmetrics_and_are_seeded() -> None:
 
 
 def test_detection_resample_equals_torchmetrics_on_the_repeated_images() -> None:
-    from xrayfm.evaluate.bootstrap import _CocoResampler, _index_chunks
+    from xrayfm.evaluate.bootstrap import index_chunks
+    from xrayfm.evaluate.box_bootstrap import _CocoResampler
 
     preds, targets = boxes_case(12, seed=4)
-    idx = next(_index_chunks(12, 1, seed=0))[0]
+    idx = next(index_chunks(12, 1, seed=0))[0]
     resampled = _CocoResampler(preds, targets, 2).scores(idx)
     direct = detection_metrics([preds[i] for i in idx], [targets[i] for i in idx], ["a", "b"])
     assert resampled["map"] == pytest.approx(direct["map"], abs=1e-6)

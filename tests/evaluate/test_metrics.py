@@ -112,7 +112,7 @@ def test_mask_shapes_must_agree() -> None:
 
 
 def test_detection_map_perfect_then_missed_box() -> None:
-    from xrayfm.evaluate.metrics import detection_metrics
+    from xrayfm.evaluate.box_metrics import detection_metrics
 
     targets = [
         {"boxes": [[10, 10, 50, 50]], "labels": [0]},
@@ -130,7 +130,7 @@ def test_detection_map_perfect_then_missed_box() -> None:
 
 
 def test_detection_class_without_reference_boxes_is_none() -> None:
-    from xrayfm.evaluate.metrics import detection_metrics
+    from xrayfm.evaluate.box_metrics import detection_metrics
 
     targets = [{"boxes": [[10, 10, 50, 50]], "labels": [0]}]
     preds = [{"boxes": [[10, 10, 50, 50]], "scores": [0.8], "labels": [0]}]
@@ -229,7 +229,7 @@ def test_probabilities_and_bad_reference_values_are_refused() -> None:
 
 
 def test_detection_ap_by_hand() -> None:
-    from xrayfm.evaluate.metrics import detection_metrics
+    from xrayfm.evaluate.box_metrics import detection_metrics
 
     targets = [{"boxes": [[10, 10, 50, 50]], "labels": [0]}, {"boxes": [[20, 20, 60, 60]], "labels": [0]}]
     # one of two boxes found, no false alarm: precision 1 up to recall 0.5, i.e. 51 of 101 recall points
@@ -263,7 +263,7 @@ TRUTH = {"boxes": BOX, "labels": [0]}
     ],
 )
 def test_bad_boxes_are_named(pred: dict, match: str) -> None:
-    from xrayfm.evaluate.metrics import detection_metrics
+    from xrayfm.evaluate.box_metrics import detection_metrics
 
     with pytest.raises(XrayfmError, match=match):
         detection_metrics([pred], [TRUTH], ["a", "b"])

@@ -4,13 +4,13 @@ predictions, paired comparisons (paired bootstrap, DeLong), dataset evaluation r
 from xrayfm.evaluate.bootstrap import (
     bootstrap_ci,
     classification_cis,
-    detection_cis,
     rank_auroc,
     segmentation_cis,
 )
+from xrayfm.evaluate.box_bootstrap import detection_cis
+from xrayfm.evaluate.box_metrics import detection_metrics
 from xrayfm.evaluate.metrics import (
     classification_metrics,
-    detection_metrics,
     overlap_per_image,
     roc_curves,
     segmentation_metrics,

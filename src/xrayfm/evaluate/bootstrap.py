@@ -9,14 +9,12 @@ is skipped and counted in ``skipped``.
 The wrappers avoid rescoring from scratch: a resample is a vector of per-image counts, so
 classification rates are weighted sums, AUROC is a weighted Mann-Whitney U over scores sorted
 once (equal to torchmetrics' AUROC, ties counted half), segmentation means reuse the per-image
-scores, and box mAP reuses pycocotools' per-image matching and only re-accumulates it.
+scores; box mAP (:mod:`xrayfm.evaluate.box_bootstrap`) reuses pycocotools' per-image matching and
+only re-accumulates it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,19 +23,18 @@ import numpy as np
 
 from xrayfm.errors import XrayfmError
 from xrayfm.evaluate.metrics import (
-    check_box_inputs,
     check_classification_inputs,
     classification_metrics,
     column_means,
     known_class_rows,
-    map_metric,
     mean_or_none,
 )
 
 _DRAW_ELEMENTS = 1 << 21  # indices drawn per chunk (rows x images): bounds the temporary arrays
 
 
-def _check_settings(n_samples: int, n_boot: int, alpha: float) -> None:
+def check_settings(n_samples: int, n_boot: int, alpha: float) -> None:
+    """Refuse an empty sample, a negative ``n_boot`` or an ``alpha`` outside (0, 1) with a clear error."""
     if n_samples <= 0:
         raise XrayfmError("bootstrap needs at least one sample")
     if n_boot < 0:
@@ -46,7 +43,7 @@ def _check_settings(n_samples: int, n_boot: int, alpha: float) -> None:
         raise XrayfmError(f"alpha must lie in (0, 1), got {alpha}")
 
 
-def _index_chunks(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+def index_chunks(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
     """Resamples of ``range(n)`` as (rows, n) index arrays; rows concatenate to ``n_boot``."""
     rng = np.random.default_rng(seed)
     step = max(1, _DRAW_ELEMENTS // n)
@@ -54,9 +51,9 @@ def _index_chunks(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
         yield rng.integers(0, n, (min(step, n_boot - start), n))
 
 
-def _weight_chunks(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
-    """The same resamples as :func:`_index_chunks`, as (rows, n) float64 counts per sample."""
-    for idx in _index_chunks(n, n_boot, seed):
+def weight_chunks(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """The same resamples as :func:`index_chunks`, as (rows, n) float64 counts per sample."""
+    for idx in index_chunks(n, n_boot, seed):
         flat = (idx + (np.arange(len(idx)) * n)[:, None]).ravel()
         yield np.bincount(flat, minlength=idx.size).reshape(idx.shape).astype(np.float64)
 
@@ -192,11 +189,11 @@ def bootstrap_ci(
     Raises:
         XrayfmError: No samples, negative ``n_boot`` or ``alpha`` outside (0, 1).
     """
-    _check_settings(n_samples, n_boot, alpha)
+    check_settings(n_samples, n_boot, alpha)
     value = statistic(np.arange(n_samples))
     values = [
         np.nan if (v := statistic(idx)) is None else float(v)
-        for chunk in _index_chunks(n_samples, n_boot, seed)
+        for chunk in index_chunks(n_samples, n_boot, seed)
         for idx in chunk
     ]
     return percentile_interval(None if value is None else float(value), np.asarray(values), alpha)
@@ -233,7 +230,7 @@ def classification_resamples(
         positive, negative = y == 1, y == 0
         decided = p >= thresholds
     n = len(p)
-    _check_settings(n, n_boot, 0.05)
+    check_settings(n, n_boot, 0.05)
     aurocs = []
     for k in range(k_classes):
         known = positive[:, k] | negative[:, k]
@@ -253,7 +250,7 @@ def classification_resamples(
         }
 
     full = stats(np.ones((1, n)))
-    parts = [stats(w) for w in _weight_chunks(n, n_boot, seed)]
+    parts = [stats(w) for w in weight_chunks(n, n_boot, seed)]
     resampled = {key: np.concatenate([full[key][:0], *(s[key] for s in parts)]) for key in full}
     out = Resamples()
 
@@ -312,7 +309,7 @@ def classification_cis(
     Raises:
         XrayfmError: Bad inputs (as :func:`classification_metrics`) or bootstrap settings.
     """
-    _check_settings(1, n_boot, alpha)
+    check_settings(1, n_boot, alpha)
     resamples = classification_resamples(probs, labels, classes, kind=kind, threshold=threshold, n_boot=n_boot,
                                          seed=seed)  # fmt: skip
     return resamples.intervals(alpha)
@@ -333,13 +330,13 @@ def segmentation_resamples(
         if s.ndim != 2 or s.shape[1] != len(classes) or s.shape != scores["dice"].shape:
             raise XrayfmError(f"per-image {name} must be (N, {len(classes)}), got {s.shape}")
     n = len(scores["dice"])
-    _check_settings(n, n_boot, 0.05)
+    check_settings(n, n_boot, 0.05)
     means: dict[str, list[float | None]] = {}
     resampled: dict[str, np.ndarray] = {}
     for name, s in scores.items():
         scored = ~np.isnan(s)
         values, filled = scored.astype(float), np.where(scored, s, 0.0)
-        chunks = [_ratio(w @ filled, w @ values) for w in _weight_chunks(n, n_boot, seed)]
+        chunks = [_ratio(w @ filled, w @ values) for w in weight_chunks(n, n_boot, seed)]
         resampled[name] = np.concatenate(chunks) if chunks else np.zeros((0, len(classes)))
         means[name] = column_means(s)
     out = Resamples()
@@ -382,145 +379,5 @@ def segmentation_cis(
     Raises:
         XrayfmError: The arrays are not (N, M) with M class names, or bad bootstrap settings.
     """
-    _check_settings(1, n_boot, alpha)
+    check_settings(1, n_boot, alpha)
     return segmentation_resamples(dice, jaccard, classes, n_boot=n_boot, seed=seed).intervals(alpha)
-
-
-class _CocoResampler:
-    """pycocotools' per-image box matching, run once; mAP of any resample of the images.
-
-    COCOeval matches detections to reference boxes image by image and class by class, and
-    ``accumulate`` only pools these per-image records. A resample reuses the records (a repeated
-    image contributes its record twice) and is re-accumulated, which gives the mAP pycocotools
-    (and torchmetrics, with the same thresholds) computes on the resampled image list.
-    """
-
-    def __init__(self, preds: Sequence[dict[str, Any]], targets: Sequence[dict[str, Any]], num_classes: int) -> None:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-        from torchvision.ops import box_convert
-
-        pt, tt = check_box_inputs(preds, targets, num_classes)
-        self.n, self.k = len(tt), num_classes
-
-        def dataset(items: list[dict[str, Any]], with_scores: bool) -> COCO:
-            anns = []
-            for image_id, d in enumerate(items):
-                xywh = box_convert(d["boxes"], "xyxy", "xywh").tolist()  # as torchmetrics converts them
-                for j, (box, label) in enumerate(zip(xywh, d["labels"].tolist())):
-                    ann = {"id": len(anns) + 1, "image_id": image_id, "bbox": box, "area": box[2] * box[3],
-                           "category_id": label, "iscrowd": 0}  # fmt: skip
-                    if with_scores:
-                        ann["score"] = float(d["scores"][j])
-                    anns.append(ann)
-            coco = COCO()
-            coco.dataset = {
-                "images": [{"id": i} for i in range(len(items))],
-                "annotations": anns,
-                "categories": [{"id": k, "name": str(k)} for k in range(num_classes)],
-            }
-            coco.createIndex()
-            return coco
-
-        metric = map_metric(class_metrics=False)  # thresholds exactly as detection_metrics uses them
-        with contextlib.redirect_stdout(io.StringIO()):
-            ev = COCOeval(dataset(tt, False), dataset(pt, True), iouType="bbox")
-            ev.params.iouThrs = np.array(metric.iou_thresholds, dtype=np.float64)
-            ev.params.recThrs = np.array(metric.rec_thresholds, dtype=np.float64)
-            ev.params.maxDets = [max(metric.max_detection_thresholds)]
-            ev.params.areaRng, ev.params.areaRngLbl = [ev.params.areaRng[0]], ["all"]  # mAP uses 'all' only
-            ev.evaluate()
-        self.eval = ev
-        self.iou_50 = int(np.argmin(np.abs(ev.params.iouThrs - 0.5)))
-        self.iou_75 = int(np.argmin(np.abs(ev.params.iouThrs - 0.75)))
-
-    def precision(self, idx: np.ndarray) -> np.ndarray:
-        """pycocotools' (IoU, recall, class) precision of the images ``idx``; -1 where undefined."""
-        ev, n = self.eval, self.n
-        params = copy.copy(ev._paramsEval)
-        params.imgIds = list(range(len(idx)))
-        sub = copy.copy(ev)
-        sub.params = sub._paramsEval = params
-        sub.evalImgs = [ev.evalImgs[k * n + i] for k in range(self.k) for i in idx.tolist()]
-        with contextlib.redirect_stdout(io.StringIO()):
-            sub.accumulate()
-        return sub.eval["precision"][:, :, :, 0, 0]
-
-    def scores(self, idx: np.ndarray) -> dict[str, Any]:
-        """``map``, ``map_50``, ``map_75`` and per-class ``ap`` (``nan`` where undefined)."""
-        prec = self.precision(idx)
-
-        def mean(x: np.ndarray) -> float:
-            x = x[x > -1]
-            return float(x.mean()) if x.size else np.nan
-
-        return {
-            "map": mean(prec),
-            "map_50": mean(prec[self.iou_50]),
-            "map_75": mean(prec[self.iou_75]),
-            "ap": np.array([mean(prec[:, :, k]) for k in range(self.k)]),
-        }
-
-
-def detection_resamples(
-    preds: Sequence[dict[str, Any]],
-    targets: Sequence[dict[str, Any]],
-    classes: Sequence[str],
-    *,
-    n_boot: int = 200,
-    seed: int = 0,
-) -> Resamples:
-    """Box mAP, mAP@0.5, mAP@0.75 and per-class AP on all images and on each resample.
-
-    Keys: ``map``, ``map_50``, ``map_75`` and ``per_class`` / name / ``ap``.
-
-    Raises:
-        XrayfmError: Inconsistent inputs (as :func:`detection_metrics`) or bootstrap settings.
-    """
-    resampler = _CocoResampler(preds, targets, len(classes))
-    n = resampler.n
-    _check_settings(n, n_boot, 0.05)
-    full = resampler.scores(np.arange(n))
-    draws = [resampler.scores(idx) for chunk in _index_chunks(n, n_boot, seed) for idx in chunk]
-    out = Resamples()
-    for key in ("map", "map_50", "map_75"):
-        out.add((key,), None if np.isnan(full[key]) else float(full[key]), np.array([d[key] for d in draws]))
-    ap = np.array([d["ap"] for d in draws]).reshape(len(draws), len(classes))
-    for k, c in enumerate(classes):
-        out.add(("per_class", c, "ap"), None if np.isnan(full["ap"][k]) else float(full["ap"][k]), ap[:, k])
-    return out
-
-
-def detection_cis(
-    preds: Sequence[dict[str, Any]],
-    targets: Sequence[dict[str, Any]],
-    classes: Sequence[str],
-    *,
-    n_boot: int = 200,
-    seed: int = 0,
-    alpha: float = 0.05,
-) -> dict[str, Any]:
-    """Intervals of box mAP (IoU 0.5:0.95), mAP@0.5, mAP@0.75 and per-class AP, resampling images.
-
-    pycocotools matches boxes once; each resample re-runs only its accumulation step (tens of
-    milliseconds for a thousand images), so ``n_boot`` stays modest by default (200). Values
-    equal :func:`detection_metrics` (torchmetrics) up to float32 rounding. A resample without
-    any reference box of a class leaves that class out of the means, as pycocotools does; one
-    without any reference box at all is skipped.
-
-    Args:
-        preds: Per image ``boxes`` (n, 4) xyxy, ``scores`` (n,), ``labels`` (n,).
-        targets: Per image ``boxes`` (m, 4) and ``labels`` (m,).
-        classes: Box class names.
-        n_boot: Resamples of the images.
-        seed: Seed of the resampling.
-        alpha: 1 - coverage.
-
-    Returns:
-        Intervals under ``map``, ``map_50``, ``map_75`` and ``per_class`` -> name -> ``ap``.
-
-    Raises:
-        XrayfmError: Inconsistent inputs (as :func:`detection_metrics`) or bootstrap settings.
-    """
-    _check_settings(1, n_boot, alpha)
-    return detection_resamples(preds, targets, classes, n_boot=n_boot, seed=seed).intervals(alpha)

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from xrayfm.errors import XrayfmError
-from xrayfm.evaluate.bootstrap import Resamples, classification_resamples, detection_resamples, segmentation_resamples
+from xrayfm.evaluate.bootstrap import Resamples, classification_resamples, segmentation_resamples
+from xrayfm.evaluate.box_bootstrap import detection_resamples
 from xrayfm.evaluate.metrics import overlap_per_image
 from xrayfm.evaluate.paired import delong_classification, paired_differences
 from xrayfm.evaluate.predict import predict

@@ -24,8 +24,10 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from xrayfm.errors import XrayfmError
-from xrayfm.evaluate.bootstrap import classification_cis, detection_cis, segmentation_cis
-from xrayfm.evaluate.metrics import classification_metrics, detection_metrics, roc_curves, segmentation_metrics
+from xrayfm.evaluate.bootstrap import classification_cis, segmentation_cis
+from xrayfm.evaluate.box_bootstrap import detection_cis
+from xrayfm.evaluate.box_metrics import detection_metrics
+from xrayfm.evaluate.metrics import classification_metrics, roc_curves, segmentation_metrics
 from xrayfm.evaluate.predict import predict
 from xrayfm.evaluate.thresholds import ThresholdChoice, ThresholdRule, choose_task_thresholds
 from xrayfm.io.atomic import atomic_path, atomic_write_json

@@ -19,7 +19,7 @@ from scipy import ndimage
 from torchvision.ops import box_iou
 
 from xrayfm.errors import XrayfmError
-from xrayfm.evaluate.metrics import detection_metrics
+from xrayfm.evaluate.box_metrics import detection_metrics
 
 THRESHOLDS = tuple(round(t, 2) for t in np.linspace(0.1, 0.9, 9))
 IOU_LEVELS = (0.1, 0.25, 0.5)
