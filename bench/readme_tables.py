@@ -222,6 +222,41 @@ def adam_table(report: dict[str, Any], source: str) -> str:
     return "\n".join(lines) + "\n\n" + wrap(text)
 
 
+def _signed(x: float) -> str:
+    return f"{'+' if x >= 0 else '-'}{abs(half_up(x, 3))}"
+
+
+def eve_table(report: dict[str, Any], source: str) -> str:
+    """Eve's locality and compositionality per backbone, the paired locality differences and the provenance."""
+    splits = report["settings"]["splits"]
+    lines = [
+        "| model | locality NN accuracy (chance) | compositionality medians 2 / 3 / 2x2 (control) |",
+        "|---|---|---|",
+    ]
+    for label, m in report["models"].items():
+        loc, comp = m["locality"], m["compositionality"]
+        medians = " / ".join(str(half_up(comp[s]["median"], 3)) for s in splits)
+        controls = " / ".join(str(half_up(comp[s]["control_median"], 3)) for s in splits)
+        init = "random init" if m["pretrained"] is None else f"`{m['pretrained']}`"
+        lines.append(f"| {label} ({m['arch']}, {init}) | {half_up(loc['accuracy'], 3)} ({half_up(loc['chance'], 3)}) "
+                     f"| {medians} ({controls}) |")  # fmt: skip
+    test, first = report["test_set"], next(iter(report["models"].values()))
+    diffs = "; ".join(
+        f"{d['model']} - {d['against']} {_signed(d['difference'])} [{_signed(d['low'])}, {_signed(d['high'])}]"
+        for d in report["differences"]
+    )
+    seeds = report["pretraining_seeds"]
+    once = "Each init was pretrained once (one seed)" if seeds == 1 else f"Each init was pretrained {seeds} times"
+    text = (
+        f"{test['images']} JSRT test images ({test['patients']} patients, {first['locality']['queries']} landmark "
+        f"patches), held out of the pretraining pool `{report['pool']['folder']}`; patches resized to "
+        f"{report['img_size']} px. Paired locality differences, 95% interval over test patients "
+        f"({report['settings']['n_boot']:,} resamples): {diffs}. {once}: the intervals cover test patients, "
+        "not pretraining runs. " + describe(report, source)
+    )
+    return "\n".join(lines) + "\n\n" + wrap(text)
+
+
 def renderer(name: str) -> tuple[str, Callable[[dict[str, Any], str], str]]:
     """The results file stem and the function that renders block ``name`` from it."""
     stem, _, part = name.partition(":")
@@ -235,7 +270,7 @@ def renderer(name: str) -> tuple[str, Callable[[dict[str, Any], str], str]]:
             )
         return stem, lambda report, source: finetune_table(report, part)
     fixed = {"serve_latency": serve_table, "phantom_throughput": phantom_bullet, "io_read_throughput": io_bullet,
-             "adam_throughput": adam_table}  # fmt: skip
+             "adam_throughput": adam_table, "eve_real": eve_table}  # fmt: skip
     for prefix, fn in fixed.items():
         if stem.startswith(prefix) and not part:
             return stem, fn

@@ -61,6 +61,16 @@ def test_the_same_patient_is_never_the_neighbour() -> None:
     assert result["per_landmark"]["b"]["accuracy"] == 0.5 and result["per_landmark"]["a"]["accuracy"] == 1.0
 
 
+def test_hits_say_which_queries_found_their_landmark() -> None:
+    """Patient p2's two patches look like the other patients' opposite landmarks: only its queries miss."""
+    labels = ["a", "b"] * 3
+    groups = ["p0", "p0", "p1", "p1", "p2", "p2"]
+    features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.1, 0.9], [0.9, 0.1]])
+    result = retrieval_accuracy(features, labels, groups)
+    assert result["hits"] == [True, True, True, True, False, False]
+    assert result["accuracy"] == pytest.approx(4 / 6)
+
+
 def test_one_patient_is_an_error() -> None:
     with pytest.raises(XrayfmError, match="at least two patients"):
         retrieval_accuracy(torch.eye(2), ["a", "b"], ["p", "p"])
@@ -182,6 +192,10 @@ def test_an_embedding_of_patch_position_locates_every_landmark(tmp_path: Path) -
     saved = json.loads((tmp_path / "anatomy.json").read_text())
     assert saved["locality"]["accuracy"] == 1.0 and saved["model"] == "cells"
     assert saved["settings"]["patch_fraction"] == 0.25 and saved["locality"]["projection"] == "PCA"
+    per_query = saved["locality"]["per_query"]  # each query's patient, landmark and hit, for paired comparisons
+    assert per_query["hit"] == [True] * 48 and "hits" not in saved["locality"]
+    assert per_query["patient"] == [f"p{i}" for i in range(6) for _ in range(8)]
+    assert sorted(set(per_query["landmark"])) == sorted(loc["per_landmark"])
     for png in ("locality.png", "compositionality.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

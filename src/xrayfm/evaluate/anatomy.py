@@ -170,7 +170,9 @@ def retrieval_accuracy(
 
     Returns:
         ``accuracy`` (all queries), ``chance`` (mean share of same-label candidates),
-        ``per_landmark`` (``{label: {"accuracy", "chance", "n"}}``) and ``queries``.
+        ``per_landmark`` (``{label: {"accuracy", "chance", "n"}}``), ``queries`` and ``hits``
+        (per query, in input order: whether its nearest neighbour has its label; what a paired
+        comparison of two embeddings on the same patches resamples).
 
     Raises:
         XrayfmError: Fewer than two patients, or lengths that disagree.
@@ -197,7 +199,8 @@ def retrieval_accuracy(
                "n": int((lab == i).sum())}
         for i, name in enumerate(names)
     }  # fmt: skip
-    return {"accuracy": float(hit.mean()), "chance": float(chance.mean()), "per_landmark": per, "queries": n}
+    return {"accuracy": float(hit.mean()), "chance": float(chance.mean()), "per_landmark": per, "queries": n,
+            "hits": hit.bool().tolist()}  # fmt: skip
 
 
 def _codes(values: Sequence[str]) -> list[int]:
@@ -292,8 +295,9 @@ def evaluate_anatomy(
 ) -> dict[str, Any]:
     """Measure locality and compositionality of ``embed`` on ``dataset`` and write the results.
 
-    Writes, each atomically: ``anatomy.json`` (numbers, settings, model, dataset, image counts),
-    ``locality.png`` and ``compositionality.png``.
+    Writes, each atomically: ``anatomy.json`` (numbers, settings, model, dataset, image counts,
+    and per locality query its patient, landmark and hit: ``locality.per_query``, which paired
+    comparisons of two models resample), ``locality.png`` and ``compositionality.png``.
 
     Args:
         embed: The embedding, e.g. a :class:`BackboneEmbedder`.
@@ -340,6 +344,7 @@ def evaluate_anatomy(
         raise XrayfmError(f"{dataset.name}: landmarks found on {used} of {len(indices)} images; at least 2 needed")
     features = torch.cat(feats)
     locality = retrieval_accuracy(features, labels, groups, seed=settings.seed)
+    per_query = {"patient": groups, "landmark": labels, "hit": locality.pop("hits")}
     embeddings = {name: torch.cat(v) if v else torch.zeros(0, features.shape[1]) for name, v in composed.items()}
     cosines = composition_similarity(embeddings)
     control = composition_similarity(embeddings, shift=settings.random_patches)  # the previous image's patches
@@ -357,7 +362,7 @@ def evaluate_anatomy(
         "images_without_landmarks": len(indices) - used,
         "embedding_dim": int(features.shape[1]),
         "settings": asdict(settings),
-        "locality": {**locality, "patients": len(set(groups)), "projection": method},
+        "locality": {**locality, "patients": len(set(groups)), "projection": method, "per_query": per_query},
         "compositionality": {name: _summary(v, control[name]) for name, v in cosines.items()},
         "files": {"locality": "locality.png", "compositionality": "compositionality.png"},
     }
