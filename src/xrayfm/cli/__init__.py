@@ -5,7 +5,7 @@ printed as one line and exit with status 2; anything else is a bug, reported as 
 status 1 (``-v`` logs its traceback). One module per command group registers its subcommands:
 :mod:`~xrayfm.cli.data`, :mod:`~xrayfm.cli.demo`, :mod:`~xrayfm.cli.pretrain`,
 :mod:`~xrayfm.cli.finetune`, :mod:`~xrayfm.cli.anatomy` (``evaluate anatomy``), :mod:`~xrayfm.cli.compare`,
-:mod:`~xrayfm.cli.explain` and :mod:`~xrayfm.cli.deploy`; the
+:mod:`~xrayfm.cli.explain`, :mod:`~xrayfm.cli.deploy` and :mod:`~xrayfm.cli.shards`; the
 options several share are in :mod:`~xrayfm.cli.args`, YAML recipes in :mod:`~xrayfm.cli.recipes`.
 """
 
@@ -26,6 +26,7 @@ from xrayfm.cli.explain import add_explain_commands
 from xrayfm.cli.finetune import add_finetune_commands
 from xrayfm.cli.pretrain import add_pretrain_commands
 from xrayfm.cli.recipes import parse_with_recipe
+from xrayfm.cli.shards import add_shards_commands
 from xrayfm.errors import XrayfmError
 from xrayfm.progress import PROGRESS_LOGGER
 
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_command(sub)
     add_explain_commands(sub)
     add_deploy_commands(sub)
+    add_shards_commands(sub)
     return parser
 
 
