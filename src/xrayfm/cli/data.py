@@ -108,7 +108,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         lines = path.read_text().splitlines()
         print(f"{name:<{width}}  {lines[0].lstrip('# ') if lines else ''}")
     print(
-        "\nUse one with --config NAME (pretrain mim, pretrain anatomy, finetune, sweep); print it: xrayfm recipes NAME"
+        "\nUse one with --config NAME (pretrain mim, pretrain anatomy, finetune, sweep), a foundation_x_* one as "
+        "xrayfm pretrain multitask NAME; print it: xrayfm recipes NAME"
     )
     return 0
 

@@ -1,4 +1,4 @@
-"""``xrayfm pretrain``: self-supervised pretraining (EVA-X masked image modeling, Adam anatomy-aware MoCo-v2).
+"""``xrayfm pretrain``: EVA-X masked image modeling, Adam anatomy-aware MoCo-v2, Foundation X multi-task.
 
 Accepts ``--config RECIPE.yaml`` (see :mod:`xrayfm.cli.recipes`) and writes the resolved
 settings to ``OUT/config.yaml``.
@@ -11,13 +11,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from xrayfm.cli.args import add_engine_args, add_run_args, train_config
-from xrayfm.cli.recipes import parse_options
+from xrayfm.cli.recipes import find_recipe, parse_options
 from xrayfm.errors import XrayfmError
 
 #: ``--teacher-layout`` choices (those of :mod:`xrayfm.pretrain.teachers`, which loads torch).
 LAYOUTS = ("auto", "mgca", "eva_clip", "timm", "xrayfm")
 #: ``--grid`` choices (those of :mod:`xrayfm.pretrain.anatomy`, which loads torch).
 GRIDS = ("nxn", "pow2")
+#: ``--decoder`` choices of ``pretrain multitask`` (shared segmentation decoders).
+DECODERS = ("upernet", "unet")
 
 
 def cmd_pretrain_mim(args: argparse.Namespace) -> int:
@@ -123,13 +125,64 @@ def add_anatomy_command(methods: argparse._SubParsersAction) -> None:
     a.set_defaults(func=cmd_pretrain_anatomy)
 
 
+def cmd_pretrain_multitask(args: argparse.Namespace) -> int:
+    from xrayfm.pretrain.multitask_run import read_run_recipe, run_multitask
+    from xrayfm.train import is_global_zero
+
+    recipe = read_run_recipe(find_recipe(args.recipe))  # a recipe error stops before anything is launched
+    export = run_multitask(  # writes OUT/config.yaml: the resolved recipe and these settings
+        recipe, args.out, train_config(args), arch=args.arch, img_size=args.img_size, data_root=args.data_root,
+        decoder=args.decoder, features=args.features, backbone_lr_scale=args.backbone_lr_scale,
+        max_steps=args.steps or None, grad_checkpointing=args.grad_checkpointing,
+    )  # fmt: skip
+    if not is_global_zero():
+        return 0
+    out = Path(args.out)
+    print(f"multi-task pretraining finished: phases {out / 'phases.csv'}, metrics {out / 'metrics.csv'}")
+    print(f"exported backbone: {export} (load with create_model({args.arch!r}, pretrained={str(args.out)!r}))")
+    print(f"whole model with every head: {out / 'model'} (xrayfm.pretrain.multitask_export.load_multitask_model)")
+    return 0
+
+
+def add_multitask_command(methods: argparse._SubParsersAction) -> None:
+    """Register ``pretrain multitask`` (Foundation X) on the pretrain methods' subparsers."""
+    t = methods.add_parser(
+        "multitask",
+        help="Foundation X: one backbone, a head per (dataset, task), Cyclic & Lock-Release, EMA teacher",
+        description=(
+            "Train one backbone with a head per (dataset, task) across datasets that each carry some kinds of "
+            "labels, walking the recipe's cycle of units: a detection or segmentation unit runs locked first "
+            "(only its head trains) on part of its data, then released; an EMA teacher follows the student at "
+            "each phase end and a consistency loss ties them. RECIPE is a multi-task recipe file, a shipped one "
+            "(foundation_x_phantom), or a run's OUT/config.yaml. The recipe sets the length (--steps N > 0 trains "
+            "only its first N steps). Resumes from OUT/last.ckpt; writes OUT/phases.csv, OUT/export (the "
+            "backbone) and OUT/model (every head, student and teacher). Defaults are the paper's: AdamW, lr "
+            "1e-4 with the backbone at 0.1 x, weight decay 1e-4, batch 24, no warmup or clipping."
+        ),
+    )
+    t.add_argument("recipe", help="multi-task recipe: a YAML file, a shipped name, or a run's config.yaml")
+    t.add_argument("--config", metavar="YAML", help="a run's config.yaml whose settings replace the defaults")
+    t.add_argument("--out", default="runs/multitask", help="run folder (default runs/multitask)")
+    t.add_argument("--data-root", help="folder the recipe's relative dataset roots are in (default: here)")
+    t.add_argument("--arch", default="swin_base_patch4_window7_224", help="backbone (default Swin-B, the paper's)")
+    t.add_argument("--img-size", type=int, default=224, help="input side (default 224)")
+    t.add_argument("--decoder", choices=DECODERS, help="shared segmentation decoder (default: by backbone)")
+    t.add_argument("--features", choices=("last", "pyramid"), default="last", help="ViT pyramid taps (default last)")
+    t.add_argument(
+        "--backbone-lr-scale", type=float, default=0.1, help="backbone lr as a share of --lr (default 0.1: 1e-5)"
+    )
+    t.set_defaults(parser=t)
+    add_engine_args(t, steps=0, batch=24, lr=1e-4, warmup=0, clip=0.0, weight_decay=1e-4)
+    t.set_defaults(func=cmd_pretrain_multitask)
+
+
 def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
-    """Register pretrain (with its methods mim and anatomy) on the top-level subparsers.
+    """Register pretrain (with its methods mim, anatomy and multitask) on the top-level subparsers.
 
     Args:
         sub: The ``xrayfm`` subparsers.
     """
-    p = sub.add_parser("pretrain", help="self-supervised pretraining (EVA-X MIM, Adam)")
+    p = sub.add_parser("pretrain", help="pretraining (EVA-X MIM, Adam, Foundation X multi-task)")
     methods = p.add_subparsers(dest="method", metavar="METHOD", required=True)
     m = methods.add_parser(
         "mim",
@@ -167,3 +220,4 @@ def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
     add_engine_args(m, steps=1000, batch=32, lr=3e-4, warmup=100, clip=3.0)
     m.set_defaults(func=cmd_pretrain_mim)
     add_anatomy_command(methods)
+    add_multitask_command(methods)

@@ -51,7 +51,7 @@ import torch
 from lightning.fabric import Fabric
 from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from xrayfm.errors import XrayfmError
 from xrayfm.io.atomic import atomic_path, atomic_write_text
@@ -84,6 +84,8 @@ METRICS_HEADER = "step,loss,lr,images_per_s"
 BEST, VAL_METRICS = "best.safetensors", "val_metrics.csv"
 #: A function that validates the module being trained, returning named values of the whole run.
 Validate = Callable[[nn.Module], Mapping[str, float]]
+#: ``(rank, world, start) ->`` the dataset indices one rank reads, from its ``start``-th sample of the run on.
+DataOrder = Callable[[int, int, int], Sampler[int]]
 
 
 def train(
@@ -96,6 +98,8 @@ def train(
     fabric: Fabric | None = None,
     param_groups: list[dict[str, Any]] | None = None,
     validate: Validate | None = None,
+    data_order: DataOrder | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Optimise ``objective`` (a module whose forward returns the loss) on ``dataset``.
 
@@ -127,6 +131,15 @@ def train(
             to weigh each rank's share, e.g. an all-reduce of sums and counts); the engine takes rank
             0's values, so that every rank agrees on the best step. With ``cfg.broadcast_buffers``
             False, rank 0's buffers are first broadcast to every rank.
+        data_order: ``(rank, world, start)`` -> the indices of ``dataset`` that rank reads from its
+            ``start``-th sample on (steps done x ``accumulate`` x ``batch_size``); each ``batch_size``
+            in a row are a micro-batch. Default: :class:`~xrayfm.train.sampler.StepSampler`. A schedule
+            that draws each step from one part of the dataset (Foundation X) passes its own.
+        on_step: Called by every rank with the number of steps done: before each step (the first of
+            a resumed run included, so state that follows the step, e.g. frozen parameters, is
+            restored) and after the last step, before its checkpoint. Other checkpoints precede
+            ``on_step`` of the next step, so effects that are not idempotent (an EMA update) happen
+            once in a resumed run too. It acts on ``objective``: not for FSDP, which trains a copy.
 
     Returns:
         ``step`` (the last step done), ``steps`` and ``warmup_steps`` (resolved), ``start_step``
@@ -177,7 +190,10 @@ def train(
             progress_log.info("%s (%s)", resumed, ckpt)
     micro, rank = cfg.batch_size, fabric.global_rank
     start = step * cfg.accumulate * micro
-    order = StepSampler(len(dataset), seed=cfg.seed, rank=rank, world=fabric.world_size, start=start)
+    if data_order is None:
+        order: Sampler[int] = StepSampler(len(dataset), seed=cfg.seed, rank=rank, world=fabric.world_size, start=start)
+    else:
+        order = data_order(rank, fabric.world_size, start)
     loader = DataLoader(
         SeededSamples(dataset, seed=cfg.seed, rank=rank), batch_size=micro, sampler=PositionSampler(order, start),
         num_workers=cfg.num_workers, collate_fn=collate_fn, worker_init_fn=quiet_worker,
@@ -190,6 +206,8 @@ def train(
     bar = progress(range(step, cfg.steps), desc="training", total=cfg.steps - step, unit="step", show=reports)
     with StopSignals() as stop, closing(bar):  # closing: an interrupted run's bar is cleared before its message
         for step in bar:
+            if on_step is not None:
+                on_step(step)
             total = torch.zeros(())
             for k in range(cfg.accumulate):
                 inputs = batch_to_input(next(batches))
@@ -216,6 +234,8 @@ def train(
             if not math.isfinite(loss_value):
                 raise XrayfmError(f"loss became {loss_value} at step {step}; lower the learning rate or check the data")
             done = step + 1
+            if on_step is not None and done == cfg.steps:
+                on_step(done)
             if reports and (done % cfg.log_every == 0 or done == cfg.steps):
                 elapsed = time.perf_counter() - t0
                 rate = seen * fabric.world_size / elapsed
