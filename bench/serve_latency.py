@@ -1,12 +1,24 @@
-"""Benchmark: /predict latency and throughput of ``xrayfm serve`` under concurrent clients.
+"""Benchmark: the raw engine beside ``xrayfm serve``: what the server adds to the model's own time.
 
 For EVA-X Ti/16 and S/16 classification models (14 findings, 224 px; random weights: speed does
-not depend on them), exported to ONNX as a user would (``xrayfm export onnx``), the server runs
-as its own process (``xrayfm serve --backend torch|onnx``) and this process sends a bounded
-number of requests over loopback from 1, 4 and 16 concurrent clients, with and without
-heatmaps (Grad-CAM, computed with PyTorch on both backends). Results (p50 / p95 / p99 latency,
-requests/s, batching counters from /health) go to ``bench/results/serve_latency_<device>.json``
-with their provenance (``bench/provenance.py``: command, commit, date, machine, versions).
+not depend on them), exported to ONNX as a user would (``xrayfm export onnx``), one run measures
+per backend (and precision, fp32 for now):
+
+- the raw engine, called directly in this process: the exported model (PyTorch forward without
+  gradients, or the ONNX Runtime session) at batch 1 and at the server's ``--max-batch``, and,
+  for heatmaps (always PyTorch), a full forward+backward pass and xrayfm's own batched Grad-CAM
+  call (:func:`xrayfm.explain.explain_batch`) at the same two sizes;
+- the server, in its own process, over loopback from 1, 4 and 16 concurrent clients, with and
+  without heatmaps: p50 / p95 / p99 latency, requests/s and the batches it formed (``/health``).
+
+``ratios`` sets them side by side against the targets of issue 18: at 1 client, p50 <= raw
+single-image latency + 3 ms (heatmap: <= 1.3x a raw forward+backward); at the most clients,
+throughput >= 0.9x the raw engine's at the batch size the server formed (heatmap: >= 0.8x a raw
+batched forward+backward). The load comes from this process: keep-alive HTTP/1.1 connections on
+plain sockets sending prebuilt requests (the cheapest load Python makes); its share of the CPU
+time spent by load and server together is recorded with every row, so a load generator that
+steals the server's cores does not go unnoticed. Results go to
+``bench/results/serve_latency_<device>.json`` with their provenance (``bench/provenance.py``).
 
 Usage: python bench/serve_latency.py [--requests 200] [--archs eva_x_tiny_patch16,eva_x_small_patch16]
 """
@@ -15,29 +27,38 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
+import os
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-import httpx
 import numpy as np
 import torch
 from PIL import Image
 from provenance import write_result
 
+from xrayfm.explain import explain_batch
 from xrayfm.models import create_model
 from xrayfm.models.onnx_export import export_onnx
-from xrayfm.models.task_checkpoint import save_task_model
+from xrayfm.models.onnx_model import OnnxModel
+from xrayfm.models.task_checkpoint import load_task_model, save_task_model
 from xrayfm.models.task_model import XrayModel
 from xrayfm.tasks import TaskSpec
 
 REPO = Path(__file__).resolve().parents[1]
 FINDINGS = TaskSpec("findings", "multilabel", tuple(f"finding_{k}" for k in range(14)))
+BOUNDARY = "xrayfm-bench"
+LOAD = ("keep-alive HTTP/1.1 connections on plain sockets sending prebuilt requests, one thread per client, in the "
+        "benchmark process; server in its own process, same machine (loopback); client_cpu_share = the load's CPU "
+        "time / (load + server CPU time) during the row")  # fmt: skip
 
 
 def free_port() -> int:
@@ -53,23 +74,111 @@ def png(seed: int, size: int = 512) -> bytes:
     return buf.getvalue()
 
 
-def measure(url: str, clients: int, requests: int, heatmap: bool) -> dict[str, float]:
-    payloads = [png(i) for i in range(8)]
-    with httpx.Client(timeout=120) as client:
+def predict_request(image: bytes, heatmap: bool) -> bytes:
+    """The bytes of one ``POST /predict`` with ``image`` as its multipart upload."""
+    body = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
+            "Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{BOUNDARY}--\r\n".encode()  # fmt: skip
+    head = (f"POST /predict?heatmap={str(heatmap).lower()} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")  # fmt: skip
+    return head.encode() + body
 
-        def call(i: int) -> tuple[float, int]:
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection that sends prebuilt requests and reads whole answers."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.sock, self.buf = port, None, bytearray()
+
+    def _connect(self) -> socket.socket:
+        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=300)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf.clear()
+        return self.sock
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(1 << 18)
+        if not chunk:
+            raise ConnectionError("closed by the server")
+        self.buf += chunk
+
+    def request(self, raw: bytes) -> tuple[int, bytes]:
+        """Send ``raw``, return the status and body; reconnects once when the idle connection was closed."""
+        for attempt in (0, 1):
+            try:
+                (self.sock or self._connect()).sendall(raw)
+                while (end := self.buf.find(b"\r\n\r\n")) < 0:
+                    self._fill()
+                break
+            except (ConnectionError, OSError):
+                self.sock = None
+                if attempt:
+                    raise
+        head = bytes(self.buf[:end]).lower()
+        length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+        while len(self.buf) < end + 4 + length:
+            self._fill()
+        body = bytes(self.buf[end + 4 : end + 4 + length])
+        del self.buf[: end + 4 + length]
+        if b"connection: close" in head:
+            self.close()
+        return int(head.split(b" ", 2)[1]), body
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` (all threads) from ``/proc``; None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def get_json(port: int, path: str) -> dict[str, Any]:
+    conn = Connection(port)
+    try:
+        status, body = conn.request(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    finally:
+        conn.close()
+    if status != 200:
+        raise RuntimeError(f"GET {path}: HTTP {status}")
+    return json.loads(body)
+
+
+def measure(port: int, clients: int, requests: int, heatmap: bool, server_pid: int, image: int = 512) -> dict:
+    """Send ``requests`` /predict calls from ``clients`` concurrent connections; latency, rate, batching, CPU."""
+    payloads = [predict_request(png(i, image), heatmap) for i in range(8)]
+    warm = Connection(port)
+    warm.request(payloads[0])
+    warm.close()
+    counter, results, lock = itertools.count(), [], threading.Lock()
+
+    def client() -> None:
+        conn, mine = Connection(port), []
+        while (i := next(counter)) < requests:
             t0 = time.perf_counter()
-            r = client.post(f"{url}/predict", params={"heatmap": str(heatmap).lower()},
-                            files={"file": ("x.png", payloads[i % 8], "image/png")})  # fmt: skip
-            return time.perf_counter() - t0, r.status_code
+            status, _ = conn.request(payloads[i % 8])
+            mine.append((time.perf_counter() - t0, status))
+        conn.close()
+        with lock:
+            results.extend(mine)
 
-        call(0)  # warm-up
-        before = client.get(f"{url}/health").json()
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            results = list(pool.map(call, range(requests)))
-        wall = time.perf_counter() - t0
-        health = client.get(f"{url}/health").json()
+    before = get_json(port, "/health")
+    cpu0, server0, t0 = time.process_time(), cpu_seconds(server_pid), time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    load_cpu, server1 = time.process_time() - cpu0, cpu_seconds(server_pid)
+    health = get_json(port, "/health")
+    server_cpu = None if server0 is None or server1 is None else server1 - server0
     lat = np.asarray([t for t, code in results if code == 200]) * 1000
     return {
         "clients": clients, "requests": requests, "heatmap": heatmap, "ok": int(len(lat)),
@@ -78,67 +187,174 @@ def measure(url: str, clients: int, requests: int, heatmap: bool) -> dict[str, f
         "p99_ms": round(float(np.percentile(lat, 99)), 1), "requests_per_s": round(len(lat) / wall, 2),
         "mean_batch": round((health["requests"] - before["requests"]) / max(1, health["batches"] - before["batches"]),
                             2),
+        "client_cpu_s": round(load_cpu, 3), "server_cpu_s": None if server_cpu is None else round(server_cpu, 3),
+        "client_cpu_share": None if not server_cpu else round(load_cpu / (load_cpu + server_cpu), 3),
     }  # fmt: skip
 
 
-def serve_and_measure(model_dir: Path, arch: str, backend: str, args: argparse.Namespace) -> list[dict]:
-    """Start ``xrayfm serve`` on ``model_dir`` and measure each clients x heatmap setting."""
+def timed_ms(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``fn`` in ms over ``repeats`` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return round(float(np.median(times)) * 1000, 2)
+
+
+class Engine:
+    """The exported model called directly: forward (PyTorch or ONNX Runtime), forward+backward and
+    Grad-CAM (PyTorch), timed per batch size and remembered."""
+
+    def __init__(self, model_dir: Path, backend: str, size: int, repeats: int) -> None:
+        self.model, _ = load_task_model(model_dir)
+        self.model.eval()
+        self.onnx = OnnxModel(model_dir) if backend == "onnx" else None
+        self.size, self.repeats, self.times = size, repeats, {}
+
+    def _run(self, kind: str, x: torch.Tensor) -> None:
+        if kind == "forward" and self.onnx is not None:
+            self.onnx(x)
+        elif kind == "forward":
+            with torch.no_grad():
+                self.model(x)
+        elif kind == "forward_backward":  # what a plain training step of the classifier costs
+            self.model.zero_grad(set_to_none=True)
+            self.model(x)["findings"].sum().backward()
+        else:  # xrayfm's batched heatmap call, as the server makes it
+            explain_batch(self.model, x, method="gradcam", task="findings")
+
+    def ms(self, kind: str, batch: int) -> float:
+        """Median ms of one call of ``kind`` (forward | forward_backward | heatmap) on ``batch`` images."""
+        if (kind, batch) not in self.times:
+            x = torch.rand(batch, 1, self.size, self.size, generator=torch.Generator().manual_seed(batch))
+            self.times[kind, batch] = timed_ms(lambda: self._run(kind, x), self.repeats)
+        return self.times[kind, batch]
+
+    def table(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for (kind, batch), ms in sorted(self.times.items()):
+            out.setdefault(kind, {})[f"bs{batch}_ms"] = ms
+        return out
+
+
+def ratios(rows: Sequence[dict], engine: Engine, max_batch: int) -> list[dict]:
+    """The server against the raw engine: at 1 client (latency) and at the most clients (throughput)."""
+    out = []
+    for heatmap in (False, True):
+        mine = sorted((r for r in rows if r["heatmap"] == heatmap), key=lambda r: r["clients"])
+        if not mine:
+            continue
+        raw = "forward_backward" if heatmap else "forward"
+        one = next((r for r in mine if r["clients"] == 1), None)
+        if one is not None:
+            ref = engine.ms(raw, 1)
+            entry = {"heatmap": heatmap, "clients": 1, "measure": "p50 latency", "raw": f"{raw} bs1",
+                     "raw_ms": ref, "server_p50_ms": one["p50_ms"],
+                     "server_minus_raw_ms": round(one["p50_ms"] - ref, 1),
+                     "ratio": round(one["p50_ms"] / ref, 3)}  # fmt: skip
+            if heatmap:
+                entry.update(target="<= 1.3", met=entry["ratio"] <= 1.3, engine_heatmap_ms=engine.ms("heatmap", 1),
+                             ratio_to_engine_heatmap=round(one["p50_ms"] / engine.ms("heatmap", 1), 3))  # fmt: skip
+            else:
+                entry.update(target="<= raw + 3 ms", met=entry["server_minus_raw_ms"] <= 3.0)
+            out.append(entry)
+        top = mine[-1]
+        if top["clients"] > 1:
+            floor = 0.8 if heatmap else 0.9
+            formed = min(max_batch, max(1, round(top["mean_batch"])))
+            per_s = {b: round(b * 1000 / engine.ms(raw, b), 2) for b in sorted({formed, max_batch})}
+            entry = {"heatmap": heatmap, "clients": top["clients"], "measure": "throughput", "raw": raw,
+                     "server_requests_per_s": top["requests_per_s"], "server_mean_batch": top["mean_batch"],
+                     "raw_images_per_s": {f"bs{b}": v for b, v in per_s.items()},
+                     "ratio": round(top["requests_per_s"] / per_s[formed], 3),
+                     "ratio_at_max_batch": round(top["requests_per_s"] / per_s[max_batch], 3),
+                     "target": f">= {floor} (at the batch formed)"}  # fmt: skip
+            entry["met"] = entry["ratio"] >= floor
+            if heatmap:
+                engine_per_s = formed * 1000 / engine.ms("heatmap", formed)
+                entry["ratio_to_engine_heatmap"] = round(top["requests_per_s"] / engine_per_s, 3)
+            out.append(entry)
+    return out
+
+
+def serve_and_measure(model_dir: Path, arch: str, backend: str, args: argparse.Namespace) -> tuple[list, dict]:
+    """Time the raw engine, start ``xrayfm serve`` on ``model_dir``, measure each clients x heatmap setting."""
+    engine = Engine(model_dir, backend, args.size, args.repeats)
+    for b in sorted({1, args.max_batch}):
+        for kind in ("forward", "forward_backward", "heatmap"):
+            engine.ms(kind, b)
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "xrayfm.cli", "serve", str(model_dir), "--port", str(port), "--backend", backend,
-         "--max-batch", "16", "--queue-size", "256"],
+         "--max-batch", str(args.max_batch), "--queue-size", "256"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     rows = []
     try:
-        for _ in range(600):
+        for _ in range(1200):
             try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
+                get_json(port, "/health")
+                break
+            except (OSError, RuntimeError):
+                if server.poll() is not None:
+                    raise RuntimeError(f"xrayfm serve exited: {server.stderr.read().decode()[-2000:]}") from None
                 time.sleep(0.1)
         for heatmap in (False, True):
             for clients in (int(c) for c in args.clients.split(",")):
                 n = args.requests if not heatmap else max(clients * 2, args.requests // 4)
-                row = {"arch": arch, "backend": backend, **measure(url, clients, n, heatmap)}
+                row = {"arch": arch, "backend": backend, "precision": "fp32",
+                       **measure(port, clients, n, heatmap, server.pid, args.image)}  # fmt: skip
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    return rows
+    side = {"arch": arch, "backend": backend, "precision": "fp32", "ratios": ratios(rows, engine, args.max_batch)}
+    return rows, {**side, "engine": engine.table()}
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--archs", default="eva_x_tiny_patch16,eva_x_small_patch16")
     ap.add_argument("--clients", default="1,4,16")
     ap.add_argument("--backends", default="torch,onnx")
-    args = ap.parse_args()
-    runs = []
+    ap.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch and the raw engine's batch")
+    ap.add_argument("--size", type=int, default=224, help="model input (px)")
+    ap.add_argument("--image", type=int, default=512, help="side of the uploaded PNG (px)")
+    ap.add_argument("--repeats", type=int, default=10, help="timed calls per raw-engine measurement")
+    ap.add_argument("--out", type=Path, help="result file (default bench/results/serve_latency_<device>.json)")
+    args = ap.parse_args(argv)
+    runs, engines = [], []
     for arch in args.archs.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             torch.manual_seed(0)
-            model = XrayModel(create_model(arch, num_classes=0, img_size=224), [FINDINGS])  # the EVA-X record
-            save_task_model(model, Path(tmp) / "model", arch=arch, model_kwargs={"img_size": 224}, info={})
+            model = XrayModel(create_model(arch, num_classes=0, img_size=args.size), [FINDINGS])  # the EVA-X record
+            save_task_model(model, Path(tmp) / "model", arch=arch, model_kwargs={"img_size": args.size}, info={})
             export_onnx(Path(tmp) / "model")
             for backend in args.backends.split(","):
-                runs += serve_and_measure(Path(tmp) / "model", arch, backend, args)
+                rows, side = serve_and_measure(Path(tmp) / "model", arch, backend, args)
+                runs += rows
+                engines.append(side)
     device = "gpu" if torch.cuda.is_available() else "cpu"
-    out = REPO / "bench" / "results" / f"serve_latency_{device}.json"
+    out = args.out or REPO / "bench" / "results" / f"serve_latency_{device}.json"
     report = {
         "benchmark": "serve_latency",
         "backends": args.backends.split(","),
-        "load": "httpx threads in the benchmark process, server in its own process, same machine (loopback)",
-        "image": "512x512 8-bit PNG upload",
-        "model_input": 224,
+        "load": LOAD,
+        "image": f"{args.image}x{args.image} 8-bit PNG upload",
+        "model_input": args.size,
+        "max_batch": args.max_batch,
+        "torch_threads": torch.get_num_threads(),
+        "engine": engines,
         "runs": runs,
     }
-    write_result(out, report, packages=("onnxruntime", "httpx", "fastapi", "uvicorn"))
+    write_result(out, report, packages=("onnxruntime", "fastapi", "uvicorn"))
     print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -149,6 +149,8 @@ def test_endpoint_without_its_head_is_404(tmp_path: Path) -> None:
         res = c.post("/segment", files=upload(png_bytes()))
         assert res.status_code == 404 and "no segmentation head" in res.json()["detail"]
         assert c.post("/predict?heatmap=true", files=upload(png_bytes())).status_code == 200
+        res = c.post("/predict?heatmap=true&method=rollout", files=upload(png_bytes()))
+        assert res.status_code == 422 and "need a ViT" in res.json()["detail"]
 
 
 def test_token_is_required_when_set(model_dir: Path) -> None:
@@ -211,7 +213,10 @@ def test_a_batch_runs_only_the_heads_its_requests_need(model_dir: Path, monkeypa
         monkeypatch.setattr(head, "forward", lambda *a, _f=head.forward, _n=name, **k: called.append(_n) or _f(*a, **k))
     x = runtime.prepare(np.random.default_rng(0).random((70, 50)))
     out = runtime.run_batch([(x, "findings"), (x, "findings")])
-    assert called == ["findings"] and [set(o) for o in out] == [{"findings"}, {"findings"}]
+    assert called == ["findings"] and [set(o.outputs) for o in out] == [{"findings"}, {"findings"}]
     called.clear()
     out = runtime.run_batch([(x, "findings"), (x, "lungs")])
-    assert called == ["findings", "lungs"] and out[1]["lungs"].shape == (1, 64, 64)
+    assert called == ["findings", "lungs"] and out[1].outputs["lungs"].shape == (1, 64, 64)
+    called.clear()
+    runtime.run_batch([(x, "findings", "gradcam")])  # a heatmap pass runs its own head only, too
+    assert called == ["findings"]

@@ -54,7 +54,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", help="require Authorization: Bearer TOKEN (or set XRAYFM_TOKEN)")
     p.add_argument("--max-upload-mb", type=float, default=32.0, help="largest upload (default 32 MB)")
     p.add_argument("--max-batch", type=int, default=8, help="most images per forward pass (default 8)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="batching wait (default 5 ms)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="longest a request waits for others to batch with, and only while other uploads are "
+                   "decoding (default 5 ms)")  # fmt: skip
     p.add_argument("--queue-size", type=int, default=64,
                    help="most uploads admitted beyond those decoding, and most waiting for the model; more get 503 "
                         "(default 64)")  # fmt: skip

@@ -19,29 +19,44 @@ from xrayfm.models.task_model import XrayModel
 
 def attention_maps(model: XrayModel, images: torch.Tensor) -> list[torch.Tensor]:
     """Attention probabilities of every block, (N, heads, T, T) each, for grey [0, 1] images."""
+    return attention_maps_and_logits(model, images)[0]
+
+
+def attention_maps_and_logits(
+    model: XrayModel, images: torch.Tensor, task: str | None = None
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """:func:`attention_maps` and, when ``task`` is named, that head's outputs from the same forward pass."""
     backbone = model.backbone
     if not is_plain_vit(backbone) or not hasattr(backbone, "blocks"):
         raise XrayfmError(f"attention maps need a ViT backbone, not {type(backbone).__name__}")
+    if task is not None and task not in {t.name for t in model.tasks}:
+        raise XrayfmError(f"no task {task!r}; the model has {sorted(t.name for t in model.tasks)}")
     attns = [blk.attn for blk in backbone.blocks]
     if not all(hasattr(a, "attn_drop") and hasattr(a, "fused_attn") for a in attns):
         raise XrayfmError(f"{type(backbone).__name__}: its attention does not expose probabilities")
     captured: list[torch.Tensor] = []
     hooks = [a.attn_drop.register_forward_hook(lambda _m, _i, out: captured.append(out.detach())) for a in attns]
     fused = [a.fused_attn for a in attns]
-    was_training = model.training
+    was_training, leave_eval = model.training, any(m.training for m in model.modules())
     try:
-        model.eval()
+        if leave_eval:
+            model.eval()
         for a in attns:
             a.fused_attn = False
         with torch.no_grad():
-            model.backbone.forward_features(model.normalize(images))
+            if task is None:
+                model.backbone.forward_features(model.normalize(images))
+                logits = None
+            else:
+                logits = model(images, tasks=[task])[task]
     finally:
         for a, f in zip(attns, fused):
             a.fused_attn = f
         for h in hooks:
             h.remove()
-        model.train(was_training)
-    return captured
+        if leave_eval:
+            model.train(was_training)
+    return captured, logits
 
 
 def _to_grid(values: torch.Tensor, model: XrayModel, size: tuple[int, int]) -> torch.Tensor:
@@ -64,7 +79,16 @@ def attention_rollout(
     links dropped, the identity added for the residual path and rows renormalised; the product
     over blocks is read from the class token (or averaged over tokens without one).
     """
-    maps = attention_maps(model, images)
+    return rollout_of(attention_maps(model, images), model, tuple(images.shape[-2:]), head_fusion=head_fusion,
+                      discard_ratio=discard_ratio)  # fmt: skip
+
+
+def rollout_of(
+    maps: list[torch.Tensor], model: XrayModel, size: tuple[int, int], *, head_fusion: str = "mean",
+    discard_ratio: float = 0.0,
+) -> torch.Tensor:  # fmt: skip
+    """:func:`attention_rollout` of attention maps already recorded (:func:`attention_maps_and_logits`)
+    for images of ``size`` (H, W)."""
     prefix = getattr(model.backbone, "num_prefix_tokens", 0)
     fuse = {"mean": lambda a: a.mean(1), "max": lambda a: a.amax(1), "min": lambda a: a.amin(1)}
     if head_fusion not in fuse:
@@ -84,7 +108,7 @@ def attention_rollout(
         fused = fused / fused.sum(-1, keepdim=True)
         result = fused @ result
     flow = result[:, 0, prefix:] if prefix else result[:, :, :].mean(1)
-    return _to_grid(flow, model, tuple(images.shape[-2:]))
+    return _to_grid(flow, model, size)
 
 
 def query_attention(
@@ -92,10 +116,17 @@ def query_attention(
 ) -> torch.Tensor:
     """Raw attention (N, H, W) of the patch at ``point`` = (x, y) in [0, 1] image coordinates,
     averaged over the heads of one block (EVA-X's figure 8 style)."""
+    return query_attention_of(attention_maps(model, images), model, tuple(images.shape[-2:]), point, block=block)
+
+
+def query_attention_of(
+    maps: list[torch.Tensor], model: XrayModel, size: tuple[int, int], point: tuple[float, float], *, block: int = -1
+) -> torch.Tensor:
+    """:func:`query_attention` of attention maps already recorded, for images of ``size`` (H, W)."""
     if not all(0 <= v <= 1 for v in point):
         raise XrayfmError(f"query point {point} must be (x, y) in [0, 1]")
-    a = attention_maps(model, images)[block].mean(1)
+    a = maps[block].mean(1)
     prefix = getattr(model.backbone, "num_prefix_tokens", 0)
-    h, w = model.backbone.patch_embed.dynamic_feat_size(tuple(images.shape[-2:]))
+    h, w = model.backbone.patch_embed.dynamic_feat_size(size)
     col, row = min(w - 1, int(point[0] * w)), min(h - 1, int(point[1] * h))
-    return _to_grid(a[:, prefix + row * w + col, prefix:], model, tuple(images.shape[-2:]))
+    return _to_grid(a[:, prefix + row * w + col, prefix:], model, size)

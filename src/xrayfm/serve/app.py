@@ -9,9 +9,12 @@ Hostile traffic is refused as early as possible (:mod:`xrayfm.serve.guard`: toke
 body, size counted as bytes arrive, body time limits) and memory stays bounded
 (:mod:`xrayfm.serve.admission`: a slot before the body is read, decode slots and a pixel budget
 before decoding, 503 with ``Retry-After`` when full). Uploads are decoded from memory at the
-resolution the model needs; boxes and image sizes in answers are in the uploaded image's pixels,
-and maps (heatmap, masks) cover the whole image at ``1 / downscale`` of its size. Bad input gets
-a 4xx with a message, and the server keeps running either way.
+resolution the model needs, and decoding, preprocessing and the encoding of maps as PNG run in
+worker threads, never on the event loop; heatmap requests are batched like the others (one
+forward+backward pass gives their probabilities and maps). Boxes and image sizes in answers are
+in the uploaded image's pixels, and maps (heatmap, masks) cover the whole image at
+``1 / downscale`` of its size. Bad input gets a 4xx with a message, and the server keeps running
+either way.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from xrayfm.io import sniff_format
 from xrayfm.serve.admission import Admission, Busy
 from xrayfm.serve.batcher import MicroBatcher, QueueFull
 from xrayfm.serve.guard import BUSY, TOKEN_HINT, GuardStats, UploadGuard, token_matches
-from xrayfm.serve.runtime import ModelRuntime, png_base64
+from xrayfm.serve.runtime import Answer, ModelRuntime, png_base64
+from xrayfm.serve.runtime import Request as ModelRequest
 from xrayfm.tasks import CLASSIFICATION_KINDS
 
 log = logging.getLogger(__name__)
@@ -72,7 +76,8 @@ def create_app(
             and ``/health`` tells others only that the server is up.
         max_upload_mb: Largest accepted upload.
         max_batch: Most images per forward pass.
-        max_wait_ms: How long a request waits for others to share its batch.
+        max_wait_ms: How long a request may wait for others to share its batch; it waits only while
+            other uploads are being decoded (a lone request goes straight to the model).
         queue_size: Most uploads admitted beyond those decoding, and most requests waiting for
             the model; beyond either the server answers 503.
         device: Torch device.
@@ -99,7 +104,8 @@ def create_app(
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     admission = Admission(max_decodes=max_decodes or cpus, queue_size=queue_size,
                           max_pixels=max_pixels_in_flight, wait_s=decode_wait)  # fmt: skip
-    batcher = MicroBatcher(runtime.run_batch, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size)
+    batcher = MicroBatcher(runtime.run_batch, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
+                           pending=lambda: admission.stats.decoding)  # fmt: skip
     refused = GuardStats()
     max_bytes = int(max_upload_mb * (1 << 20))
 
@@ -130,7 +136,8 @@ def create_app(
         if not authorised(request):
             raise HTTPException(401, TOKEN_HINT, headers={"WWW-Authenticate": "Bearer"})
 
-    async def read_upload(file: UploadFile) -> tuple[np.ndarray, dict[str, Any]]:
+    async def read_upload(file: UploadFile) -> tuple[np.ndarray, torch.Tensor, dict[str, Any]]:
+        """The decoded pixels, the model input and the format facts of an upload."""
         try:
             async with admission.decode_slot():
                 data = await file.read()  # at most the upload limit: the guard cut longer bodies
@@ -140,7 +147,7 @@ def create_app(
                     raise HTTPException(415, "not a PNG, JPEG, TIFF, BMP or DICOM file")
                 probe = runtime.probe(data)
                 async with admission.pixels(probe.width * probe.height):
-                    return await asyncio.to_thread(runtime.decode, data)
+                    return await asyncio.to_thread(runtime.read, data)
         except Busy as exc:
             raise HTTPException(503, f"{exc}; retry shortly", headers={"Retry-After": "1"}) from None
         except UnsafeInputError as exc:
@@ -148,12 +155,13 @@ def create_app(
         except XrayfmError as exc:
             raise HTTPException(400, str(exc)) from None
 
-    async def infer(pixels: np.ndarray, task: str) -> tuple[torch.Tensor, dict[str, Any]]:
-        x = runtime.prepare(pixels)
+    async def infer(x: torch.Tensor, task: str, heatmap: str | None = None) -> Answer:
         try:
-            return x, await batcher.submit((x, task))
+            return await batcher.submit(ModelRequest(x, task, heatmap))
         except QueueFull:
             raise HTTPException(503, BUSY, headers={"Retry-After": "1"}) from None
+        except XrayfmError as exc:  # e.g. attention rollout asked of a CNN
+            raise HTTPException(422, str(exc)) from None
 
     def task_of(kind: tuple[str, ...], name: str | None, endpoint: str):  # noqa: ANN202
         tasks = [t for t in runtime.tasks.values() if t.kind in kind]
@@ -174,10 +182,19 @@ def create_app(
         return {"width": width, "height": height, "format": str(meta.get("format", "")).lower(),
                 "downscale": int(meta.get("downscale", 1))}  # fmt: skip
 
-    def to_map(plane: np.ndarray, pixels: np.ndarray) -> np.ndarray:
-        """A map over the model input onto the decoded image (the record's geometry)."""
-        t = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))
-        return runtime.preprocess.plane_to_original(t, *pixels.shape[:2]).numpy()
+    def heatmap_png(plane: np.ndarray, pixels: np.ndarray) -> tuple[str, int, int]:
+        """A heatmap over the model input as a PNG over the decoded image, and its width and height."""
+        on_image = runtime.to_image(plane, *pixels.shape[:2])
+        return png_base64(on_image), on_image.shape[1], on_image.shape[0]
+
+    def mask_pngs(planes: np.ndarray, pixels: np.ndarray, threshold: float) -> tuple[list[str], list[float]]:
+        """Mask probabilities (M, S, S) as one PNG per class over the decoded image, and their area shares."""
+        pngs, areas = [], []
+        for plane in planes:
+            inside = runtime.to_image(plane, *pixels.shape[:2]) >= threshold
+            pngs.append(png_base64(inside.astype(np.uint8) * 255))
+            areas.append(float(inside.mean()))
+        return pngs, areas
 
     def to_image_boxes(boxes: np.ndarray, pixels: np.ndarray, meta: dict[str, Any]) -> torch.Tensor:
         """xyxy boxes over the model input in the uploaded image's pixels."""
@@ -222,9 +239,9 @@ def create_app(
         method: str = Query("gradcam", pattern="^(gradcam|gradcam\\+\\+|xgradcam|hirescam|layercam|eigencam|rollout)$"),
     ) -> dict[str, Any]:
         spec = task_of(CLASSIFICATION_KINDS, task, "/predict")
-        pixels, meta = await read_upload(file)
-        x, out = await infer(pixels, spec.name)
-        probs = out[spec.name]
+        pixels, x, meta = await read_upload(file)
+        answer = await infer(x, spec.name, method if heatmap else None)
+        probs = answer.outputs[spec.name]
         ranked = sorted(zip(spec.classes, probs.tolist()), key=lambda cp: -cp[1])
         if spec.kind == "multiclass":
             positive = [ranked[0][0]]
@@ -237,15 +254,10 @@ def create_app(
             "top_finding": {"class": ranked[0][0], "probability": float(ranked[0][1])},
             "image": image_info(meta), "heatmap": None,
         }  # fmt: skip
-        if heatmap:
-            k = spec.classes.index(ranked[0][0])
-            try:
-                heat = await asyncio.to_thread(runtime.heatmap, x, spec.name, k, method)
-            except XrayfmError as exc:
-                raise HTTPException(422, str(exc)) from None
-            plane = to_map(heat, pixels)
-            result["heatmap"] = {"png": png_base64(plane), "class": ranked[0][0], "method": method,
-                                 "width": plane.shape[1], "height": plane.shape[0],
+        if answer.heatmap is not None:
+            explained = ranked[0][0] if answer.heatmap_class is None else spec.classes[answer.heatmap_class]
+            png, width, height = await asyncio.to_thread(heatmap_png, answer.heatmap, pixels)
+            result["heatmap"] = {"png": png, "class": explained, "method": method, "width": width, "height": height,
                                  "encoding": f"8-bit grey PNG, 255 = strongest; {MAP_GEOMETRY}"}  # fmt: skip
         return result
 
@@ -256,13 +268,10 @@ def create_app(
         threshold: float = Query(0.5, ge=0.0, le=1.0, description="probability above which a pixel is in"),
     ) -> dict[str, Any]:
         spec = task_of(("segmentation",), task, "/segment")
-        pixels, meta = await read_upload(file)
-        _, out = await infer(pixels, spec.name)
-        masks, areas = {}, {}
-        for c, plane in zip(spec.classes, out[spec.name]):
-            inside = to_map(plane, pixels) >= threshold
-            masks[c] = png_base64(inside.astype(np.uint8) * 255)
-            areas[c] = float(inside.mean())
+        pixels, x, meta = await read_upload(file)
+        answer = await infer(x, spec.name)
+        pngs, shares = await asyncio.to_thread(mask_pngs, answer.outputs[spec.name], pixels, threshold)
+        masks, areas = dict(zip(spec.classes, pngs)), dict(zip(spec.classes, shares))
         return {"model": runtime.meta["arch"], "task": spec.name, "classes": list(spec.classes), "masks": masks,
                 "area_fraction": areas, "threshold": threshold, "image": image_info(meta),
                 "mask_width": pixels.shape[1], "mask_height": pixels.shape[0],
@@ -275,9 +284,8 @@ def create_app(
         min_score: float = Query(0.3, ge=0.0, le=1.0),
     ) -> dict[str, Any]:
         spec = task_of(("detection",), task, "/detect")
-        pixels, meta = await read_upload(file)
-        _, out = await infer(pixels, spec.name)
-        det = out[spec.name]
+        pixels, x, meta = await read_upload(file)
+        det = (await infer(x, spec.name)).outputs[spec.name]
         original = to_image_boxes(det["boxes"], pixels, meta)
         boxes = [
             {"class": spec.classes[int(lab)], "score": float(score), "box": [float(v) for v in b]}

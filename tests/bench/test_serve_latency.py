@@ -1,0 +1,139 @@
+"""bench/serve_latency.py: its load generator against a real server, the raw engine's timings, the
+server-to-engine ratios and their targets, and (slow) a whole tiny run writing the JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from xrayfm.models import create_model
+from xrayfm.models.task_checkpoint import save_task_model
+from xrayfm.models.task_model import XrayModel
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    """bench/serve_latency.py as a module (its folder on the path, as when run as a script)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location("serve_latency", REPO / "bench" / "serve_latency.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    return module
+
+
+@pytest.fixture(scope="module")
+def model_dir(bench: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("bench") / "model"
+    model = XrayModel(create_model("eva_x_tiny_patch16", num_classes=0, img_size=32), [bench.FINDINGS])
+    save_task_model(model, out, arch="eva_x_tiny_patch16", model_kwargs={"img_size": 32}, info={})
+    return out
+
+
+@pytest.fixture(scope="module")
+def port(bench: ModuleType, model_dir: Path) -> Iterator[int]:
+    import uvicorn
+
+    from xrayfm.serve.app import create_app
+
+    port = bench.free_port()
+    config = uvicorn.Config(create_app(model_dir, max_batch=4, max_wait_ms=50), host="127.0.0.1", port=port,
+                            log_level="warning", http="h11", timeout_keep_alive=1)  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield port
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("heatmap", [False, True])
+def test_the_load_generator_gets_answers_and_records_its_cpu_share(bench: ModuleType, port: int, heatmap: bool) -> None:
+    row = bench.measure(port, clients=3, requests=6, heatmap=heatmap, server_pid=os.getpid(), image=64)
+    assert row["ok"] == 6 and row["errors"] == 0 and row["heatmap"] is heatmap
+    assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] and row["requests_per_s"] > 0
+    assert row["mean_batch"] >= 1 and row["client_cpu_s"] > 0
+    assert row["client_cpu_share"] is None or 0 < row["client_cpu_share"] <= 1
+
+
+def test_a_keep_alive_connection_survives_the_servers_idle_close(bench: ModuleType, port: int) -> None:
+    conn = bench.Connection(port)
+    request = bench.predict_request(bench.png(0, 48), heatmap=False)
+    status, body = conn.request(request)
+    assert status == 200 and "probabilities" in json.loads(body)
+    time.sleep(1.6)  # past the server's keep-alive timeout: it closed the connection
+    status, body = conn.request(request)
+    assert status == 200 and json.loads(body)["image"]["width"] == 48
+    conn.close()
+
+
+def test_engine_times_each_kind_per_batch_size(bench: ModuleType, model_dir: Path) -> None:
+    engine = bench.Engine(model_dir, "torch", 32, repeats=1)
+    for kind in ("forward", "forward_backward", "heatmap"):
+        assert engine.ms(kind, 1) > 0 and engine.ms(kind, 2) > 0
+    assert set(engine.table()) == {"forward", "forward_backward", "heatmap"}
+    assert set(engine.table()["heatmap"]) == {"bs1_ms", "bs2_ms"}
+    assert all(p.requires_grad for p in engine.model.parameters())
+
+
+class FakeEngine:
+    """Raw-engine times in ms: forward 10 ms per image, forward+backward 30, heatmap 12."""
+
+    def ms(self, kind: str, batch: int) -> float:
+        return {"forward": 10.0, "forward_backward": 30.0, "heatmap": 12.0}[kind] * batch
+
+
+def row(clients: int, heatmap: bool, p50: float, rate: float, batch: float) -> dict:
+    return {"clients": clients, "heatmap": heatmap, "p50_ms": p50, "requests_per_s": rate, "mean_batch": batch}
+
+
+def test_ratios_set_the_server_beside_the_engine_against_the_targets(bench: ModuleType) -> None:
+    rows = [row(1, False, 12.5, 80, 1), row(16, False, 95.0, 91, 7.6), row(1, True, 40.0, 25, 1),
+            row(16, True, 20.0, 26, 8.0)]  # fmt: skip
+    got = {(r["heatmap"], r["measure"]): r for r in bench.ratios(rows, FakeEngine(), max_batch=16)}
+    plain = got[False, "p50 latency"]
+    assert plain["server_minus_raw_ms"] == 2.5 and plain["met"] is True
+    throughput = got[False, "throughput"]  # the server formed batches of 8: 800 images/s raw there
+    assert throughput["raw_images_per_s"] == {"bs8": 100.0, "bs16": 100.0} and throughput["ratio"] == 0.91
+    assert throughput["met"] is True
+    heat = got[True, "p50 latency"]
+    assert heat["ratio"] == pytest.approx(40 / 30, abs=1e-3) and heat["met"] is False
+    assert heat["ratio_to_engine_heatmap"] == pytest.approx(40 / 12, abs=1e-3)
+    heat_rate = got[True, "throughput"]
+    assert heat_rate["ratio"] == pytest.approx(26 / (1000 / 30), abs=1e-3) and heat_rate["met"] is False
+    slow = bench.ratios([row(1, False, 13.5, 70, 1)], FakeEngine(), max_batch=16)
+    assert len(slow) == 1 and slow[0]["met"] is False  # 3.5 ms over the raw forward
+
+
+@pytest.mark.slow  # two server processes, each importing torch; the ONNX export
+def test_a_tiny_run_writes_engine_server_and_ratios(bench: ModuleType, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "serve.json"
+    argv = ["--archs", "eva_x_tiny_patch16", "--size", "32", "--image", "64", "--requests", "4", "--clients", "1,2",
+            "--max-batch", "2", "--repeats", "1", "--out", str(out)]  # fmt: skip
+    assert bench.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert {r["backend"] for r in report["runs"]} == {"torch", "onnx"} and len(report["runs"]) == 8
+    assert all(r["errors"] == 0 and r["precision"] == "fp32" for r in report["runs"])
+    expected = {(heatmap, measure) for heatmap in (False, True) for measure in ("p50 latency", "throughput")}
+    for side in report["engine"]:
+        assert set(side["engine"]) == {"forward", "forward_backward", "heatmap"}
+        assert {(r["heatmap"], r["measure"]) for r in side["ratios"]} == expected
+    assert "client_cpu_share" in report["load"] and report["provenance"]["machine"]["cores"] >= 1
