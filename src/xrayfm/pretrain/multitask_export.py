@@ -36,6 +36,8 @@ def model_settings(model: MultiTaskModel) -> dict[str, Any]:
     return {
         "tasks": tasks,
         "decoder": model.seg_decoder.kind if model.seg_decoder is not None else None,
+        "localizer": model.localizer,
+        "detr": model.detr_settings,
         "layers": list(model.pyramid.layers) if model.pyramid is not None else None,
     }
 
@@ -102,7 +104,8 @@ def load_multitask_model(path: str | Path, *, teacher: bool = False) -> tuple[Mu
     backbone = create_model(meta["arch"], num_classes=0, **meta.get("model_kwargs", {}))
     tasks = {d: [TaskSpec.from_dict(t) for t in specs] for d, specs in meta["tasks"].items()}
     model = MultiTaskModel(backbone, tasks, preprocess=resolve_preprocess(meta), decoder=meta.get("decoder"),
-                           layers=meta.get("layers"))  # fmt: skip
+                           layers=meta.get("layers"), localizer=meta.get("localizer", "deformable_detr"),
+                           detr=meta.get("detr"))  # fmt: skip
     weights = folder / (TEACHER if teacher else STUDENT)
     try:
         state = load_file(str(weights))

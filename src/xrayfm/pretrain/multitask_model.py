@@ -1,14 +1,17 @@
 """One backbone, many heads keyed ``dataset/task``: the Foundation X model.
 
 Every dataset of a recipe gets its own heads: a linear classifier per classification task, a box
-detector per detection task (torchvision Faster R-CNN through
-:class:`~xrayfm.models.heads.DetectionHead` for now; a DETR-family localizer with a shared encoder
-replaces it behind the same key later) and, per segmentation task, a classifier on one
+decoder per detection task (Deformable DETR as the paper's DINO family: one deformable encoder that
+every detection dataset shares, :class:`~xrayfm.models.heads.deformable_detr.DeformableEncoder`, and
+a :class:`~xrayfm.models.heads.deformable_detr.DeformableDetrHead` decoder per dataset; or, with
+``localizer="faster_rcnn"``, a whole torchvision Faster R-CNN per dataset through
+:class:`~xrayfm.models.heads.DetectionHead`) and, per segmentation task, a classifier on one
 segmentation decoder that all segmentation datasets share (UperNet = PSP + FPN, as the
 reference's PSP + FPN decoder with per-dataset heads, jlianglab/Foundation_X
 ``swin_transformer_CyclicSegmentation.py``; a U-Net for a CNN). A forward runs one unit: the
 backbone, the shared parts that unit needs and that unit's head only, and returns the features
-the teacher's consistency loss compares.
+the teacher's consistency loss compares. The shared modules live outside ``heads``, so a lock on
+one dataset's head freezes them.
 
 :meth:`MultiTaskModel.lock` freezes everything but one head (Foundation X's lock phase) and keeps
 the frozen shared modules in eval mode, so their batch-norm statistics do not move either, even
@@ -29,9 +32,10 @@ from torch import nn
 from xrayfm.errors import XrayfmError
 from xrayfm.models.features import FeaturePyramid, dense_layers
 from xrayfm.models.heads import ClassificationHead, DetectionHead, SegmentationHead
+from xrayfm.models.heads.deformable_detr import DeformableDetrHead, DeformableEncoder, detr_config
 from xrayfm.models.preprocess import Preprocess, resolve_preprocess
 from xrayfm.models.task_model import input_channels
-from xrayfm.pretrain.multitask_recipe import NAME_PATTERN, MultiTaskRecipe
+from xrayfm.pretrain.multitask_recipe import LOCALIZERS, NAME_PATTERN, MultiTaskRecipe
 from xrayfm.tasks import CLASSIFICATION_KINDS, DENSE_KINDS, TaskSpec
 
 
@@ -45,7 +49,8 @@ class UnitOutput:
             when the head was not run.
         features: Named features for the consistency loss: ``pooled`` (N, C) always,
             ``decoder`` (N, C, h, w) of the shared segmentation decoder, ``pyramid`` (N, C, h, w)
-            the coarsest pyramid level of a detection unit.
+            the coarsest pyramid level of a detection unit, ``loc_encoder`` (N, d, tokens) the shared
+            Deformable DETR encoder's output.
     """
 
     prediction: Any
@@ -103,10 +108,14 @@ class MultiTaskModel(nn.Module):
         layers: Backbone layers feeding dense heads (default from ``features``).
         features: ``last`` or ``pyramid``, see :func:`~xrayfm.models.features.dense_layers`.
         decoder_dropout: ``Dropout2d`` before the segmentation classifiers.
+        localizer: Detection heads, ``deformable_detr`` (shared encoder, a decoder per dataset) or
+            ``faster_rcnn`` (a detector per dataset).
+        detr: ``DeformableDetrConfig`` fields over
+            :data:`~xrayfm.models.heads.deformable_detr.DETR_DEFAULTS` (``d_model``, ``encoder_layers``...).
 
     Raises:
-        XrayfmError: No task, a name that cannot key a head, or detection on a backbone without
-            pyramid levels at strides 4-32.
+        XrayfmError: No task, a name that cannot key a head, an unknown localizer or DETR setting, or
+            detection on a backbone without pyramid levels at strides 4-32.
     """
 
     def __init__(
@@ -120,8 +129,12 @@ class MultiTaskModel(nn.Module):
         layers: Sequence[int] | None = None,
         features: str = "last",
         decoder_dropout: float = 0.0,
+        localizer: str = "deformable_detr",
+        detr: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if localizer not in LOCALIZERS:
+            raise XrayfmError(f"unknown localizer {localizer!r}; expected one of {list(LOCALIZERS)}")
         self.tasks: dict[str, TaskSpec] = {}
         for dataset, specs in tasks.items():
             for spec in specs:
@@ -146,30 +159,40 @@ class MultiTaskModel(nn.Module):
                 decoder=decoder or ("upernet" if self.pyramid.plain else "unet"),
                 input_channels=self.in_chans, dropout=decoder_dropout,
             )  # fmt: skip
+        self.localizer, self.loc_encoder = localizer, None
+        #: The DETR settings asked for (over the defaults), saved so the model rebuilds as it was.
+        self.detr_settings = dict(detr or {})
+        if "detection" in kinds:
+            assert self.pyramid is not None
+            if len(self.pyramid.out_channels) < 4 or self.pyramid.strides[-4:] != [4, 8, 16, 32]:
+                raise XrayfmError(f"detection needs pyramid levels at strides 4-32, got {self.pyramid.strides}")
+            if localizer == "deformable_detr":
+                self.detr_config = detr_config(detr)
+                self.loc_encoder = DeformableEncoder(self.pyramid.out_channels, self.detr_config)
         self.heads = nn.ModuleDict()
         for key, spec in self.tasks.items():
             dataset, name = key.split("/")
             if dataset not in self.heads:
                 self.heads[dataset] = nn.ModuleDict()
-            self.heads[dataset][name] = self._make_head(key, spec, dropout)
+            self.heads[dataset][name] = self._make_head(spec, dropout)
         self._locked: str | None = None
         self._frozen: tuple[str, ...] = ()
 
-    def _make_head(self, key: str, spec: TaskSpec, dropout: float) -> nn.Module:
+    def _make_head(self, spec: TaskSpec, dropout: float) -> nn.Module:
         if spec.kind in CLASSIFICATION_KINDS:
             return ClassificationHead(self.backbone.num_features, spec.num_classes, dropout)
         if spec.kind == "segmentation":
             assert self.seg_decoder is not None
             return self.seg_decoder.classifier(spec.num_classes)
         assert self.pyramid is not None
-        if len(self.pyramid.out_channels) < 4 or self.pyramid.strides[-4:] != [4, 8, 16, 32]:
-            raise XrayfmError(f"{key}: detection needs pyramid levels at strides 4-32, got {self.pyramid.strides}")
+        if self.loc_encoder is not None:
+            return DeformableDetrHead(self.detr_config, spec.num_classes)
         return DetectionHead(self.pyramid.out_channels, spec.num_classes)
 
     @classmethod
     def from_recipe(cls, recipe: MultiTaskRecipe, backbone: nn.Module, **kwargs: Any) -> MultiTaskModel:
-        """The model with the heads ``recipe`` declares; ``kwargs`` go to the constructor."""
-        return cls(backbone, recipe.task_specs(), **kwargs)
+        """The model with the heads ``recipe`` declares and its localizer; ``kwargs`` go to the constructor."""
+        return cls(backbone, recipe.task_specs(), **{"localizer": recipe.localizer, **kwargs})
 
     def task(self, unit: str) -> TaskSpec:
         """The task spec of a ``dataset/task`` key.
@@ -188,8 +211,9 @@ class MultiTaskModel(nn.Module):
         return self.heads[dataset][name]
 
     def shared_modules(self) -> dict[str, nn.Module]:
-        """Modules every unit of a kind shares: backbone, pyramid adapters, segmentation decoder."""
-        shared = {"backbone": self.backbone, "pyramid": self.pyramid, "seg_decoder": self.seg_decoder}
+        """Modules every unit of a kind shares: backbone, pyramid adapters, segmentation decoder, DETR encoder."""
+        shared = {"backbone": self.backbone, "pyramid": self.pyramid, "seg_decoder": self.seg_decoder,
+                  "loc_encoder": self.loc_encoder}  # fmt: skip
         return {name: m for name, m in shared.items() if m is not None}
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -239,7 +263,12 @@ class MultiTaskModel(nn.Module):
                     prediction = F.interpolate(prediction, size=x.shape[-2:], mode="bilinear", align_corners=False)
         else:
             features["pyramid"] = maps[-1]
-            prediction = self.head(unit)(x, maps, targets) if head else None
+            if self.loc_encoder is not None:
+                memory = self.loc_encoder(maps)
+                features["loc_encoder"] = memory.hidden.transpose(1, 2)
+                prediction = self.head(unit)(memory, tuple(x.shape[-2:]), targets) if head else None
+            else:
+                prediction = self.head(unit)(x, maps, targets) if head else None
         return UnitOutput(prediction, features)
 
     @property

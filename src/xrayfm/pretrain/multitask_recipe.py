@@ -20,11 +20,14 @@ as the reference's 20 slots (jlianglab/Foundation_X main.py L3238-3258)::
     cycles: 10                        # passes over the cycle
     ema: {momentum: 0.8, every: phase}
     consistency_weight: 0.5
+    localizer: deformable_detr        # or faster_rcnn
 
 A cycle entry names its task by name or, when the dataset has one task of that kind, by kind. Its
 length is ``epochs`` (passes over the unit's data, default 1) or ``steps``. A detection or
 segmentation unit first runs locked on ``lock_fraction`` of that length (paper: half), then
-released on all of it; classification units have no lock.
+released on all of it; classification units have no lock. ``localizer`` picks the detection heads:
+``deformable_detr`` (default, the paper's DETR family: one encoder shared by every detection dataset, a
+decoder each) or ``faster_rcnn`` (torchvision, a whole detector per dataset).
 """
 
 from __future__ import annotations
@@ -48,8 +51,10 @@ EMA_EVERY: tuple[str, ...] = ("phase", "step")
 DEFAULT_UNIT_ORDER: tuple[str, ...] = (*CLASSIFICATION_KINDS, "detection", "segmentation")
 #: Dataset and task names: they key heads and state-dict entries, so no dots or slashes.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+#: Detection heads: Deformable DETR with a shared encoder (paper's family, default) or Faster R-CNN per dataset.
+LOCALIZERS: tuple[str, ...] = ("deformable_detr", "faster_rcnn")
 
-_TOP_KEYS = {"datasets", "cycle", "cycles", "ema", "consistency_weight"}
+_TOP_KEYS = {"datasets", "cycle", "cycles", "ema", "consistency_weight", "localizer"}
 _DATASET_KEYS = {"adapter", "root", "options", "tasks"}
 _TASK_KEYS = {"kind", "classes", "weight"}
 _UNIT_KEYS = {"dataset", "task", "epochs", "steps", "lock_fraction"}
@@ -142,6 +147,7 @@ class MultiTaskRecipe:
         cycles: Passes over the cycle.
         ema: Teacher settings.
         consistency_weight: ``w`` of ``(1 - w) * task + w * consistency`` (reference 0.5).
+        localizer: Detection heads, one of :data:`LOCALIZERS`.
     """
 
     datasets: dict[str, DatasetEntry]
@@ -149,6 +155,7 @@ class MultiTaskRecipe:
     cycles: int = 1
     ema: EmaSettings = EmaSettings()
     consistency_weight: float = 0.5
+    localizer: str = "deformable_detr"
 
     def task(self, key: str) -> RecipeTask:
         """The task behind a ``dataset/task`` key.
@@ -214,6 +221,7 @@ def parse_recipe(data: Any, *, source: str = "recipe") -> MultiTaskRecipe:
         cycles=_int(f"{source}: cycles", top.get("cycles", 1), minimum=1),
         ema=_ema(f"{source}: ema", top.get("ema", {})),
         consistency_weight=_fraction(f"{source}: consistency_weight", top.get("consistency_weight", 0.5), closed=True),
+        localizer=_choice(f"{source}: localizer", top.get("localizer", "deformable_detr"), LOCALIZERS),
     )
 
 
@@ -229,6 +237,12 @@ def _mapping(value: Any, where: str, allowed: set[str] | None = None) -> dict[st
 def _name(where: str, value: Any) -> str:
     if not isinstance(value, str) or not NAME_PATTERN.match(value):
         raise RecipeError(f"{where}: name {value!r} must be letters, digits, '_' or '-' (it keys heads)")
+    return value
+
+
+def _choice(where: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise RecipeError(f"{where}: expected one of {list(choices)}, got {value!r}")
     return value
 
 
