@@ -1,4 +1,5 @@
-"""ONNX export: outputs match PyTorch in ONNX Runtime, dynamic batch, stale and broken exports refused."""
+"""ONNX export: outputs match PyTorch in ONNX Runtime, dynamic batch, detection boxes as PyTorch's, stale and
+broken exports refused."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 from xrayfm.errors import XrayfmError
 from xrayfm.models import create_model
+from xrayfm.models.onnx_detection import onnx_task_outputs, part_names
 from xrayfm.models.onnx_export import export_onnx
 from xrayfm.models.onnx_model import ONNX_FILE, ONNX_SIDECAR, OnnxModel
 from xrayfm.models.preprocess import Preprocess
@@ -48,9 +50,12 @@ def test_export_writes_a_checked_self_describing_file(eva_export: tuple[Path, di
     assert (folder / ONNX_FILE).stat().st_size > 1_000_000 and not list(folder.glob("*.data"))
     on_disk = json.loads((folder / ONNX_SIDECAR).read_text())
     assert on_disk == info
-    assert [o["name"] for o in info["outputs"]] == ["findings", "lungs"] and info["not_exported"] == ["lesions"]
+    assert [o["name"] for o in info["outputs"]] == ["findings", "lungs", "lesions"] and info["not_exported"] == []
     assert info["outputs"][1]["classes"] == ["left", "right"] and info["input_size"] == 64
-    assert info["check"]["batches"] == [1, 3] and max(info["check"]["max_abs_diff"].values()) < 1e-4
+    assert info["outputs"][2]["parts"] == part_names("lesions") and "precisions" not in info
+    diffs = info["check"]["max_abs_diff"]
+    assert info["check"]["batches"] == [1, 3] and set(diffs) == {"findings", "lungs", *part_names("lesions")}
+    assert diffs["findings"] < 1e-4 and diffs["lungs"] < 1e-4
 
 
 def test_onnx_runtime_matches_pytorch_at_any_batch_size(eva_export: tuple[Path, dict]) -> None:
@@ -60,7 +65,7 @@ def test_onnx_runtime_matches_pytorch_at_any_batch_size(eva_export: tuple[Path, 
     x = torch.rand(5, 1, 64, 64, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         ref = model(x)
-    got = onnx_model(x)
+    got = onnx_model(x, ["findings", "lungs"])
     assert set(got) == {"findings", "lungs"}
     assert got["lungs"].shape == (5, 2, 64, 64)
     for name in got:
@@ -120,10 +125,23 @@ def test_a_failed_check_deletes_the_export(tmp_path: Path, monkeypatch: pytest.M
     assert not (src / ONNX_FILE).exists() and not (src / ONNX_SIDECAR).exists()
 
 
-def test_detection_only_model_has_nothing_to_export(tmp_path: Path) -> None:
+def test_detection_through_onnx_gives_pytorchs_boxes(tmp_path: Path) -> None:
     src = save(tmp_path / "det", "resnet18", TASKS[2:])
-    with pytest.raises(XrayfmError, match="no classification or segmentation head"):
-        export_onnx(src)
+    info = export_onnx(src)
+    assert info["outputs"][0]["kind"] == "detection" and info["not_exported"] == []
+    model, _ = load_task_model(src)
+    onnx_model = OnnxModel(src, weights=src / WEIGHTS)
+    x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = model(x)["lesions"]
+    got = onnx_task_outputs(onnx_model, model, x)["lesions"]
+    assert len(got) == len(ref) == 2
+    for g, r in zip(got, ref):
+        assert len(r["boxes"]) > 0 and g["boxes"].shape == r["boxes"].shape
+        torch.testing.assert_close(g["boxes"], r["boxes"], atol=1e-2, rtol=1e-3)
+        torch.testing.assert_close(g["scores"], r["scores"], atol=1e-4, rtol=1e-3)
+        assert torch.equal(g["labels"], r["labels"])
+    assert set(onnx_task_outputs(onnx_model, model, x, ["lesions"])) == {"lesions"}
 
 
 def test_export_to_another_folder_follows_the_umask(

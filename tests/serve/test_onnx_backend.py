@@ -36,7 +36,7 @@ def test_onnx_and_torch_backends_give_the_same_answers(onnx_dir: Path) -> None:
     with TestClient(create_app(onnx_dir, backend="onnx")) as fast, TestClient(create_app(onnx_dir)) as ref:
         assert fast.get("/health").json()["backend"] == "onnx"
         card = fast.get("/model").json()
-        assert card["backend"] == "onnx" and card["onnx"]["not_exported"] == ["lesions"]
+        assert card["backend"] == "onnx" and card["onnx"]["not_exported"] == []
         for seed in range(3):
             data = png_bytes(90, 70, seed=seed)
             a = fast.post("/predict", files=upload(data)).json()["probabilities"]
@@ -50,8 +50,13 @@ def test_onnx_and_torch_backends_give_the_same_answers(onnx_dir: Path) -> None:
         res = fast.post("/predict?heatmap=true", files=upload(png_bytes(90, 70)))
         assert res.status_code == 200, res.text
         assert Image.open(io.BytesIO(base64.b64decode(res.json()["heatmap"]["png"]))).size == (90, 70)
-        res = fast.post("/detect", files=upload(png_bytes()))
-        assert res.status_code == 404 and "--backend torch" in res.json()["detail"]
+        data = png_bytes(80, 64, seed=5)
+        da, db = fast.post("/detect", files=upload(data)), ref.post("/detect", files=upload(data))
+        assert da.status_code == db.status_code == 200, da.text
+        ba, bb = da.json()["boxes"], db.json()["boxes"]
+        assert len(ba) == len(bb) > 0 and [b["class"] for b in ba] == [b["class"] for b in bb]
+        np.testing.assert_allclose([b["box"] for b in ba], [b["box"] for b in bb], atol=0.05)
+        np.testing.assert_allclose([b["score"] for b in ba], [b["score"] for b in bb], atol=1e-3)
 
 
 def test_onnx_backend_needs_an_export(model_dir: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from xrayfm.cli.args import add_model_arg
 from xrayfm.errors import XrayfmError
+from xrayfm.models.precision import DEFAULT_TOLERANCE, PRECISIONS
 
 KEEP_ALIVE_S = 5
 MAX_HEADER_BYTES = 16_384
@@ -24,10 +25,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("XRAYFM_TOKEN") or None
     app = create_app(args.model, token=token, max_upload_mb=args.max_upload_mb, max_batch=args.max_batch,
                      max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, device=args.device,
-                     backend=args.backend, max_decodes=args.max_decodes,
+                     backend=args.backend, precision=args.precision, max_decodes=args.max_decodes,
                      max_pixels_in_flight=int(args.max_megapixels_in_flight * 1e6), body_timeout=args.body_timeout,
                      body_idle_timeout=args.body_idle_timeout)  # fmt: skip
-    print(f"serving {args.model} ({args.backend}) on http://{args.host}:{args.port}/  (API docs: /docs; Ctrl-C stops)")
+    print(f"serving {args.model} ({args.backend}, {args.precision}) on http://{args.host}:{args.port}/  "
+          "(API docs: /docs; Ctrl-C stops)")  # fmt: skip
     # h11 for every install (its header limit applies; httptools has none to set); a bounded number of
     # connections (503 beyond), idle keep-alive connections closed after 5 s, headers at most 16 KiB.
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", http="h11",
@@ -91,23 +93,47 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
                    help="run inference with PyTorch or with ONNX Runtime on model.onnx (xrayfm export onnx); "
                         "heatmaps always use PyTorch")  # fmt: skip
+    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                   help="fp32; bf16 (torch backend, autocast; needs AVX-512-BF16/AMX or a bf16 GPU); int8 (onnx "
+                        "backend, from xrayfm export onnx --precision int8). Heatmaps stay fp32")  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
-    from xrayfm.models.onnx_export import export_onnx
+    from xrayfm.evaluate.precision_check import export_checked
     from xrayfm.models.onnx_model import ONNX_FILE
     from xrayfm.models.task_checkpoint import find_task_model
 
-    info = export_onnx(args.model, args.out, opset=args.opset, atol=args.atol, rtol=args.rtol)
+    options = {"opset": args.opset, "atol": args.atol, "rtol": args.rtol}
+    if args.precision == "int8":
+        options["calibration_images"] = args.calibration_images
+    info = export_checked(args.model, args.out, precision=args.precision, check_data=args.check_data,
+                          tolerance=args.tolerance, force=args.force, **options)  # fmt: skip
     out = Path(args.out) if args.out else find_task_model(args.model)
     check = info["check"]
-    diffs = ", ".join(f"{k} {v:.2g}" for k, v in check["max_abs_diff"].items())
+    worst: dict[str, float] = {}  # per task: a detection head has several graph outputs ("task.part.level")
+    for name, value in check["max_abs_diff"].items():
+        task = name.split(".")[0]
+        worst[task] = max(worst.get(task, 0.0), value)
+    diffs = ", ".join(f"{k} {v:.2g}" for k, v in worst.items())
     print(f"wrote {out / ONNX_FILE} (opset {info['opset']}, input (N, 1, {info['input_size']}, "
           f"{info['input_size']}) grey [0, 1])")  # fmt: skip
     print(f"checked with ONNX Runtime at batch sizes {check['batches']}: largest difference from PyTorch {diffs}")
-    print(f"serve it: xrayfm serve {out} --backend onnx")
+    backend = "torch" if args.precision == "bf16" else "onnx"
+    for name, rec in info.get("precisions", {}).items():
+        changes = ", ".join(f"{t} {r['metric']} {_num(r['fp32'])} -> {_num(r[name])}"
+                            for t, r in rec["check"]["tasks"].items())  # fmt: skip
+        made = f"{rec['file']} ({rec['method']})" if rec.get("file") else rec["runtime"]
+        data = rec["check"]["data"]
+        verdict = "within" if rec["check"]["passed"] else "BEYOND (--force)"
+        print(f"{name}: {made}; on {data['images']} {data['dataset']} {data['split']} images {changes}, "
+              f"{verdict} tolerance {rec['check']['tolerance']:g}")  # fmt: skip
+    print(f"serve it: xrayfm serve {out} --backend {backend} --precision {args.precision}")
     return 0
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -115,12 +141,13 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     fmt = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
     o = fmt.add_parser(
         "onnx",
-        help="classification and segmentation heads to model.onnx, checked against PyTorch with ONNX Runtime",
+        help="a fine-tuned model to model.onnx (fp32, or also int8), checked against PyTorch with ONNX Runtime",
         description=(
-            "Export a fine-tuned model's classification and segmentation heads to model.onnx (dynamic batch, "
-            "the training image size, preprocessing inside the graph) and check every output against PyTorch "
-            "with ONNX Runtime. Writes model.onnx and onnx.json into the model folder, or into --out together "
-            "with copies of the model, so the folder can be served with --backend onnx."
+            "Export a fine-tuned model to model.onnx (dynamic batch, the training image size, preprocessing inside "
+            "the graph; box detection as its dense part, its box logic staying in PyTorch) and check every output "
+            "against PyTorch with ONNX Runtime. Writes model.onnx (and model.int8.onnx with --precision int8) and "
+            "onnx.json into the model folder, or into --out together with copies of the model, so the folder can be "
+            "served with --backend onnx."
         ),
     )
     o.add_argument("model", help="finetune run folder or model folder")
@@ -128,6 +155,18 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     o.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance of the check (default 1e-4)")
     o.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance of the check (default 1e-3)")
+    o.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                   help="int8: also write model.int8.onnx (ONNX Runtime static quantization calibrated on the "
+                        "model's training images, dynamic where they cannot be read); bf16: certify PyTorch bf16 "
+                        "autocast. Either is scored against fp32 on held-out images (default fp32)")  # fmt: skip
+    o.add_argument("--check-data", metavar="ADAPTER:ROOT",
+                   help="held-out images for the precision check instead of the model's own test / val split "
+                        "(needed where that cannot be read)")  # fmt: skip
+    o.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                   help="largest AUROC / Dice change accepted at reduced precision (default 0.005)")  # fmt: skip
+    o.add_argument("--force", action="store_true", help="write a reduced precision beyond --tolerance (warns)")
+    o.add_argument("--calibration-images", type=int, default=64,
+                   help="training images calibrating int8 (default 64)")  # fmt: skip
     o.set_defaults(func=cmd_export_onnx)
 
 

@@ -62,6 +62,7 @@ def create_app(
     queue_size: int = 64,
     device: str = "cpu",
     backend: str = "torch",
+    precision: str = "fp32",
     max_decodes: int | None = None,
     max_pixels_in_flight: int = 200_000_000,
     body_timeout: float = 30.0,
@@ -82,6 +83,7 @@ def create_app(
             the model; beyond either the server answers 503.
         device: Torch device.
         backend: ``torch`` or ``onnx`` (ONNX Runtime on the folder's ``model.onnx``).
+        precision: ``fp32``, ``bf16`` (torch backend) or ``int8`` (onnx backend); see :class:`ModelRuntime`.
         max_decodes: Most uploads decoded at once (default: the CPUs this process may use).
         max_pixels_in_flight: Most declared pixels decoded at once; at least the read limit of
             one image (100 MP by default), so every accepted image fits.
@@ -93,7 +95,7 @@ def create_app(
     Raises:
         XrayfmError: A limit is not positive, or the pixel budget is below one image's limit.
     """
-    runtime = ModelRuntime(model_dir, device=device, backend=backend)
+    runtime = ModelRuntime(model_dir, device=device, backend=backend, precision=precision)
     if max_upload_mb <= 0 or body_timeout <= 0 or body_idle_timeout <= 0:
         raise XrayfmError("--max-upload-mb, --body-timeout and --body-idle-timeout must be positive")
     if max_pixels_in_flight < runtime.limits.max_pixels:

@@ -34,7 +34,9 @@ from xrayfm.evaluate.predict import probabilities
 from xrayfm.explain.heatmap import explain_batch
 from xrayfm.io import ImageProbe, probe_image, read_xray
 from xrayfm.io.limits import ReadLimits
-from xrayfm.models.onnx_model import OnnxModel
+from xrayfm.models.onnx_detection import onnx_task_outputs
+from xrayfm.models.onnx_model import OnnxModel, precision_record
+from xrayfm.models.precision import check_precision, no_grad_at
 from xrayfm.models.preprocess import resolve_preprocess
 from xrayfm.models.task_checkpoint import WEIGHTS, find_task_model, load_task_model
 
@@ -88,9 +90,11 @@ class ModelRuntime:
         limits: Upload decoding limits (file size, pixel count).
         backend: ``torch``, or ``onnx`` to answer with ONNX Runtime from the folder's ``model.onnx``
             (``xrayfm export onnx``); heatmaps always come from the PyTorch model, which needs gradients.
+        precision: ``fp32``; ``bf16`` (torch backend, autocast; refused where the CPU / GPU lacks bf16);
+            ``int8`` (onnx backend, ``model.int8.onnx``). Heatmaps stay fp32.
 
     Raises:
-        XrayfmError: Unknown backend, missing or stale ONNX export, unreadable model.
+        XrayfmError: Unknown backend, missing or stale ONNX export, unreadable model, unsupported precision.
     """
 
     def __init__(
@@ -100,9 +104,12 @@ class ModelRuntime:
         device: str = "cpu",
         limits: ReadLimits | None = None,
         backend: str = "torch",
+        precision: str = "fp32",
     ) -> None:
         if backend not in BACKENDS:
             raise XrayfmError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+        check_precision(precision, backend, device)
+        self.precision = precision
         self.model_dir = find_task_model(model_dir)
         self.model, self.meta = load_task_model(self.model_dir)
         self.device = torch.device(device)
@@ -112,10 +119,12 @@ class ModelRuntime:
         self.limits = limits or ReadLimits()
         self.lock = threading.Lock()
         self.backend = backend
-        self.onnx = OnnxModel(self.model_dir, weights=self.model_dir / WEIGHTS) if backend == "onnx" else None
-        served = (
-            self.model.tasks if self.onnx is None else [t for t in self.model.tasks if t.name in self.onnx.output_names]
+        self.onnx = (
+            OnnxModel(self.model_dir, weights=self.model_dir / WEIGHTS, precision=precision)
+            if backend == "onnx"
+            else None
         )
+        served = self.model.tasks if self.onnx is None else [t for t in self.model.tasks if t.name in self.onnx.tasks]
         self.tasks = {t.name: t for t in served}
 
     def probe(self, data: bytes) -> ImageProbe:
@@ -204,15 +213,16 @@ class ModelRuntime:
         x = torch.stack([r.image for r in requests])
         wanted = sorted({r.task for r in requests})
         if self.onnx is not None:  # ONNX Runtime sessions are thread-safe and never hooked
-            out = self.onnx(x)
+            out = onnx_task_outputs(self.onnx, self.model, x, wanted)
         else:
-            with self.lock, torch.no_grad():
+            with self.lock, no_grad_at(self.precision, self.device):
                 out = self.model(x.to(self.device), tasks=wanted)
         results: list[dict[str, Any]] = [{} for _ in requests]
         for name in wanted:
             if self.tasks[name].kind == "detection":
                 for i, det in enumerate(out[name]):
-                    results[i][name] = {k: v.cpu().numpy() for k, v in det.items()}
+                    results[i][name] = {k: (v.float() if v.is_floating_point() else v).cpu().numpy()
+                                        for k, v in det.items()}  # fmt: skip
             else:
                 probs = probabilities(self.tasks[name].kind, out[name].float()).cpu().numpy()
                 for i in range(len(requests)):
@@ -227,11 +237,16 @@ class ModelRuntime:
             "tasks": self.meta["tasks"], "preprocess": self.preprocess.to_dict(),
             "training": {k: prov.get(k) for k in ("dataset", "mode", "train_fraction", "train_images", "steps",
                                                    "pretrained", "seed")},
-            "parameters": prov.get("parameters"), "metrics": {}, "backend": self.backend,
+            "parameters": prov.get("parameters"), "metrics": {}, "backend": self.backend, "precision": self.precision,
             "intended_use": "research only; not a medical device and not for diagnosis",
         }  # fmt: skip
         if self.onnx is not None:
             card["onnx"] = {k: self.onnx.meta.get(k) for k in ("opset", "outputs", "not_exported", "check")}
+        if self.precision != "fp32":  # the accuracy check of export onnx --precision, or a note that there is none
+            record = precision_record(self.model_dir, self.precision)
+            card["precision_check"] = (record or {}).get("check") or (
+                f"not checked against fp32; run: xrayfm export onnx {self.model_dir} --precision {self.precision}"
+            )
         summary = self.model_dir.parent / "summary.json"
         if summary.is_file():
             try:
