@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -58,8 +59,12 @@ def test_default_demo_is_mim_only() -> None:
 
 
 def test_make_demo_adam_runs_the_anatomy_demo_and_make_demo_stays_mim() -> None:
+    # run as a fresh make, not a sub-make of `make test` (which would print "Entering directory" lines)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+
     def dry(target: str) -> str:
-        res = subprocess.run(["make", "-n", target], cwd=REPO, capture_output=True, text=True, timeout=60)
+        res = subprocess.run(["make", "--no-print-directory", "-n", target], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
         assert res.returncode == 0, res.stderr
         return res.stdout.splitlines()[-1]
 
