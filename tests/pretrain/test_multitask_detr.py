@@ -147,3 +147,13 @@ def test_a_saved_model_reloads_with_its_localizer_and_detr_settings(localizer: s
     with torch.no_grad():
         a, b = model(x, "a/f"), loaded(x, "a/f")
     torch.testing.assert_close(a.prediction, b.prediction)
+
+
+def test_the_recipe_sizes_detr_and_a_bad_setting_names_the_key() -> None:
+    base = {"datasets": {"a": {"adapter": "phantom", "root": "r", "tasks": {"d": {"kind": "detection",
+                                                                                "classes": ["nodule"]}}}}}  # fmt: skip
+    recipe = parse_recipe({**base, "detr": TINY})
+    model = MultiTaskModel.from_recipe(recipe, create_model("resnet18", num_classes=0))
+    assert model.loc_encoder.config.d_model == 32 and model.head("a/d").class_embed.out_features == 1
+    with pytest.raises(RecipeError, match=r"detr: unknown Deformable DETR settings \['d_modle'\]"):
+        parse_recipe({**base, "detr": {"d_modle": 32}})

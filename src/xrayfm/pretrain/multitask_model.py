@@ -192,7 +192,7 @@ class MultiTaskModel(nn.Module):
     @classmethod
     def from_recipe(cls, recipe: MultiTaskRecipe, backbone: nn.Module, **kwargs: Any) -> MultiTaskModel:
         """The model with the heads ``recipe`` declares and its localizer; ``kwargs`` go to the constructor."""
-        return cls(backbone, recipe.task_specs(), **{"localizer": recipe.localizer, **kwargs})
+        return cls(backbone, recipe.task_specs(), **{"localizer": recipe.localizer, "detr": recipe.detr, **kwargs})
 
     def task(self, unit: str) -> TaskSpec:
         """The task spec of a ``dataset/task`` key.

@@ -21,13 +21,15 @@ as the reference's 20 slots (jlianglab/Foundation_X main.py L3238-3258)::
     ema: {momentum: 0.8, every: phase}
     consistency_weight: 0.5
     localizer: deformable_detr        # or faster_rcnn
+    detr: {d_model: 64, encoder_layers: 1, decoder_layers: 2, num_queries: 50}  # optional, over the paper sizes
 
 A cycle entry names its task by name or, when the dataset has one task of that kind, by kind. Its
 length is ``epochs`` (passes over the unit's data, default 1) or ``steps``. A detection or
 segmentation unit first runs locked on ``lock_fraction`` of that length (paper: half), then
 released on all of it; classification units have no lock. ``localizer`` picks the detection heads:
 ``deformable_detr`` (default, the paper's DETR family: one encoder shared by every detection dataset, a
-decoder each) or ``faster_rcnn`` (torchvision, a whole detector per dataset).
+decoder each) or ``faster_rcnn`` (torchvision, a whole detector per dataset); ``detr`` sets
+``DeformableDetrConfig`` fields over the paper-scale defaults (small ones for CPU runs).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 #: Detection heads: Deformable DETR with a shared encoder (paper's family, default) or Faster R-CNN per dataset.
 LOCALIZERS: tuple[str, ...] = ("deformable_detr", "faster_rcnn")
 
-_TOP_KEYS = {"datasets", "cycle", "cycles", "ema", "consistency_weight", "localizer"}
+_TOP_KEYS = {"datasets", "cycle", "cycles", "ema", "consistency_weight", "localizer", "detr"}
 _DATASET_KEYS = {"adapter", "root", "options", "tasks"}
 _TASK_KEYS = {"kind", "classes", "weight"}
 _UNIT_KEYS = {"dataset", "task", "epochs", "steps", "lock_fraction"}
@@ -148,6 +150,7 @@ class MultiTaskRecipe:
         ema: Teacher settings.
         consistency_weight: ``w`` of ``(1 - w) * task + w * consistency`` (reference 0.5).
         localizer: Detection heads, one of :data:`LOCALIZERS`.
+        detr: Deformable DETR settings over the paper-scale defaults (checked when parsed).
     """
 
     datasets: dict[str, DatasetEntry]
@@ -156,6 +159,7 @@ class MultiTaskRecipe:
     ema: EmaSettings = EmaSettings()
     consistency_weight: float = 0.5
     localizer: str = "deformable_detr"
+    detr: Mapping[str, Any] = field(default_factory=dict)
 
     def task(self, key: str) -> RecipeTask:
         """The task behind a ``dataset/task`` key.
@@ -222,7 +226,20 @@ def parse_recipe(data: Any, *, source: str = "recipe") -> MultiTaskRecipe:
         ema=_ema(f"{source}: ema", top.get("ema", {})),
         consistency_weight=_fraction(f"{source}: consistency_weight", top.get("consistency_weight", 0.5), closed=True),
         localizer=_choice(f"{source}: localizer", top.get("localizer", "deformable_detr"), LOCALIZERS),
+        detr=_detr(f"{source}: detr", top.get("detr", {})),
     )
+
+
+def _detr(where: str, value: Any) -> dict[str, Any]:
+    """Deformable DETR settings, checked against ``DeformableDetrConfig`` now rather than when heads are built."""
+    from xrayfm.models.heads.deformable_detr import detr_config  # transformers: imported only when asked
+
+    settings = _mapping(value, where)
+    try:
+        detr_config(settings)
+    except XrayfmError as exc:
+        raise RecipeError(f"{where}: {exc}") from None
+    return settings
 
 
 def _mapping(value: Any, where: str, allowed: set[str] | None = None) -> dict[str, Any]:

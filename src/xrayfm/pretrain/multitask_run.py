@@ -143,6 +143,7 @@ def recipe_mapping(recipe: MultiTaskRecipe, data_root: str | Path | None = None)
         "datasets": datasets, "cycle": cycle, "cycles": recipe.cycles,
         "ema": {"momentum": recipe.ema.momentum, "every": recipe.ema.every},
         "consistency_weight": recipe.consistency_weight, "localizer": recipe.localizer,
+        "detr": dict(recipe.detr),
     }  # fmt: skip
 
 
