@@ -21,6 +21,7 @@ def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data
 
 
+@pytest.mark.slow  # minutes on 2 cores; the demo and README fine-tune tests cover the flow by default
 def test_full_finetune_saves_evaluates_and_reports(phantom: Path, tmp_path: Path) -> None:
     out = tmp_path / "full"
     res = run("finetune", "phantom", str(phantom), "--out", str(out), "--steps", "4", *FAST)
@@ -158,6 +159,7 @@ def nih_root(shared_datasets: Path, label_files: Path, tmp_path_factory: pytest.
 NIH_FAST = ["-o", "allow_outside_root=true", "--img-size", "64", "--steps", "2", "--batch-size", "4", "--warmup", "1", "--n-boot", "10"]  # fmt: skip
 
 
+@pytest.mark.slow  # minutes on 2 cores; test_real_data_cli[boxes-full] fine-tunes boxes on real images by default
 def test_nih_finetune_trains_findings_and_boxes_on_the_box_annotated_images(nih_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "nih"
     res = run("finetune", "nih_cxr14", str(nih_root), "--out", str(out), *NIH_FAST, "--accelerator", "cpu")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from cli_runner import run
 
 from xrayfm.models import create_model
 
 
+@pytest.mark.slow  # minutes on 2 cores; the README pretraining blocks run pixel and teacher MIM by default
 def test_pixel_then_distilled_pretraining_and_export(tmp_path: Path) -> None:
     data, run1, run2 = tmp_path / "ph", tmp_path / "run1", tmp_path / "run2"
     assert run("phantom", str(data), "-n", "24", "--size", "64").returncode == 0
