@@ -102,3 +102,18 @@ def test_settings_are_checked() -> None:
         _moco(temperature=0.0)
     with pytest.raises(XrayfmError, match="num_features"):
         MoCo(nn.Linear(3, 3))
+
+
+@pytest.mark.parametrize(
+    "arch, kwargs",
+    [("eva_x_tiny_patch16", {"img_size": 32}), ("swin_tiny_patch4_window7_224", {"img_size": 56, "window_size": 7})],
+)
+def test_any_registry_backbone_trains_with_the_pruner(arch: str, kwargs: dict) -> None:
+    torch.manual_seed(0)
+    size = kwargs["img_size"]
+    m = MoCo(create_model(arch, num_classes=0, **kwargs), dim=8, hidden_dim=16, queue_size=6, prune_threshold=0.8)
+    g = torch.Generator().manual_seed(3)
+    loss = m((torch.randn(2, 3, size, size, generator=g), torch.randn(2, 3, size, size, generator=g)))
+    loss.backward()
+    assert torch.isfinite(loss) and int(m.queue_ptr) == 2
+    assert all(p.grad is not None for p in m.encoder_q.parameters() if p.requires_grad)
