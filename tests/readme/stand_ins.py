@@ -86,6 +86,7 @@ OVERRIDES: dict[tuple[str, ...], list[str]] = {
     ("stats",): ["--size", "32", "--max-images", "8"],
     ("inspect",): ["--check", "4"],
     ("pretrain", "mim"): "--steps 1 --img-size 32 --batch-size 4 --warmup 0 --accumulate 1".split(),
+    ("pretrain", "multitask"): ["--steps", "4", "--img-size", "32"],
     # the recipes name EVA-X S/16: Ti/16 here (runs/mim_s and W are Ti/16 stand-ins too)
     ("finetune",): [*TRAIN, "--arch", "eva_x_tiny_patch16"],
     # one run per backbone instead of backbones x 3 modes x 3 fractions x 3 seeds
@@ -120,6 +121,7 @@ NEEDS: dict[str, list[str]] = {
     "models-eva-x-backbones-2": ["runs/cxr14", "runs/mim_s"],
     "pretrain-your-own-eva-x-1": ["demo_output", "runs/teacher"],
     "pretrain-with-anatomy-adam-1": ["demo_output"],
+    "train-one-model-for-many-tasks-foundation-x-1": ["demo_output"],
     "pretrain-your-own-eva-x-3": ["runs/teacher"],
     "fine-tune-on-your-data-1": ["runs/mim_s", "runs/mim"],
     "fine-tune-on-your-data-2": ["runs/mim"],
