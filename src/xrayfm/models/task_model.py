@@ -25,6 +25,18 @@ from xrayfm.models.preprocess import Preprocess, resolve_preprocess
 from xrayfm.tasks import CLASSIFICATION_KINDS, DENSE_KINDS, TaskSpec
 
 
+def normalize_grey(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Grey [0, 1] images (N, 1, H, W) normalised with ``mean`` / ``std`` and repeated to ``in_chans``.
+
+    Raises:
+        XrayfmError: ``x`` is not (N, 1, H, W) (or already (N, in_chans, H, W)).
+    """
+    if x.ndim != 4 or x.shape[1] not in (1, in_chans):
+        raise XrayfmError(f"expected images (N, 1, H, W), got shape {tuple(x.shape)}")
+    x = (x - mean) / std
+    return x.expand(-1, in_chans, -1, -1) if x.shape[1] == 1 else x
+
+
 def input_channels(backbone: nn.Module) -> int:
     """Channels of a timm backbone's stem (its ``pretrained_cfg['first_conv']`` layer)."""
     first = (getattr(backbone, "pretrained_cfg", None) or {}).get("first_conv")
@@ -107,10 +119,7 @@ class XrayModel(nn.Module):
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Grey [0, 1] (N, 1, H, W) -> normalised (N, in_chans, H, W)."""
-        if x.ndim != 4 or x.shape[1] not in (1, self.in_chans):
-            raise XrayfmError(f"expected images (N, 1, H, W), got shape {tuple(x.shape)}")
-        x = (x - self.mean) / self.std
-        return x.expand(-1, self.in_chans, -1, -1) if x.shape[1] == 1 else x
+        return normalize_grey(x, self.mean, self.std, self.in_chans)
 
     def forward(
         self,

@@ -34,7 +34,7 @@ from xrayfm.models.features import FeaturePyramid, dense_layers
 from xrayfm.models.heads import ClassificationHead, DetectionHead, SegmentationHead
 from xrayfm.models.heads.deformable_detr import DeformableDetrHead, DeformableEncoder, detr_config
 from xrayfm.models.preprocess import Preprocess, resolve_preprocess
-from xrayfm.models.task_model import input_channels
+from xrayfm.models.task_model import input_channels, normalize_grey
 from xrayfm.pretrain.multitask_recipe import LOCALIZERS, NAME_PATTERN, MultiTaskRecipe
 from xrayfm.tasks import CLASSIFICATION_KINDS, DENSE_KINDS, TaskSpec
 
@@ -218,10 +218,7 @@ class MultiTaskModel(nn.Module):
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Grey [0, 1] (N, 1, H, W) -> normalised (N, in_chans, H, W)."""
-        if x.ndim != 4 or x.shape[1] not in (1, self.in_chans):
-            raise XrayfmError(f"expected images (N, 1, H, W), got shape {tuple(x.shape)}")
-        x = (x - self.mean) / self.std
-        return x.expand(-1, self.in_chans, -1, -1) if x.shape[1] == 1 else x
+        return normalize_grey(x, self.mean, self.std, self.in_chans)
 
     def forward(
         self,

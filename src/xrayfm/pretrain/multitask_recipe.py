@@ -178,20 +178,27 @@ class MultiTaskRecipe:
         return {d: [t.spec for t in e.tasks.values()] for d, e in self.datasets.items()}
 
 
-def load_recipe(path: str | Path) -> MultiTaskRecipe:
-    """Read and validate a recipe YAML file (``yaml.safe_load``: no code runs).
+def read_recipe_yaml(path: str | Path) -> Any:
+    """The YAML data of a recipe file (``yaml.safe_load``: no code runs), not yet validated.
 
     Raises:
-        RecipeError: The file is missing, not YAML, or not a valid recipe.
+        RecipeError: The file is missing or not YAML.
     """
-    path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise RecipeError(f"cannot read recipe {path}: {exc}") from exc
     except yaml.YAMLError as exc:
         raise RecipeError(f"recipe {path} is not valid YAML: {exc}") from exc
-    return parse_recipe(data, source=str(path))
+
+
+def load_recipe(path: str | Path) -> MultiTaskRecipe:
+    """Read and validate a recipe YAML file.
+
+    Raises:
+        RecipeError: The file is missing, not YAML, or not a valid recipe.
+    """
+    return parse_recipe(read_recipe_yaml(path), source=str(path))
 
 
 def parse_recipe(data: Any, *, source: str = "recipe") -> MultiTaskRecipe:

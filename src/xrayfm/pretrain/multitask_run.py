@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 from torch.utils.data import ConcatDataset
 
@@ -50,7 +49,7 @@ from xrayfm.pretrain.multitask import MultiTaskObjective, check_optimizer_covera
 from xrayfm.pretrain.multitask_data import PhaseSampler, build_recipe_datasets, dataset_root
 from xrayfm.pretrain.multitask_export import MODEL_DIR, save_multitask_model
 from xrayfm.pretrain.multitask_model import MultiTaskModel
-from xrayfm.pretrain.multitask_recipe import EmaSettings, MultiTaskRecipe, RecipeError, parse_recipe
+from xrayfm.pretrain.multitask_recipe import EmaSettings, MultiTaskRecipe, parse_recipe, read_recipe_yaml
 from xrayfm.train import TrainConfig, seed_everything, train
 from xrayfm.train.config import engine_options, resolve_accumulate, steps_per_epoch, write_run_config
 from xrayfm.train.distributed import make_fabric
@@ -153,13 +152,7 @@ def read_run_recipe(path: str | Path) -> MultiTaskRecipe:
     Raises:
         RecipeError: The file is missing, not YAML, or holds no valid recipe.
     """
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise RecipeError(f"cannot read recipe {path}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"recipe {path} is not valid YAML: {exc}") from exc
+    data = read_recipe_yaml(path)
     if isinstance(data, dict) and "recipe" in data and "datasets" not in data:
         return parse_recipe(data["recipe"], source=f"{path}: recipe")
     return parse_recipe(data, source=str(path))
