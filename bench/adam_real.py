@@ -68,7 +68,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from provenance import config_hash, provenance, write_result
+from provenance import config_hash, earlier_part, provenance, write_result
 
 from xrayfm.data.registry import build_dataset
 from xrayfm.data.splits import holdout_fractions, split_groups
@@ -355,11 +355,6 @@ def run_experiment(name: str, families: dict[str, FinetuneConfig], inits: dict[s
     }  # fmt: skip
 
 
-def previous_parts(path: Path) -> dict[str, Any]:
-    """Experiments of an earlier results file (none when there is none)."""
-    return json.loads(path.read_text()).get("experiments", {}) if path.is_file() else {}
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (``--help`` shows the measured cost estimate)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -414,7 +409,6 @@ def main(argv: list[str] | None = None) -> Path:
     if len({p["images_seen"] for p in pretraining.values()}) != 1:
         raise SystemExit(f"pretraining budgets differ: { {k: p['images_seen'] for k, p in pretraining.items()} }")
 
-    earlier = previous_parts(out) if only != set(plans) else {}
     results: dict[str, Any] = {}
     for name, families in plans.items():
         part = {
@@ -424,12 +418,9 @@ def main(argv: list[str] | None = None) -> Path:
         }  # fmt: skip
         key = config_hash(part)
         if name not in only:
-            old = earlier.get(name)
-            if old is not None and old.get("config_hash") == key:
+            old = earlier_part(out, name, key)
+            if old is not None:
                 results[name] = old
-            elif old is not None:
-                log.warning("dropping %s from %s: it was measured with config %s, these settings give %s",
-                            name, out, old.get("config_hash", "(none recorded)"), key)  # fmt: skip
             continue
         results[name] = {"config_hash": key, "config": part,
                          **run_experiment(name, families, inits, work, args, fractions, seeds)}  # fmt: skip

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from provenance import config_hash, provenance, write_result
+from provenance import config_hash, earlier_part, provenance, write_result
 
 from xrayfm.data.phantom_io import write_phantom_dataset
 from xrayfm.finetune.run import FinetuneConfig
@@ -168,11 +168,6 @@ def experiments(shared: Path, work: Path, args: argparse.Namespace, fractions: l
     }  # fmt: skip
 
 
-def previous_parts(path: Path) -> dict[str, Any]:
-    """Experiments of an earlier results file (none when there is none)."""
-    return json.loads(path.read_text()).get("experiments", {}) if path.is_file() else {}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", default=str(REPO.parent / "shared" / "datasets"))
@@ -201,7 +196,6 @@ def main() -> None:
         ap.error(f"unknown experiments {sorted(only - set(plans))}; choose from {sorted(plans)}")
     mim_dir, pretraining = pretrain(work, args)
     backbones = [Backbone("random", ARCH), Backbone("phantom_mim", ARCH, str(mim_dir))]
-    earlier = previous_parts(out) if only != set(plans) else {}
     results: dict[str, Any] = {}
     for name, (cfg, modes, fracs) in plans.items():
         modes = args.modes.split(",") if args.modes else modes
@@ -212,12 +206,9 @@ def main() -> None:
         }  # fmt: skip
         key = config_hash(part)
         if name not in only:
-            old = earlier.get(name)
-            if old is not None and old.get("config_hash") == key:
+            old = earlier_part(out, name, key)
+            if old is not None:
                 results[name] = old
-            elif old is not None:
-                log.warning("dropping %s from %s: it was measured with config %s, these settings give %s",
-                            name, out, old.get("config_hash", "(none recorded)"), key)  # fmt: skip
             continue
         started, t1 = time.time(), time.perf_counter()
         table = run_sweep(cfg, backbones=backbones, modes=modes, fractions=fracs, seeds=seeds, out_dir=work / name,

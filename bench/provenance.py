@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -127,3 +128,20 @@ def write_result(path: str | Path, payload: dict[str, Any], *, packages: Sequenc
     if "provenance" in payload:
         raise ValueError("the payload already has a 'provenance' key")
     return atomic_write_json(path, {**payload, "provenance": provenance(packages)})
+
+
+def earlier_part(path: Path, name: str, key: str) -> dict[str, Any] | None:
+    """Experiment ``name`` of the results file ``path`` when it was measured with config ``key``.
+
+    A benchmark run with ``--only`` keeps the other experiments of its earlier results file, but
+    only those whose recorded ``config_hash`` equals what the current settings give; a stale one is
+    dropped with a warning, so a results file never mixes settings.
+    """
+    old = (json.loads(path.read_text()).get("experiments", {}) if path.is_file() else {}).get(name)
+    if old is not None and old.get("config_hash") != key:
+        logging.getLogger("bench").warning(
+            "dropping %s from %s: it was measured with config %s, these settings give %s",
+            name, path, old.get("config_hash", "(none recorded)"), key,
+        )  # fmt: skip
+        return None
+    return old

@@ -4,7 +4,6 @@ budget, and the whole benchmark runs at a tiny config into a results file of the
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+from bench_modules import load_bench
 
 from xrayfm.data.registry import build_dataset
 
@@ -20,21 +20,9 @@ REPO = Path(__file__).resolve().parents[2]
 INITS = {"random", "random_vit", "adam", "moco_v2", "eva_x_mim"}
 
 
-def _load(name: str) -> ModuleType:
-    """bench/NAME.py as a module (its folder on the path, as when run as a script)."""
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "bench"))
-    return module
-
-
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    return _load("adam_real")
+    return load_bench("adam_real")
 
 
 def test_budget_must_split_evenly_into_adams_stages(bench: ModuleType) -> None:
@@ -123,7 +111,7 @@ def test_whole_benchmark_at_a_tiny_config(bench: ModuleType, shared_datasets: Pa
 
     blocks = "".join(f"<!-- bench:adam_real:{b}:start -->\n<!-- bench:adam_real:{b}:end -->\n"
                      for b in ("kermany_pneumonia", "jsrt_lungs:differences", "provenance"))  # fmt: skip
-    text = _load("readme_tables").render(blocks, tmp_path)
+    text = load_bench("readme_tables").render(blocks, tmp_path)
     assert "| adam | full | 0.1 |" in text and "| random_vit | full | 0.01 |" in text
     assert "| eva_x_mim full f0.1 | random_vit full f0.1 | masks mean_dice | 1 |" in text
     assert report["pool"]["folder"] in text and "images seen" in text

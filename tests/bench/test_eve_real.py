@@ -3,35 +3,21 @@ differences by test patient, and its README table renders what its results file 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from bench_modules import load_bench
 
 from xrayfm.errors import XrayfmError
 
-REPO = Path(__file__).resolve().parents[2]
 MODELS = ["random", "moco_v2", "adam", "random_vit", "eva_x_mim"]
-
-
-def _load(name: str) -> ModuleType:
-    """bench/NAME.py as a module (its folder on the path, as when run as a script)."""
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "bench"))
-    return module
 
 
 @pytest.fixture(scope="module")
 def eve() -> ModuleType:
-    return _load("eve_real")
+    return load_bench("eve_real")
 
 
 def test_pretraining_settings_default_to_adam_reals_and_are_checked_by_it(eve: ModuleType) -> None:
@@ -107,7 +93,7 @@ def _report() -> dict:
 
 
 def test_readme_table_of_the_eve_benchmark() -> None:
-    tables = _load("readme_tables")
+    tables = load_bench("readme_tables")
     stem, render = tables.renderer("eve_real_cpu")
     text = render(_report(), "bench/results/eve_real_cpu.json")
     assert stem == "eve_real_cpu"
@@ -152,5 +138,5 @@ def test_whole_benchmark_on_tiny_pretrainings(eve: ModuleType, shared_datasets: 
     for d in report["differences"]:
         assert d["difference"] == pytest.approx(acc[d["model"]] - acc[d["against"]])
         assert d["low"] <= d["difference"] <= d["high"] and d["patients"] == 51
-    text = _load("readme_tables").render("<!-- bench:eve_real:start -->\n<!-- bench:eve_real:end -->\n", tmp_path)
+    text = load_bench("readme_tables").render("<!-- bench:eve_real:start -->\n<!-- bench:eve_real:end -->\n", tmp_path)
     assert f"| adam (resnet18, `{folders['adam'].name}`) |" in text and "eva_x_mim - random_vit" in text

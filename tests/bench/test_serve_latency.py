@@ -3,10 +3,8 @@ server-to-engine ratios and their targets, and (slow) a whole tiny run writing t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,25 +13,16 @@ from types import ModuleType
 
 import pytest
 import torch
+from bench_modules import load_bench
 
 from xrayfm.models import create_model
 from xrayfm.models.task_checkpoint import save_task_model
 from xrayfm.models.task_model import XrayModel
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    """bench/serve_latency.py as a module (its folder on the path, as when run as a script)."""
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        spec = importlib.util.spec_from_file_location("serve_latency", REPO / "bench" / "serve_latency.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "bench"))
-    return module
+    return load_bench("serve_latency")
 
 
 @pytest.fixture(scope="module")

@@ -6,17 +6,15 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import random
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from torch.utils.data import Dataset
+from toy_runs import Crash, NoisyPairs
 
 from xrayfm.cli import build_parser
 from xrayfm.cli.args import train_config
@@ -24,25 +22,6 @@ from xrayfm.errors import XrayfmError
 from xrayfm.progress import PROGRESS_LOGGER
 from xrayfm.train import CHECKPOINT, TrainConfig, TrainingInterrupted, engine, train
 from xrayfm.train.config import engine_options
-
-
-class Crash(RuntimeError):
-    """Stands for the process being killed mid-run."""
-
-
-class NoisyPairs(Dataset):
-    """Regression pairs whose inputs get random noise from torch, NumPy and ``random``, as augmentations do."""
-
-    def __init__(self, n: int = 12) -> None:
-        g = torch.Generator().manual_seed(1)
-        self.x, self.y = torch.randn(n, 4, generator=g), torch.randn(n, generator=g)
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        noise = 0.1 * torch.randn(4) + float(np.random.normal()) * 0.01 + random.random() * 0.01
-        return self.x[i] + noise, self.y[i]
 
 
 class Regression(torch.nn.Module):

@@ -13,30 +13,11 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from torch.utils.data import Dataset
+from toy_runs import Crash, NoisyPairs
 
 from xrayfm.errors import XrayfmError
 from xrayfm.train import CHECKPOINT, TrainConfig, train
 from xrayfm.train.engine import BEST, VAL_METRICS
-
-
-class Crash(RuntimeError):
-    """Stands for the process being killed mid-run."""
-
-
-class NoisyPairs(Dataset):
-    """Regression pairs with random noise from torch, NumPy and ``random``, as augmentations draw it."""
-
-    def __init__(self, n: int = 12) -> None:
-        g = torch.Generator().manual_seed(1)
-        self.x, self.y = torch.randn(n, 4, generator=g), torch.randn(n, generator=g)
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        noise = 0.1 * torch.randn(4) + float(np.random.normal()) * 0.01 + random.random() * 0.01
-        return self.x[i] + noise, self.y[i]
 
 
 class Regression(torch.nn.Module):
