@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 DEMO_OUT ?= demo_output
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install demo demo-adam test test-all lint clean
+.PHONY: install demo demo-adam demo-multitask test test-all lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: install
 # the demo with Adam (anatomy-aware MoCo-v2, ResNet-18, stages n = 0, 2) instead of EVA-X MIM
 demo-adam: install
 	$(VENV)/bin/xrayfm demo --pretrain anatomy --out $(DEMO_OUT)
+
+# the demo with Foundation X (one ResNet-18, findings + organ masks + lesion boxes, Cyclic & Lock-Release)
+demo-multitask: install
+	$(VENV)/bin/xrayfm demo --pretrain multitask --out $(DEMO_OUT)
 
 test: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -18,7 +18,7 @@ from xrayfm.errors import XrayfmError
 from xrayfm.models import create_model
 from xrayfm.pretrain import multitask_run
 from xrayfm.pretrain.cyclic_schedule import expand_cycle
-from xrayfm.pretrain.multitask_data import PhaseSampler, build_recipe_datasets
+from xrayfm.pretrain.multitask_data import PhaseSampler, build_recipe_datasets, unit_members
 from xrayfm.pretrain.multitask_export import load_multitask_model
 from xrayfm.pretrain.multitask_recipe import RecipeError, parse_recipe
 from xrayfm.pretrain.multitask_run import run_multitask
@@ -167,10 +167,10 @@ def test_each_step_reads_its_units_dataset_and_a_resumed_order_is_the_tail() -> 
         }
     )
     phases = expand_cycle(recipe)
-    offsets, lengths = {"a": 0, "b": 7}, {"a": 7, "b": 5}
+    offsets, members = {"a": 0, "b": 7}, {"a/t": range(7), "b/t": range(5)}
 
     def order(rank: int = 0, world: int = 1, start: int = 0) -> list[int]:
-        return list(PhaseSampler(phases, offsets, lengths, samples_per_step=2, seed=3, rank=rank, world=world,
+        return list(PhaseSampler(phases, offsets, members, samples_per_step=2, seed=3, rank=rank, world=world,
                                  start=start))  # fmt: skip
 
     full = order()
@@ -210,3 +210,24 @@ def test_the_recipe_sets_the_length_and_fsdp_is_refused(phantom: Path, tmp_path:
         run_multitask(recipe, tmp_path, _cfg(epochs=1.0), **TINY)
     with pytest.raises(XrayfmError, match="not fsdp"):
         run_multitask(recipe, tmp_path, _cfg(strategy="fsdp"), **TINY)
+
+
+def test_a_unit_reads_only_the_samples_annotated_for_its_task(phantom: Path) -> None:
+    partial = _recipe(phantom)
+    partial["datasets"]["lesions"]["options"]["boxes_complete"] = False  # images without box rows: not annotated
+    recipe = parse_recipe(partial)
+    datasets = build_recipe_datasets(recipe)
+    members = unit_members(recipe, datasets)
+    boxed = [i for i, rec in enumerate(datasets["lesions"].records) if rec.boxes is not None]
+    assert members["lesions/lesions"] == boxed and 0 < len(boxed) < len(datasets["lesions"])
+    assert members["findings/findings"] == list(range(len(datasets["findings"])))
+    offsets = {"findings": 0, "lesions": 1000, "organs": 2000}
+    order = list(PhaseSampler(expand_cycle(recipe), offsets, members, samples_per_step=2, seed=0, rank=0, world=1))
+    drawn = [i - 1000 for i in order if 1000 <= i < 2000]
+    steps = sum(p.steps for p in expand_cycle(recipe) if p.unit.key == "lesions/lesions")  # locked + released
+    assert len(drawn) == 2 * steps and set(drawn) <= set(boxed)
+    with pytest.raises(
+        RecipeError,
+        match=r"cycle unit findings/findings: \d+ of the \d+ samples of dataset .findings. .* fewer than the 99",
+    ):
+        unit_members(recipe, datasets, world=99)

@@ -1,8 +1,10 @@
 """``xrayfm demo``: the whole workflow on built-in synthetic data.
 
-``--pretrain`` picks the self-supervised method the demo shows before fine-tuning: ``mim`` (EVA-X
-Ti/16 by masked image modeling, the default), ``anatomy`` (Adam: ResNet-18, stages n = 0 then 2 of
-anatomy-aware MoCo-v2) or ``both``, each fine-tuned and evaluated the same way in its own folder.
+``--pretrain`` picks the pretraining the demo shows before fine-tuning: ``mim`` (EVA-X Ti/16 by
+masked image modeling, the default), ``anatomy`` (Adam: ResNet-18, stages n = 0 then 2 of
+anatomy-aware MoCo-v2), ``multitask`` (Foundation X: ResNet-18 with findings, organ-mask and
+lesion-box heads trained by the Cyclic & Lock-Release schedule of the shipped phantom recipe),
+``both`` (mim and anatomy) or ``all``; each is fine-tuned and evaluated the same way in its own folder.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ from typing import Any
 from xrayfm.cli.data import format_summary
 from xrayfm.cli.finetune import format_estimate
 
-#: ``--pretrain`` choices: the names of ``xrayfm pretrain METHOD``, or both.
-PRETRAIN_CHOICES = ("mim", "anatomy", "both")
+#: ``--pretrain`` choices: the names of ``xrayfm pretrain METHOD``, ``both`` (mim, anatomy) or ``all``.
+PRETRAIN_CHOICES = ("mim", "anatomy", "multitask", "both", "all")
+#: The methods each choice runs.
+PRETRAIN_METHODS = {"both": ("mim", "anatomy"), "all": ("mim", "anatomy", "multitask")}
 #: The demo's Adam run: a small backbone and two stages, so it takes minutes on 2 CPU cores.
 ANATOMY_ARCH, ANATOMY_STAGES, ANATOMY_BATCH, ANATOMY_QUEUE = "resnet18", (0, 2), 16, 256
+#: The demo's Foundation X run: the shipped phantom recipe (two cycles of three units) on a small backbone.
+MULTITASK_ARCH, MULTITASK_RECIPE, MULTITASK_BATCH = "resnet18", "foundation_x_phantom", 8
 
 
 def _metric_rows(path: Path) -> list[tuple[int, float]]:
@@ -83,6 +89,33 @@ def _pretrain_anatomy(args: argparse.Namespace, data: Path, out: Path) -> tuple[
     return run_dir, export
 
 
+def _pretrain_multitask(args: argparse.Namespace, data: Path, out: Path) -> tuple[Path, Path]:
+    """The Foundation X run of the demo (the shipped phantom recipe, ``args.multitask_steps`` at most)."""
+    from xrayfm.cli.recipes import find_recipe
+    from xrayfm.pretrain.multitask_run import run_multitask
+    from xrayfm.train import TrainConfig
+
+    print(
+        f"\nPretraining ResNet-18 with Foundation X ({args.img_size} px; recipe {MULTITASK_RECIPE}: findings, "
+        "organ masks and lesion boxes as three datasets, cyclic units, lock then release, EMA teacher)..."
+    )
+    run_dir = out / "multitask"
+    cfg = TrainConfig(
+        out_dir=str(run_dir), batch_size=MULTITASK_BATCH, lr=1e-4, weight_decay=1e-4, warmup_steps=0, clip_grad=0.1,
+        accelerator="cpu", precision="32-true", checkpoint_every=25, log_every=10,
+    )  # fmt: skip
+    export = run_multitask(
+        find_recipe(MULTITASK_RECIPE), run_dir, cfg, arch=MULTITASK_ARCH, img_size=args.img_size, data_root=data.parent,
+        max_steps=args.multitask_steps,
+    )  # fmt: skip
+    phases = (run_dir / "phases.csv").read_text().splitlines()[1:]
+    print("  phase  unit               locked  steps")
+    for row in phases:
+        phase, _cycle, unit, _kind, locked, first, last = row.split(",")
+        print(f"  {phase:>5}  {unit:<18} {'yes' if locked == '1' else 'no':<7} {first}-{last}")
+    return run_dir, export
+
+
 def _finetune(
     args: argparse.Namespace, data: Path, ft_dir: Path, arch: str, pretrained: Path, what: str
 ) -> dict[str, Any]:
@@ -131,7 +164,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"  {sheet}  16 images with their boxes, mask outlines and labels",
     ]
     finetuned: list[Path] = []
-    if args.pretrain in ("mim", "both"):
+    methods = PRETRAIN_METHODS.get(args.pretrain, (args.pretrain,))
+    if "mim" in methods:
         run_dir, export = _pretrain_mim(args, data, out)
         ft_dir = out / "finetune"
         result = _finetune(args, data, ft_dir, "eva_x_tiny_patch16", run_dir, "it")
@@ -142,7 +176,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"  {ft_dir / 'config.yaml'}  its settings, as options: xrayfm finetune --config accepts it",
             f"  {result['report']}  the evaluation report (ROC curves, Dice, mask overlays): open it in a browser",
         ]
-    if args.pretrain in ("anatomy", "both"):
+    if "anatomy" in methods:
         run_dir, export = _pretrain_anatomy(args, data, out)
         ft_dir = out / "finetune_anatomy"
         result = _finetune(args, data, ft_dir, ANATOMY_ARCH, run_dir, "the Adam ResNet-18")
@@ -153,6 +187,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"  {ft_dir / 'model'}/  the fine-tuned Adam ResNet-18 (classification + segmentation heads)",
             f"  {result['report']}  its evaluation report: open it in a browser",
         ]
+    if "multitask" in methods:
+        run_dir, export = _pretrain_multitask(args, data, out)
+        ft_dir = out / "finetune_multitask"
+        result = _finetune(args, data, ft_dir, MULTITASK_ARCH, run_dir, "the Foundation X ResNet-18")
+        finetuned.append(ft_dir)
+        made += [
+            f"  {run_dir}/  a Foundation X run (phases.csv, metrics.csv, last.ckpt; model/ holds every head, student "
+            f"and teacher); backbone exported to {export}",
+            f"  {ft_dir / 'model'}/  the fine-tuned Foundation X ResNet-18 (classification + segmentation heads)",
+            f"  {result['report']}  its evaluation report: open it in a browser",
+        ]
     ft_dir = finetuned[0]
     image = next(iter(sorted((data / "images").glob("*.png"))))
     nexts = [
@@ -160,8 +205,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"Serve the model:    xrayfm serve {ft_dir} --port 8000   then open http://127.0.0.1:8000/",
         f"Export to ONNX:     xrayfm export onnx {ft_dir}   then serve it with --backend onnx",
     ]
-    if len(finetuned) == 2:
-        nexts.append(f"Compare the two:    xrayfm compare {finetuned[0]} {finetuned[1]} phantom {data} --split test")
+    if len(finetuned) >= 2:
+        nexts.append(f"Compare two:        xrayfm compare {finetuned[0]} {finetuned[1]} phantom {data} --split test")
     nexts.append(f"Next: xrayfm evaluate {ft_dir} phantom {data} --split val   |   xrayfm finetune --help")
     print("\nDemo finished. It made:\n" + "\n".join(made + nexts))
     return 0
@@ -178,7 +223,8 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
         help="run the demo on built-in synthetic data",
         description=(
             "Make a synthetic phantom data set and inspect it, pretrain a small EVA-X on it by MIM (or a "
-            "ResNet-18 with Adam, --pretrain anatomy, or both), fine-tune it for findings and masks, evaluate "
+            "ResNet-18 with Adam, --pretrain anatomy, or with Foundation X, --pretrain multitask; both, all), "
+            "fine-tune it for findings and masks, evaluate "
             "it with confidence intervals and write an HTML report."
         ),
     )
@@ -189,10 +235,13 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--pretrain", choices=PRETRAIN_CHOICES, default="mim",
         help="mim: EVA-X Ti/16 by masked image modeling (default); anatomy: ResNet-18 by Adam, stages n = 0, 2; "
-        "both: each, fine-tuned alike",
+        "multitask: ResNet-18 by Foundation X (phantom recipe); both: mim and anatomy; all: the three, fine-tuned "
+        "alike",
     )  # fmt: skip
     p.add_argument("--steps", type=int, default=150, help="MIM pretraining steps (default 150)")
     p.add_argument("--anatomy-steps", type=int, default=40, help="Adam pretraining steps per stage (default 40)")
+    p.add_argument("--multitask-steps", type=int, default=None,
+                   help="Foundation X steps (default: the recipe's whole schedule, two cycles)")  # fmt: skip
     p.add_argument("--img-size", type=int, default=96, help="input side of pretraining and fine-tuning (default 96)")
     p.add_argument("--finetune-steps", type=int, default=150, help="fine-tuning steps (default 150)")
     p.set_defaults(func=cmd_demo)

@@ -20,10 +20,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
     except ModuleNotFoundError:
         raise XrayfmError("serving needs the server packages: pip install 'xrayfm[serve]'") from None
+    from xrayfm.pretrain.multitask_serving import WEIGHTS, load_served_multitask, multitask_folder
     from xrayfm.serve.app import create_app
 
     token = args.token or os.environ.get("XRAYFM_TOKEN") or None
-    app = create_app(args.model, token=token, max_upload_mb=args.max_upload_mb, max_batch=args.max_batch,
+    model, loaded = args.model, None
+    multitask = multitask_folder(args.model)
+    if multitask is None and args.weights is not None:
+        raise XrayfmError(f"--weights picks a Foundation X model's teacher or student; {args.model} is not one")
+    if multitask is not None:
+        if args.backend != "torch":
+            raise XrayfmError(f"{multitask} is a Foundation X multi-task model, which has no ONNX export; "
+                              "serve it with --backend torch")  # fmt: skip
+        model, loaded = multitask, load_served_multitask(multitask, weights=args.weights or WEIGHTS[0])
+    app = create_app(model, loaded=loaded, token=token, max_upload_mb=args.max_upload_mb, max_batch=args.max_batch,
                      max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, device=args.device,
                      backend=args.backend, precision=args.precision, max_decodes=args.max_decodes,
                      max_pixels_in_flight=int(args.max_megapixels_in_flight * 1e6), body_timeout=args.body_timeout,
@@ -42,9 +52,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
-        help="HTTP API (/predict, /segment, /detect) and web page of a fine-tuned model",
+        help="HTTP API (/predict, /segment, /detect) and web page of a fine-tuned or Foundation X model",
         description=(
-            "Serve a fine-tuned model: POST /predict, /segment, /detect (multipart image or DICOM), "
+            "Serve a fine-tuned model, or a Foundation X model (xrayfm pretrain multitask: every dataset/task head "
+            "from one backbone): POST /predict, /segment, /detect (multipart image or DICOM), "
             "GET /health, /model, the OpenAPI schema at /openapi.json and a web page at /. "
             "Concurrent requests are batched; a full queue answers 503. Uploads are refused as their bytes arrive "
             "(token, size, time) and decoded within a bounded number of decodes and pixels."
@@ -90,6 +101,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="most open connections and requests; beyond them the server answers 503 (default 256)",
     )
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--weights", choices=["teacher", "student"], default=None,
+                   help="a Foundation X model (xrayfm pretrain multitask OUT): serve its EMA teacher (default: "
+                        "the student averaged over the cycle, not tilted to the head trained last) or its "
+                        "student")  # fmt: skip
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
                    help="run inference with PyTorch or with ONNX Runtime on model.onnx (xrayfm export onnx); "
                         "heatmaps always use PyTorch")  # fmt: skip

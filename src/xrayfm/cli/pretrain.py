@@ -154,7 +154,8 @@ def add_multitask_command(methods: argparse._SubParsersAction) -> None:
             "labels, walking the recipe's cycle of units: a detection or segmentation unit runs locked first "
             "(only its head trains) on part of its data, then released; an EMA teacher follows the student at "
             "each phase end and a consistency loss ties them. RECIPE is a multi-task recipe file, a shipped one "
-            "(foundation_x_phantom), or a run's OUT/config.yaml. The recipe sets the length (--steps N > 0 trains "
+            "(foundation_x_phantom; foundation_x_shared, the real sets of ../shared/datasets), or a run's "
+            "OUT/config.yaml. The recipe sets the length (--steps N > 0 trains "
             "only its first N steps). Resumes from OUT/last.ckpt; writes OUT/phases.csv, OUT/export (the "
             "backbone) and OUT/model (every head, student and teacher). Defaults are the paper's: AdamW, lr "
             "1e-4 with the backbone at 0.1 x, weight decay 1e-4, batch 24, no warmup or clipping."
@@ -196,8 +197,10 @@ def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
             "(see xrayfm recipes)."
         ),
     )
-    m.add_argument("dataset", help="dataset adapter (see 'xrayfm datasets'), e.g. phantom")
-    m.add_argument("root", help="dataset root")
+    m.add_argument(
+        "dataset", help="dataset adapter (see 'xrayfm datasets'), e.g. phantom; or 'shards' to stream a shard folder"
+    )
+    m.add_argument("root", help="dataset root (for shards: the folder of 'xrayfm shards build', or an fsspec URL)")
     add_run_args(m, "runs/mim")
     m.add_argument("--arch", default="eva_x_tiny_patch16", help="student architecture")
     m.add_argument(

@@ -8,6 +8,9 @@ names the unit, hence the dataset, and the samples come from a seeded permutatio
 that starts afresh with each phase (the reference iterates a freshly shuffled loader per slot and
 per lock / release call), sharded by rank as :class:`~xrayfm.train.sampler.StepSampler` shards.
 Everything follows from the step, so a resumed run reads exactly what an uninterrupted one would.
+A unit draws only the samples annotated for its task (:func:`unit_members`): a localization unit of a
+dataset whose boxes cover a few of its images (NIH ChestX-ray14: 880 of 112,120) reads those images,
+as the reference reads a separate box file per localization dataset.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from xrayfm.data.base import Transform, XrayDataset
+from xrayfm.data.base import Record, Transform, XrayDataset
 from xrayfm.data.registry import build_dataset
 from xrayfm.errors import XrayfmError
 from xrayfm.pretrain.cyclic_schedule import Phase, total_steps
@@ -80,18 +83,49 @@ def build_recipe_datasets(
     return datasets
 
 
+def _annotated(record: Record, kind: str) -> bool:
+    """Whether ``record`` carries a target for a task of ``kind`` (a classification row may not be all unknown)."""
+    if kind == "detection":
+        return record.boxes is not None
+    if kind == "segmentation":
+        return record.mask is not None
+    return record.labels is not None and not bool(np.isnan(record.labels).all())
+
+
+def unit_members(recipe: MultiTaskRecipe, datasets: Mapping[str, XrayDataset], world: int = 1) -> dict[str, list[int]]:
+    """Per cycle unit (``dataset/task``), the indices of its dataset's samples annotated for that task.
+
+    Read from the records, without opening an image.
+
+    Raises:
+        RecipeError: A unit with fewer annotated samples than ``world`` processes, naming the unit.
+    """
+    members: dict[str, list[int]] = {}
+    for unit in recipe.cycle:
+        if unit.key in members:
+            continue
+        records = datasets[unit.dataset].records
+        members[unit.key] = [i for i, rec in enumerate(records) if _annotated(rec, unit.kind)]
+        if len(members[unit.key]) < world:
+            raise RecipeError(
+                f"cycle unit {unit.key}: {len(members[unit.key])} of the {len(records)} samples of dataset "
+                f"{unit.dataset!r} carry {unit.kind} targets, fewer than the {world} processes"
+            )
+    return members
+
+
 class PhaseSampler(Sampler[int]):
-    """Indices into the concatenated datasets for one rank, each step's from its unit's dataset.
+    """Indices into the concatenated datasets for one rank, each step's from its unit's annotated samples.
 
     Within a phase, position ``p`` of this rank (``(step - phase.start) * samples_per_step + k``)
-    reads pass ``p // (n // world)`` of the dataset: a permutation seeded by ``(seed, phase, pass)``
-    of which this rank takes every ``world``-th index from ``rank`` (the tail that does not divide
-    evenly is dropped, as :class:`~xrayfm.train.sampler.StepSampler` drops it).
+    reads pass ``p // (n // world)`` of the unit's ``n`` members: a permutation seeded by
+    ``(seed, phase, pass)`` of which this rank takes every ``world``-th index from ``rank`` (the tail
+    that does not divide evenly is dropped, as :class:`~xrayfm.train.sampler.StepSampler` drops it).
 
     Args:
         phases: The schedule (:func:`~xrayfm.pretrain.cyclic_schedule.expand_cycle`).
         offsets: Dataset name -> index of its first sample in the concatenation.
-        lengths: Dataset name -> its number of samples.
+        members: Unit key -> indices (within its dataset) of the samples it reads (:func:`unit_members`).
         samples_per_step: Samples one rank reads per optimiser step (batch size x accumulation).
         seed: The run's seed.
         rank: This process's global rank.
@@ -99,14 +133,14 @@ class PhaseSampler(Sampler[int]):
         start: Samples of this rank already read (a multiple of ``samples_per_step``).
 
     Raises:
-        XrayfmError: A dataset with fewer samples than processes, or ``start`` inside a step.
+        XrayfmError: A unit with fewer samples than processes, or ``start`` inside a step.
     """
 
     def __init__(
         self,
         phases: Sequence[Phase],
         offsets: Mapping[str, int],
-        lengths: Mapping[str, int],
+        members: Mapping[str, Sequence[int]],
         *,
         samples_per_step: int,
         seed: int,
@@ -114,12 +148,13 @@ class PhaseSampler(Sampler[int]):
         world: int,
         start: int = 0,
     ) -> None:
-        small = {name: n for name, n in lengths.items() if n < world}
+        small = {unit: len(m) for unit, m in members.items() if len(m) < world}
         if small:
-            raise XrayfmError(f"datasets {small} have fewer samples than the {world} processes")
+            raise XrayfmError(f"units {small} have fewer samples than the {world} processes")
         if start % samples_per_step:
             raise XrayfmError(f"start {start} is not a whole number of steps of {samples_per_step} samples")
-        self.phases, self.offsets, self.lengths = list(phases), dict(offsets), dict(lengths)
+        self.phases, self.offsets = list(phases), dict(offsets)
+        self.members = {unit: torch.as_tensor(list(m), dtype=torch.long) for unit, m in members.items()}
         self.samples_per_step, self.seed, self.rank, self.world, self.start = samples_per_step, seed, rank, world, start
         self._starts = [p.start for p in self.phases]
 
@@ -127,13 +162,14 @@ class PhaseSampler(Sampler[int]):
         return max(0, total_steps(self.phases) * self.samples_per_step - self.start)
 
     def _pass(self, phase_index: int, epoch: int) -> list[int]:
-        """This rank's share of pass ``epoch`` over the dataset of phase ``phase_index``, as global indices."""
-        dataset = self.phases[phase_index].unit.dataset
-        n = self.lengths[dataset]
+        """This rank's share of pass ``epoch`` over the members of phase ``phase_index``'s unit, as global indices."""
+        unit = self.phases[phase_index].unit
+        members = self.members[unit.key]
+        n = len(members)
         words = np.random.SeedSequence([self.seed, phase_index, epoch]).generate_state(2)
         g = torch.Generator().manual_seed(int(words[0]) << 32 | int(words[1]))
         order = torch.randperm(n, generator=g)[self.rank : (n // self.world) * self.world : self.world]
-        return (order + self.offsets[dataset]).tolist()
+        return (members[order] + self.offsets[unit.dataset]).tolist()
 
     def __iter__(self) -> Iterator[int]:
         first = self.start // self.samples_per_step
@@ -141,7 +177,7 @@ class PhaseSampler(Sampler[int]):
         indices: list[int] = []
         for step in range(first, total_steps(self.phases)):
             i = bisect.bisect_right(self._starts, step) - 1
-            per_rank = self.lengths[self.phases[i].unit.dataset] // self.world
+            per_rank = len(self.members[self.phases[i].unit.key]) // self.world
             for k in range(self.samples_per_step):
                 epoch, offset = divmod((step - self.phases[i].start) * self.samples_per_step + k, per_rank)
                 if cached != (i, epoch):

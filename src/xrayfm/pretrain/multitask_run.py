@@ -46,7 +46,7 @@ from xrayfm.models.preprocess import resolve_preprocess
 from xrayfm.models.registry import backbone_kwargs, export_kwargs
 from xrayfm.pretrain.cyclic_schedule import Phase, enter_phase, expand_cycle, phase_at, total_steps
 from xrayfm.pretrain.multitask import MultiTaskObjective, check_optimizer_coverage
-from xrayfm.pretrain.multitask_data import PhaseSampler, build_recipe_datasets, dataset_root
+from xrayfm.pretrain.multitask_data import PhaseSampler, build_recipe_datasets, dataset_root, unit_members
 from xrayfm.pretrain.multitask_export import MODEL_DIR, save_multitask_model
 from xrayfm.pretrain.multitask_model import MultiTaskModel
 from xrayfm.pretrain.multitask_recipe import EmaSettings, MultiTaskRecipe, parse_recipe, read_recipe_yaml
@@ -242,13 +242,14 @@ def run_multitask(
     world = fabric.world_size
     cfg = resolve_accumulate(cfg, world)
     lengths = {name: len(ds) for name, ds in datasets.items()}
-    phases = expand_cycle(recipe, {u.key: steps_per_epoch(cfg, lengths[u.dataset], world) for u in recipe.cycle})
+    members = unit_members(recipe, datasets, world)
+    phases = expand_cycle(recipe, {u.key: steps_per_epoch(cfg, len(members[u.key]), world) for u in recipe.cycle})
     cfg = replace(cfg, steps=min(total_steps(phases), max_steps or total_steps(phases)), epochs=0.0)
     concat = ConcatDataset(list(datasets.values()))
     offsets = dict(zip(datasets, [0, *concat.cumulative_sizes[:-1]]))
 
     def order(rank: int, world: int, start: int) -> PhaseSampler:
-        return PhaseSampler(phases, offsets, lengths, samples_per_step=cfg.batch_size * cfg.accumulate,
+        return PhaseSampler(phases, offsets, members, samples_per_step=cfg.batch_size * cfg.accumulate,
                             seed=cfg.seed, rank=rank, world=world, start=start)  # fmt: skip
 
     cyclic = CyclicObjective(objective, phases, recipe.ema, steps=cfg.steps,
@@ -261,7 +262,8 @@ def run_multitask(
     if fabric.global_rank != 0:
         return out / "export"
     facts = {
-        "method": METHOD, "images": lengths, "phases": len(phases), "schedule_steps": total_steps(phases),
+        "method": METHOD, "images": lengths, "unit_images": {u: len(m) for u, m in members.items()},
+        "phases": len(phases), "schedule_steps": total_steps(phases),
         "steps": result["steps"], "steps_this_call": result["steps"] - result["start_step"],
         "seconds": result["seconds"], "resumed_from_checkpoint": result["start_step"] > 0,
     }  # fmt: skip

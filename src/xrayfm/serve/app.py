@@ -1,9 +1,12 @@
 """The HTTP API and web page of a fine-tuned model (FastAPI).
 
 ``POST /predict`` (classification: probabilities, decision threshold, top finding, optional
-heatmap), ``POST /segment`` and ``POST /detect`` when the model has those heads, ``GET /health``,
-``GET /model`` (model card) and the page at ``/``. The OpenAPI schema is at ``/openapi.json``,
-browsable at ``/docs`` (Swagger UI) with its assets served by the app itself: no CDN is reached.
+heatmap; a model with several classification heads, as a Foundation X model, also answers every
+head under ``heads`` unless a ``task`` is named), ``POST /segment`` and ``POST /detect`` when the
+model has those heads, ``GET /health`` (with the tasks), ``GET /model`` (model card) and the page at
+``/``. A Foundation X model is served through :mod:`xrayfm.pretrain.multitask_serving` (``loaded``).
+The OpenAPI schema is at ``/openapi.json``, browsable at ``/docs`` (Swagger UI) with its assets
+served by the app itself: no CDN is reached.
 
 Hostile traffic is refused as early as possible (:mod:`xrayfm.serve.guard`: token before the
 body, size counted as bytes arrive, body time limits) and memory stays bounded
@@ -32,6 +35,7 @@ from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Uploa
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from torch import nn
 
 from xrayfm.errors import UnsafeInputError, XrayfmError
 from xrayfm.io import sniff_format
@@ -40,7 +44,7 @@ from xrayfm.serve.batcher import MicroBatcher, QueueFull
 from xrayfm.serve.guard import BUSY, TOKEN_HINT, GuardStats, UploadGuard, token_matches
 from xrayfm.serve.runtime import Answer, ModelRuntime, png_base64
 from xrayfm.serve.runtime import Request as ModelRequest
-from xrayfm.tasks import CLASSIFICATION_KINDS
+from xrayfm.tasks import CLASSIFICATION_KINDS, TaskSpec
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -68,6 +72,7 @@ def create_app(
     body_timeout: float = 30.0,
     body_idle_timeout: float = 10.0,
     decode_wait: float = 10.0,
+    loaded: tuple[nn.Module, dict[str, Any]] | None = None,
 ) -> FastAPI:
     """Build the app serving the model in ``model_dir``.
 
@@ -91,11 +96,13 @@ def create_app(
         body_idle_timeout: Seconds allowed between two chunks of a body (408 otherwise).
         decode_wait: Seconds an admitted upload may wait for a decode slot and pixel budget
             before the answer is 503.
+        loaded: A model already loaded and its sidecar, served instead of the fine-tuned model in
+            ``model_dir`` (a Foundation X model: see :class:`ModelRuntime`).
 
     Raises:
         XrayfmError: A limit is not positive, or the pixel budget is below one image's limit.
     """
-    runtime = ModelRuntime(model_dir, device=device, backend=backend, precision=precision)
+    runtime = ModelRuntime(model_dir, device=device, backend=backend, precision=precision, loaded=loaded)
     if max_upload_mb <= 0 or body_timeout <= 0 or body_idle_timeout <= 0:
         raise XrayfmError("--max-upload-mb, --body-timeout and --body-idle-timeout must be positive")
     if max_pixels_in_flight < runtime.limits.max_pixels:
@@ -157,7 +164,7 @@ def create_app(
         except XrayfmError as exc:
             raise HTTPException(400, str(exc)) from None
 
-    async def infer(x: torch.Tensor, task: str, heatmap: str | None = None) -> Answer:
+    async def infer(x: torch.Tensor, task: str | tuple[str, ...], heatmap: str | None = None) -> Answer:
         try:
             return await batcher.submit(ModelRequest(x, task, heatmap))
         except QueueFull:
@@ -178,6 +185,13 @@ def create_app(
         if match is None:
             raise HTTPException(422, f"no task {name!r}; choose from {[t.name for t in tasks]}")
         return match
+
+    def findings(spec: TaskSpec, probs: np.ndarray, threshold: float) -> dict[str, Any]:
+        """A classification head's probabilities per class, its positive classes and its top finding."""
+        ranked = sorted(zip(spec.classes, probs.tolist()), key=lambda cp: -cp[1])
+        positive = [ranked[0][0]] if spec.kind == "multiclass" else [c for c, p in ranked if p >= threshold]
+        return {"probabilities": {c: float(p) for c, p in zip(spec.classes, probs.tolist())}, "positive": positive,
+                "top_finding": {"class": ranked[0][0], "probability": float(ranked[0][1])}}  # fmt: skip
 
     def image_info(meta: dict[str, Any]) -> dict[str, Any]:
         width, height = meta["original_size"]
@@ -217,6 +231,7 @@ def create_app(
             return {"status": "ok"}
         s, a = batcher.stats, admission.stats
         return {"status": "ok", "model": runtime.meta["arch"], "backend": runtime.backend,
+                "tasks": {name: t.kind for name, t in runtime.tasks.items()},
                 "auth_required": token is not None, "queue": batcher.queue.qsize(), "queue_size": queue_size,
                 "requests": s.requests, "batches": s.batches, "rejected": s.rejected + a.busy,
                 "largest_batch": s.largest_batch,
@@ -235,29 +250,34 @@ def create_app(
     @app.post("/predict", summary="Findings with probabilities (and a heatmap)")
     async def predict(
         file: UploadFile = File(..., description="PNG, JPEG, TIFF, BMP or DICOM radiograph"),
-        task: str | None = Query(None, description="classification task (default the first)"),
+        task: str | None = Query(None, description="classification task (default: the first; all under 'heads')"),
         threshold: float = Query(0.5, ge=0.0, le=1.0, description="decision threshold for positive findings"),
         heatmap: bool = Query(False, description="include a Grad-CAM heatmap of the top finding"),
         method: str = Query("gradcam", pattern="^(gradcam|gradcam\\+\\+|xgradcam|hirescam|layercam|eigencam|rollout)$"),
     ) -> dict[str, Any]:
         spec = task_of(CLASSIFICATION_KINDS, task, "/predict")
+        # without a task, a model with several classification heads (Foundation X) answers them all
+        every = [spec] if task else [t for t in runtime.tasks.values() if t.kind in CLASSIFICATION_KINDS]
         pixels, x, meta = await read_upload(file)
-        answer = await infer(x, spec.name, method if heatmap else None)
-        probs = answer.outputs[spec.name]
-        ranked = sorted(zip(spec.classes, probs.tolist()), key=lambda cp: -cp[1])
-        if spec.kind == "multiclass":
-            positive = [ranked[0][0]]
+        if len(every) == 1:
+            answer = await infer(x, spec.name, method if heatmap else None)
+            outputs = answer.outputs
+        elif heatmap:  # the heatmap pass answers the first head; one plain pass the others
+            answer, rest = await asyncio.gather(infer(x, spec.name, method), infer(x, tuple(t.name for t in every[1:])))
+            outputs = {**rest.outputs, **answer.outputs}
         else:
-            positive = [c for c, p in ranked if p >= threshold]
+            answer = await infer(x, tuple(t.name for t in every))
+            outputs = answer.outputs
+        found = {t.name: findings(t, outputs[t.name], threshold) for t in every}
         result: dict[str, Any] = {
-            "model": runtime.meta["arch"], "task": spec.name, "kind": spec.kind,
-            "probabilities": {c: float(p) for c, p in zip(spec.classes, probs.tolist())},
-            "threshold": threshold, "positive": positive,
-            "top_finding": {"class": ranked[0][0], "probability": float(ranked[0][1])},
-            "image": image_info(meta), "heatmap": None,
+            "model": runtime.meta["arch"], "task": spec.name, "kind": spec.kind, **found[spec.name],
+            "threshold": threshold, "image": image_info(meta), "heatmap": None,
         }  # fmt: skip
+        if len(every) > 1:
+            result["heads"] = {name: {"kind": runtime.tasks[name].kind, **f} for name, f in found.items()}
         if answer.heatmap is not None:
-            explained = ranked[0][0] if answer.heatmap_class is None else spec.classes[answer.heatmap_class]
+            top = found[spec.name]["top_finding"]["class"]
+            explained = top if answer.heatmap_class is None else spec.classes[answer.heatmap_class]
             png, width, height = await asyncio.to_thread(heatmap_png, answer.heatmap, pixels)
             result["heatmap"] = {"png": png, "class": explained, "method": method, "width": width, "height": height,
                                  "encoding": f"8-bit grey PNG, 255 = strongest; {MAP_GEOMETRY}"}  # fmt: skip

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from xrayfm.errors import ImageReadError, XrayfmError
 from xrayfm.evaluate.predict import probabilities
@@ -57,11 +58,11 @@ def png_base64(array: np.ndarray) -> str:
 
 
 class Request(NamedTuple):
-    """One image's request to the model: the prepared image (1, S, S), the task, and the heatmap
-    method wanted (None: no heatmap)."""
+    """One image's request to the model: the prepared image (1, S, S), the task (or, without a
+    heatmap, several tasks answered by one forward pass), and the heatmap method wanted (None: no heatmap)."""
 
     image: torch.Tensor
-    task: str
+    task: str | tuple[str, ...]
     heatmap: str | None = None
 
 
@@ -92,9 +93,13 @@ class ModelRuntime:
             (``xrayfm export onnx``); heatmaps always come from the PyTorch model, which needs gradients.
         precision: ``fp32``; ``bf16`` (torch backend, autocast; refused where the CPU / GPU lacks bf16);
             ``int8`` (onnx backend, ``model.int8.onnx``). Heatmaps stay fp32.
+        loaded: A model already loaded with the fine-tuned model's interface and its sidecar (``arch``,
+            ``tasks``...), served instead of reading ``model_dir``, which is then its folder: a Foundation X
+            model through :mod:`xrayfm.pretrain.multitask_serving`. Torch backend only.
 
     Raises:
-        XrayfmError: Unknown backend, missing or stale ONNX export, unreadable model, unsupported precision.
+        XrayfmError: Unknown backend, missing or stale ONNX export, unreadable model, unsupported precision,
+            a loaded model with another backend than torch.
     """
 
     def __init__(
@@ -105,13 +110,19 @@ class ModelRuntime:
         limits: ReadLimits | None = None,
         backend: str = "torch",
         precision: str = "fp32",
+        loaded: tuple[nn.Module, dict[str, Any]] | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise XrayfmError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+        if loaded is not None and backend != "torch":
+            raise XrayfmError(f"{model_dir}: this model has no ONNX export; serve it with --backend torch")
         check_precision(precision, backend, device)
         self.precision = precision
-        self.model_dir = find_task_model(model_dir)
-        self.model, self.meta = load_task_model(self.model_dir)
+        if loaded is None:
+            self.model_dir = find_task_model(model_dir)
+            self.model, self.meta = load_task_model(self.model_dir)
+        else:
+            self.model_dir, (self.model, self.meta) = Path(model_dir), loaded
         self.device = torch.device(device)
         self.model.to(self.device).eval()
         self.preprocess = resolve_preprocess(self.model)
@@ -211,7 +222,7 @@ class ModelRuntime:
     def _forward(self, requests: Sequence[Request]) -> list[dict[str, Any]]:
         """One forward pass for requests without a heatmap: their outputs per task asked."""
         x = torch.stack([r.image for r in requests])
-        wanted = sorted({r.task for r in requests})
+        wanted = sorted({name for r in requests for name in ((r.task,) if isinstance(r.task, str) else r.task)})
         if self.onnx is not None:  # ONNX Runtime sessions are thread-safe and never hooked
             out = onnx_task_outputs(self.onnx, self.model, x, wanted)
         else:
@@ -242,6 +253,8 @@ class ModelRuntime:
         }  # fmt: skip
         if self.onnx is not None:
             card["onnx"] = {k: self.onnx.meta.get(k) for k in ("opset", "outputs", "not_exported", "check")}
+        if "served_weights" in self.meta:  # a Foundation X model: its teacher or its student
+            card["weights"] = self.meta["served_weights"]
         if self.precision != "fp32":  # the accuracy check of export onnx --precision, or a note that there is none
             record = precision_record(self.model_dir, self.precision)
             card["precision_check"] = (record or {}).get("check") or (

@@ -1,4 +1,5 @@
-"""``xrayfm demo --pretrain anatomy|both`` (and ``make demo-adam``): the Adam arm of the demo."""
+"""``xrayfm demo --pretrain anatomy|multitask|both|all`` (and ``make demo-adam`` / ``demo-multitask``): the Adam and
+Foundation X arms of the demo."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
-    ("choice", "methods"), [("mim", ["mim"]), ("anatomy", ["anatomy"]), ("both", ["mim", "anatomy"])]
-)
+    ("choice", "methods"),
+    [("mim", ["mim"]), ("anatomy", ["anatomy"]), ("multitask", ["multitask"]), ("both", ["mim", "anatomy"]),
+     ("all", ["mim", "anatomy", "multitask"])],
+)  # fmt: skip
 def test_pretrain_choice_runs_its_methods_and_fine_tunes_each(
     choice: str, methods: list[str], tmp_path: Path, monkeypatch, capsys
 ) -> None:
@@ -37,6 +40,7 @@ def test_pretrain_choice_runs_its_methods_and_fine_tunes_each(
 
     monkeypatch.setattr(demo_cli, "_pretrain_mim", pretrain("mim"))
     monkeypatch.setattr(demo_cli, "_pretrain_anatomy", pretrain("anatomy"))
+    monkeypatch.setattr(demo_cli, "_pretrain_multitask", pretrain("multitask"))
     monkeypatch.setattr(demo_cli, "_finetune", finetune)
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "-n", "8", "--size", "32", "--img-size", "32", "--anatomy-steps", "3"]
@@ -44,12 +48,14 @@ def test_pretrain_choice_runs_its_methods_and_fine_tunes_each(
     expected = {
         "mim": [("pretrain", "mim", 32, 3), ("finetune", "finetune", "eva_x_tiny_patch16", "mim")],
         "anatomy": [("pretrain", "anatomy", 32, 3), ("finetune", "finetune_anatomy", "resnet18", "anatomy")],
+        "multitask": [("pretrain", "multitask", 32, 3), ("finetune", "finetune_multitask", "resnet18", "multitask")],
     }
     assert calls == [c for m in methods for c in expected[m]]
     stdout = capsys.readouterr().out
-    first = out / ("finetune" if methods[0] == "mim" else "finetune_anatomy")
+    first = out / {"mim": "finetune", "anatomy": "finetune_anatomy", "multitask": "finetune_multitask"}[methods[0]]
     assert f"xrayfm serve {first} --port 8000" in stdout
-    assert (f"xrayfm compare {out / 'finetune'} {out / 'finetune_anatomy'} phantom" in stdout) == (choice == "both")
+    both = f"xrayfm compare {out / 'finetune'} {out / 'finetune_anatomy'} phantom" in stdout
+    assert both == (choice in ("both", "all"))
     assert ("an Adam run" in stdout) == ("anatomy" in methods)
 
 
@@ -58,7 +64,7 @@ def test_default_demo_is_mim_only() -> None:
     assert (args.pretrain, args.anatomy_steps) == ("mim", 40)
 
 
-def test_make_demo_adam_runs_the_anatomy_demo_and_make_demo_stays_mim() -> None:
+def test_make_demo_adam_and_multitask_run_their_demos_and_make_demo_stays_mim() -> None:
     # run as a fresh make, not a sub-make of `make test` (which would print "Entering directory" lines)
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
 
@@ -69,6 +75,7 @@ def test_make_demo_adam_runs_the_anatomy_demo_and_make_demo_stays_mim() -> None:
         return res.stdout.splitlines()[-1]
 
     assert dry("demo-adam").endswith("xrayfm demo --pretrain anatomy --out demo_output")
+    assert dry("demo-multitask").endswith("xrayfm demo --pretrain multitask --out demo_output")
     assert dry("demo").endswith("xrayfm demo --out demo_output")
 
 
@@ -92,3 +99,23 @@ def test_anatomy_demo_end_to_end(tmp_path: Path, capsys) -> None:
     assert (out / "finetune_anatomy" / "eval_test" / "report.html").is_file()
     assert not (out / "mim").exists() and not (out / "finetune").exists()
     assert "mean_dice" in stdout and str(out / "anatomy") in stdout
+
+
+@pytest.mark.slow  # about 40 s on 2 cores: phantom, a short Foundation X run, fine-tuning, evaluation report
+def test_multitask_demo_end_to_end(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "demo"
+    argv = ["demo", "--pretrain", "multitask", "--out", str(out), "-n", "24", "--size", "64", "--img-size", "32",
+            "--multitask-steps", "6", "--finetune-steps", "1"]  # fmt: skip
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out
+    summary = json.loads((out / "multitask" / "summary.json").read_text())
+    assert summary["steps"] == 6 and set(summary["unit_images"]) == {"findings/findings", "lesions/lesions",
+                                                                       "organs/organs"}  # fmt: skip
+    phases = (out / "multitask" / "phases.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[2] for row in phases][:2] == ["findings/findings", "lesions/lesions"]
+    assert "lesions/lesions    yes" in stdout  # the localization unit starts locked
+    assert (out / "multitask" / "model" / "teacher.safetensors").is_file()
+    config = yaml.safe_load((out / "finetune_multitask" / "config.yaml").read_text())
+    assert (config["arch"], config["pretrained"]) == ("resnet18", str(out / "multitask"))
+    assert (out / "finetune_multitask" / "eval_test" / "report.html").is_file()
+    assert "mean_dice" in stdout and not (out / "mim").exists()
