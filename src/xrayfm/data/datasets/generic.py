@@ -138,7 +138,8 @@ def build_image_folder(
     return XrayDataset(records, [task], name="image_folder", root=root, split=split)
 
 
-def _load_json(path: Path) -> dict[str, Any]:
+def load_coco_json(path: Path) -> dict[str, Any]:
+    """A COCO detection file's content, checked to hold the ``images`` / ``annotations`` / ``categories`` lists."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -149,7 +150,7 @@ def _load_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _coco_boxes(
+def coco_boxes(
     path: Path, data: dict[str, Any], include_crowd: bool, tol: float
 ) -> tuple[tuple[str, ...], dict[Any, dict[str, Any]], dict[Any, list[tuple[np.ndarray, int]]]]:
     """Validated categories (id order), images by id and xyxy boxes with class index by image id."""
@@ -236,7 +237,7 @@ def build_coco(
         path = next((root / f for f in COCO_FILES if (root / f).is_file()), None)  # type: ignore[assignment]
         if path is None:
             raise DatasetError(f"coco: no annotation file in {root}; looked for {', '.join(COCO_FILES)}")
-    classes, images, boxes = _coco_boxes(path, _load_json(path), include_crowd, tol=1.0)
+    classes, images, boxes = coco_boxes(path, load_coco_json(path), include_crowd, tol=1.0)
     if not classes:
         raise DatasetError(f"{path}: no categories")
     base = root / image_dir if image_dir else (root / "images" if (root / "images").is_dir() else root)

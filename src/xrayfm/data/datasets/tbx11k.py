@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from xrayfm.data.base import Record, XrayDataset
-from xrayfm.data.datasets.generic import _coco_boxes, _load_json
+from xrayfm.data.datasets.generic import coco_boxes, load_coco_json
 from xrayfm.data.registry import check_choice, register_dataset
 from xrayfm.data.splits import split_groups
 from xrayfm.data.tables import label_file_name, require_images
@@ -91,7 +91,7 @@ def _read_boxes(root: Path, part: str, names: list[str], types: bool) -> dict[st
             f"tbx11k: no box annotations for {part}: neither {folder / f'all_{part}.json'} nor "
             f"TBX11K_{part}.json found (pass -o boxes=none for labels only)"
         )
-    classes, images, boxes = _coco_boxes(path, _load_json(path), include_crowd=True, tol=1.0)
+    classes, images, boxes = coco_boxes(path, load_coco_json(path), include_crowd=True, tol=1.0)
     unknown = [c for c in classes if c not in BOX_TYPES]
     if unknown:
         raise DatasetError(f"{path}: unknown category name(s) {unknown}; expected {list(BOX_TYPES)}")
