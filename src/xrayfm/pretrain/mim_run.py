@@ -31,6 +31,7 @@ from xrayfm.pretrain.mim import MaskedFeatureModeling
 from xrayfm.pretrain.teachers import Layout, load_teacher
 from xrayfm.train import TrainConfig, is_global_zero, seed_everything, train
 from xrayfm.train.config import engine_options, write_run_config
+from xrayfm.train.streaming import SHARDS, open_shards
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,10 @@ def run_mim(
     """Pretrain ``arch`` by MIM on ``dataset`` and export it; returns the export folder.
 
     Args:
-        dataset: Adapter name (``phantom``, ``nih_cxr14``, ``csv``...); labels are ignored.
-        root: Dataset root.
+        dataset: Adapter name (``phantom``, ``nih_cxr14``, ``csv``...); labels are ignored. ``shards``
+            streams the train split of a shard folder (``xrayfm shards build``), shuffled, sharded over
+            ranks and workers, resumable mid-epoch (:mod:`xrayfm.train.streaming`).
+        root: Dataset root (for ``shards``: the shard folder, local or an fsspec URL).
         arch: Student architecture.
         teacher: Teacher weights: an xrayfm export folder, an MGCA Lightning checkpoint, an
             EVA-CLIP checkpoint or a timm / EVA-X file; None = the pixel-target baseline (not EVA-X).
@@ -109,10 +112,13 @@ def run_mim(
     if std is not None and std <= 0:
         raise XrayfmError(f"normalisation std must be positive, got {std}")
     record = replace(record, mean=record.mean if mean is None else float(mean), std=record.std if std is None else std)
-    ds = build_dataset(
-        dataset, root, "train", transform=PretrainAugment(img_size, mean=record.mean, std=record.std),
-        **(dataset_options or {}),
-    )  # fmt: skip
+    view = PretrainAugment(img_size, mean=record.mean, std=record.std)
+    if dataset == SHARDS:
+        ds = open_shards(root, "train", seed=cfg.seed, transform=view, options=dataset_options or {})
+        images = ds.total
+    else:
+        ds = build_dataset(dataset, root, "train", transform=view, **(dataset_options or {}))
+        images = len(ds)
     if grad_checkpointing:
         student.set_grad_checkpointing(True)
     if teacher is None:
@@ -138,7 +144,7 @@ def run_mim(
     export_model.load_state_dict(state)
     facts = {
         "method": EVA_X_MIM if teacher_record else PIXEL_BASELINE, "target": objective.target,
-        "teacher": teacher_record, "dataset": dataset, "root": str(root), "images": len(ds), "mask_ratio": mask_ratio,
+        "teacher": teacher_record, "dataset": dataset, "root": str(root), "images": images, "mask_ratio": mask_ratio,
         "steps": result["steps"], "steps_this_call": result["steps"] - result["start_step"],
         "seconds": result["seconds"], "resumed_from_checkpoint": result["start_step"] > 0,
     }  # fmt: skip

@@ -10,7 +10,9 @@ order is a seeded permutation per epoch sharded by rank (:class:`StepSampler`), 
 with the RNGs seeded by its position in the run (:class:`~xrayfm.train.seeding.SeededSamples`: random
 augmentations replay whatever the DataLoader workers), the global RNG is re-seeded before every
 forward pass (:func:`micro_batch_seed`), and checkpoints (model, optimiser, scheduler, step) are
-swapped in atomically (:mod:`xrayfm.train.checkpoint`). A checkpoint is saved every
+swapped in atomically (:mod:`xrayfm.train.checkpoint`). A LitData stream (shards) is read in its own
+shuffled, rank- and worker-sharded order instead, and its loader's position travels in the checkpoint
+(:mod:`xrayfm.train.streaming`). A checkpoint is saved every
 ``checkpoint_every`` steps, every ``checkpoint_minutes``, at the last step, and at the end of the
 step in which SIGINT or SIGTERM arrived, after which :class:`TrainingInterrupted` stops the run;
 all ranks agree on it through the all-reduce of the loss that every step does anyway. On resume
@@ -64,7 +66,7 @@ from xrayfm.train.checkpoint import (
     quiet_worker,
     save_checkpoint,
 )
-from xrayfm.train.config import TrainConfig, resolve_steps
+from xrayfm.train.config import TrainConfig, resolve_accumulate, resolve_steps
 from xrayfm.train.distributed import (
     copy_full_weights,
     full_state_dict,
@@ -76,6 +78,7 @@ from xrayfm.train.optim import build_optimizer, named_param_groups
 from xrayfm.train.sampler import StepSampler
 from xrayfm.train.schedules import build_scheduler
 from xrayfm.train.seeding import PositionSampler, SeededSamples, micro_batch_seed
+from xrayfm.train.streaming import StreamBatches, is_stream, stream_length
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger(PROGRESS_LOGGER)
@@ -115,7 +118,9 @@ def train(
 
     Args:
         objective: Module whose forward maps a batch (after ``batch_to_input``) to the loss.
-        dataset: Training samples.
+        dataset: Training samples: a map-style dataset, or a LitData ``StreamingDataset`` (e.g.
+            :class:`~xrayfm.train.streaming.SeededShards`), read by :class:`~xrayfm.train.streaming.StreamBatches`
+            (``data_order`` does not apply; an epoch is :func:`~xrayfm.train.streaming.stream_length` per rank).
         cfg: Settings.
         batch_to_input: Picks the objective's input from a collated batch.
         collate_fn: DataLoader collation.
@@ -157,11 +162,17 @@ def train(
     groups = named_param_groups(objective, param_groups, weight_decay=cfg.weight_decay)
     if fabric is None:
         fabric = make_fabric(cfg)
-    cfg = resolve_steps(cfg, len(dataset), fabric.world_size)
+    stream = is_stream(dataset)  # a LitData stream (shards): read in its own order, its position checkpointed
+    if stream:
+        batch = resolve_accumulate(cfg, fabric.world_size).batch_size
+        n = stream_length(dataset, batch_size=batch, num_workers=cfg.num_workers) * fabric.world_size
+    else:
+        n = len(dataset)
+    cfg = resolve_steps(cfg, n, fabric.world_size)
     out = Path(cfg.out_dir)
     reports = fabric.global_rank == 0  # files, metrics and progress: rank 0 only
     if reports and (cfg.epochs > 0 or cfg.warmup_epochs > 0):
-        log.info("epochs of %d samples over %d processes: %d steps, %d of them warmup", len(dataset),
+        log.info("epochs of %d samples over %d processes: %d steps, %d of them warmup", n,
                  fabric.world_size, cfg.steps, cfg.warmup_steps)  # fmt: skip
     if reports:
         out.mkdir(parents=True, exist_ok=True)
@@ -175,9 +186,10 @@ def train(
     optimizer = fabric.setup_optimizers(optimizer)
     state: dict[str, Any] = {
         "objective": module, "optimizer": optimizer, "step": 0, "scheduler": {}, "validation": _no_validation(),
+        "loader": {},
     }  # fmt: skip
     ckpt = out / CHECKPOINT
-    if load_checkpoint(fabric, ckpt, state, sharded=sharded, optional=("validation",)):
+    if load_checkpoint(fabric, ckpt, state, sharded=sharded, optional=("validation", "loader")):
         scheduler.load_state_dict(state["scheduler"])
     step = int(state["step"])
     resumed = f"resumed from step {step} of {cfg.steps}" if step else None
@@ -190,15 +202,26 @@ def train(
             progress_log.info("%s (%s)", resumed, ckpt)
     micro, rank = cfg.batch_size, fabric.global_rank
     start = step * cfg.accumulate * micro
-    if data_order is None:
-        order: Sampler[int] = StepSampler(len(dataset), seed=cfg.seed, rank=rank, world=fabric.world_size, start=start)
+    if stream:
+        if step and not state["loader"]:
+            raise XrayfmError(
+                f"cannot resume from {ckpt}: it holds no stream position (saved by a run that read another dataset "
+                "or by an older xrayfm); use a new --out"
+            )
+        batches: Iterator[Any] = StreamBatches(
+            dataset, batch_size=micro, num_workers=cfg.num_workers, collate_fn=collate_fn, state=state["loader"],
+            wrap=lambda ld: fabric.setup_dataloaders(ld, use_distributed_sampler=False), worker_init_fn=quiet_worker,
+        )  # fmt: skip
     else:
-        order = data_order(rank, fabric.world_size, start)
-    loader = DataLoader(
-        SeededSamples(dataset, seed=cfg.seed, rank=rank), batch_size=micro, sampler=PositionSampler(order, start),
-        num_workers=cfg.num_workers, collate_fn=collate_fn, worker_init_fn=quiet_worker,
-    )  # fmt: skip
-    batches = iter(fabric.setup_dataloaders(loader, use_distributed_sampler=False))
+        if data_order is None:
+            order: Sampler[int] = StepSampler(n, seed=cfg.seed, rank=rank, world=fabric.world_size, start=start)
+        else:
+            order = data_order(rank, fabric.world_size, start)
+        loader = DataLoader(
+            SeededSamples(dataset, seed=cfg.seed, rank=rank), batch_size=micro, sampler=PositionSampler(order, start),
+            num_workers=cfg.num_workers, collate_fn=collate_fn, worker_init_fn=quiet_worker,
+        )  # fmt: skip
+        batches = iter(fabric.setup_dataloaders(loader, use_distributed_sampler=False))
     loss_value = float("nan")
     lines = reports and not progress_enabled()  # no bar where nobody watches one: a line every log_every steps
     t0, seen, first, last_save = time.perf_counter(), 0, step, time.monotonic()
@@ -253,7 +276,8 @@ def train(
                 validation = _validate(fabric, module, work, validate, cfg, done, validation, sharded=sharded,
                                        lines=lines)  # fmt: skip
             if done % cfg.checkpoint_every == 0 or done == cfg.steps or save_now or stopping:
-                state.update(step=done, scheduler=scheduler.state_dict(), validation=validation)
+                state.update(step=done, scheduler=scheduler.state_dict(), validation=validation,
+                             loader=batches.state_dict() if isinstance(batches, StreamBatches) else {})  # fmt: skip
                 stop.saving = True
                 try:
                     save_checkpoint(fabric, ckpt, state, sharded=sharded)
