@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from xrayfm.data import build_dataset
-from xrayfm.data.datasets.candid_ptx import build_candid_ptx, mask_boxes
+from xrayfm.data.datasets.candid_ptx import build_candid_ptx
+from xrayfm.data.masks import mask_boxes
 from xrayfm.errors import DatasetError, UnknownNameError
 from xrayfm.io.writers import write_dicom, write_png
 

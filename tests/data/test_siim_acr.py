@@ -181,3 +181,47 @@ def test_errors(tmp_path: Path, real_df: pd.DataFrame, picks: dict) -> None:
     ds = build_dataset("siim_acr", tmp_path, "all", missing="skip")
     with pytest.raises(DatasetError, match="mask shape .* does not match image 512x512"):
         ds[0]
+
+
+def _check_component_boxes(boxes: np.ndarray, mask: np.ndarray) -> None:
+    """Boxes are tight around mask pixels, cover all of them and together span the mask's extent."""
+    covered = np.zeros_like(mask, dtype=bool)
+    for x0, y0, x1, y1 in boxes.astype(int):
+        crop = mask[y0:y1, x0:x1]
+        assert crop[:, 0].any() and crop[:, -1].any() and crop[0].any() and crop[-1].any()  # tight
+        covered[y0:y1, x0:x1] = True
+    assert not (mask.astype(bool) & ~covered).any()
+    ys, xs = np.nonzero(mask)
+    assert boxes[:, :2].min(0).tolist() == [xs.min(), ys.min()]
+    assert boxes[:, 2:].max(0).tolist() == [xs.max() + 1, ys.max() + 1]
+
+
+def test_boxes_from_masks(root: Path, tmp_path: Path, real_df: pd.DataFrame, picks: dict) -> None:
+    ds = build_dataset("siim_acr", root, "all", missing="skip", boxes=True)
+    assert [(t.name, t.kind, t.classes) for t in ds.tasks][-1] == ("pneumothorax_boxes", "detection", ("Pneumothorax",))
+    for i, rec in enumerate(ds.records):
+        s = ds[i]
+        union = np.zeros((1024, 1024), np.uint8)
+        for rle in real_df[real_df["ImageId"] == rec.meta["id"]]["EncodedPixels"]:
+            union |= decode_rle(rle, 1024, 1024)
+        assert rec.box_space == (1024, 1024) and s["box_labels"].tolist() == [0] * len(s["boxes"])
+        if rec.meta["id"] == picks["negative"]:
+            assert s["boxes"].shape == (0, 4)
+            continue
+        assert len(s["boxes"]) >= 1
+        _check_component_boxes(s["boxes"].numpy(), union)
+    plain = build_dataset("siim_acr", root, "all", missing="skip")
+    assert [t.kind for t in plain.tasks] == ["multilabel", "segmentation"]
+    assert all(r.boxes is None for r in plain.records)
+    # a larger real sample, labels only: every positive image gets tight covering boxes, negatives none
+    ids = real_df["ImageId"].drop_duplicates().iloc[:150]
+    sample = real_df[real_df["ImageId"].isin(ids)]
+    sample.rename(columns={"EncodedPixels": " EncodedPixels"}).to_csv(tmp_path / "train-rle.csv", index=False)
+    records = build_siim_acr(tmp_path, "all", missing="keep", boxes=True).records
+    assert len(records) == 150 and sum(r.meta["regions"] > 0 for r in records) >= 20
+    for rec in records:
+        if not rec.meta["regions"]:
+            assert rec.boxes.shape == (0, 4)
+            continue
+        _check_component_boxes(rec.boxes, rec.mask()[0])
+    assert any(len(r.boxes) != r.meta["regions"] for r in records)  # components, not RLE rows

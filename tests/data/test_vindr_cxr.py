@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from xrayfm.data import build_dataset
-from xrayfm.data.datasets.vindr_cxr import LESIONS, NO_FINDING, build_vindr_cxr
+from xrayfm.data.datasets.vindr_cxr import DIAGNOSES, LESIONS, NO_FINDING, build_vindr_cxr
 from xrayfm.errors import DatasetError, UnknownNameError
 from xrayfm.io.writers import write_dicom, write_png
 
@@ -211,3 +211,69 @@ def test_errors(tmp_path: Path, real_df: pd.DataFrame, picks: dict) -> None:
     with pytest.raises(DatasetError, match="lies outside"):  # PNG smaller than the DICOM, no size file
         ds = build_dataset("vindr_cxr", tmp_path, "all", missing="skip")
         [ds[i] for i in range(len(ds))]
+
+
+def _votes(table: pd.DataFrame, columns: list[str], rule: str) -> pd.DataFrame:
+    """Expected labels per image, straight from a labels table (pandas, not the adapter's reader sets)."""
+    votes = table.groupby("image_id")[columns].sum()
+    n = table.groupby("image_id").size()
+    if rule == "majority":
+        return (votes.ge(n // 2 + 1, axis=0)).astype(float)
+    out = (votes >= 1).astype(float)
+    if NO_FINDING in columns:
+        out[NO_FINDING] = votes[NO_FINDING].eq(n).astype(float)
+    return out
+
+
+def test_global_labels(tmp_path: Path, kaggle_root: Path, real_df: pd.DataFrame, picks: dict) -> None:
+    _physionet(tmp_path, real_df, [picks["dicom"], picks["normal"]], "train", consensus=False)
+    _physionet(tmp_path, real_df, [picks["png"]], "test", consensus=True)
+    ann = tmp_path / "annotations"
+    train = pd.read_csv(ann / "image_labels_train.csv")
+    rows = train.index[train["image_id"] == picks["dicom"]]
+    assert len(rows) == 3
+    readers = dict(zip(DIAGNOSES, [0, 1, 2, 3, 1]))  # how many of the 3 readers report each diagnosis
+    for name, k in readers.items():
+        train.loc[rows[:k], name] = 1
+    normal = train.index[train["image_id"] == picks["normal"]]
+    train.loc[normal[0], ["COPD", NO_FINDING]] = [1, 0]  # one reader of the normal image disagrees
+    train.to_csv(ann / "image_labels_train.csv", index=False)
+    test = pd.read_csv(ann / "image_labels_test.csv").rename(columns={"Other diseases": "Other disease"})
+    test.loc[0, ["Tuberculosis", "Other disease"]] = 1  # the published test file's spelling
+    test.to_csv(ann / "image_labels_test.csv", index=False)
+    glob_cols = [*DIAGNOSES, NO_FINDING]
+    for rule in ("all", "majority"):
+        ds = build_vindr_cxr(tmp_path, "all", labels="global", box_consensus=rule, missing="keep")
+        assert [(t.name, t.kind, t.classes) for t in ds.tasks] == [
+            ("diagnoses", "multilabel", (*DIAGNOSES, NO_FINDING)), ("lesions", "detection", LESIONS),
+        ]  # fmt: skip
+        got = {r.meta["id"]: r.labels.tolist() for r in ds.records}
+        want = _votes(train, glob_cols, rule)
+        for image_id in want.index:
+            assert got[image_id] == want.loc[image_id].tolist(), (rule, image_id)
+        need = 1 if rule == "all" else 2
+        assert got[picks["dicom"]][:5] == [float(k >= need) for k in readers.values()]
+        assert got[picks["normal"]] == ([1.0, 0, 0, 0, 0, 0] if rule == "all" else [0, 0, 0, 0, 0, 1.0])
+        assert got[picks["png"]] == [0.0, 0.0, 0.0, 1.0, 1.0, float(test.loc[0, NO_FINDING])]
+        lesions = {
+            r.meta["id"]: r for r in build_vindr_cxr(tmp_path, "all", box_consensus=rule, missing="keep").records
+        }
+        both = build_vindr_cxr(tmp_path, "all", labels="both", box_consensus=rule, missing="keep")
+        assert both.tasks[0].name == "findings" and both.tasks[0].classes == (*LESIONS, *DIAGNOSES, NO_FINDING)
+        for rec in both.records:
+            ref = lesions[rec.meta["id"]]
+            assert rec.labels.tolist() == ref.labels[:14].tolist() + got[rec.meta["id"]]
+            np.testing.assert_array_equal(rec.boxes, ref.boxes)  # boxes do not depend on the labels chosen
+            assert rec.box_labels.tolist() == ref.box_labels.tolist()
+    bare = build_vindr_cxr(tmp_path, "test", labels="global", include_no_finding=False, missing="keep")
+    assert bare.tasks[0].classes == DIAGNOSES and bare.records[0].labels.tolist() == [0, 0, 0, 1, 1]
+    with pytest.raises(DatasetError, match=r"labels='global' needs the PhysioNet layout.*Kaggle VinBigData layout"):
+        build_vindr_cxr(kaggle_root, "all", labels="global", missing="keep")
+    with pytest.raises(DatasetError, match=r"labels='both' needs the PhysioNet layout"):
+        build_dataset("vindr_cxr", kaggle_root, "all", labels="both", missing="keep")
+    with pytest.raises(UnknownNameError, match="unknown labels 'diseases'"):
+        build_dataset("vindr_cxr", tmp_path, labels="diseases")
+    train.drop(columns="COPD").to_csv(ann / "image_labels_train.csv", index=False)
+    with pytest.raises(DatasetError, match=r"image_labels_train.csv: missing column\(s\) \['COPD'\]"):
+        build_vindr_cxr(tmp_path, "train", labels="global", missing="keep")
+    assert len(build_vindr_cxr(tmp_path, "train", missing="keep")) == 2  # lesion labels need no global column

@@ -10,7 +10,17 @@ import pytest
 import yaml
 
 import xrayfm
-from xrayfm.data.datasets import candid_ptx, chestx_det, chexpert, nih_cxr14, node21, rsna_pneumonia, tbx11k
+from xrayfm.data.datasets import (
+    candid_ptx,
+    chestx_det,
+    chexpert,
+    nih_cxr14,
+    node21,
+    rsna_pneumonia,
+    siim_acr,
+    tbx11k,
+    vindr_cxr,
+)
 from xrayfm.data.registry import list_datasets
 from xrayfm.pretrain.multitask_data import build_recipe_datasets, unit_members
 from xrayfm.pretrain.multitask_recipe import load_recipe
@@ -52,6 +62,8 @@ def test_the_paper_recipe_classes_are_the_adapters_classes_in_their_order() -> N
     assert classes("candid/mask") == classes("candid/boxes") == (candid_ptx.PNEUMOTHORAX,)
     assert classes("rsna/pneumonia") == rsna_pneumonia.DETAILED_CLASSES
     assert classes("rsna/lesions") == (rsna_pneumonia.OPACITY,)
+    assert classes("vindr/diagnoses") == (*vindr_cxr.DIAGNOSES, vindr_cxr.NO_FINDING)
+    assert classes("siim/pneumothorax") == classes("siim/boxes") == classes("siim/mask") == siim_acr.CLASSES
     for task in ("findings", "lesions", "masks"):
         assert classes(f"chestx_det/{task}") == chestx_det.CLASSES
 

@@ -14,12 +14,15 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from xrayfm.data.sample import MASK_IGNORE
 from xrayfm.errors import DatasetError, ImageReadError
 from xrayfm.io.limits import DEFAULT_LIMITS
 
 NO_MASK_RLE: tuple[str, ...] = ("", "-1", "nan")  # run-length strings that mean "no mask"
+#: 8-connectivity: regions touching at a corner are one component, hence one box.
+CONNECTIVITY = np.ones((3, 3), dtype=bool)
 
 
 def read_label_map(path: Path) -> np.ndarray:
@@ -220,3 +223,14 @@ def stack_masks(sources: Sequence[np.ndarray]) -> np.ndarray:
     if len(shapes) > 1:
         raise DatasetError(f"mask channels differ in size: {sorted(shapes)}")
     return np.concatenate(list(sources), axis=0)
+
+
+def mask_boxes(mask: np.ndarray) -> np.ndarray:
+    """xyxy boxes (float32 (N, 4), exclusive ends) of the 8-connected components of a 2-D mask.
+
+    Datasets that publish masks but no boxes (CANDID-PTX, SIIM-ACR) derive their detection
+    targets this way, as Foundation X does: one box per region, overlapping regions merged.
+    """
+    labelled, _ = ndimage.label(mask, structure=CONNECTIVITY)
+    boxes = [(sx.start, sy.start, sx.stop, sy.stop) for sy, sx in ndimage.find_objects(labelled)]
+    return np.asarray(boxes, np.float32).reshape(-1, 4)

@@ -26,11 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
 from xrayfm.data.base import Record, XrayDataset
 from xrayfm.data.datasets.siim_acr import check_rle
-from xrayfm.data.masks import NO_MASK_RLE, RleMask, parse_rle
+from xrayfm.data.masks import NO_MASK_RLE, RleMask, mask_boxes, parse_rle
 from xrayfm.data.registry import check_choice, register_dataset
 from xrayfm.data.splits import holdout_fractions, split_groups
 from xrayfm.data.tables import find_first, label_file_name, read_table, require_images
@@ -50,8 +49,6 @@ RLE_COLUMNS = ("mask_rle", "EncodedPixels")
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg")
 #: The release's image size, assumed for images that are absent (``missing="keep"``).
 NOMINAL_SIZE = (1024, 1024)
-#: 8-connectivity: regions touching at a corner are one component, hence one box.
-CONNECTIVITY = np.ones((3, 3), dtype=bool)
 UNKNOWN_MODES = ("error", "skip")
 
 Runs = list[tuple[int, str]]  # (row number in the file, RLE string) of one image's regions
@@ -85,13 +82,6 @@ class SizedRleMask:
     def __call__(self) -> np.ndarray:
         width, height = self.size or image_size(self.image)
         return RleMask(self.rles, width, height)()
-
-
-def mask_boxes(mask: np.ndarray) -> np.ndarray:
-    """xyxy boxes (float32 (N, 4), exclusive ends) of the 8-connected components of a 2-D mask."""
-    labelled, _ = ndimage.label(mask, structure=CONNECTIVITY)
-    boxes = [(sx.start, sy.start, sx.stop, sy.stop) for sy, sx in ndimage.find_objects(labelled)]
-    return np.asarray(boxes, np.float32).reshape(-1, 4)
 
 
 def _column(df_columns: Iterable[str], names: tuple[str, ...], path: Path) -> str:

@@ -9,9 +9,11 @@
   three radiologists per image, ``No finding`` rows with blank coordinates; the competition's
   test labels were never released.
 
-Only the 14 local lesion classes of the Kaggle competition (and ``No finding``) are used; the
-PhysioNet release's other findings (8 rarer local lesions, 6 global diagnoses) are ignored.
-Box coordinates are in the pixels of the original DICOM.
+The labels are the 14 local lesion classes of the Kaggle competition (and ``No finding``), or,
+PhysioNet layout only, the release's 6 global labels (``COPD``, ``Lung tumor``, ``Pneumonia``,
+``Tuberculosis``, ``Other diseases`` and ``No finding``; the test file spells the fifth ``Other
+disease``), which Foundation X classifies, or both. The 8 rarer local lesions are ignored. Boxes
+are those of the 14 lesions, in the pixels of the original DICOM.
 """
 
 from __future__ import annotations
@@ -35,7 +37,13 @@ LESIONS: tuple[str, ...] = (
     "Pleural thickening", "Pneumothorax", "Pulmonary fibrosis",
 )  # fmt: skip
 NO_FINDING = "No finding"
+#: The PhysioNet release's global labels (diagnoses), ``No finding`` aside; not in the Kaggle file.
+DIAGNOSES: tuple[str, ...] = ("COPD", "Lung tumor", "Pneumonia", "Tuberculosis", "Other diseases")
+#: Other spellings of diagnosis columns: ``image_labels_test.csv`` has ``Other disease``.
+DIAGNOSIS_ALIASES = {"Other disease": "Other diseases"}
 CONSENSUS = ("all", "majority")
+#: ``labels`` option -> the label columns it classifies, ``No finding`` aside.
+LABEL_SETS: dict[str, tuple[str, ...]] = {"lesions": LESIONS, "global": DIAGNOSES, "both": LESIONS + DIAGNOSES}
 COORDS = ["x_min", "y_min", "x_max", "y_max"]
 DICOM_SUFFIXES = (".dicom", ".dcm")
 IMAGE_SUFFIXES = (*DICOM_SUFFIXES, ".png", ".jpg", ".jpeg")
@@ -97,21 +105,27 @@ def _read_kaggle(root: Path) -> dict[str, _Reads]:
     return reads
 
 
-def _read_physionet(root: Path, part: str) -> dict[str, _Reads]:
+def _read_physionet(root: Path, part: str, diagnoses: bool) -> dict[str, _Reads]:
+    """Reads of one PhysioNet part: the lesion columns, and the global ones when ``diagnoses``."""
     labels_path = _csv(root / "annotations", f"image_labels_{part}")
     if not labels_path.is_file():
         raise MissingSplitError(f"vindr_cxr: no {part} split: {labels_path} not found")
-    df = read_table(labels_path, required=["image_id", *LESIONS, NO_FINDING], dtype={"image_id": str})
-    values = df[[*LESIONS, NO_FINDING]].apply(pd.to_numeric, errors="coerce").to_numpy(np.float32)
+    columns = (*LESIONS, *(DIAGNOSES if diagnoses else ()), NO_FINDING)
+    df = read_table(labels_path, dtype={"image_id": str})
+    df = df.rename(columns={a: n for a, n in DIAGNOSIS_ALIASES.items() if n not in df.columns})
+    missing = [c for c in ("image_id", *columns) if c not in df.columns]
+    if missing:
+        raise DatasetError(f"{labels_path}: missing column(s) {missing}; found {list(df.columns)}")
+    values = df[list(columns)].apply(pd.to_numeric, errors="coerce").to_numpy(np.float32)
     bad = ~np.isin(values, (0.0, 1.0))
     if bad.any():
         r, c = np.argwhere(bad)[0]
-        raise DatasetError(f"{labels_path}: row {r + 2}, column {(*LESIONS, NO_FINDING)[c]!r}: label is not 0 or 1")
+        raise DatasetError(f"{labels_path}: row {r + 2}, column {columns[c]!r}: label is not 0 or 1")
     rad = _rad_column(df)
     rads = df[rad].astype(str).str.strip().tolist() if rad else ["consensus"] * len(df)
     reads: dict[str, _Reads] = {}
     for img, r, row in zip(df["image_id"].tolist(), rads, values):
-        reported = {n for n, v in zip((*LESIONS, NO_FINDING), row) if v == 1}
+        reported = {n for n, v in zip(columns, row) if v == 1}
         reads.setdefault(img, _Reads()).readers.setdefault(r, set()).update(reported)
     box_path = _csv(root / "annotations", f"annotations_{part}")
     boxes = read_table(box_path, required=["image_id", "class_name", *COORDS], dtype={"image_id": str})
@@ -122,15 +136,19 @@ def _read_physionet(root: Path, part: str) -> dict[str, _Reads]:
     return reads
 
 
-def _consensus(reads: _Reads, rule: str, no_finding: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """Labels, boxes, box labels and box readers of one image under a consensus rule."""
+def _consensus(
+    reads: _Reads, rule: str, classes: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Labels over ``classes``, boxes, box labels and box readers of one image under a consensus rule."""
     n = len(reads.readers)
     need = 1 if rule == "all" else n // 2 + 1
-    votes = {c: sum(c in said for said in reads.readers.values()) for c in (*LESIONS, NO_FINDING)}
-    labels = [float(votes[c] >= need) for c in LESIONS]
-    if no_finding:
-        labels.append(float(votes[NO_FINDING] >= (n if rule == "all" else need)))
-    kept = [(r, k, b) for r, k, b in reads.boxes if rule == "all" or labels[k] == 1.0]
+
+    def positive(c: str) -> bool:
+        votes = sum(c in said for said in reads.readers.values())
+        return votes >= (n if c == NO_FINDING and rule == "all" else need)
+
+    labels = [float(positive(c)) for c in classes]
+    kept = [(r, k, b) for r, k, b in reads.boxes if rule == "all" or positive(LESIONS[k])]
     boxes = np.asarray([b for _, _, b in kept], np.float32).reshape(-1, 4)
     box_labels = np.asarray([k for _, k, _ in kept], np.int64)
     return np.asarray(labels, np.float32), boxes, box_labels, [r for r, _, _ in kept]
@@ -164,7 +182,7 @@ def _read_sizes(root: Path, name: str) -> dict[str, tuple[int, int]]:
 
 @register_dataset(
     "vindr_cxr",
-    description="VinDr-CXR: 14 lesion classes (+ No finding) with per-radiologist boxes; PhysioNet or Kaggle layout",
+    description="VinDr-CXR: 14 lesions (+ No finding) with per-reader boxes, or 6 global labels; PhysioNet or Kaggle",
     layout="""
     PhysioNet 1.0:  ROOT/annotations/annotations_train.csv, annotations_test.csv
                     ROOT/annotations/image_labels_train.csv, image_labels_test.csv
@@ -179,6 +197,7 @@ def build_vindr_cxr(
     split: str,
     *,
     box_consensus: str = "all",
+    labels: str = "lesions",
     include_no_finding: bool = True,
     size_file: str | None = None,
     val_fraction: float = 0.1,
@@ -198,6 +217,17 @@ def build_vindr_cxr(
       reported the class (``No finding`` likewise); the boxes kept are those of the readers who
       marked a class that reached the majority. No box fusion is done.
 
+    The same rule applies to every label of ``labels``:
+
+    - ``lesions``: the 14 lesion classes (task ``findings``).
+    - ``global``: the PhysioNet release's global labels ``COPD``, ``Lung tumor``, ``Pneumonia``,
+      ``Tuberculosis``, ``Other diseases`` (task ``diagnoses``), as Foundation X classifies
+      VinDr-CXR. The Kaggle file has no global labels.
+    - ``both``: the 14 lesions, then the 5 global labels (task ``findings``).
+
+    ``No finding`` comes last in each when ``include_no_finding``. The lesion boxes (task
+    ``lesions``) are the same whichever labels are chosen.
+
     The PhysioNet test set carries one consensus read per image, so both rules agree there.
 
     Splits: PhysioNet ``test`` is the official test set, its train set is split into
@@ -214,7 +244,8 @@ def build_vindr_cxr(
         root: Dataset root (either layout above).
         split: ``train``, ``val``, ``test`` or ``all``.
         box_consensus: ``all`` or ``majority`` (see above).
-        include_no_finding: Add ``No finding`` as a 15th label.
+        labels: ``lesions``, ``global`` (PhysioNet layout only) or ``both`` (see above).
+        include_no_finding: Add ``No finding`` as the last label.
         size_file: CSV under ``root``: ``image_id, width, height`` (or ``dim0`` = rows,
             ``dim1`` = columns) of the original images, for PNG/JPEG conversions.
         val_fraction: Share of training images held out as ``val``.
@@ -223,16 +254,23 @@ def build_vindr_cxr(
         missing: Absent images: ``error``, ``skip`` them, or ``keep`` (labels only, no check).
     """
     check_choice("box_consensus", box_consensus, CONSENSUS)
+    check_choice("labels", labels, LABEL_SETS)
+    classes = LABEL_SETS[labels] + ((NO_FINDING,) if include_no_finding else ())
     fractions = holdout_fractions(val_fraction, test_fraction)  # validated before any file is read
     reads_by_part: dict[str, dict[str, _Reads]] = {}
     if (root / "annotations").is_dir():
         layout = "physionet"
         if split != "test":
-            reads_by_part["train"] = _read_physionet(root, "train")
+            reads_by_part["train"] = _read_physionet(root, "train", labels != "lesions")
         if split in ("test", "all"):
-            reads_by_part["test"] = _read_physionet(root, "test")
+            reads_by_part["test"] = _read_physionet(root, "test", labels != "lesions")
     elif _csv(root, "train").is_file():
         layout = "kaggle"
+        if labels != "lesions":
+            raise DatasetError(
+                f"vindr_cxr: labels={labels!r} needs the PhysioNet layout (annotations/image_labels_*.csv); "
+                f"{root} has the Kaggle VinBigData layout (train.csv), which has no global labels: use labels='lesions'"
+            )
         reads_by_part["train"] = _read_kaggle(root)
     else:
         raise DatasetError(
@@ -256,7 +294,7 @@ def build_vindr_cxr(
         for image_id, part in zip(ids, parts):
             if split != "all" and part != split:
                 continue
-            labels, boxes, box_labels, box_readers = _consensus(reads[image_id], box_consensus, include_no_finding)
+            targets, boxes, box_labels, box_readers = _consensus(reads[image_id], box_consensus, classes)
             image = index.get(image_id, root / folder / f"{image_id}.dicom")
             space = None
             if sizes is not None and image.suffix.lower() not in DICOM_SUFFIXES and image.is_file():
@@ -272,7 +310,7 @@ def build_vindr_cxr(
             records.append(
                 Record(
                     image=image,
-                    labels=labels,
+                    labels=targets,
                     boxes=boxes,
                     box_labels=box_labels,
                     box_space=space,
@@ -281,7 +319,7 @@ def build_vindr_cxr(
                 )
             )
     tasks = [
-        TaskSpec("findings", "multilabel", LESIONS + ((NO_FINDING,) if include_no_finding else ())),
+        TaskSpec("diagnoses" if labels == "global" else "findings", "multilabel", classes),
         TaskSpec("lesions", "detection", LESIONS),
     ]
     records = require_images(records, "vindr_cxr", missing=missing)
