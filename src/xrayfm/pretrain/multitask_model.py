@@ -10,8 +10,9 @@ segmentation decoder that all segmentation datasets share (UperNet = PSP + FPN, 
 reference's PSP + FPN decoder with per-dataset heads, jlianglab/Foundation_X
 ``swin_transformer_CyclicSegmentation.py``; a U-Net for a CNN). A forward runs one unit: the
 backbone, the shared parts that unit needs and that unit's head only, and returns the features
-the teacher's consistency loss compares. The shared modules live outside ``heads``, so a lock on
-one dataset's head freezes them.
+the teacher's consistency loss compares; :meth:`MultiTaskModel.forward_heads` runs several units on
+one backbone pass (the server's way), through the same code. The shared modules live outside
+``heads``, so a lock on one dataset's head freezes them.
 
 :meth:`MultiTaskModel.lock` freezes everything but one head (Foundation X's lock phase) and keeps
 the frozen shared modules in eval mode, so their batch-norm statistics do not move either, even
@@ -240,33 +241,72 @@ class MultiTaskModel(nn.Module):
         Returns:
             The head's prediction and the features for consistency.
         """
-        spec = self.task(unit)
+        predictions, features = self._run(images, [unit], {unit: targets}, heads=head)
+        return UnitOutput(predictions.get(unit), features)
+
+    def forward_heads(
+        self,
+        images: torch.Tensor,
+        units: Sequence[str],
+        targets: Mapping[str, Sequence[dict[str, torch.Tensor] | None]] | None = None,
+    ) -> dict[str, Any]:
+        """Run several units on one backbone pass, each head as :meth:`forward` runs it alone.
+
+        Classification heads share the pooled features, segmentation heads the shared decoder's
+        map, Deformable DETR heads the shared encoder's memory (the server answers every head so).
+
+        Args:
+            images: Grey [0, 1] images (N, 1, H, W).
+            units: ``dataset/task`` keys.
+            targets: Detection targets per image, per detection unit (training).
+
+        Returns:
+            The prediction per unit, as :attr:`UnitOutput.prediction`.
+        """
+        return self._run(images, units, targets or {}, heads=True)[0]
+
+    def _run(
+        self,
+        images: torch.Tensor,
+        units: Sequence[str],
+        targets: Mapping[str, Sequence[dict[str, torch.Tensor] | None] | None],
+        *,
+        heads: bool,
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The predictions of ``units`` (none unless ``heads``) and the features their kinds give."""
+        specs = {unit: self.task(unit) for unit in units}
         x = self.normalize(images)
-        if spec.kind in CLASSIFICATION_KINDS:
+        if all(spec.kind in CLASSIFICATION_KINDS for spec in specs.values()):
             final, maps = self.backbone.forward_features(x), []
         else:
             assert self.pyramid is not None
             final, maps = self.pyramid(self.backbone, x)
         features = {"pooled": self.backbone.forward_head(final, pre_logits=True)}
-        prediction = None
-        if spec.kind in CLASSIFICATION_KINDS:
-            prediction = self.head(unit)(features["pooled"]) if head else None
-        elif spec.kind == "segmentation":
-            assert self.seg_decoder is not None
-            features["decoder"] = self.seg_decoder(x, maps)
-            if head:
-                prediction = self.head(unit)(self.seg_decoder.dropout(features["decoder"]))
-                if prediction.shape[-2:] != x.shape[-2:]:
-                    prediction = F.interpolate(prediction, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        else:
-            features["pyramid"] = maps[-1]
-            if self.loc_encoder is not None:
-                memory = self.loc_encoder(maps)
-                features["loc_encoder"] = memory.hidden.transpose(1, 2)
-                prediction = self.head(unit)(memory, tuple(x.shape[-2:]), targets) if head else None
+        predictions: dict[str, Any] = {}
+        memory = None
+        for unit, spec in specs.items():
+            if spec.kind in CLASSIFICATION_KINDS:
+                if heads:
+                    predictions[unit] = self.head(unit)(features["pooled"])
+            elif spec.kind == "segmentation":
+                assert self.seg_decoder is not None
+                if "decoder" not in features:
+                    features["decoder"] = self.seg_decoder(x, maps)
+                if heads:
+                    logits = self.head(unit)(self.seg_decoder.dropout(features["decoder"]))
+                    if logits.shape[-2:] != x.shape[-2:]:
+                        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+                    predictions[unit] = logits
             else:
-                prediction = self.head(unit)(x, maps, targets) if head else None
-        return UnitOutput(prediction, features)
+                features["pyramid"] = maps[-1]
+                if self.loc_encoder is not None and memory is None:
+                    memory = self.loc_encoder(maps)
+                    features["loc_encoder"] = memory.hidden.transpose(1, 2)
+                if heads and memory is not None:
+                    predictions[unit] = self.head(unit)(memory, tuple(x.shape[-2:]), targets.get(unit))
+                elif heads:
+                    predictions[unit] = self.head(unit)(x, maps, targets.get(unit))
+        return predictions, features
 
     @property
     def locked(self) -> str | None:

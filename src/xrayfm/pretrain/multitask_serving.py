@@ -8,9 +8,8 @@ and ``preprocess``. :class:`MultiTaskView` presents a
 :mod:`xrayfm.explain` take it unchanged. It lives here, not in ``serve``, because the package map
 lets ``serve`` import neither ``pretrain`` nor the CLI's loaders; the CLI loads it and hands it over.
 
-A forward runs the backbone once for every head asked: classification heads share the pooled
-features, segmentation heads the shared decoder's map, Deformable DETR heads the shared encoder's
-memory, exactly as :meth:`MultiTaskModel.forward` computes each unit alone.
+A forward runs the backbone once for every head asked through
+:meth:`MultiTaskModel.forward_heads`, which computes each head as training's per-unit forward does.
 
 Served weights default to the EMA teacher: the sidecar names no preferred set, and the teacher
 is the student averaged over phase ends, so it is not tilted towards whichever head the cyclic
@@ -26,14 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from xrayfm.errors import XrayfmError
 from xrayfm.models.preprocess import Preprocess
 from xrayfm.pretrain.multitask_export import find_multitask_model, load_multitask_model
 from xrayfm.pretrain.multitask_model import MultiTaskModel
-from xrayfm.tasks import CLASSIFICATION_KINDS, TaskSpec
+from xrayfm.tasks import TaskSpec
 
 #: The weight sets of a saved multi-task model, the default first.
 WEIGHTS = ("teacher", "student")
@@ -76,34 +74,7 @@ class MultiTaskView(nn.Module):
             Logits (N, K) per classification head, mask logits (N, K, H, W) per segmentation head,
             per-image ``boxes`` / ``scores`` / ``labels`` per detection head.
         """
-        m = self.model
-        selected = [t for t in self.tasks if tasks is None or t.name in tasks]
-        x = m.normalize(images)
-        if all(t.kind in CLASSIFICATION_KINDS for t in selected):
-            final, maps = m.backbone.forward_features(x), []
-        else:
-            assert m.pyramid is not None
-            final, maps = m.pyramid(m.backbone, x)
-        out: dict[str, Any] = {}
-        pooled = decoded = memory = None
-        for t in selected:
-            head = m.head(t.name)
-            if t.kind in CLASSIFICATION_KINDS:
-                pooled = m.backbone.forward_head(final, pre_logits=True) if pooled is None else pooled
-                out[t.name] = head(pooled)
-            elif t.kind == "segmentation":
-                assert m.seg_decoder is not None
-                decoded = m.seg_decoder(x, maps) if decoded is None else decoded
-                logits = head(m.seg_decoder.dropout(decoded))
-                if logits.shape[-2:] != x.shape[-2:]:
-                    logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-                out[t.name] = logits
-            elif m.loc_encoder is not None:
-                memory = m.loc_encoder(maps) if memory is None else memory
-                out[t.name] = head(memory, tuple(x.shape[-2:]))
-            else:
-                out[t.name] = head(x, maps, None)
-        return out
+        return self.model.forward_heads(images, [t.name for t in self.tasks if tasks is None or t.name in tasks])
 
 
 def multitask_folder(path: str | Path) -> Path | None:

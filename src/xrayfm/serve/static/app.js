@@ -1,9 +1,10 @@
 // xrayfm web page: upload a radiograph, show findings, heatmap, masks and boxes. No external code.
 "use strict";
 const $ = (id) => document.getElementById(id);
-const state = { auth: false, health: null, imageBitmap: null, heat: null, masks: [], boxes: [], scale: 1 };
+const state = { auth: false, health: null, file: null, imageBitmap: null, heat: null, masks: [], boxes: [], scale: 1 };
 const MASK_COLOURS = [[60, 200, 75], [70, 130, 230], [240, 50, 230], [255, 200, 0]];
 const MAX_CANVAS_SIDE = 2048; // larger images are drawn scaled down: a 10,000 px canvas would hold 400 MB
+const PICKERS = { segmentation: "segment", detection: "detect" }; // kind -> endpoint whose head can be picked
 
 function headers() {
   const token = $("token").value.trim();
@@ -21,6 +22,7 @@ async function loadModel() {
   state.auth = !("model" in health) || health.auth_required; // with a token set, /health says only "ok"
   $("token-row").hidden = !state.auth;
   $("model-name").textContent = health.model || "enter the API token to see the model";
+  if (health.tasks) fillPickers(Object.entries(health.tasks).map(([name, kind]) => ({ name, kind })));
   if (!state.auth) {
     showCard(await (await fetch("/model")).json());
   }
@@ -30,6 +32,20 @@ function showCard(card) {
   const tasks = card.tasks.map((t) => `${t.name} (${t.kind})`).join(", ");
   $("model-name").textContent = `${card.architecture} · ${tasks}`;
   state.card = card;
+  if (!(state.health && state.health.tasks)) fillPickers(card.tasks); // with a token, /health lists no tasks
+}
+
+// A model with several segmentation or detection heads (Foundation X) lets the user pick the one to call.
+function fillPickers(tasks) {
+  for (const [kind, endpoint] of Object.entries(PICKERS)) {
+    const names = tasks.filter((t) => t.kind === kind).map((t) => t.name);
+    $(endpoint + "-task").replaceChildren(...names.map((name) => new Option(name, name)));
+    $(endpoint + "-pick").hidden = names.length < 2;
+  }
+}
+
+function picked(endpoint) { // query parameters of /segment or /detect: the chosen head when there is a choice
+  return $(endpoint + "-pick").hidden ? {} : { task: $(endpoint + "-task").value };
 }
 
 function jet(v) { // 0..1 -> [r, g, b] of the jet colour map
@@ -87,9 +103,28 @@ function drawOverlay() {
   }
 }
 
+// One list of findings, or with several classification heads (`heads`) one list per head under its name.
 function showFindings(result) {
   const list = $("findings");
   list.innerHTML = "";
+  if (!result.heads) {
+    appendFindings(list, result);
+    return;
+  }
+  for (const [name, found] of Object.entries(result.heads)) {
+    const group = document.createElement("li");
+    group.className = "head";
+    group.dataset.head = name;
+    const title = document.createElement("h3");
+    title.textContent = `${name} (${found.kind})`;
+    const inner = document.createElement("ol");
+    appendFindings(inner, found);
+    group.append(title, inner);
+    list.appendChild(group);
+  }
+}
+
+function appendFindings(list, result) {
   const entries = Object.entries(result.probabilities).sort((a, b) => b[1] - a[1]);
   for (const [name, p] of entries) {
     const li = document.createElement("li");
@@ -115,6 +150,7 @@ async function post(endpoint, file, params) {
 
 async function analyse(file) {
   setStatus("reading " + file.name + "…");
+  state.file = file;
   state.heat = null; state.masks = []; state.boxes = [];
   $("findings").innerHTML = ""; $("extras").innerHTML = "";
   if (!state.card) {
@@ -131,10 +167,11 @@ async function analyse(file) {
       heatmap = result.heatmap;
     }
     if (kinds.has("segmentation")) {
-      seg = await post("/segment", file, {});
+      seg = await post("/segment", file, picked("segment"));
       image = seg.image;
       const legend = document.createElement("p");
       legend.className = "legend";
+      if (!$("segment-pick").hidden) legend.append(seg.task + ": ");
       seg.classes.forEach((c, k) => {
         const [r, g, b] = MASK_COLOURS[k % MASK_COLOURS.length];
         legend.innerHTML += `<span style="background:rgb(${r},${g},${b})"></span>${c} ` +
@@ -143,11 +180,12 @@ async function analyse(file) {
       $("extras").appendChild(legend);
     }
     if (kinds.has("detection")) {
-      const det = await post("/detect", file, {});
+      const det = await post("/detect", file, picked("detect"));
       image = det.image;
       state.boxes = det.boxes;
       const p = document.createElement("p");
-      p.textContent = `${det.boxes.length} box(es) with score ≥ ${det.min_score}`;
+      p.textContent = ($("detect-pick").hidden ? "" : det.task + ": ") +
+        `${det.boxes.length} box(es) with score ≥ ${det.min_score}`;
       $("extras").appendChild(p);
     }
     await showImage(file, image.width, image.height);
@@ -184,6 +222,9 @@ function init() {
   ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.remove("hover"); }));
   drop.addEventListener("drop", (e) => e.dataTransfer.files[0] && analyse(e.dataTransfer.files[0]));
   $("opacity").addEventListener("input", drawOverlay);
+  for (const endpoint of Object.values(PICKERS)) { // another head: the same image again
+    $(endpoint + "-task").addEventListener("change", () => state.file && analyse(state.file));
+  }
   loadModel().catch((err) => setStatus("cannot reach the model: " + err.message, true));
 }
 init();
