@@ -8,6 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from xrayfm.cli.args import add_data_args, add_model_arg
+from xrayfm.cli.explain_checks import (
+    add_check_args,
+    add_lung_args,
+    localize_lungs,
+    no_localization_target,
+    print_lung_energy,
+    run_explain_checks,
+)
 from xrayfm.cli.recipes import parse_options
 from xrayfm.errors import XrayfmError
 from xrayfm.tasks import CLASSIFICATION_KINDS
@@ -77,6 +85,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     heat = compute_heatmap(model, x, method=args.method, task=task, class_index=index, point=point)[0]
     out.parent.mkdir(parents=True, exist_ok=True)
     overlay_heatmap(x[0, 0].numpy(), heat, alpha=args.alpha).save(out)
+    run_explain_checks(args, model, x, image.pixels, task, index, heat, out)
     with torch.no_grad():
         outputs = model(x)
     for t in model.tasks:
@@ -104,8 +113,6 @@ def cmd_localize(args: argparse.Namespace) -> int:
     transform = model.preprocess.eval_transform()
     ds = build_dataset(args.dataset, args.root, args.split, transform=transform, **parse_options(args.option))
     box_task = ds.task_for("boxes")
-    if box_task is None:
-        raise XrayfmError(f"{args.dataset} at {args.root} has no boxes to localize")
     task, _ = _class_index(meta, args.task, None)
     if task is None:
         raise XrayfmError("the model has no classification task to explain")
@@ -114,16 +121,24 @@ def cmd_localize(args: argparse.Namespace) -> int:
     def explain(image: torch.Tensor, k: int) -> np.ndarray:
         return compute_heatmap(model, image, method=args.method, task=task, class_index=k)[0]
 
-    result = weak_localization(explain, ds, classes, box_task.classes)
+    lungs = localize_lungs(args, model, ds, task)
+    if box_task is None and lungs is None:
+        raise no_localization_target(args.dataset, args.root)
+    result = weak_localization(explain, ds, classes, box_task.classes) if box_task is not None else {}
     result.update(method=args.method, task=task, dataset=args.dataset, split=args.split)
+    if lungs is not None:
+        result["energy_in_lungs"] = lungs
     out = Path(args.out or Path(args.model) / f"localization_{args.dataset}_{args.split}_{args.method}.json")
     out.write_text(json.dumps(result, indent=2))
-    best = result["best"]
-    print(f"{result['cases']} (image, class) cases with reference boxes; classes {result['classes']}")
-    print(f"best threshold {result['best_threshold']:g} of the map's maximum: "
-          + ", ".join(f"accuracy@{k.replace('iou_', 'IoU')} {v:.3f}" for k, v in best["accuracy"].items())
-          + f", AP@0.5 {best['ap_50'] if best['ap_50'] is None else round(best['ap_50'], 3)}")  # fmt: skip
-    print(f"all thresholds: {out}")
+    if box_task is not None:
+        best = result["best"]
+        print(f"{result['cases']} (image, class) cases with reference boxes; classes {result['classes']}")
+        print(f"best threshold {result['best_threshold']:g} of the map's maximum: "
+              + ", ".join(f"accuracy@{k.replace('iou_', 'IoU')} {v:.3f}" for k, v in best["accuracy"].items())
+              + f", AP@0.5 {best['ap_50'] if best['ap_50'] is None else round(best['ap_50'], 3)}")  # fmt: skip
+    if lungs is not None:
+        print_lung_energy(lungs)
+    print(f"all figures: {out}")
     return 0
 
 
@@ -140,7 +155,8 @@ def add_explain_commands(sub: argparse._SubParsersAction) -> None:
         description=(
             "Print a fine-tuned model's findings for one image (PNG/JPEG/DICOM) and write a heatmap "
             "overlay: a Grad-CAM family map of a class, attention rollout, or the raw attention of "
-            "one patch (--method attention --point x,y)."
+            "one patch (--method attention --point x,y). --check adds the share of the map's energy "
+            "in the lungs (--mask or --lungs) and the model-randomisation sanity test."
         ),
     )
     add_model_arg(p)
@@ -151,6 +167,7 @@ def add_explain_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--point", help="query point x,y in [0, 1] for --method attention (default centre)")
     p.add_argument("--alpha", type=float, default=0.45, help="heatmap opacity (default 0.45)")
     p.add_argument("--out", help="output PNG or JPEG, or a folder (default IMAGE_METHOD.png here)")
+    add_check_args(p)
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser(
@@ -158,7 +175,9 @@ def add_explain_commands(sub: argparse._SubParsersAction) -> None:
         help="weak localization: heatmap boxes against reference boxes",
         description=(
             "Score how well a classifier's heatmaps find a dataset's reference boxes (EVA-X "
-            "protocol): threshold search, localization accuracy at IoU 0.1/0.25/0.5 and AP@0.5."
+            "protocol): threshold search, localization accuracy at IoU 0.1/0.25/0.5 and AP@0.5; and, where "
+            "the dataset has lung masks or --lungs gives a segmentation model, the share of each "
+            "heatmap's energy inside the lungs against the lungs' share of the image."
         ),
     )
     add_model_arg(p)
@@ -166,4 +185,5 @@ def add_explain_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default="gradcam", choices=methods, help="heatmap method (default gradcam)")
     p.add_argument("--task", help="classification task (default the first)")
     p.add_argument("--out", help="result JSON (default in the model folder)")
+    add_lung_args(p, with_mask_file=False)
     p.set_defaults(func=cmd_localize)
