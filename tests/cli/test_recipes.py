@@ -47,8 +47,9 @@ def test_unknown_key_and_bad_values_are_named(tmp_path: Path) -> None:
 
 
 #: Multi-task recipes are the positional RECIPE of ``pretrain multitask``, not a ``--config`` file
-#: (tests/cli/test_pretrain_multitask_cli.py runs the shipped one by name).
-CONFIG_RECIPES = sorted(p for p in RECIPES.glob("*.yaml") if not p.name.startswith("foundation_x_"))
+#: (tests/cli/test_pretrain_multitask_cli.py runs the shipped one by name); pool recipes are a SOURCE of ``shards
+#: build`` (tests/cli/test_pool_recipes.py).
+CONFIG_RECIPES = sorted(p for p in RECIPES.glob("*.yaml") if not p.name.startswith(("foundation_x_", "pool_")))
 
 
 @pytest.mark.parametrize("recipe", CONFIG_RECIPES, ids=lambda p: p.name)

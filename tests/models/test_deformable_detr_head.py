@@ -101,3 +101,38 @@ def test_settings_are_checked() -> None:
         detr_config({"d_model": 48})
     with pytest.raises(XrayfmError, match="two_stage"):
         detr_config({"two_stage": True})
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "swin_tiny_patch4_window7_224"])
+def test_one_small_image_trains_and_predicts_with_a_one_by_one_coarsest_level(arch: str) -> None:
+    """64 px, batch 1: the extra level (and Swin's stride-32 map) is 1x1, a single value per GroupNorm group."""
+    from xrayfm.pretrain.multitask_model import MultiTaskModel
+    from xrayfm.tasks import TaskSpec
+
+    torch.manual_seed(0)
+    kwargs = {"img_size": SIZE, "window_size": 2, "embed_dim": 32, "depths": (1, 1, 1, 1)} if "swin" in arch else {}
+    model = MultiTaskModel(create_model(arch, num_classes=0, **kwargs),
+                           {"a": [TaskSpec("d", "detection", ("nodule",))]}, detr=TINY)  # fmt: skip
+    image = torch.rand(1, 1, SIZE, SIZE)
+    assert model.loc_encoder(model.pyramid(model.backbone, model.normalize(image))[1]).spatial_shapes_list[-1] == (1, 1)
+    loss = model.train()(image, "a/d", [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]]), "labels": torch.tensor([0])}])
+    total = sum(loss.prediction.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert model.loc_encoder.input_proj[-1][0].weight.grad is not None
+    with torch.no_grad():
+        boxes = model.eval()(image, "a/d").prediction
+    assert len(boxes) == 1 and boxes[0]["boxes"].shape[1] == 4
+
+
+def test_input_norm_is_group_norm_and_a_single_value_group_gives_the_bias() -> None:
+    from xrayfm.models.heads.deformable_detr import InputNorm
+
+    norm, reference = InputNorm(32, 64), torch.nn.GroupNorm(32, 64)
+    torch.nn.init.normal_(norm.bias), torch.nn.init.normal_(norm.weight)
+    reference.load_state_dict(norm.state_dict())
+    x = torch.randn(2, 64, 3, 3)
+    assert torch.allclose(norm(x), reference(x))
+    single = InputNorm(32, 32)
+    torch.nn.init.normal_(single.bias)
+    assert torch.allclose(single(torch.randn(1, 32, 1, 1)).flatten(), single.bias, atol=1e-3)

@@ -19,6 +19,7 @@ from torch import nn
 
 from xrayfm import XrayfmError
 from xrayfm.models import create_model
+from xrayfm.models.export import export_backbone
 from xrayfm.models.foundation_x_weights import (
     CLASSIFICATION_HEADS,
     ENCODER_RENAMES,
@@ -26,6 +27,10 @@ from xrayfm.models.foundation_x_weights import (
     load_foundation_x,
     load_foundation_x_backbone,
 )
+from xrayfm.models.preprocess import resolve_preprocess
+from xrayfm.models.registry import export_kwargs
+from xrayfm.models.task_checkpoint import load_task_model, save_task_model
+from xrayfm.models.task_model import XrayModel
 from xrayfm.pretrain.multitask_model import MultiTaskModel
 from xrayfm.tasks import TaskSpec
 
@@ -279,3 +284,50 @@ def test_multitask_model_trains_on_a_swin(unit: str) -> None:
     grads = [p.grad for name, p in model.backbone.named_parameters() if name.startswith(("patch_embed.", "layers."))]
     assert all(g is not None for g in grads) and all(g.abs().sum() > 0 for g in grads[:4])
     assert all(p.grad is not None for p in model.head(unit).parameters())
+
+
+#: :func:`tiny_swin`'s size, as ``create_model`` keyword arguments (the name gives Swin-B's).
+TINY_SWIN = {"embed_dim": 16, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1), "img_size": 64, "window_size": 2}
+
+
+def partitions(model: nn.Module) -> bool:
+    return all(b.always_partition for layer in model.layers for b in layer.blocks)
+
+
+@pytest.mark.parametrize(("name", "seed"), [("fx", 0), ("ark", 2)])
+def test_create_model_reads_the_teacher_swin_and_builds_it_as_released(
+    files: dict[str, Path], name: str, seed: int
+) -> None:
+    model = create_model(FOUNDATION_X_ARCH, pretrained=files[name], num_classes=0, **TINY_SWIN).eval()
+    assert partitions(model)  # added for the file, not asked
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.allclose(pooled(model, x), pooled(reference_swin(seed), x), atol=1e-6)
+    assert export_kwargs(model) == {"always_partition": True}
+    assert export_kwargs(create_model(FOUNDATION_X_ARCH, num_classes=0, **TINY_SWIN)) == {}
+
+
+def test_create_model_refuses_a_foundation_x_file_for_another_build(files: dict[str, Path]) -> None:
+    with pytest.raises(XrayfmError, match="holds a Swin .*not weights for 'resnet18'"):
+        create_model("resnet18", pretrained=files["fx"], num_classes=0)
+    with pytest.raises(XrayfmError, match="always_partition=False would change"):
+        create_model(FOUNDATION_X_ARCH, pretrained=files["fx"], num_classes=0, always_partition=False, **TINY_SWIN)
+
+
+def test_exports_and_fine_tuned_models_rebuild_the_swin_that_always_partitions(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    """What a pretraining export and ``xrayfm finetune --pretrained fx.pth`` record (their model_kwargs)."""
+    backbone = create_model(FOUNDATION_X_ARCH, pretrained=files["fx"], num_classes=0, **TINY_SWIN).eval()
+    model_kwargs = {**TINY_SWIN, **export_kwargs(backbone)}
+    export_backbone(backbone, tmp_path / "export", arch=FOUNDATION_X_ARCH, preprocess=resolve_preprocess(backbone),
+                    info={"model_kwargs": model_kwargs})  # fmt: skip
+    again = create_model(FOUNDATION_X_ARCH, pretrained=tmp_path, num_classes=0).eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert partitions(again) and torch.allclose(pooled(again, x), pooled(backbone, x), atol=1e-6)
+    tuned = XrayModel(backbone, [TaskSpec("tb", "multilabel", ["tb"])]).eval()
+    save_task_model(tuned, tmp_path / "model", arch=FOUNDATION_X_ARCH, model_kwargs=model_kwargs, info={})
+    loaded, _ = load_task_model(tmp_path / "model")
+    image = torch.rand(2, 1, 64, 64)
+    assert partitions(loaded.backbone)
+    with torch.no_grad():
+        assert torch.allclose(loaded(image)["tb"], tuned(image)["tb"], atol=1e-6)

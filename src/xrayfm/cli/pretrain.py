@@ -88,8 +88,10 @@ def add_anatomy_command(methods: argparse._SubParsersAction) -> None:
             "adam_resnet50 (see xrayfm recipes)."
         ),
     )
-    a.add_argument("dataset", help="dataset adapter (see 'xrayfm datasets'), e.g. phantom")
-    a.add_argument("root", help="dataset root")
+    a.add_argument(
+        "dataset", help="dataset adapter (see 'xrayfm datasets'), e.g. phantom; or 'shards' to stream a shard folder"
+    )
+    a.add_argument("root", help="dataset root (for shards: the folder of 'xrayfm shards build', or an fsspec URL)")
     add_run_args(a, "runs/anatomy")
     a.add_argument("--stages", type=parse_stages, default=(0, 2, 4), help="granularities in order (default 0,2,4)")
     a.add_argument("--arch", default="resnet50", help="backbone, any registry name (default resnet50)")
@@ -114,7 +116,8 @@ def add_anatomy_command(methods: argparse._SubParsersAction) -> None:
     a.add_argument("--std", type=float, help="normalisation std (default: the backbone's)")
     a.add_argument(
         "--val-fraction", type=float, default=0.1,
-        help="patient share held out for the validation loss when the dataset has no val split (0: none)",
+        help="patient share held out for the validation loss when the dataset has no val split (0: none); "
+        "shards validate on their val split and without one need 0",
     )  # fmt: skip
     a.add_argument(
         "--validate-every", type=int, default=0,
@@ -133,7 +136,8 @@ def cmd_pretrain_multitask(args: argparse.Namespace) -> int:
     export = run_multitask(  # writes OUT/config.yaml: the resolved recipe and these settings
         recipe, args.out, train_config(args), arch=args.arch, img_size=args.img_size, data_root=args.data_root,
         decoder=args.decoder, features=args.features, backbone_lr_scale=args.backbone_lr_scale,
-        max_steps=args.steps or None, grad_checkpointing=args.grad_checkpointing,
+        max_steps=args.steps or None, grad_checkpointing=args.grad_checkpointing, init=args.init,
+        init_student=args.init_student,
     )  # fmt: skip
     if not is_global_zero():
         return 0
@@ -172,6 +176,14 @@ def add_multitask_command(methods: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--backbone-lr-scale", type=float, default=0.1, help="backbone lr as a share of --lr (default 0.1: 1e-5)"
     )
+    t.add_argument(
+        "--init", metavar="PATH",
+        help="start from a Foundation X or Ark-6 checkpoint: its Swin, plus the classification heads and localizer "
+        "encoder the model has counterparts for (what was loaded and left out is printed and kept in OUT/init.txt); "
+        "teacher and student start from it. Only a fresh run reads it (a resumed one continues from OUT/last.ckpt). "
+        "--arch must be a Swin, built with always_partition=True as the release",
+    )  # fmt: skip
+    t.add_argument("--init-student", action="store_true", help="with --init: its student, not its EMA teacher")
     t.set_defaults(parser=t)
     add_engine_args(t, steps=0, batch=24, lr=1e-4, warmup=0, clip=0.0, weight_decay=1e-4)
     t.set_defaults(func=cmd_pretrain_multitask)

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from xrayfm.cli.recipes import list_recipes
+
+if TYPE_CHECKING:
+    from xrayfm.data.pool_sources import PoolSource
+
+#: Shipped recipes whose name starts with this are pool files (``xrayfm shards build pool_merged520k OUT``).
+POOL_RECIPE_PREFIX = "pool_"
 
 #: How a data source is written on the command line (shared by every command that takes a pool).
 SOURCE_HELP = (
@@ -12,8 +23,44 @@ SOURCE_HELP = (
     "nih_cxr14:/data/nih or 'csv:/data/jsrt?mask_columns=mask&label_columns=()'; the keys weight= "
     "(train-split repeat / subsample factor, default 1) and source= (label) belong to the pool. "
     "Or a YAML pool file (.yaml) with a 'sources' list of {adapter, root, options, weight, source} "
-    "and an optional 'exclude_test' list"
+    "and an optional 'exclude_test' list; or the name of a pool shipped with xrayfm (pool_merged520k: EVA-X's "
+    "Merged520k)"
 )
+
+
+def shipped_pool(spec: str) -> str:
+    """A ``SOURCE`` that names a pool recipe shipped with xrayfm, as the path of its file; other ``SOURCE``s unchanged.
+
+    A file or folder of that name in the working folder wins over the shipped recipe.
+    """
+    name = spec.removesuffix(".yaml")
+    if ":" in spec or Path(spec).exists() or not name.startswith(POOL_RECIPE_PREFIX):
+        return spec
+    return str(list_recipes().get(name, spec))
+
+
+def read_pool_args(
+    specs: Sequence[str], exclude_test: Sequence[str], data_root: str | None
+) -> tuple[list[PoolSource], list[PoolSource]]:
+    """The sources and the excluded test sets of ``shards build``; relative roots are joined to ``data_root``.
+
+    Args:
+        specs: ``SOURCE`` arguments (``ADAPTER:ROOT``, pool files, shipped pool names).
+        exclude_test: ``--exclude-test`` arguments.
+        data_root: ``--data-root``: the folder relative roots are in (None: the working folder).
+
+    Returns:
+        The sources, and the downstream sets whose test patients are kept out (the pool files' and the options').
+    """
+    from xrayfm.data.pool_sources import parse_sources
+
+    sources, excluded = parse_sources([shipped_pool(s) for s in specs])
+    more, _ = parse_sources(exclude_test)
+    if data_root is None:
+        return sources, excluded + more
+    base = Path(data_root)
+    return ([replace(s, root=base / s.root) for s in sources],  # an absolute root stays: base / "/x" is "/x"
+            [replace(s, root=base / s.root) for s in excluded + more])  # fmt: skip
 
 
 def _csv(value: str) -> list[str]:
@@ -56,14 +103,12 @@ def format_shards_summary(s: dict[str, Any]) -> str:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from xrayfm.data.pool_sources import parse_sources
     from xrayfm.data.shards import build_shards, inspect_shards
 
-    sources, excluded = parse_sources(args.source)
-    more, _ = parse_sources(args.exclude_test)
+    sources, excluded = read_pool_args(args.source, args.exclude_test, args.data_root)
     manifest = build_shards(
         sources, args.out, size=args.size, bits=args.bits, resize=args.resize, encoding=args.encoding,
-        exclude_test=excluded + more, dedupe=args.dedupe, splits=_csv(args.splits), targets=_csv(args.targets),
+        exclude_test=excluded, dedupe=args.dedupe, splits=_csv(args.splits), targets=_csv(args.targets),
         seed=args.seed, chunk_mb=args.chunk_mb, part_size=args.part_size,
     )  # fmt: skip
     if args.json:
@@ -105,6 +150,7 @@ def add_shards_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("source", nargs="+", metavar="SOURCE", help=SOURCE_HELP)
     p.add_argument("out", metavar="OUT", help="output folder (new, empty, or an earlier run of this build)")
+    p.add_argument("--data-root", help="folder the relative roots of SOURCE and --exclude-test are in (default: here)")
     p.add_argument("--size", type=int, default=512, help="shorter side (or side with --resize square), default 512")
     p.add_argument("--bits", type=int, choices=[8, 16], default=8, help="bits per stored pixel (default 8)")
     p.add_argument(

@@ -76,13 +76,40 @@ def read_state_dict(path: str | Path, *, allow_unsafe: bool = False) -> dict[str
             return load_file(str(path))
         except Exception as exc:
             raise XrayfmError(f"{path}: not a valid safetensors file ({exc})") from None
+    return state_tensors(load_weights_file(path, allow_unsafe=allow_unsafe), path)
+
+
+def load_weights_file(path: str | Path, *, allow_unsafe: bool = False, mmap: bool = False) -> Any:
+    """What a PyTorch weight file holds, read with ``torch.load(weights_only=True)`` (plus :data:`SAFE_CLASSES`).
+
+    Args:
+        path: A ``.pt`` / ``.pth`` / ``.bin`` / ``.ckpt`` file.
+        allow_unsafe: Permit full unpickling. Only for trusted files.
+        mmap: Memory-map the tensors of a zip-format file (``torch.save``'s), so parts never used (an
+            optimizer state) are never read; ignored for a legacy file.
+
+    Raises:
+        XrayfmError: Missing or unreadable file, or a pickle that needs unsafe loading (code it would run named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise XrayfmError(f"{path}: weight file not found")
+    mmap = mmap and zipfile.is_zipfile(path)
     try:
         with torch.serialization.safe_globals(list(SAFE_CLASSES)):
-            obj: Any = torch.load(path, map_location="cpu", weights_only=not allow_unsafe)
+            return torch.load(path, map_location="cpu", weights_only=not allow_unsafe, mmap=mmap)
     except pickle.UnpicklingError as exc:
         raise _refusal(path, str(exc)) from None
     except Exception as exc:
         raise XrayfmError(f"{path}: not a readable PyTorch weight file ({type(exc).__name__}: {exc})") from None
+
+
+def state_tensors(obj: Any, path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a loaded weight file: under the first of :data:`WRAPPER_KEYS` it has, else at its top level.
+
+    Raises:
+        XrayfmError: No tensors there (``path`` names the file).
+    """
     for key in WRAPPER_KEYS:
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]

@@ -16,25 +16,27 @@ Files are read with ``torch.load(weights_only=True)`` (no code runs; memory-mapp
 optimizer state of a 2.8 GB checkpoint is never read). :func:`load_foundation_x_backbone` loads the
 backbone strictly; :func:`load_foundation_x` loads a multi-task model as far as the architectures
 correspond and returns a :class:`LoadReport` of what was loaded and what was left out, and why.
+:func:`read_pretrained` is how :func:`~xrayfm.models.create_model` reads every weight file: it tells
+these layouts (:func:`is_foundation_x`) from others, so ``create_model("swin_base_patch4_window7_224",
+pretrained="ckpt_E380_TH1.pth")`` gives the teacher's Swin, built with ``always_partition=True``.
 """
 
 from __future__ import annotations
 
-import pickle
 import re
-import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
+from timm.models import is_model_in_modules, split_model_name_tag
 from timm.models.swin_transformer import SwinTransformer, checkpoint_filter_fn
 from torch import nn
 
 from xrayfm.errors import XrayfmError
-from xrayfm.models.checkpoints import SAFE_CLASSES, _refusal, read_state_dict
-from xrayfm.models.registry import create_model
+from xrayfm.models.checkpoints import load_weights_file, read_state_dict, state_tensors
 from xrayfm.tasks import CLASSIFICATION_KINDS
 
 #: The released backbone and the constructor arguments that reproduce its features.
@@ -140,13 +142,11 @@ def read_foundation_x(
     path = Path(path)
     if path.suffix == ".safetensors" or not path.is_file():
         return _strip_parallel(read_state_dict(path)), ""
-    try:
-        with torch.serialization.safe_globals(list(SAFE_CLASSES)):
-            obj = torch.load(path, map_location="cpu", weights_only=not allow_unsafe, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as exc:
-        raise _refusal(path, str(exc)) from None
-    except Exception as exc:
-        raise XrayfmError(f"{path}: not a readable PyTorch weight file ({type(exc).__name__}: {exc})") from None
+    return _entry_state(load_weights_file(path, allow_unsafe=allow_unsafe, mmap=True), path, teacher=teacher)
+
+
+def _entry_state(obj: Any, path: Path, *, teacher: bool) -> tuple[dict[str, torch.Tensor], str]:
+    """:func:`read_foundation_x` on the loaded file ``obj``."""
     if not isinstance(obj, Mapping):
         raise XrayfmError(f"{path}: holds a {type(obj).__name__}, not a checkpoint dict")
     entries = [k for k in (*TEACHER_ENTRIES, *STUDENT_ENTRIES) if isinstance(obj.get(k), Mapping)]
@@ -165,6 +165,67 @@ def read_foundation_x(
     return _strip_parallel(state), entry
 
 
+def is_foundation_x(obj: Any) -> bool:
+    """Whether a loaded weight file is a Foundation X or Ark-6 checkpoint.
+
+    Foundation X: a ``teacher_model`` or ``model`` entry with the Swin under ``backbone.0.`` (DINO's layout,
+    whose Swin shifts windows at every stage too). Ark-6: a ``teacher`` entry holding a bare Swin. Names may
+    carry ``module.``. A flat Ark file (``state_dict`` alone) looks like any other Swin file and is not detected.
+    """
+    if not isinstance(obj, Mapping):
+        return False
+    for key, swin in (("teacher_model", BACKBONE_PREFIX), ("model", BACKBONE_PREFIX), ("teacher", "")):
+        entry = obj.get(key)
+        first = f"{swin}patch_embed.proj.weight"
+        if isinstance(entry, Mapping) and (first in entry or f"module.{first}" in entry):
+            return True
+    return False
+
+
+def read_pretrained(
+    path: str | Path, name: str, kwargs: Mapping[str, Any], *, allow_unsafe: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors ``create_model(name, pretrained=path, **kwargs)`` loads, and the arguments it builds with.
+
+    The file is read once. A Foundation X or Ark-6 checkpoint (:func:`is_foundation_x`) gives its EMA
+    teacher's Swin (the student when it holds no teacher) in the file's names with the parts timm's Swin
+    lacks left out (timm's ``checkpoint_filter_fn`` converts the rest in the builder) and ``kwargs`` with
+    :data:`SWIN_KWARGS`; any other file gives ``read_state_dict``'s tensors and ``kwargs`` as they are.
+
+    Raises:
+        XrayfmError: An unreadable file; a Foundation X / Ark-6 file for an architecture that is not a
+            timm Swin, or with ``always_partition=False`` asked.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return read_state_dict(path), dict(kwargs)
+    obj = load_weights_file(path, allow_unsafe=allow_unsafe, mmap=True)
+    if not is_foundation_x(obj):
+        return state_tensors(obj, path), dict(kwargs)
+    state, _ = _entry_state(obj, path, teacher=True)
+    return _swin_only(state, str(path)), release_kwargs(name, kwargs, source=str(path))
+
+
+def release_kwargs(name: str, kwargs: Mapping[str, Any], *, source: str) -> dict[str, Any]:
+    """``kwargs`` with :data:`SWIN_KWARGS`: how to build ``name`` for Foundation X / Ark-6 weights.
+
+    Args:
+        name: The architecture (a timm Swin, tag allowed).
+        kwargs: Its other constructor arguments.
+        source: The weights, for errors.
+
+    Raises:
+        XrayfmError: ``name`` is not a timm Swin, or ``kwargs`` asks ``always_partition=False``.
+    """
+    if not is_model_in_modules(split_model_name_tag(name)[0], ["swin_transformer"]):
+        raise XrayfmError(f"{source}: a Foundation X / Ark-6 checkpoint holds a Swin ({FOUNDATION_X_ARCH}), "
+                          f"not weights for {name!r}")  # fmt: skip
+    if kwargs.get("always_partition") is False:
+        raise XrayfmError(f"{source}: Foundation X / Ark-6 Swins shift windows at every stage; "
+                          "always_partition=False would change their features")  # fmt: skip
+    return {**kwargs, **SWIN_KWARGS}
+
+
 def _strip_parallel(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``state`` without the DataParallel ``module.`` prefix, when every name has it."""
     if state and all(k.startswith("module.") for k in state):
@@ -181,14 +242,7 @@ def swin_state(state: Mapping[str, torch.Tensor], model: nn.Module, *, source: s
     Raises:
         XrayfmError: The state is in neither layout, or its Swin does not fit ``model`` (keys named).
     """
-    if any(k.startswith(BACKBONE_PREFIX) for k in state):
-        swin = {k.removeprefix(BACKBONE_PREFIX): v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
-    elif "patch_embed.proj.weight" in state:
-        swin = dict(state)
-    else:
-        raise XrayfmError(f"{source}: not a Foundation X or Ark checkpoint: no 'backbone.0.*' (Foundation X) or "
-                          f"'patch_embed.*' (Ark Swin) weights; its first names: {list(state)[:4]}")  # fmt: skip
-    swin = checkpoint_filter_fn({k: v for k, v in swin.items() if not k.startswith(NOT_SWIN)}, model)
+    swin = checkpoint_filter_fn(_swin_only(state, source), model)
     target = model.state_dict()
     missing = [k for k in target if k not in swin]
     unused = [k for k in swin if k not in target]
@@ -200,6 +254,23 @@ def swin_state(state: Mapping[str, torch.Tensor], model: nn.Module, *, source: s
             f"{len(unused)} not used {unused[:4]}, {len(shapes)} of another shape {shapes[:2]} (another Swin size?)"
         )
     return swin
+
+
+def _swin_only(state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """The Swin's tensors of a Foundation X (``backbone.0.*``) or Ark (bare Swin) state, in the file's layout
+    without the parts timm's Swin lacks (:data:`NOT_SWIN`).
+
+    Raises:
+        XrayfmError: The state is in neither layout.
+    """
+    if any(k.startswith(BACKBONE_PREFIX) for k in state):
+        swin = {k.removeprefix(BACKBONE_PREFIX): v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
+    elif "patch_embed.proj.weight" in state:
+        swin = dict(state)
+    else:
+        raise XrayfmError(f"{source}: not a Foundation X or Ark checkpoint: no 'backbone.0.*' (Foundation X) or "
+                          f"'patch_embed.*' (Ark Swin) weights; its first names: {list(state)[:4]}")  # fmt: skip
+    return {k: v for k, v in swin.items() if not k.startswith(NOT_SWIN)}
 
 
 def _check_swin(model: nn.Module, source: str) -> None:
@@ -232,7 +303,7 @@ def load_foundation_x_backbone(
     Raises:
         XrayfmError: Unreadable file, another layout, or weights that do not fit (named).
     """
-    model = model if model is not None else create_model(FOUNDATION_X_ARCH, num_classes=0, **SWIN_KWARGS)
+    model = model if model is not None else timm.create_model(FOUNDATION_X_ARCH, num_classes=0, **SWIN_KWARGS)
     _check_swin(model, str(path))
     state, _ = read_foundation_x(path, teacher=teacher, allow_unsafe=allow_unsafe)
     model.load_state_dict(swin_state(state, model, source=str(path)), strict=True)

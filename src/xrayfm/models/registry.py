@@ -2,8 +2,9 @@
 
 Names are timm's, tags included (``resnet18.a1_in1k``, ``eva_x_small_patch16.mim_merged520k``).
 Weights come from a local file, an xrayfm export folder, or (``pretrained=True``) the tag's own
-download location. Files are always read by :func:`~xrayfm.models.checkpoints.read_state_dict`
-(safetensors, or ``torch.load(weights_only=True)``), then handed to timm's builder through
+download location. Files are always read without running code (:mod:`~xrayfm.models.checkpoints`:
+safetensors, or ``torch.load(weights_only=True)``; a Foundation X / Ark-6 checkpoint gives its Swin,
+:func:`~xrayfm.models.foundation_x_weights.read_pretrained`), then handed to timm's builder through
 ``pretrained_cfg_overlay=dict(state_dict=...)``, so each model family's own checkpoint filter
 (EVA / EVA-X release layouts, original ViT / Swin / ConvNeXt checkpoints) and timm's input-conv
 and classifier adaptation apply. The built model's ``pretrained_cfg`` is its preprocessing record
@@ -28,8 +29,8 @@ from torch import nn
 from xrayfm.errors import UnknownNameError, XrayfmError
 from xrayfm.models.adam_weights import release_backbone
 from xrayfm.models.backbones import eva_x
-from xrayfm.models.checkpoints import read_state_dict
 from xrayfm.models.export import read_export
+from xrayfm.models.foundation_x_weights import read_pretrained
 from xrayfm.models.preprocess import Preprocess, resolve_preprocess
 
 log = logging.getLogger(__name__)
@@ -91,15 +92,23 @@ def export_kwargs(model: nn.Module) -> dict[str, Any]:
     A RoPE reference grid can come from the weight file rather than the name (an EVA-X file whose
     stored table overrides the tag's grid, see :func:`~xrayfm.models.backbones.eva_x.file_kwargs`);
     xrayfm's exports do not store that table, so their sidecar records the grid instead.
+    A Swin built with ``always_partition=True`` (as Foundation X / Ark-6 weights are, whatever the
+    name says) records it: without it the Swin would be rebuilt shifting windows differently.
 
     Args:
-        model: A backbone (or anything with a timm ``rope`` module).
+        model: A backbone.
 
     Returns:
-        ``{"ref_feat_shape": [h, w]}`` for a model with a reference grid, else ``{}``.
+        ``{"ref_feat_shape": [h, w]}`` for a model with a reference grid, ``{"always_partition": True}``
+        for such a Swin, else ``{}``.
     """
+    out: dict[str, Any] = {}
     ref = getattr(getattr(model, "rope", None), "ref_feat_shape", None)
-    return {} if ref is None else {"ref_feat_shape": [int(v) for v in ref]}
+    if ref is not None:
+        out["ref_feat_shape"] = [int(v) for v in ref]
+    if any(getattr(m, "always_partition", False) is True for m in model.modules()):
+        out["always_partition"] = True
+    return out
 
 
 def _build(name: str, overlay: dict[str, Any], kwargs: dict[str, Any], *, strict: bool = True) -> nn.Module:
@@ -190,7 +199,9 @@ def create_model(
             without the MIM-only ``mask_token`` / ``lm_head``; built with the RoPE grid their
             stored table records; contrastive releases such as Adam's MoCo ``checkpoint.pth``,
             with ``module.encoder_q.`` / ``encoder.`` / ``backbone.`` prefixes, see
-            :mod:`~xrayfm.models.adam_weights`), a folder
+            :mod:`~xrayfm.models.adam_weights`; Foundation X and Ark-6 checkpoints for a Swin:
+            the EMA teacher's Swin, built with ``always_partition=True``, see
+            :mod:`~xrayfm.models.foundation_x_weights`), a folder
             holding an xrayfm export (e.g. a finished pretraining run: its architecture,
             preprocessing and constructor arguments come with it; a model exported at one input
             size also takes any other multiple of its patch size, and ``img_size`` here sets the
@@ -224,7 +235,7 @@ def create_model(
     if pretrained is None or pretrained is False:
         model = _build(name, overlay, kwargs)
     else:
-        state = read_state_dict(pretrained, allow_unsafe=allow_unsafe)
+        state, kwargs = read_pretrained(pretrained, name, kwargs, allow_unsafe=allow_unsafe)  # Foundation X, Ark-6
         state = release_backbone(state, name, source=str(pretrained))  # MoCo / Adam layouts
         if split_model_name_tag(name)[0] in XRAYFM_MODELS:  # a release file's own RoPE grid
             kwargs = eva_x.file_kwargs(name, state, kwargs)

@@ -11,8 +11,8 @@ exactly where it stopped.
 The training set's transform is the stage's :class:`~xrayfm.pretrain.anatomy.AnatomyDecomposer`
 (two views of one random cell, cut from the image at its own resolution). Every ``validate_every``
 steps (default: at each checkpoint) and at the stage's last step, the engine computes a validation
-loss on the ``val`` split (or a patient-level share carved from the training split when the dataset
-has none) with views fixed by each image's index and no side effects
+loss on the ``val`` split (or a patient-level share carved from the training split when an adapter
+has none; shards need one) with views fixed by each image's index and no side effects
 (:meth:`~xrayfm.pretrain.moco.MoCo.evaluate_loss`), averaged over every process's share. The
 objective at the lowest validation loss (encoders, heads and queue) is the stage's
 ``best.safetensors``: its query backbone is the stage's export (``create_model(arch,
@@ -47,10 +47,9 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
 from xrayfm.data.base import XrayDataset
-from xrayfm.data.registry import build_dataset
 from xrayfm.data.sample import Sample, collate_samples
 from xrayfm.data.splits import holdout_fractions, split_groups
-from xrayfm.errors import XrayfmError
+from xrayfm.errors import MissingSplitError, XrayfmError
 from xrayfm.io.atomic import atomic_path, atomic_write_json
 from xrayfm.models import create_model
 from xrayfm.models.export import export_backbone
@@ -62,6 +61,7 @@ from xrayfm.train import TrainConfig, seed_everything, train
 from xrayfm.train.config import engine_options, write_run_config
 from xrayfm.train.distributed import make_fabric
 from xrayfm.train.engine import BEST
+from xrayfm.train.streaming import SHARDS, SeededShards, open_dataset, sample_total
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +108,41 @@ def _check_stages(stages: Sequence[int]) -> tuple[int, ...]:
     return stages
 
 
+class StageView:
+    """The training transform: the running stage's decomposer, swapped between stages (adapters and shards alike).
+
+    Args:
+        decomposer: The first stage's decomposer.
+    """
+
+    def __init__(self, decomposer: AnatomyDecomposer) -> None:
+        self.decomposer = decomposer
+
+    def __call__(self, sample: Sample) -> Sample:
+        return self.decomposer(sample)
+
+
 def _datasets(
-    dataset: str, root: str | Path, options: dict[str, Any], val_fraction: float
-) -> tuple[XrayDataset, XrayDataset | None]:
-    """Training and validation sets; without a ``val`` split, a patient-level share of train is carved."""
-    train_ds = build_dataset(dataset, root, "train", **options)
+    dataset: str, root: str | Path, options: dict[str, Any], val_fraction: float, *, seed: int, view: StageView
+) -> tuple[XrayDataset | SeededShards, Dataset | None]:
+    """Training set (with ``view``) and validation set (untransformed).
+
+    The validation set is the ``val`` split; an adapter without one gives a patient-level share of
+    train instead; shards without one are refused (a stream cannot be carved by patient).
+    """
+    train_ds = open_dataset(dataset, root, "train", seed=seed, transform=view, options=options)
     if val_fraction <= 0:
         return train_ds, None
-    val = build_dataset(dataset, root, "val", **options)
+    if dataset == SHARDS:
+        try:
+            return train_ds, open_dataset(dataset, root, "val", options=options, stream=False)
+        except MissingSplitError:
+            raise XrayfmError(
+                f"{root}: these shards have no val split for the validation loss; build them from sources that have "
+                "one (xrayfm shards build keeps each source's val split unless --splits leaves it out) or pass "
+                "--val-fraction 0 (no validation: each stage hands on its last weights)"
+            ) from None
+    val = open_dataset(dataset, root, "val", options=options)
     if len(val):
         return train_ds, val
     groups = [str(r.meta.get("patient_id", r.meta.get("id", r.image.stem))) for r in train_ds.records]
@@ -124,7 +151,11 @@ def _datasets(
     held = [i for i, p in enumerate(parts) if p == "val"]
     log.info("%s has no val split: %d of %d training images (by patient) validate instead", dataset, len(held),
              len(parts))  # fmt: skip
-    return train_ds.subset(keep), (train_ds.subset(held, split="val") if held else None)
+    if not held:
+        return train_ds.subset(keep), None
+    val = train_ds.subset(held, split="val")
+    val.transform = None  # FixedPairs makes the views
+    return train_ds.subset(keep), val
 
 
 def validation_loss(moco: MoCo, pairs: Dataset, fabric: Fabric, *, batch_size: int, workers: int = 0) -> float:
@@ -193,8 +224,11 @@ def run_anatomy(
     """Pretrain ``arch`` with Adam on ``dataset``, stage by stage, and export it; returns ``OUT/export``.
 
     Args:
-        dataset: Adapter name (``phantom``, ``nih_cxr14``, ``csv``...); labels are ignored.
-        root: Dataset root.
+        dataset: Adapter name (``phantom``, ``nih_cxr14``, ``csv``...); labels are ignored. ``shards``
+            streams the train split of a shard folder (``xrayfm shards build``), shuffled, sharded over
+            ranks and workers, resumable mid-epoch (:mod:`xrayfm.train.streaming`), and validates on
+            its ``val`` split.
+        root: Dataset root (for ``shards``: the shard folder, local or an fsspec URL).
         stages: Granularities in training order (each its own engine run).
         arch: Backbone (any registry / timm name); ``create_model(arch, num_classes=0)`` must pool features.
         img_size: Side of each view.
@@ -212,7 +246,8 @@ def run_anatomy(
         jitter_p: Probability of the jitter when on.
         mean: Normalisation mean of the grey image (default: the backbone's record, ImageNet's for ResNet-50).
         std: Normalisation std (default: the backbone's record).
-        val_fraction: Share held out for validation when the dataset has no ``val`` split (0: no validation).
+        val_fraction: Share held out for validation when the dataset has no ``val`` split (0: no validation;
+            shards validate on their ``val`` split whatever the share, and without one need 0).
         grad_checkpointing: Recompute backbone activations in the backward pass (timm backbones).
         dataset_options: Adapter options.
         train_config: Engine settings, the same for every stage (``out_dir`` is the run folder,
@@ -223,7 +258,8 @@ def run_anatomy(
 
     Raises:
         XrayfmError: Bad stages or settings, ``--strategy fsdp`` (the key encoder's momentum update
-            needs whole parameters), or a dataset or model that cannot be built.
+            needs whole parameters), shards without a ``val`` split and ``val_fraction > 0``, or a
+            dataset or model that cannot be built.
     """
     cfg = replace(train_config or TrainConfig(), broadcast_buffers=False, select_metric="loss", select_mode="min")
     stages = _check_stages(stages)
@@ -253,13 +289,14 @@ def run_anatomy(
     )  # fmt: skip
     moco = MoCo(backbone, dim=moco_dim, queue_size=queue_size, momentum=momentum_key, temperature=temperature,
                 bn_group=split_bn)  # fmt: skip
-    train_ds, val_ds = _datasets(dataset, root, dataset_options or {}, val_fraction)
+    view = StageView(decomposer)
+    train_ds, val_ds = _datasets(dataset, root, dataset_options or {}, val_fraction, seed=cfg.seed, view=view)
     groups = [{"params": [p for p in moco.parameters() if p.requires_grad], "weight_decay": cfg.weight_decay}]
     model_kwargs = {**backbone_kwargs(arch, img_size=img_size), **export_kwargs(backbone)}
     facts: list[dict[str, Any]] = []
     for i, n in enumerate(stages):
         folder = stage_dir(out, n)
-        train_ds.transform = replace(decomposer, granularity=n)
+        view.decomposer = replace(decomposer, granularity=n)
         moco.prune_threshold = prune_threshold if n > 0 else None
         if fabric.broadcast((folder / STAGE_DONE).is_file()):
             facts.append(json.loads((folder / STAGE_DONE).read_text()))
@@ -272,7 +309,7 @@ def run_anatomy(
                 moco.reset_queue()
         validate = None
         if val_ds is not None:
-            pairs = FixedPairs(val_ds, train_ds.transform, cfg.seed)
+            pairs = FixedPairs(val_ds, view.decomposer, cfg.seed)
             validate = partial(_validation_values, pairs=pairs, fabric=fabric, batch_size=cfg.batch_size,
                                workers=cfg.num_workers)  # fmt: skip
         result = train(moco, train_ds, replace(cfg, out_dir=str(folder)), batch_to_input=_views,
@@ -299,7 +336,7 @@ def run_anatomy(
         return out / "export"
     _load_objective(moco, stage_dir(out, stages[-1]) / STAGE_WEIGHTS, fabric.device)
     summary = {
-        "method": METHOD, "dataset": dataset, "root": str(root), "images": len(train_ds),
+        "method": METHOD, "dataset": dataset, "root": str(root), "images": sample_total(train_ds),
         "val_images": len(val_ds) if val_ds is not None else 0, "carry_queue": carry_queue,
         "stages": facts, "steps": sum(f["steps"] for f in facts), "seconds": round(sum(f["seconds"] for f in facts), 1),
     }  # fmt: skip

@@ -18,7 +18,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from xrayfm.data.registry import build_dataset
 from xrayfm.data.sample import collate_samples
 from xrayfm.data.transforms import PretrainAugment
 from xrayfm.errors import XrayfmError
@@ -31,7 +30,7 @@ from xrayfm.pretrain.mim import MaskedFeatureModeling
 from xrayfm.pretrain.teachers import Layout, load_teacher
 from xrayfm.train import TrainConfig, is_global_zero, seed_everything, train
 from xrayfm.train.config import engine_options, write_run_config
-from xrayfm.train.streaming import SHARDS, open_shards
+from xrayfm.train.streaming import open_dataset, sample_total
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +112,8 @@ def run_mim(
         raise XrayfmError(f"normalisation std must be positive, got {std}")
     record = replace(record, mean=record.mean if mean is None else float(mean), std=record.std if std is None else std)
     view = PretrainAugment(img_size, mean=record.mean, std=record.std)
-    if dataset == SHARDS:
-        ds = open_shards(root, "train", seed=cfg.seed, transform=view, options=dataset_options or {})
-        images = ds.total
-    else:
-        ds = build_dataset(dataset, root, "train", transform=view, **(dataset_options or {}))
-        images = len(ds)
+    ds = open_dataset(dataset, root, "train", seed=cfg.seed, transform=view, options=dataset_options)
+    images = sample_total(ds)
     if grad_checkpointing:
         student.set_grad_checkpointing(True)
     if teacher is None:

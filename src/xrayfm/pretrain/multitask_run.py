@@ -21,7 +21,13 @@ Outputs under ``OUT``: ``config.yaml`` (the resolved recipe, roots made absolute
 settings), ``phases.csv`` (each phase as it starts: unit, lock, the ``metrics.csv`` steps it
 covers), the engine's ``metrics.csv`` and ``last.ckpt``, ``export/`` (the student's backbone:
 ``create_model(arch, pretrained=OUT)``), ``model/`` (student and teacher with every head:
-:func:`~xrayfm.pretrain.multitask_export.load_multitask_model`) and ``summary.json``.
+:func:`~xrayfm.pretrain.multitask_export.load_multitask_model`) and ``summary.json``; with ``init``,
+``init.txt`` (what the checkpoint gave the model, also logged as the run starts).
+
+A run can start from a released Foundation X or Ark-6 checkpoint (``init``): it is loaded into the
+student before the EMA teacher is copied from it, so both start from it; on a fresh run only (a
+resumed run continues from ``last.ckpt``). Its Swin is built with ``always_partition=True``, on a
+resumed run too, and the exports record it.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from xrayfm.errors import XrayfmError
 from xrayfm.io.atomic import atomic_write_json, atomic_write_text
 from xrayfm.models import create_model
 from xrayfm.models.export import export_backbone
+from xrayfm.models.foundation_x_weights import load_foundation_x, release_kwargs
 from xrayfm.models.preprocess import resolve_preprocess
 from xrayfm.models.registry import backbone_kwargs, export_kwargs
 from xrayfm.pretrain.cyclic_schedule import Phase, enter_phase, expand_cycle, phase_at, total_steps
@@ -50,14 +57,18 @@ from xrayfm.pretrain.multitask_data import PhaseSampler, build_recipe_datasets, 
 from xrayfm.pretrain.multitask_export import MODEL_DIR, save_multitask_model
 from xrayfm.pretrain.multitask_model import MultiTaskModel
 from xrayfm.pretrain.multitask_recipe import EmaSettings, MultiTaskRecipe, parse_recipe, read_recipe_yaml
+from xrayfm.progress import PROGRESS_LOGGER
 from xrayfm.train import TrainConfig, seed_everything, train
+from xrayfm.train.checkpoint import CHECKPOINT
 from xrayfm.train.config import engine_options, resolve_accumulate, steps_per_epoch, write_run_config
 from xrayfm.train.distributed import make_fabric
 
 log = logging.getLogger(__name__)
+progress_log = logging.getLogger(PROGRESS_LOGGER)
 
 METHOD = "Foundation X: shared backbone, a head per (dataset, task), Cyclic & Lock-Release, EMA teacher"
 PHASES = "phases.csv"
+INIT_REPORT = "init.txt"
 PHASES_HEADER = "phase,cycle,unit,kind,locked,first_step,last_step"
 #: The DDP strategy of a multi-process run (see the module docstring).
 DDP_UNUSED = "ddp_find_unused_parameters_true"
@@ -168,6 +179,15 @@ def _param_groups(model: MultiTaskModel, cfg: TrainConfig, backbone_lr_scale: fl
     ]
 
 
+def _start_from(model: MultiTaskModel, path: str | Path, *, teacher: bool, report: Path, rank: int) -> None:
+    """Load a Foundation X / Ark-6 checkpoint into ``model``; rank 0 logs and writes ``report`` of what it gave."""
+    lines = load_foundation_x(model, path, teacher=teacher).lines()
+    if rank == 0:
+        atomic_write_text(report, "\n".join(lines) + "\n")
+        for line in lines:
+            progress_log.info("init: %s", line)
+
+
 def _strategy(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with DDP finding unused parameters wherever it runs DDP; FSDP refused."""
     if cfg.strategy == "fsdp":
@@ -191,6 +211,8 @@ def run_multitask(
     backbone_lr_scale: float = 0.1,
     max_steps: int | None = None,
     grad_checkpointing: bool = False,
+    init: str | Path | None = None,
+    init_student: bool = False,
 ) -> Path:
     """Train one model on every unit of ``recipe``, cycle after cycle, and export it; returns ``OUT/export``.
 
@@ -206,13 +228,18 @@ def run_multitask(
         backbone_lr_scale: Backbone learning rate as a share of the others' (reference 1e-5 / 1e-4).
         max_steps: Train only the first steps of the schedule (a short check); None runs all of it.
         grad_checkpointing: Recompute backbone activations in the backward pass.
+        init: A Foundation X or Ark-6 checkpoint to start a fresh run from: its Swin (strictly), and its
+            classification heads and deformable encoder where the model has counterparts
+            (:func:`~xrayfm.models.foundation_x_weights.load_foundation_x`); ``arch`` must be a timm Swin.
+        init_student: Start from the checkpoint's student rather than its EMA teacher.
 
     Returns:
         The export folder of the student's backbone.
 
     Raises:
         RecipeError: A bad recipe, or datasets that do not carry its tasks.
-        XrayfmError: ``epochs`` set, FSDP, or a dataset or model that cannot be built.
+        XrayfmError: ``epochs`` set, FSDP, a dataset or model that cannot be built, or an ``init`` that
+            does not fit.
     """
     recipe = recipe if isinstance(recipe, MultiTaskRecipe) else read_run_recipe(recipe)
     cfg = replace(train_config or TrainConfig(), out_dir=str(out_dir))
@@ -221,10 +248,16 @@ def run_multitask(
                           "leave epochs at 0 and use max_steps (--steps) for a shorter run")  # fmt: skip
     if max_steps is not None and max_steps < 1:
         raise XrayfmError(f"max_steps must be at least 1, got {max_steps}")
+    if init_student and init is None:
+        raise XrayfmError("init_student (--init-student) chooses the weights of an init checkpoint; give --init")
     out = Path(out_dir)
+    kwargs = backbone_kwargs(arch, img_size=img_size)
+    if init is not None:  # the released Swin's build, on a resumed run too
+        kwargs = release_kwargs(arch, kwargs, source=str(init))
     settings = {
         "recipe": recipe_mapping(recipe, data_root), "arch": arch, "img_size": img_size, "decoder": decoder,
         "features": features, "backbone_lr_scale": backbone_lr_scale, "grad_checkpointing": grad_checkpointing,
+        "init": None if init is None else str(init), "init_student": init_student,
     }  # fmt: skip
     fabric = make_fabric(_strategy(cfg))
     if fabric.global_rank == 0:
@@ -232,12 +265,13 @@ def run_multitask(
     view = FinetuneAugment(img_size, degrees=7.0)  # reference classification view: crop, flip, rotation 7
     datasets = build_recipe_datasets(recipe, data_root=data_root, transform=view)
     seed_everything(cfg.seed)  # before the model is built: its initial weights follow from the seed
-    kwargs = backbone_kwargs(arch, img_size=img_size)
     backbone = create_model(arch, num_classes=0, **kwargs)
     if grad_checkpointing:
         backbone.set_grad_checkpointing(True)
     record = replace(resolve_preprocess(backbone, img_size=img_size), crop_pct=1.0)
     model = MultiTaskModel.from_recipe(recipe, backbone, preprocess=record, decoder=decoder, features=features)
+    if init is not None and not (out / CHECKPOINT).exists():  # before the teacher copies the student
+        _start_from(model, init, teacher=not init_student, report=out / INIT_REPORT, rank=fabric.global_rank)
     objective = MultiTaskObjective.from_recipe(recipe, model)
     world = fabric.world_size
     cfg = resolve_accumulate(cfg, world)
@@ -266,6 +300,7 @@ def run_multitask(
         "phases": len(phases), "schedule_steps": total_steps(phases),
         "steps": result["steps"], "steps_this_call": result["steps"] - result["start_step"],
         "seconds": result["seconds"], "resumed_from_checkpoint": result["start_step"] > 0,
+        "init": settings["init"], "init_weights": None if init is None else ("student" if init_student else "teacher"),
     }  # fmt: skip
     resolved, model_kwargs = settings["recipe"], {**kwargs, **export_kwargs(backbone)}
     provenance = {**facts, "recipe": resolved}

@@ -20,6 +20,10 @@ and at most once otherwise.
 Random augmentations replay on resume when the RNGs are seeded by the sample, not by the worker:
 :class:`SeededShards` seeds them before reading each sample from the run's seed, the epoch and the
 sample's index.
+
+Training commands open their ``DATASET ROOT`` with :func:`open_dataset`, the one place where the
+name ``shards`` selects a shard folder over an adapter: a stream to train on, or a
+:class:`ShardSplit` read by index to validate on.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ from typing import Any
 from litdata import StreamingDataLoader, StreamingDataset
 from litdata.streaming.sampler import ChunkedIndex
 from litdata.utilities.env import _DistributedEnv
-from torch.utils.data import default_collate
+from torch.utils.data import Dataset, default_collate
 
+from xrayfm.data.base import XrayDataset
+from xrayfm.data.registry import build_dataset
 from xrayfm.data.sample import Sample
 from xrayfm.data.shard_format import ShardDataset
 from xrayfm.errors import XrayfmError
@@ -154,6 +160,43 @@ SHARDS = "shards"
 SHARD_OPTIONS = ("cache_dir",)
 
 
+class ShardSplit(Dataset):
+    """A split of a shard folder read by index: every sample once, in the stored order, on any rank (validation).
+
+    ``len`` is the split's size from the manifest; a ``StreamingDataset``'s own ``len`` is one rank's
+    share of an epoch, which a loop that deals indices over ranks itself must not see.
+
+    Args:
+        root: The shard folder, local or an fsspec URL.
+        split: The split.
+        transform: Applied to each Sample.
+        **options: Further :class:`~xrayfm.data.shard_format.ShardDataset` arguments (``cache_dir``).
+
+    Attributes:
+        shards: The underlying :class:`~xrayfm.data.shard_format.ShardDataset`.
+        total: Samples in the split.
+    """
+
+    def __init__(
+        self, root: str | Path, split: str, *, transform: Callable[[Sample], Sample] | None = None, **options: Any
+    ) -> None:
+        self.shards = ShardDataset(root, split, transform=transform, **options)
+        self.total = int(self.shards.manifest["counts"][split]["total"])
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.shards[index]
+
+
+def _shard_options(options: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(SHARD_OPTIONS))
+    if unknown:
+        raise XrayfmError(f"shards take no option {', '.join(unknown)} (options: {', '.join(SHARD_OPTIONS)})")
+    return options
+
+
 def open_shards(
     root: str | Path, split: str, *, seed: int, transform: Callable[[Sample], Sample] | None, options: dict[str, Any]
 ) -> SeededShards:
@@ -173,7 +216,48 @@ def open_shards(
         XrayfmError: An option shards do not take.
         DatasetError: Not a finished shard folder, or no sample of ``split``.
     """
-    unknown = sorted(set(options) - set(SHARD_OPTIONS))
-    if unknown:
-        raise XrayfmError(f"shards take no option {', '.join(unknown)} (options: {', '.join(SHARD_OPTIONS)})")
-    return SeededShards(root, split, seed=seed, shuffle=True, transform=transform, **options)
+    return SeededShards(root, split, seed=seed, shuffle=True, transform=transform, **_shard_options(options))
+
+
+def open_dataset(
+    dataset: str,
+    root: str | Path,
+    split: str,
+    *,
+    seed: int = 0,
+    transform: Callable[[Sample], Sample] | None = None,
+    options: dict[str, Any] | None = None,
+    stream: bool = True,
+) -> XrayDataset | SeededShards | ShardSplit:
+    """``split`` of a training command's ``DATASET ROOT``: an adapter's dataset, or for :data:`SHARDS` a shard folder.
+
+    The one place where a command's dataset name decides between an adapter and shards.
+
+    Args:
+        dataset: Adapter name, or ``shards``.
+        root: Dataset root, or the shard folder (local or an fsspec URL).
+        split: The split.
+        seed: The run's seed (the stream's shuffle and per-sample seeds).
+        transform: Applied to each Sample.
+        options: ``-o`` options: the adapter's, or :data:`SHARD_OPTIONS`.
+        stream: For shards: a shuffled, seeded stream the engine trains on (:func:`open_shards`); False: a
+            :class:`ShardSplit` read by index (validation).
+
+    Returns:
+        The dataset.
+
+    Raises:
+        XrayfmError: An unknown adapter or option.
+        DatasetError: The data cannot be read (``MissingSplitError``: no sample of ``split``).
+    """
+    options = dict(options or {})
+    if dataset != SHARDS:
+        return build_dataset(dataset, root, split, transform=transform, **options)
+    if stream:
+        return open_shards(root, split, seed=seed, transform=transform, options=options)
+    return ShardSplit(root, split, transform=transform, **_shard_options(options))
+
+
+def sample_total(dataset: XrayDataset | SeededShards | ShardSplit) -> int:
+    """Samples in a dataset or a whole shard split (not one rank's share of an epoch, as ``len`` of a stream is)."""
+    return dataset.total if isinstance(dataset, (SeededShards, ShardSplit)) else len(dataset)

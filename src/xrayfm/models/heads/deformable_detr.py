@@ -13,7 +13,8 @@ backbone and one decoder: :class:`DeformableEncoder` takes xrayfm's feature pyra
 
 As Deformable DETR (and the reference), the encoder reads the pyramid's levels at strides 8, 16
 and 32, each through a 1x1 conv + GroupNorm, plus a fourth level from a stride-2 3x3 conv on the
-last map. Single-stage, without iterative box refinement; one class and one box head shared by
+last map (1x1 on a small input; its GroupNorm then normalises groups of a single value, see
+:class:`InputNorm`). Single-stage, without iterative box refinement; one class and one box head shared by
 all decoder layers (the reference's ``dec_pred_*_embed_share``), auxiliary losses on every layer.
 """
 
@@ -71,6 +72,19 @@ def detr_config(settings: Mapping[str, Any] | None = None, num_classes: int = 1)
     return DeformableDetrConfig(**merged, num_labels=num_classes, disable_custom_kernels=True)
 
 
+class InputNorm(nn.GroupNorm):
+    """The input projections' GroupNorm, also on a map where a group holds one value.
+
+    At a small input the coarsest levels are 1x1, and with ``d_model`` = :data:`GROUPS` each group is then a single
+    value, which ``nn.GroupNorm`` refuses ("Expected more than 1 value per channel") whatever the mode. The formula
+    itself is defined there (the value minus its own mean is 0, so the output is the bias), so the same computation
+    runs without that check. Parameter names are ``nn.GroupNorm``'s.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
 @dataclass
 class EncoderMemory:
     """The shared encoder's output and the geometry a decoder needs to attend to it.
@@ -114,8 +128,8 @@ class DeformableEncoder(nn.Module):
         if taps > len(in_channels):
             raise XrayfmError(f"{config.num_feature_levels} feature levels need {taps} pyramid maps, got {in_channels}")
         self.config, self.taps = config, taps
-        proj = [nn.Sequential(nn.Conv2d(c, d, 1), nn.GroupNorm(GROUPS, d)) for c in in_channels[-taps:]]
-        proj.append(nn.Sequential(nn.Conv2d(in_channels[-1], d, 3, stride=2, padding=1), nn.GroupNorm(GROUPS, d)))
+        proj = [nn.Sequential(nn.Conv2d(c, d, 1), InputNorm(GROUPS, d)) for c in in_channels[-taps:]]
+        proj.append(nn.Sequential(nn.Conv2d(in_channels[-1], d, 3, stride=2, padding=1), InputNorm(GROUPS, d)))
         self.input_proj = nn.ModuleList(proj)
         self.position_embedding = DeformableDetrSinePositionEmbedding(d // 2, normalize=True)
         self.level_embed = nn.Parameter(torch.empty(config.num_feature_levels, d))
