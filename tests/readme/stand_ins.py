@@ -111,6 +111,18 @@ SKIPS: dict[str, str] = {
     "python3 -m venv .venv && .venv/bin/pip install": "creates a virtualenv and installs from the network",
     "xrayfm pretrain mim ... --accelerator gpu": "needs GPUs ('...' stands for a dataset and options)",
     "torchrun --nnodes 2": "multi-node launch on GPUs",
+    "xrayfm finetune jsrt /data/jsrt --arch swin_base_patch4_window7_224 --pretrained FoundationX.pth": (
+        "needs the released Foundation X file; tests/models/test_foundation_x_weights.py loads files written in "
+        "its layout from random weights"
+    ),
+    "xrayfm pretrain multitask foundation_x_paper": "needs the paper's eleven datasets (tests check the recipe "
+    "against the adapters: tests/pretrain/test_multitask_shipped_recipes.py)",
+    "xrayfm shards build pool_merged520k": "needs ChestX-ray14, CheXpert and MIMIC-CXR-JPG under /data "
+    "(tests/cli/test_pool_recipes.py builds the recipe's pool on a phantom)",
+    "xrayfm shards inspect /shared/xrayfm": "reads the shards of the command before (not built here)",
+    "python -m pytest -q tests/train/test_shard_training.py": "the test suite running itself (part of make test-all)",
+    "SHARDS=/shared/xrayfm/shards/merged520k": "a SLURM submission (tests/scripts/test_cluster_scripts.py checks "
+    "the script and runs its torchrun sibling with two CPU processes)",
 }
 
 #: Artefacts the test makes once (in the shared "world" folder) that a block uses, by block id:

@@ -8,6 +8,7 @@ from typing import Any
 
 from xrayfm.cli.args import add_data_args, add_threshold_arg
 from xrayfm.cli.recipes import parse_options
+from xrayfm.cli.scored_models import add_head_args
 from xrayfm.tasks import CLASSIFICATION_KINDS
 
 #: Rows of the printed table per task kind; AUROC per class follows the classification rows.
@@ -65,13 +66,20 @@ def format_comparison(result: dict[str, Any]) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from functools import partial
+
+    from xrayfm.cli.scored_models import check_head_args, load_scored_model
     from xrayfm.evaluate.compare import compare_runs
     from xrayfm.io.atomic import atomic_write_json
     from xrayfm.report.comparison_report import write_comparison_report
 
+    check_head_args([args.run_a, args.run_b], args.head, args.weights)
+    options = parse_options(args.option)
+    load = partial(load_scored_model, dataset=args.dataset, root=args.root, split=args.split, options=options,
+                   head=args.head, weights=args.weights)  # fmt: skip
     result = compare_runs(
-        args.run_a, args.run_b, args.dataset, args.root, split=args.split, options=parse_options(args.option),
-        threshold=args.threshold, n_boot=args.n_boot, seed=args.seed,
+        args.run_a, args.run_b, args.dataset, args.root, split=args.split, options=options,
+        threshold=args.threshold, n_boot=args.n_boot, seed=args.seed, load=load,
     )  # fmt: skip
     out = Path(args.out or Path(args.run_b) / f"compare_{Path(args.run_a).resolve().name}_{args.dataset}_{args.split}")
     out.mkdir(parents=True, exist_ok=True)
@@ -95,14 +103,17 @@ def add_compare_command(sub: argparse._SubParsersAction) -> None:
             "Score two fine-tuned models (finetune run folders) on the same dataset split and give each "
             "metric's difference B - A with a paired-bootstrap 95% CI (images resampled jointly for both) "
             "and DeLong's test for AUROC, per class and for the mean. Multi-label decision thresholds are "
-            "chosen on the validation split, per model, by the same rule. Writes compare.json and compare.html."
+            "chosen on the validation split, per model, by the same rule. Writes compare.json and compare.html. "
+            "A Foundation X multi-task model (xrayfm pretrain multitask OUT) takes part through one head, --head "
+            "DATASET/TASK (used for each multi-task run)."
         ),
     )
-    p.add_argument("run_a", help="finetune run (or model folder) A, the reference")
-    p.add_argument("run_b", help="finetune run (or model folder) B; differences are B - A")
+    p.add_argument("run_a", help="finetune or multi-task run (or model folder) A, the reference")
+    p.add_argument("run_b", help="finetune or multi-task run (or model folder) B; differences are B - A")
     add_data_args(p, split="test")
     p.add_argument("--out", help="output folder (default RUN_B/compare_A_DATASET_SPLIT)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     add_threshold_arg(p, fallback=", for each model (0.5 when there is none)")
+    add_head_args(p)
     p.set_defaults(func=cmd_compare)

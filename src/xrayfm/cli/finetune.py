@@ -19,6 +19,7 @@ from xrayfm.cli.args import (
     train_config,
 )
 from xrayfm.cli.recipes import parse_options, write_resolved_config
+from xrayfm.cli.scored_models import add_head_args
 from xrayfm.errors import MissingSplitError, XrayfmError
 
 if TYPE_CHECKING:
@@ -167,20 +168,24 @@ def _evaluation_thresholds(args: argparse.Namespace, model: Any, transform: Any,
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from xrayfm.cli.scored_models import check_head_args, load_scored_model
     from xrayfm.data.registry import build_dataset
     from xrayfm.evaluate.run import evaluate_dataset
     from xrayfm.models.preprocess import resolve_preprocess
-    from xrayfm.models.task_checkpoint import load_task_model
 
-    model, meta = load_task_model(args.model)
-    transform = resolve_preprocess(model, img_size=args.img_size).eval_transform()
+    check_head_args([args.model], args.head, args.weights)
     options = parse_options(args.option)
+    model, meta = load_scored_model(args.model, dataset=args.dataset, root=args.root, split=args.split,
+                                    options=options, head=args.head, weights=args.weights)  # fmt: skip
+    transform = resolve_preprocess(model, img_size=args.img_size).eval_transform()
     ds = build_dataset(args.dataset, args.root, args.split, transform=transform, **options)
     choice, predictions = _evaluation_thresholds(args, model, transform, options)
-    out = Path(args.out or Path(args.model) / f"eval_{args.dataset}_{args.split}")
+    head = f"_{args.head.replace('/', '_')}" if args.head else ""
+    out = Path(args.out or Path(args.model) / f"eval_{args.dataset}_{args.split}{head}")
+    name = f"{meta['arch']} in {args.model}" + (f", head {args.head} ({meta['served_weights']})" if head else "")
     result = evaluate_dataset(
         model, ds, out, n_boot=args.n_boot, seed=args.seed, threshold=choice, predictions=predictions,
-        model_name=f"{meta['arch']} in {args.model}",
+        model_name=name,
     )  # fmt: skip
     print("  split task           metric         value   [95% CI]")
     _print_evaluation(args.split, result)
@@ -306,7 +311,8 @@ def add_finetune_commands(sub: argparse._SubParsersAction) -> None:
             "Evaluate a fine-tuned model (a finetune run folder or its model/ folder) on a dataset "
             "split: AUROC, accuracy, sensitivity/specificity, ECE, Dice/Jaccard with 95% bootstrap "
             "CIs; writes metrics.json, predictions and an HTML report. For the anatomy measures of a backbone's "
-            "embeddings (Eve): xrayfm evaluate anatomy --help."
+            "embeddings (Eve): xrayfm evaluate anatomy --help. A Foundation X multi-task model (xrayfm pretrain "
+            "multitask OUT) is scored through one head: --head DATASET/TASK."
         ),
     )
     add_model_arg(p)
@@ -316,4 +322,5 @@ def add_finetune_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     add_threshold_arg(p, default=None, fallback=" (0.5 with a note when there is none)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    add_head_args(p)
     p.set_defaults(func=cmd_evaluate)

@@ -10,7 +10,7 @@ thresholds, chosen by the same rule on its own validation predictions.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +239,7 @@ def compare_runs(
     alpha: float = 0.05,
     batch_size: int = 16,
     device: str | None = None,
+    load: Callable[[str | Path], tuple[Any, dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Score two fine-tuned models on the same split and compare them, metric by metric.
 
@@ -259,9 +260,13 @@ def compare_runs(
         alpha: 1 - coverage.
         batch_size: Inference batch size.
         device: ``cpu`` / ``cuda`` (default: CUDA when available).
+        load: Reads a run folder into (model, sidecar) (default
+            :func:`~xrayfm.models.task_checkpoint.load_task_model`; the command line passes one that
+            also reads a head of a multi-task model).
 
     Returns:
-        ``a`` / ``b`` (``run``, ``arch``, ``thresholds``), ``dataset``, ``split``, ``n``,
+        ``a`` / ``b`` (``run``, ``arch``, ``thresholds``, and ``head`` / ``served_weights`` of a
+        multi-task model's head), ``dataset``, ``split``, ``n``,
         ``n_boot``, ``seed``, ``alpha``, ``task_specs``, ``tasks`` (as :func:`compare_predictions`)
         and ``notes``.
 
@@ -275,7 +280,8 @@ def compare_runs(
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     rule, options = ThresholdRule.parse(threshold), dict(options or {})
-    (model_a, meta_a), (model_b, meta_b) = load_task_model(run_a), load_task_model(run_b)
+    load = load or load_task_model
+    (model_a, meta_a), (model_b, meta_b) = load(run_a), load(run_b)
     tasks, notes = common_tasks(model_a.tasks, model_b.tasks)
     sides: dict[str, dict[str, Any]] = {}
     predictions = []
@@ -288,7 +294,8 @@ def compare_runs(
         notes += [f"{name.upper()}: {n}" for n in choice.notes]
         predictions.append(predict(model, ds, batch_size=batch_size, device=device))
         model.cpu()
-        sides[name] = {"run": str(run), "arch": meta.get("arch"), "thresholds": choice.to_dict()}
+        sides[name] = {"run": str(run), "arch": meta.get("arch"), "thresholds": choice.to_dict(),
+                       **{k: meta[k] for k in ("head", "served_weights") if k in meta}}  # fmt: skip
     compared = compare_predictions(
         tasks, predictions[0], predictions[1], n_boot=n_boot, seed=seed, alpha=alpha,
         thresholds_a=ThresholdChoice.from_dict(sides["a"]["thresholds"]),
