@@ -128,13 +128,15 @@ def single_task_mapping(mapping: dict[str, Any], key: str, steps: int) -> dict[s
 def train_run(name: str, mapping: dict[str, Any], work: Path, args: argparse.Namespace, seed: int) -> Path:
     """The run folder of ``mapping`` at ``seed``, trained (or resumed) unless it finished earlier."""
     settings = {"recipe": mapping, "arch": args.arch, "img_size": args.img_size, "batch": args.batch, "seed": seed}
+    if args.pretrained:  # folders of runs from random init keep their names
+        settings["pretrained"] = args.pretrained
     folder = work / f"{name}_s{seed}_{config_hash(settings)}"
     if (folder / "summary.json").is_file():
         log.info("reusing %s", folder)
         return folder
     started = time.perf_counter()
     run_multitask(parse_recipe(mapping, source=name), folder, engine(folder, args, seed), arch=args.arch,
-                  img_size=args.img_size)  # fmt: skip
+                  img_size=args.img_size, pretrained=args.pretrained)  # fmt: skip
     (folder / "last.ckpt").unlink(missing_ok=True)  # model/ keeps both weight sets; the optimiser state is not needed
     log.info("%s trained in %.0f s", folder.name, time.perf_counter() - started)
     return folder
@@ -248,6 +250,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--shared", default=str(REPO.parent / "shared" / "datasets"))
     ap.add_argument("--work", default=str(REPO / "runs" / "bench_foundation_x_real"))
     ap.add_argument("--arch", default="resnet50", help="backbone of every run")
+    ap.add_argument(
+        "--pretrained",
+        help="backbone weights both arms start from (e.g. an Adam run of "
+        "bench/adam_real.py, as the paper starts from Ark-6); default random init",
+    )
     ap.add_argument("--img-size", type=int, default=128, help="input side of every run (at least 96: DETR)")
     ap.add_argument("--batch", type=int, default=16, help="images per optimiser step")
     ap.add_argument("--seeds", default="0,1,2")
@@ -282,7 +289,8 @@ def main(argv: list[str] | None = None) -> Path:
     seeds = {f"seed_{s}": run_seed(int(s), mapping, work, args) for s in args.seeds.split(",")}
     payload = {
         "benchmark": "foundation_x_real", "quick": args.quick, "recipe": str(RECIPE.relative_to(REPO)),
-        "arch": args.arch, "img_size": args.img_size, "batch_size": args.batch, "n_boot": args.n_boot,
+        "arch": args.arch, "pretrained": args.pretrained, "img_size": args.img_size, "batch_size": args.batch,
+        "n_boot": args.n_boot,
         "threshold": args.threshold, "budget_definition": "single-task steps = multi-task steps on that unit",
         "units": aggregate(seeds), "seeds": seeds, "wall_seconds": round(time.perf_counter() - t0, 1),
     }  # fmt: skip

@@ -19,7 +19,9 @@ from torch import nn
 from xrayfm.cli import main
 from xrayfm.data.phantom_io import write_phantom_dataset
 from xrayfm.models import create_model
+from xrayfm.models.export import export_backbone
 from xrayfm.models.foundation_x_weights import FOUNDATION_X_ARCH
+from xrayfm.models.preprocess import resolve_preprocess
 from xrayfm.pretrain import multitask_export, multitask_run
 from xrayfm.pretrain.multitask_export import load_multitask_model
 from xrayfm.pretrain.multitask_run import run_multitask
@@ -154,7 +156,8 @@ def test_a_resumed_run_continues_from_its_checkpoint_without_reading_init_again(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [(["--arch", "resnet18", "--init", "fx.pth"], "fx.pth: a Foundation X / Ark-6 checkpoint holds a Swin"),
-     (["--init-student"], "give --init")],
+     (["--init-student"], "give --init"),
+     (["--init", "fx.pth", "--pretrained", "runs/mim"], "give either --init")],
 )  # fmt: skip
 def test_init_mistakes_are_refused_before_anything_is_written(
     recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
@@ -162,3 +165,19 @@ def test_init_mistakes_are_refused_before_anything_is_written(
     assert main(["pretrain", "multitask", str(recipe), "--out", str(tmp_path / "out"), *ENGINE, *extra]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_pretrained_starts_the_backbone_from_a_pretraining_export_and_the_heads_fresh(
+    recipe: Path, tmp_path: Path, starts: dict
+) -> None:
+    torch.manual_seed(7)
+    source = create_model(FOUNDATION_X_ARCH, num_classes=0, **SIZES)
+    export_backbone(source, tmp_path / "pre" / "export", arch=FOUNDATION_X_ARCH,
+                    preprocess=resolve_preprocess(source, img_size=64), info={"model_kwargs": {"img_size": 64}})  # fmt: skip
+    out = tmp_path / "run"
+    argv = ["pretrain", "multitask", str(recipe), "--out", str(out), "--arch", FOUNDATION_X_ARCH, "--img-size", "64"]
+    assert main([*argv, *ENGINE, "--steps", "1", "--pretrained", str(tmp_path / "pre")]) == 0
+    for name, value in source.state_dict().items():
+        for role in ("student", "teacher"):
+            assert torch.equal(starts[role][f"backbone.{name}"], value), (role, name)
+    assert yaml.safe_load((out / "config.yaml").read_text())["pretrained"] == str(tmp_path / "pre")

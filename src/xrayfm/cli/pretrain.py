@@ -137,7 +137,7 @@ def cmd_pretrain_multitask(args: argparse.Namespace) -> int:
         recipe, args.out, train_config(args), arch=args.arch, img_size=args.img_size, data_root=args.data_root,
         decoder=args.decoder, features=args.features, backbone_lr_scale=args.backbone_lr_scale,
         max_steps=args.steps or None, grad_checkpointing=args.grad_checkpointing, init=args.init,
-        init_student=args.init_student,
+        init_student=args.init_student, pretrained=args.pretrained,
     )  # fmt: skip
     if not is_global_zero():
         return 0
@@ -184,6 +184,11 @@ def add_multitask_command(methods: argparse._SubParsersAction) -> None:
         "--arch must be a Swin, built with always_partition=True as the release",
     )  # fmt: skip
     t.add_argument("--init-student", action="store_true", help="with --init: its student, not its EMA teacher")
+    t.add_argument(
+        "--pretrained", metavar="PATH",
+        help="start the backbone from these weights (a weight file, or a pretraining run's folder such as an Adam "
+        "or MIM run); the heads start fresh. Not with --init",
+    )  # fmt: skip
     t.set_defaults(parser=t)
     add_engine_args(t, steps=0, batch=24, lr=1e-4, warmup=0, clip=0.0, weight_decay=1e-4)
     t.set_defaults(func=cmd_pretrain_multitask)

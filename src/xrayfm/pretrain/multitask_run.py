@@ -213,6 +213,7 @@ def run_multitask(
     grad_checkpointing: bool = False,
     init: str | Path | None = None,
     init_student: bool = False,
+    pretrained: str | Path | None = None,
 ) -> Path:
     """Train one model on every unit of ``recipe``, cycle after cycle, and export it; returns ``OUT/export``.
 
@@ -232,6 +233,8 @@ def run_multitask(
             classification heads and deformable encoder where the model has counterparts
             (:func:`~xrayfm.models.foundation_x_weights.load_foundation_x`); ``arch`` must be a timm Swin.
         init_student: Start from the checkpoint's student rather than its EMA teacher.
+        pretrained: Backbone weights to start from (a weight file or an xrayfm export such as a pretraining
+            run's folder, as ``create_model`` reads them); the heads start fresh. Not with ``init``.
 
     Returns:
         The export folder of the student's backbone.
@@ -248,6 +251,8 @@ def run_multitask(
                           "leave epochs at 0 and use max_steps (--steps) for a shorter run")  # fmt: skip
     if max_steps is not None and max_steps < 1:
         raise XrayfmError(f"max_steps must be at least 1, got {max_steps}")
+    if init is not None and pretrained is not None:
+        raise XrayfmError("give either --init (a Foundation X / Ark-6 checkpoint) or --pretrained (backbone weights)")
     if init_student and init is None:
         raise XrayfmError("init_student (--init-student) chooses the weights of an init checkpoint; give --init")
     out = Path(out_dir)
@@ -258,6 +263,7 @@ def run_multitask(
         "recipe": recipe_mapping(recipe, data_root), "arch": arch, "img_size": img_size, "decoder": decoder,
         "features": features, "backbone_lr_scale": backbone_lr_scale, "grad_checkpointing": grad_checkpointing,
         "init": None if init is None else str(init), "init_student": init_student,
+        "pretrained": None if pretrained is None else str(pretrained),
     }  # fmt: skip
     fabric = make_fabric(_strategy(cfg))
     if fabric.global_rank == 0:
@@ -265,7 +271,7 @@ def run_multitask(
     view = FinetuneAugment(img_size, degrees=7.0)  # reference classification view: crop, flip, rotation 7
     datasets = build_recipe_datasets(recipe, data_root=data_root, transform=view)
     seed_everything(cfg.seed)  # before the model is built: its initial weights follow from the seed
-    backbone = create_model(arch, num_classes=0, **kwargs)
+    backbone = create_model(arch, pretrained, num_classes=0, **kwargs)
     if grad_checkpointing:
         backbone.set_grad_checkpointing(True)
     record = replace(resolve_preprocess(backbone, img_size=img_size), crop_pct=1.0)
