@@ -16,8 +16,9 @@ resolution the model needs, and decoding, preprocessing and the encoding of maps
 worker threads, never on the event loop; heatmap requests are batched like the others (one
 forward+backward pass gives their probabilities and maps). Boxes and image sizes in answers are
 in the uploaded image's pixels, and maps (heatmap, masks) cover the whole image at
-``1 / downscale`` of its size. Bad input gets a 4xx with a message, and the server keeps running
-either way.
+``1 / downscale`` of its size. Every answer says in ``server_ms`` how long the server worked on it, from
+the upload's arrival to the answer (decoding, waiting for a batch, the model, encoding maps). Bad input gets a
+4xx with a message, and the server keeps running either way.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,11 @@ MAP_GEOMETRY = (
     "covers the whole image at 1/downscale of its size: map pixel (x, y) is image pixels "
     "[x*downscale, (x+1)*downscale) x [y*downscale, (y+1)*downscale), clipped to the image"
 )
+
+
+def ms_since(started: float) -> float:
+    """Milliseconds since ``started`` (a :func:`time.perf_counter` reading), to 0.1 ms."""
+    return round((time.perf_counter() - started) * 1000, 1)
 
 
 def create_app(
@@ -255,6 +262,7 @@ def create_app(
         heatmap: bool = Query(False, description="include a Grad-CAM heatmap of the top finding"),
         method: str = Query("gradcam", pattern="^(gradcam|gradcam\\+\\+|xgradcam|hirescam|layercam|eigencam|rollout)$"),
     ) -> dict[str, Any]:
+        started = time.perf_counter()
         spec = task_of(CLASSIFICATION_KINDS, task, "/predict")
         # without a task, a model with several classification heads (Foundation X) answers them all
         every = [spec] if task else [t for t in runtime.tasks.values() if t.kind in CLASSIFICATION_KINDS]
@@ -281,6 +289,7 @@ def create_app(
             png, width, height = await asyncio.to_thread(heatmap_png, answer.heatmap, pixels)
             result["heatmap"] = {"png": png, "class": explained, "method": method, "width": width, "height": height,
                                  "encoding": f"8-bit grey PNG, 255 = strongest; {MAP_GEOMETRY}"}  # fmt: skip
+        result["server_ms"] = ms_since(started)
         return result
 
     @app.post("/segment", summary="Masks per class")
@@ -289,6 +298,7 @@ def create_app(
         task: str | None = Query(None),
         threshold: float = Query(0.5, ge=0.0, le=1.0, description="probability above which a pixel is in"),
     ) -> dict[str, Any]:
+        started = time.perf_counter()
         spec = task_of(("segmentation",), task, "/segment")
         pixels, x, meta = await read_upload(file)
         answer = await infer(x, spec.name)
@@ -296,7 +306,7 @@ def create_app(
         masks, areas = dict(zip(spec.classes, pngs)), dict(zip(spec.classes, shares))
         return {"model": runtime.meta["arch"], "task": spec.name, "classes": list(spec.classes), "masks": masks,
                 "area_fraction": areas, "threshold": threshold, "image": image_info(meta),
-                "mask_width": pixels.shape[1], "mask_height": pixels.shape[0],
+                "mask_width": pixels.shape[1], "mask_height": pixels.shape[0], "server_ms": ms_since(started),
                 "encoding": f"8-bit PNG per class, 255 = inside; {MAP_GEOMETRY}"}  # fmt: skip
 
     @app.post("/detect", summary="Boxes with classes and scores")
@@ -305,6 +315,7 @@ def create_app(
         task: str | None = Query(None),
         min_score: float = Query(0.3, ge=0.0, le=1.0),
     ) -> dict[str, Any]:
+        started = time.perf_counter()
         spec = task_of(("detection",), task, "/detect")
         pixels, x, meta = await read_upload(file)
         det = (await infer(x, spec.name)).outputs[spec.name]
@@ -321,6 +332,7 @@ def create_app(
             "min_score": min_score,
             "image": image_info(meta),
             "box_format": "xyxy pixels of the uploaded image",
+            "server_ms": ms_since(started),
         }
 
     @app.exception_handler(Exception)
