@@ -44,7 +44,7 @@ from typing import Any
 import psutil
 import torch
 from provenance import write_result
-from readme_tables import describe, half_up, rate, wrap
+from readme_tables import multitask_units_table
 
 from xrayfm.cli.recipes import find_recipe
 from xrayfm.data.sample import collate_samples
@@ -57,7 +57,7 @@ from xrayfm.pretrain.cyclic_schedule import lock
 from xrayfm.pretrain.multitask import MultiTaskObjective, check_optimizer_coverage
 from xrayfm.pretrain.multitask_model import MultiTaskModel
 from xrayfm.pretrain.multitask_recipe import LOCKABLE_KINDS, CycleUnit, MultiTaskRecipe
-from xrayfm.pretrain.multitask_run import _param_groups, read_run_recipe
+from xrayfm.pretrain.multitask_run import multitask_param_groups, read_run_recipe
 from xrayfm.tasks import CLASSIFICATION_KINDS, TaskSpec
 from xrayfm.train import TrainConfig
 from xrayfm.train.optim import build_optimizer, named_param_groups
@@ -172,7 +172,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     model = MultiTaskModel.from_recipe(recipe, backbone, preprocess=record)
     objective = MultiTaskObjective.from_recipe(recipe, model).to(device).train()
     groups = named_param_groups(
-        objective, _param_groups(model, OPTIM, BACKBONE_LR_SCALE), weight_decay=OPTIM.weight_decay
+        objective, multitask_param_groups(model, OPTIM, BACKBONE_LR_SCALE), weight_decay=OPTIM.weight_decay
     )
     optimizer = build_optimizer(objective, groups, OPTIM)
     check_optimizer_coverage(objective, optimizer)
@@ -214,30 +214,6 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "updated_params": updated[0],
     }  # fmt: skip
-
-
-def markdown_table(report: dict[str, Any], source: str) -> str:
-    """The results as a README table, with the file's provenance (a ``readme_tables`` renderer's signature)."""
-    setup = report["setup"]
-    memory = "peak RSS" if setup["device"] == "cpu" else "peak allocated"
-    lines = [
-        f"| unit | phase | images/s | {memory} MiB (steps add) | trainable params | updated params |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in report["results"]:
-        cells = [f"{r['kind']} (`{r['unit']}`)", r["phase"], rate(r["images_per_s"]),
-                 f"{int(half_up(r['peak_mib'])):,} ({int(half_up(r['step_mib'])):,})",
-                 f"{r['trainable_params']:,}", f"{r['updated_params']:,}"]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
-    text = (
-        f"{setup['arch']} at {setup['img_size']} px, batch {setup['batch_size']}, recipe {setup['recipe']}, "
-        f"Deformable DETR {setup['detr_preset']} (d_model {setup['detr']['d_model']}, "
-        f"{setup['detr']['encoder_layers']} + {setup['detr']['decoder_layers']} layers, "
-        f"{setup['detr']['num_queries']} queries), {setup['precision']}, {setup['timed_steps']} timed steps after "
-        f"{setup['warmup_steps']} untimed; a step = student and teacher forward, backward, AdamW. "
-        + describe(report, source)
-    )
-    return "\n".join(lines) + "\n\n" + wrap(text)
 
 
 def _device(choice: str) -> str:
@@ -322,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     if out is not None:
         write_result(out, report, packages=("psutil", "transformers"))
         print(f"wrote {out}")
-        print(markdown_table(json.loads(out.read_text()), str(out)))
+        print(multitask_units_table(json.loads(out.read_text()), str(out)))
     return 0
 
 

@@ -38,6 +38,8 @@ SERVE_ROWS = [
     ("S", "torch", False, 1), ("S", "torch", False, 16), ("S", "onnx", False, 1), ("S", "onnx", False, 16),
     ("S", "torch", True, 16),
 ]  # fmt: skip
+#: bench/loader_throughput.py's reads per size, in the table's order, and their labels.
+LOADER_READS = {"raw_png": "raw PNG files", "shards_png": "shards, PNG", "shards_raw": "shards, raw pixels"}
 
 
 def half_up(x: float, digits: int = 0) -> Decimal:
@@ -257,6 +259,68 @@ def eve_table(report: dict[str, Any], source: str) -> str:
     return "\n".join(lines) + "\n\n" + wrap(text)
 
 
+def multitask_units_table(report: dict[str, Any], source: str) -> str:
+    """Foundation X step throughput, memory and trained parameters per unit and phase, and the provenance."""
+    setup = report["setup"]
+    memory = "peak RSS" if setup["device"] == "cpu" else "peak allocated"
+    lines = [
+        f"| unit | phase | images/s | {memory} MiB (steps add) | trainable params | updated params |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        cells = [f"{r['kind']} (`{r['unit']}`)", r["phase"], rate(r["images_per_s"]),
+                 f"{int(half_up(r['peak_mib'])):,} ({int(half_up(r['step_mib'])):,})",
+                 f"{r['trainable_params']:,}", f"{r['updated_params']:,}"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    text = (
+        f"{setup['arch']} at {setup['img_size']} px, batch {setup['batch_size']}, recipe {setup['recipe']}, "
+        f"Deformable DETR {setup['detr_preset']} (d_model {setup['detr']['d_model']}, "
+        f"{setup['detr']['encoder_layers']} + {setup['detr']['decoder_layers']} layers, "
+        f"{setup['detr']['num_queries']} queries), {setup['precision']}, {setup['timed_steps']} timed steps after "
+        f"{setup['warmup_steps']} untimed; a step = student and teacher forward, backward, AdamW. "
+        + describe(report, source)
+    )
+    return "\n".join(lines) + "\n\n" + wrap(text)
+
+
+def loader_throughput_table(report: dict[str, Any], source: str) -> str:
+    """Images/s of one loader worker from raw PNG files vs shards per size, the workers each GPU rate needs,
+    whether shards reach their target speed-up, and the provenance."""
+    setup, target = report["setup"], report["target"]
+    gpu_rates = [f"{r:g}" for r in setup["gpu_rates_images_per_s"]]  # the script's workers_needed keys
+    header = ["px", "read", "images/s per worker", "speed-up over raw files",
+              *(f"workers for {rate(float(r))} images/s" for r in gpu_rates)]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    builds = []
+    for size, result in report["results"].items():
+        px = size.removesuffix("px")
+        builds.append(
+            f"{px} px: " + ", ".join(f"{e} {half_up(t, 1)} s" for e, t in result["shard_build_seconds"].items())
+        )
+        for name, label in LOADER_READS.items():
+            r = result[name]
+            speedup = f"{half_up(r['speedup_over_raw'], 1)}x" if "speedup_over_raw" in r else "1x (baseline)"
+            cells = [px, label, rate(r["images_per_s"]), speedup,
+                     *(str(r["workers_needed"][g]) for g in gpu_rates)]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+    goal = f"{half_up(target['shards_speedup_at_224px'], 1)}x"
+    met = ", ".join(
+        f"{e} {half_up(v, 1)}x ({'met' if target['met'][e] else 'not met'})" for e, v in target["measured"].items()
+    )
+    sets = ", ".join(f"`{folder}` ({name})" for name, folder in setup["sets"].items())
+    text = (
+        f"{'A --quick run: a check that the script works, not a measurement. ' if setup['quick'] else ''}"
+        f"One process on {setup['threads_used']} thread (one DataLoader worker) reads {setup['images']:,} images "
+        f"({setup['bits']}-bit PNG, {setup['source_size_px']} px) from {sets}; best of {setup['repeats']} passes. Raw "
+        "files: PNG decode and antialiased resize to the size; shards: the same images pre-resized by `xrayfm shards "
+        "build` (square, 8-bit PNG or raw pixels) streamed by `ShardDataset`. Workers = ceil(GPU rate / images/s "
+        f"per worker). Target: shards at least {goal} faster than raw files at 224 px: "
+        f"{met or 'not measured (no 224 px run)'}. "
+        f"Shard builds (not in the rates): {'; '.join(builds)}. " + describe(report, source)
+    )
+    return "\n".join(lines) + "\n\n" + wrap(text)
+
+
 def renderer(name: str) -> tuple[str, Callable[[dict[str, Any], str], str]]:
     """The results file stem and the function that renders block ``name`` from it."""
     stem, _, part = name.partition(":")
@@ -270,7 +334,8 @@ def renderer(name: str) -> tuple[str, Callable[[dict[str, Any], str], str]]:
             )
         return stem, lambda report, source: finetune_table(report, part)
     fixed = {"serve_latency": serve_table, "phantom_throughput": phantom_bullet, "io_read_throughput": io_bullet,
-             "adam_throughput": adam_table, "eve_real": eve_table}  # fmt: skip
+             "adam_throughput": adam_table, "eve_real": eve_table, "multitask_units": multitask_units_table,
+             "loader_throughput": loader_throughput_table}  # fmt: skip
     for prefix, fn in fixed.items():
         if stem.startswith(prefix) and not part:
             return stem, fn

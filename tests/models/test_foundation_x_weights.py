@@ -20,13 +20,8 @@ from torch import nn
 from xrayfm import XrayfmError
 from xrayfm.models import create_model
 from xrayfm.models.export import export_backbone
-from xrayfm.models.foundation_x_weights import (
-    CLASSIFICATION_HEADS,
-    ENCODER_RENAMES,
-    FOUNDATION_X_ARCH,
-    load_foundation_x,
-    load_foundation_x_backbone,
-)
+from xrayfm.models.foundation_x_multitask import CLASSIFICATION_HEADS, ENCODER_RENAMES, load_foundation_x
+from xrayfm.models.foundation_x_weights import FOUNDATION_X_ARCH, load_foundation_x_backbone
 from xrayfm.models.preprocess import resolve_preprocess
 from xrayfm.models.registry import export_kwargs
 from xrayfm.models.task_checkpoint import load_task_model, save_task_model

@@ -24,6 +24,8 @@ ATTENTION_METHODS = ("rollout", "attention")
 #: The keys of :data:`xrayfm.explain.gradcam.CAM_METHODS` (not imported here: grad-cam loads
 #: OpenCV and scikit-learn, which would slow every command's start).
 CAM_NAMES = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam")
+#: :data:`xrayfm.explain.overlays.MAX_SIDE`, the overlay's default longest side (not imported, as above).
+MAX_SIDE = 1024
 #: What the heatmap overlay can be saved as.
 OUT_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -69,12 +71,14 @@ def _point(text: str | None) -> tuple[float, float]:
 def cmd_explain(args: argparse.Namespace) -> int:
     out = _overlay_path(args.out, args.image, args.method)  # mistakes first, before the slow imports
     point = _point(args.point)
+    if args.max_side < 1:
+        raise XrayfmError(f"--max-side must be a positive number of pixels, got {args.max_side}")
 
     import numpy as np
     import torch
 
     from xrayfm.evaluate.predict import probabilities
-    from xrayfm.explain import compute_heatmap, overlay_heatmap
+    from xrayfm.explain import explain_batch, explanation_image
     from xrayfm.io import read_xray
     from xrayfm.models.task_checkpoint import load_task_model
 
@@ -82,9 +86,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
     image = read_xray(args.image)
     x = model.preprocess.prepare(torch.from_numpy(np.ascontiguousarray(image.pixels)))
     task, index = _class_index(meta, args.task, args.class_name)
-    heat = compute_heatmap(model, x, method=args.method, task=task, class_index=index, point=point)[0]
+    explained = explain_batch(model, x, method=args.method, task=task, class_index=index, point=point)
+    heat = explained.maps[0]
+    what = args.method if args.method in ATTENTION_METHODS else f"{args.method} of {task}"
+    if explained.classes is not None:
+        what += " / " + next(t for t in model.tasks if t.name == task).classes[explained.classes[0]]
+    h, w = image.pixels.shape
+
+    def on_image(plane: np.ndarray) -> np.ndarray:  # the check's geometry: the model's resize and crop undone
+        return model.preprocess.plane_to_original(torch.from_numpy(plane), h, w).numpy()
+
+    caption = f"{what}, colours scaled to this image's map"
+    coverage = on_image(np.ones_like(heat))  # 0 where a centre crop cut the image away
+    picture = explanation_image(
+        image.pixels, on_image(heat), coverage=coverage, alpha=args.alpha, max_side=args.max_side, caption=caption
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
-    overlay_heatmap(x[0, 0].numpy(), heat, alpha=args.alpha).save(out)
+    picture.save(out)
     run_explain_checks(args, model, x, image.pixels, task, index, heat, out)
     with torch.no_grad():
         outputs = model(x)
@@ -93,9 +111,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
             probs = probabilities(t.kind, outputs[t.name])[0].tolist()
             ranked = sorted(zip(t.classes, probs), key=lambda cp: -cp[1])
             print(f"{t.name}: " + ", ".join(f"{c} {p:.3f}" for c, p in ranked))
-    what = args.method if args.method in ATTENTION_METHODS else f"{args.method} of {task}"
-    if index is not None:
-        what += f" / {args.class_name}"
     print(f"heatmap ({what}) over the image: {out}")
     return 0
 
@@ -155,7 +170,9 @@ def add_explain_commands(sub: argparse._SubParsersAction) -> None:
         description=(
             "Print a fine-tuned model's findings for one image (PNG/JPEG/DICOM) and write a heatmap "
             "overlay: a Grad-CAM family map of a class, attention rollout, or the raw attention of "
-            "one patch (--method attention --point x,y). --check adds the share of the map's energy "
+            "one patch (--method attention --point x,y). The overlay shows the image at its own resolution "
+            "(longer side capped by --max-side) with the map laid back onto it through the model's resize "
+            "and crop, and a colour bar naming the method and class. --check adds the share of the map's energy "
             "in the lungs (--mask or --lungs) and the model-randomisation sanity test."
         ),
     )
@@ -166,6 +183,12 @@ def add_explain_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--class", dest="class_name", help="class to explain (default the top-scoring one)")
     p.add_argument("--point", help="query point x,y in [0, 1] for --method attention (default centre)")
     p.add_argument("--alpha", type=float, default=0.45, help="heatmap opacity (default 0.45)")
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=MAX_SIDE,
+        help=f"longest side of the overlay's image in pixels; larger images are shrunk (default {MAX_SIDE})",
+    )
     p.add_argument("--out", help="output PNG or JPEG, or a folder (default IMAGE_METHOD.png here)")
     add_check_args(p)
     p.set_defaults(func=cmd_explain)

@@ -142,15 +142,15 @@ def _evaluation_thresholds(args: argparse.Namespace, model: Any, transform: Any,
     """
     import torch
 
-    from xrayfm.data.registry import build_dataset
     from xrayfm.evaluate.predict import predict
     from xrayfm.evaluate.thresholds import ThresholdChoice, ThresholdRule, choose_task_thresholds
+    from xrayfm.train.streaming import open_dataset
 
     rule = ThresholdRule.parse(args.threshold or "youden")
     if not rule.needs_data:
         return ThresholdChoice.fixed(float(rule.value)), None
     try:
-        val = build_dataset(args.dataset, args.root, "val", transform=transform, **options)
+        val = open_dataset(args.dataset, args.root, "val", transform=transform, options=options, stream=False)
     except MissingSplitError as exc:  # any other problem with val (missing images...) is the user's to fix
         val, why = None, str(exc)
     else:
@@ -169,16 +169,16 @@ def _evaluation_thresholds(args: argparse.Namespace, model: Any, transform: Any,
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from xrayfm.cli.scored_models import check_head_args, load_scored_model
-    from xrayfm.data.registry import build_dataset
     from xrayfm.evaluate.run import evaluate_dataset
     from xrayfm.models.preprocess import resolve_preprocess
+    from xrayfm.train.streaming import open_dataset
 
     check_head_args([args.model], args.head, args.weights)
     options = parse_options(args.option)
     model, meta = load_scored_model(args.model, dataset=args.dataset, root=args.root, split=args.split,
                                     options=options, head=args.head, weights=args.weights)  # fmt: skip
     transform = resolve_preprocess(model, img_size=args.img_size).eval_transform()
-    ds = build_dataset(args.dataset, args.root, args.split, transform=transform, **options)
+    ds = open_dataset(args.dataset, args.root, args.split, transform=transform, options=options, stream=False)
     choice, predictions = _evaluation_thresholds(args, model, transform, options)
     head = f"_{args.head.replace('/', '_')}" if args.head else ""
     out = Path(args.out or Path(args.model) / f"eval_{args.dataset}_{args.split}{head}")
@@ -216,8 +216,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
 
 def _finetune_args(p: argparse.ArgumentParser, out: str) -> None:
     """Arguments shared by finetune and sweep."""
-    p.add_argument("dataset", help="dataset adapter, e.g. phantom, nih_cxr14, csv")
-    p.add_argument("root", help="dataset root")
+    p.add_argument("dataset", help="dataset adapter, e.g. phantom, nih_cxr14, csv; or shards (ROOT: a shard folder)")
+    p.add_argument("root", help="dataset root, or the shard folder")
     add_run_args(p, out)
     p.add_argument("--task", action="append", default=[], help="task to train (repeatable; default all)")
     p.add_argument("--img-size", type=int, default=224, help="input side (default 224)")
@@ -316,7 +316,7 @@ def add_finetune_commands(sub: argparse._SubParsersAction) -> None:
         ),
     )
     add_model_arg(p)
-    add_data_args(p, split="test")
+    add_data_args(p, split="test", dataset_help="dataset adapter, or shards (ROOT: a shard folder)")
     p.add_argument("--out", help="output folder (default MODEL/eval_DATASET_SPLIT)")
     p.add_argument("--img-size", type=int, help="input side (default: the model's)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")

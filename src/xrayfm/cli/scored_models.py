@@ -87,9 +87,9 @@ def load_scored_model(
         XrayfmError: No model at ``path``, no ``head`` for a multi-task model, or a head that does not fit.
     """
     from xrayfm.cli.head_model import bind_head
-    from xrayfm.data.registry import build_dataset
     from xrayfm.models.task_checkpoint import load_task_model
     from xrayfm.pretrain.multitask_serving import WEIGHTS, load_served_multitask, multitask_folder
+    from xrayfm.train.streaming import open_dataset
 
     folder = multitask_folder(path)
     if folder is None:
@@ -97,5 +97,5 @@ def load_scored_model(
     if head is None:
         raise XrayfmError(f"{folder} is a Foundation X multi-task model: name its head with --head DATASET/TASK")
     view, meta = load_served_multitask(folder, weights=weights or WEIGHTS[0])
-    tasks = build_dataset(dataset, root, split, **dict(options or {})).tasks
+    tasks = open_dataset(dataset, root, split, options=dict(options or {}), stream=False).tasks  # adapter or shards
     return bind_head(view, head, tasks, dataset).eval(), {**meta, "head": head}

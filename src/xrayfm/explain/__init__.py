@@ -2,7 +2,7 @@
 
 from xrayfm.explain.gradcam import CAM_METHODS, class_activation_map
 from xrayfm.explain.heatmap import HeatmapBatch, compute_heatmap, explain_batch
-from xrayfm.explain.overlays import overlay_heatmap
+from xrayfm.explain.overlays import explanation_image, overlay_heatmap
 from xrayfm.explain.rollout import attention_maps, attention_rollout, query_attention
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "class_activation_map",
     "compute_heatmap",
     "explain_batch",
+    "explanation_image",
     "overlay_heatmap",
     "query_attention",
 ]

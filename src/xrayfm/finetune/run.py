@@ -9,6 +9,9 @@ Training views (``augment``): ``basic`` (xrayfm's crop / flip / rotation / gamma
 (EVA-X segmentation: resize, flip, brightness / contrast) and ``none`` (the evaluation view of the
 preprocessing record, as EVA-X's CheXpert fine-tuning trains). ``interpolation`` and ``crop_pct``
 set the model's preprocessing record, so evaluation and every export use the same test view.
+
+Dataset ``shards`` (root: an ``xrayfm shards build`` folder) streams the train split and reads val / test by
+index; the options a stream cannot honour are refused (see :mod:`xrayfm.finetune.shard_checks`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from xrayfm.finetune.losses import positive_weights
 from xrayfm.finetune.modes import LoraSettings, apply_mode, merge_lora
 from xrayfm.finetune.objective import FinetuneObjective
 from xrayfm.finetune.optim import finetune_param_groups
+from xrayfm.finetune.shard_checks import check_shard_settings, streamed_tasks
 from xrayfm.io.atomic import atomic_write_json
 from xrayfm.models.preprocess import Preprocess, resolve_preprocess
 from xrayfm.models.registry import backbone_kwargs, create_model, export_kwargs
@@ -41,6 +45,7 @@ from xrayfm.models.task_model import XrayModel
 from xrayfm.tasks import CLASSIFICATION_KINDS, TASK_KINDS
 from xrayfm.train import TrainConfig, is_global_zero, seed_everything, train
 from xrayfm.train.config import engine_options, write_run_config
+from xrayfm.train.streaming import SHARDS, open_dataset, sample_total
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +58,11 @@ class FinetuneConfig:
     """What to adapt, to which data, how.
 
     Attributes:
-        dataset: Adapter name.
-        root: Dataset root.
-        dataset_options: Adapter options (``policy``, ``views``...).
-        tasks: Task names to train (default: every classification / segmentation task).
+        dataset: Adapter name, or ``shards`` (streamed training; see :mod:`xrayfm.finetune.shard_checks`).
+        root: Dataset root, or the shard folder.
+        dataset_options: Adapter options (``policy``, ``views``...), or those of shards (``cache_dir``).
+        tasks: Task names to train (default: every task with annotations in the training split; of shards,
+            every task but box tasks).
         arch: Backbone architecture.
         pretrained: Backbone weights (file, export folder, pretraining run) or None (random).
         img_size: Input side.
@@ -242,27 +248,33 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     write_finetune_config(cfg, out / "config.yaml")
     if cfg.augment not in AUGMENTS:  # before any data is read
         raise XrayfmError(f"unknown augment {cfg.augment!r}; expected one of {AUGMENTS}")
+    streamed = cfg.dataset == SHARDS  # a stream of shards: nothing scans the train split before training
+    if streamed:
+        check_shard_settings(cfg)
     kwargs = backbone_kwargs(cfg.arch, img_size=cfg.img_size, drop_path=cfg.drop_path)
     backbone = create_model(cfg.arch, pretrained=cfg.pretrained, num_classes=0, **kwargs)
     # the backbone's record (release tag, export sidecar or timm cfg) at the fine-tuning size
     preprocess = model_preprocess(cfg, backbone)
-    full = build_dataset(
-        cfg.dataset, cfg.root, "train", transform=training_view(cfg, preprocess), **cfg.dataset_options
-    )
-    if not len(full):  # say which splits the images are in, not that no sample has labels
+    full = open_dataset(cfg.dataset, cfg.root, "train", seed=cfg.train.seed,
+                        transform=training_view(cfg, preprocess), options=cfg.dataset_options)  # fmt: skip
+    if not streamed and not len(full):  # say which splits the images are in, not that no sample has labels
         every = build_dataset(cfg.dataset, cfg.root, "all", **cfg.dataset_options)
         raise DatasetError(train_split_problem(every) or f"{cfg.dataset}: {cfg.root} has no images")
     tasks = _select_tasks(full, cfg.tasks)
-    idx = fraction_subset(full, cfg.train_fraction, seed=cfg.train.seed)
-    train_ds = full.subset(idx) if len(idx) < len(full) else full
-    tasks = _annotated_box_tasks(train_ds, tasks, requested=bool(cfg.tasks))
+    if streamed:
+        train_ds, tasks = full, streamed_tasks(tasks, requested=bool(cfg.tasks))
+    else:
+        idx = fraction_subset(full, cfg.train_fraction, seed=cfg.train.seed)
+        train_ds = full.subset(idx) if len(idx) < len(full) else full
+        tasks = _annotated_box_tasks(train_ds, tasks, requested=bool(cfg.tasks))
     dense = [t.name for t in tasks if t.kind not in CLASSIFICATION_KINDS]
     if cfg.augment == "randaugment" and dense:
         raise XrayfmError(
             f"augment randaugment moves only the image, so it cannot train {dense}; choose --augment basic, "
             "photometric or none, or train classification tasks only (--task)"
         )
-    _check_labels(train_ds, tasks, cfg.allow_empty_classes)
+    if not streamed:
+        _check_labels(train_ds, tasks, cfg.allow_empty_classes)
     # the evaluated splits are built before training, so a missing test image stops the run before, not after it
     datasets = {split: ds for split in cfg.eval_splits if (ds := _eval_dataset(cfg, split, preprocess)) is not None}
     needs_val = rule.kind != "fixed" and "val" not in datasets
@@ -288,7 +300,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     result = train(objective, train_ds, tc, batch_to_input=lambda b: b, collate_fn=collate_samples,
                    param_groups=groups)  # fmt: skip
 
-    summary = {"config": _jsonable(asdict(cfg)), "parameters": params, "train_images": len(train_ds),
+    summary = {"config": _jsonable(asdict(cfg)), "parameters": params, "train_images": sample_total(train_ds),
                "steps": result["steps"], "warmup_steps": result["warmup_steps"], "final_loss": result["loss"],
                "evaluations": {}}  # fmt: skip
     if not is_global_zero():  # with several processes rank 0 alone saves and evaluates
@@ -299,7 +311,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "provenance": {
             "method": "finetune", "mode": cfg.mode, "dataset": cfg.dataset, "root": str(cfg.root),
             "dataset_options": cfg.dataset_options, "pretrained": cfg.pretrained,
-            "train_fraction": cfg.train_fraction, "train_images": len(train_ds), "seed": tc.seed,
+            "train_fraction": cfg.train_fraction, "train_images": sample_total(train_ds), "seed": tc.seed,
             "steps": result["steps"], "epochs": tc.epochs, "parameters": params,
         },
     }  # fmt: skip
@@ -321,7 +333,8 @@ def _eval_dataset(cfg: FinetuneConfig, split: str, preprocess: Preprocess, *, qu
     label files) is raised: a split asked for is never left out silently.
     """
     try:
-        ds = build_dataset(cfg.dataset, cfg.root, split, transform=preprocess.eval_transform(), **cfg.dataset_options)
+        ds = open_dataset(cfg.dataset, cfg.root, split, transform=preprocess.eval_transform(),
+                          options=cfg.dataset_options, stream=False)  # fmt: skip
     except MissingSplitError as exc:
         if not quiet:
             log.warning("not evaluating split %s: %s", split, exc)

@@ -48,7 +48,8 @@ from xrayfm.errors import XrayfmError
 from xrayfm.io.atomic import atomic_write_json, atomic_write_text
 from xrayfm.models import create_model
 from xrayfm.models.export import export_backbone
-from xrayfm.models.foundation_x_weights import load_foundation_x, release_kwargs
+from xrayfm.models.foundation_x_multitask import load_foundation_x
+from xrayfm.models.foundation_x_weights import release_kwargs
 from xrayfm.models.preprocess import resolve_preprocess
 from xrayfm.models.registry import backbone_kwargs, export_kwargs
 from xrayfm.pretrain.cyclic_schedule import Phase, enter_phase, expand_cycle, phase_at, total_steps
@@ -169,9 +170,21 @@ def read_run_recipe(path: str | Path) -> MultiTaskRecipe:
     return parse_recipe(data, source=str(path))
 
 
-def _param_groups(model: MultiTaskModel, cfg: TrainConfig, backbone_lr_scale: float) -> list[dict[str, Any]]:
-    """The reference's groups: the backbone at ``backbone_lr_scale`` x lr (1e-5 vs 1e-4), the rest at lr,
-    weight decay on every parameter (jlianglab/Foundation_X main.py L1374-1384)."""
+def multitask_param_groups(model: MultiTaskModel, cfg: TrainConfig, backbone_lr_scale: float) -> list[dict[str, Any]]:
+    """The optimizer groups of a multi-task run, as the reference's: the backbone at ``backbone_lr_scale`` x lr
+    (1e-5 vs 1e-4), the rest at lr, weight decay on every parameter (jlianglab/Foundation_X main.py L1374-1384).
+
+    Public so that benchmarks and checks build the very groups :func:`run_multitask` trains with.
+
+    Args:
+        model: The multi-task model.
+        cfg: Engine settings; ``lr`` is the heads' learning rate.
+        backbone_lr_scale: The backbone's learning rate as a share of ``cfg.lr``.
+
+    Returns:
+        ``[backbone group, rest group]``, each ``{"params", "lr"}``: ``param_groups`` for
+        :func:`~xrayfm.train.train`.
+    """
     backbone = {id(p) for p in model.backbone.parameters()}
     return [
         {"params": [p for p in model.parameters() if id(p) in backbone], "lr": cfg.lr * backbone_lr_scale},
@@ -231,7 +244,7 @@ def run_multitask(
         grad_checkpointing: Recompute backbone activations in the backward pass.
         init: A Foundation X or Ark-6 checkpoint to start a fresh run from: its Swin (strictly), and its
             classification heads and deformable encoder where the model has counterparts
-            (:func:`~xrayfm.models.foundation_x_weights.load_foundation_x`); ``arch`` must be a timm Swin.
+            (:func:`~xrayfm.models.foundation_x_multitask.load_foundation_x`); ``arch`` must be a timm Swin.
         init_student: Start from the checkpoint's student rather than its EMA teacher.
         pretrained: Backbone weights to start from (a weight file or an xrayfm export such as a pretraining
             run's folder, as ``create_model`` reads them); the heads start fresh. Not with ``init``.
@@ -294,7 +307,7 @@ def run_multitask(
 
     cyclic = CyclicObjective(objective, phases, recipe.ema, steps=cfg.steps,
                              phases_csv=out / PHASES if fabric.global_rank == 0 else None)  # fmt: skip
-    groups = _param_groups(model, cfg, backbone_lr_scale)
+    groups = multitask_param_groups(model, cfg, backbone_lr_scale)
     check_optimizer_coverage(cyclic, torch.optim.SGD(groups, lr=cfg.lr))  # the engine's optimiser holds these groups
     result = train(cyclic, concat, cfg, collate_fn=collate_samples, fabric=fabric, param_groups=groups,
                    data_order=order, on_step=cyclic.on_step)  # fmt: skip

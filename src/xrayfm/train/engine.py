@@ -30,7 +30,7 @@ objective's whole state dict (buffers included) at the best value of ``select_me
 ``best.safetensors``; the best step and values travel in the checkpoint, so a resumed run keeps the
 same best. Validation leaves training as it was: the modules' train / eval modes and the RNG states
 (Python, NumPy, torch) are restored after it, so a run with validation trains the same weights as
-one without.
+one without (:mod:`xrayfm.train.validation`).
 """
 
 from __future__ import annotations
@@ -39,24 +39,21 @@ import copy
 import json
 import logging
 import math
-import random
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import closing, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from lightning.fabric import Fabric
-from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from xrayfm.errors import XrayfmError
-from xrayfm.io.atomic import atomic_path, atomic_write_text
+from xrayfm.io.atomic import atomic_write_text
 from xrayfm.progress import PROGRESS_LOGGER, format_clock, progress, progress_enabled
 from xrayfm.train.checkpoint import (
     CHECKPOINT,
@@ -67,26 +64,17 @@ from xrayfm.train.checkpoint import (
     save_checkpoint,
 )
 from xrayfm.train.config import TrainConfig, resolve_accumulate, resolve_steps
-from xrayfm.train.distributed import (
-    copy_full_weights,
-    full_state_dict,
-    is_sharded,
-    make_fabric,
-    share_rank_zero_buffers,
-)
+from xrayfm.train.distributed import copy_full_weights, is_sharded, make_fabric
 from xrayfm.train.optim import build_optimizer, named_param_groups
 from xrayfm.train.sampler import StepSampler
 from xrayfm.train.schedules import build_scheduler
 from xrayfm.train.seeding import PositionSampler, SeededSamples, micro_batch_seed
 from xrayfm.train.streaming import StreamBatches, is_stream, stream_length
+from xrayfm.train.validation import BEST, VAL_METRICS, Validate, checked_validation, no_validation, run_validation
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger(PROGRESS_LOGGER)
 METRICS_HEADER = "step,loss,lr,images_per_s"
-#: Files of a run with validation: the objective's state at the best validation, and every validation's values.
-BEST, VAL_METRICS = "best.safetensors", "val_metrics.csv"
-#: A function that validates the module being trained, returning named values of the whole run.
-Validate = Callable[[nn.Module], Mapping[str, float]]
 #: ``(rank, world, start) ->`` the dataset indices one rank reads, from its ``start``-th sample of the run on.
 DataOrder = Callable[[int, int, int], Sampler[int]]
 
@@ -185,7 +173,7 @@ def train(
     scheduler = build_scheduler(optimizer, cfg)
     optimizer = fabric.setup_optimizers(optimizer)
     state: dict[str, Any] = {
-        "objective": module, "optimizer": optimizer, "step": 0, "scheduler": {}, "validation": _no_validation(),
+        "objective": module, "optimizer": optimizer, "step": 0, "scheduler": {}, "validation": no_validation(),
         "loader": {},
     }  # fmt: skip
     ckpt = out / CHECKPOINT
@@ -194,7 +182,7 @@ def train(
     step = int(state["step"])
     resumed = f"resumed from step {step} of {cfg.steps}" if step else None
     metrics = out / "metrics.csv"
-    validation = _checked_validation(state["validation"], ckpt)
+    validation = checked_validation(state["validation"], ckpt)
     if reports:
         _cut_rows(metrics, step, METRICS_HEADER)
         _cut_rows(out / VAL_METRICS, step)
@@ -273,8 +261,8 @@ def train(
                         eta,
                     )  # fmt: skip
             if validate is not None and (done == cfg.steps or done % (cfg.validate_every or cfg.checkpoint_every) == 0):
-                validation = _validate(fabric, module, work, validate, cfg, done, validation, sharded=sharded,
-                                       lines=lines)  # fmt: skip
+                validation = run_validation(fabric, module, work, validate, cfg, done, validation, sharded=sharded,
+                                            lines=lines)  # fmt: skip
             if done % cfg.checkpoint_every == 0 or done == cfg.steps or save_now or stopping:
                 state.update(step=done, scheduler=scheduler.state_dict(), validation=validation,
                              loader=batches.state_dict() if isinstance(batches, StreamBatches) else {})  # fmt: skip
@@ -304,109 +292,6 @@ def train(
         result.update(best_step=validation["best_step"], best=validation["best"], last_validation=validation["last"],
                       best_weights=best_weights)  # fmt: skip
     return result
-
-
-def _no_validation() -> dict[str, Any]:
-    """What a run knows of its validations before the first: nothing (kept in checkpoints as ``validation``)."""
-    return {"best_step": None, "best": None, "last_step": None, "last": None}
-
-
-def _checked_validation(value: Any, ckpt: Path) -> dict[str, Any]:
-    """The ``validation`` record of a checkpoint, refused in one line when it is not one this engine wrote."""
-    fresh = _no_validation()
-    ok = isinstance(value, dict) and set(value) == set(fresh)
-    for kind in ("best", "last"):
-        step, values = (value.get(f"{kind}_step"), value.get(kind)) if ok else (None, None)
-        ok = ok and (
-            (step is None and values is None)
-            or (isinstance(step, int) and isinstance(values, dict) and all(isinstance(k, str) for k in values))
-        )
-    if not ok:
-        raise XrayfmError(
-            f"cannot resume from {ckpt}: its validation record is malformed ({value!r:.200}); delete it to start "
-            "again from step 0, or use a new --out"
-        )
-    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in value.items()}
-
-
-def _validate(
-    fabric: Fabric,
-    module: nn.Module,
-    work: nn.Module,
-    validate: Validate,
-    cfg: TrainConfig,
-    step: int,
-    record: dict[str, Any],
-    *,
-    sharded: bool,
-    lines: bool,
-) -> dict[str, Any]:
-    """Validate ``work`` at ``step``; on a better ``cfg.select_metric`` save its state as the best. Every rank calls.
-
-    Returns:
-        The updated record (best and last step and values).
-    """
-    if not cfg.broadcast_buffers:
-        share_rank_zero_buffers(fabric, work)
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        with _rng_kept(fabric.device), torch.no_grad():
-            values = validate(work)
-    finally:
-        for m, mode in modes:
-            m.training = mode
-    values = fabric.broadcast({str(k): float(v) for k, v in values.items()})
-    metric = cfg.select_metric
-    if metric not in values:
-        raise XrayfmError(f"validation returned {sorted(values)}, without select_metric {metric!r}")
-    record = {**record, "last_step": step, "last": values}
-    previous = (record["best"] or {}).get(metric)
-    value = values[metric]
-    improved = math.isfinite(value) and (
-        previous is None or (value < previous if cfg.select_mode == "min" else value > previous)
-    )
-    out = Path(cfg.out_dir)
-    if improved:
-        record.update(best_step=step, best=values)
-        tensors = full_state_dict(work, sharded=sharded) if sharded or fabric.global_rank == 0 else {}
-        if fabric.global_rank == 0:
-            metadata = {"step": str(step), **{k: repr(v) for k, v in values.items()}}
-            with atomic_path(out / BEST) as tmp:
-                save_file(tensors, str(tmp), metadata=metadata)
-    if fabric.global_rank == 0:
-        _append_validation(out / VAL_METRICS, step, values)
-        fabric.log_dict({f"val/{k}": v for k, v in values.items()}, step=step)
-        if lines:
-            shown = "  ".join(f"{k} {v:.4g}" for k, v in values.items())
-            best = f"best {metric} {record['best'][metric]:.4g} at step {record['best_step']}" if record["best"] else ""
-            progress_log.info("step %d/%d  validation  %s  %s", step, cfg.steps, shown, best)
-    return record
-
-
-@contextmanager
-def _rng_kept(device: torch.device) -> Iterator[None]:
-    """Restore Python's, NumPy's and torch's RNG states (CPU and ``device``) on leaving the block."""
-    python, numpy = random.getstate(), np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
-            yield
-    finally:
-        random.setstate(python)
-        np.random.set_state(numpy)
-
-
-def _append_validation(path: Path, step: int, values: dict[str, float]) -> None:
-    """Append a row of ``values`` to ``path`` (``step`` and one column per name, in full; the header comes first)."""
-    header = path.read_text().split("\n", 1)[0] if path.is_file() else ""
-    if not header:
-        header = ",".join(["step", *values])
-        path.write_text(header + "\n")
-    names = header.split(",")[1:]
-    if set(names) != set(values):
-        raise XrayfmError(f"validation returned {sorted(values)}, but {path} has columns {names}; use a new --out")
-    with open(path, "a") as fh:
-        fh.write(",".join([str(step), *(repr(values[n]) for n in names)]) + "\n")
 
 
 def _finalize(fabric: Fabric, status: str) -> None:

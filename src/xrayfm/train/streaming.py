@@ -175,6 +175,7 @@ class ShardSplit(Dataset):
     Attributes:
         shards: The underlying :class:`~xrayfm.data.shard_format.ShardDataset`.
         total: Samples in the split.
+        name, root, split, tasks: As an adapter's dataset has them (reports and metrics name them).
     """
 
     def __init__(
@@ -182,6 +183,11 @@ class ShardSplit(Dataset):
     ) -> None:
         self.shards = ShardDataset(root, split, transform=transform, **options)
         self.total = int(self.shards.manifest["counts"][split]["total"])
+        self.name, self.root, self.split, self.tasks = self.shards.name, self.shards.root, split, self.shards.tasks
+
+    def task_for(self, key: str) -> Any:
+        """The task whose targets live under Sample ``key``, if any (as :meth:`XrayDataset.task_for`)."""
+        return self.shards.task_for(key)
 
     def __len__(self) -> int:
         return self.total
