@@ -10,7 +10,9 @@ per lock / release call), sharded by rank as :class:`~xrayfm.train.sampler.StepS
 Everything follows from the step, so a resumed run reads exactly what an uninterrupted one would.
 A unit draws only the samples annotated for its task (:func:`unit_members`): a localization unit of a
 dataset whose boxes cover a few of its images (NIH ChestX-ray14: 880 of 112,120) reads those images,
-as the reference reads a separate box file per localization dataset.
+as the reference reads a separate box file per localization dataset. A recipe dataset may also be
+a shard folder (``adapter: shards``, read by index); its units read every sample, so build one
+shard folder per recipe dataset from the images that dataset annotates.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ import torch
 from torch.utils.data import Sampler
 
 from xrayfm.data.base import Record, Transform, XrayDataset
-from xrayfm.data.registry import build_dataset
 from xrayfm.errors import XrayfmError
 from xrayfm.pretrain.cyclic_schedule import Phase, total_steps
 from xrayfm.pretrain.multitask_recipe import MultiTaskRecipe, RecipeError
+from xrayfm.train.streaming import ShardSplit, open_dataset
 
 
 def dataset_root(root: str, data_root: str | Path | None) -> Path:
@@ -42,7 +44,7 @@ def build_recipe_datasets(
     data_root: str | Path | None = None,
     split: str = "train",
     transform: Transform | None = None,
-) -> dict[str, XrayDataset]:
+) -> dict[str, XrayDataset | ShardSplit]:
     """Build every dataset of ``recipe`` through its adapter and check that it carries the recipe's tasks.
 
     Args:
@@ -61,8 +63,8 @@ def build_recipe_datasets(
     """
     datasets = {}
     for name, entry in recipe.datasets.items():
-        ds = build_dataset(entry.adapter, dataset_root(entry.root, data_root), split, transform=transform,
-                           **entry.options)  # fmt: skip
+        ds = open_dataset(entry.adapter, dataset_root(entry.root, data_root), split, transform=transform,
+                          options=entry.options, stream=False)  # an adapter's dataset, or a shard split by index
         if len(ds) == 0:
             raise RecipeError(f"datasets.{name}: adapter {entry.adapter!r} found no {split} samples in {ds.root}")
         for task_name, task in entry.tasks.items():
@@ -92,7 +94,9 @@ def _annotated(record: Record, kind: str) -> bool:
     return record.labels is not None and not bool(np.isnan(record.labels).all())
 
 
-def unit_members(recipe: MultiTaskRecipe, datasets: Mapping[str, XrayDataset], world: int = 1) -> dict[str, list[int]]:
+def unit_members(
+    recipe: MultiTaskRecipe, datasets: Mapping[str, XrayDataset | ShardSplit], world: int = 1
+) -> dict[str, list[int]]:
     """Per cycle unit (``dataset/task``), the indices of its dataset's samples annotated for that task.
 
     Read from the records, without opening an image.
@@ -104,11 +108,14 @@ def unit_members(recipe: MultiTaskRecipe, datasets: Mapping[str, XrayDataset], w
     for unit in recipe.cycle:
         if unit.key in members:
             continue
-        records = datasets[unit.dataset].records
-        members[unit.key] = [i for i, rec in enumerate(records) if _annotated(rec, unit.kind)]
+        ds = datasets[unit.dataset]
+        if isinstance(ds, ShardSplit):  # no records to read without decoding: every sample (unannotated ones add 0)
+            members[unit.key] = list(range(len(ds)))
+        else:
+            members[unit.key] = [i for i, rec in enumerate(ds.records) if _annotated(rec, unit.kind)]
         if len(members[unit.key]) < world:
             raise RecipeError(
-                f"cycle unit {unit.key}: {len(members[unit.key])} of the {len(records)} samples of dataset "
+                f"cycle unit {unit.key}: {len(members[unit.key])} of the {len(ds)} samples of dataset "
                 f"{unit.dataset!r} carry {unit.kind} targets, fewer than the {world} processes"
             )
     return members
