@@ -107,3 +107,14 @@ def test_options_a_stream_cannot_honour_are_refused_by_name(
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (out / CHECKPOINT).exists()
+
+
+def test_a_sweep_over_label_fractions_of_shards_is_refused_naming_fractions(
+    shards: Path, tmp_path: Path, capsys
+) -> None:
+    engine = [a for a in TINY if a not in ("--arch", "test_resnet")]
+    argv = ["sweep", "shards", str(shards), "--out", str(tmp_path / "sweep"), "--fractions", "0.1,1",
+            "--backbone", "r=test_resnet", *engine]  # fmt: skip
+    assert main(argv) == 2
+    assert "--fractions: shards stream their train split" in capsys.readouterr().err
+    assert not list((tmp_path / "sweep").glob("r_*"))  # no run started

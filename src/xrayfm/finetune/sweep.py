@@ -41,6 +41,7 @@ from xrayfm.finetune.run import FinetuneConfig, run_finetune
 from xrayfm.io.atomic import atomic_write_json, atomic_write_text
 from xrayfm.progress import PROGRESS_LOGGER, format_duration
 from xrayfm.train import is_global_zero
+from xrayfm.train.streaming import SHARDS
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger(PROGRESS_LOGGER)
@@ -267,6 +268,11 @@ def run_sweep(
         XrayfmError: A run's settings are unusable (see :func:`~xrayfm.finetune.run.run_finetune`),
             or the baseline names a row the sweep does not run.
     """
+    if base.dataset == SHARDS and any(f != 1.0 for f in fractions):
+        raise XrayfmError(
+            "--fractions: shards stream their train split, so no patient subset can be drawn from it; sweep the "
+            "dataset's adapter for label efficiency, or give --fractions 1"
+        )
     if isinstance(baseline, str):
         baseline = Baseline.parse(baseline)
     if baseline is not None:
