@@ -185,8 +185,9 @@ def test_a_map_style_checkpoint_without_loader_state_still_resumes(tmp_path: Pat
     torch.testing.assert_close(resumed.state_dict(), reference.state_dict(), rtol=0, atol=0)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("workers", "batch"), [(0, 2), (2, 1)])
+@pytest.mark.parametrize(
+    ("workers", "batch"), [(0, 2), pytest.param(2, 1, marks=pytest.mark.slow)]
+)  # about 20 s each on 2 cores: two gloo processes; the default suite runs the one without loader workers
 def test_two_ranks_see_every_sample_exactly_once_per_epoch(
     shards: Path, tmp_path: Path, workers: int, batch: int
 ) -> None:
