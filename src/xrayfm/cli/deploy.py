@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from xrayfm.cli.args import add_model_arg
@@ -32,7 +33,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.backend != "torch":
             raise XrayfmError(f"{multitask} is a Foundation X multi-task model, which has no ONNX export; "
                               "serve it with --backend torch")  # fmt: skip
-        model, loaded = multitask, load_served_multitask(multitask, weights=args.weights or WEIGHTS[0])
+        # loaded on a thread that ends, as create_app loads a model: torch ops on the main thread would leave
+        # OpenMP workers there that slow every forward pass on the model thread (see serve/batcher.py)
+        with ThreadPoolExecutor(1) as pool:
+            loaded = pool.submit(load_served_multitask, multitask, weights=args.weights or WEIGHTS[0]).result()
+        model = multitask
     app = create_app(model, loaded=loaded, token=token, max_upload_mb=args.max_upload_mb, max_batch=args.max_batch,
                      max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, device=args.device,
                      backend=args.backend, precision=args.precision, max_decodes=args.max_decodes,

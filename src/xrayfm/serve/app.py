@@ -12,8 +12,10 @@ Hostile traffic is refused as early as possible (:mod:`xrayfm.serve.guard`: toke
 body, size counted as bytes arrive, body time limits) and memory stays bounded
 (:mod:`xrayfm.serve.admission`: a slot before the body is read, decode slots and a pixel budget
 before decoding, 503 with ``Retry-After`` when full). Uploads are decoded from memory at the
-resolution the model needs, and decoding, preprocessing and the encoding of maps as PNG run in
-worker threads, never on the event loop; heatmap requests are batched like the others (one
+resolution the model needs, and decoding and the encoding of maps as PNG run in worker threads,
+never on the event loop, while every PyTorch op (preprocessing, the model, laying maps onto the
+image) runs on the model's one thread, and the model is loaded on a thread that then ends
+(:mod:`xrayfm.serve.batcher` says why); heatmap requests are batched like the others (one
 forward+backward pass gives their probabilities and maps). Boxes and image sizes in answers are
 in the uploaded image's pixels, and maps (heatmap, masks) cover the whole image at
 ``1 / downscale`` of its size. Every answer says in ``server_ms`` how long the server worked on it, from
@@ -27,6 +29,7 @@ import asyncio
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -109,7 +112,9 @@ def create_app(
     Raises:
         XrayfmError: A limit is not positive, or the pixel budget is below one image's limit.
     """
-    runtime = ModelRuntime(model_dir, device=device, backend=backend, precision=precision, loaded=loaded)
+    with ThreadPoolExecutor(1) as loader:  # a thread that ends: it leaves no OpenMP team beside the model's
+        runtime = loader.submit(ModelRuntime, model_dir, device=device, backend=backend, precision=precision,
+                                loaded=loaded).result()  # fmt: skip
     if max_upload_mb <= 0 or body_timeout <= 0 or body_idle_timeout <= 0:
         raise XrayfmError("--max-upload-mb, --body-timeout and --body-idle-timeout must be positive")
     if max_pixels_in_flight < runtime.limits.max_pixels:
@@ -152,8 +157,8 @@ def create_app(
         if not authorised(request):
             raise HTTPException(401, TOKEN_HINT, headers={"WWW-Authenticate": "Bearer"})
 
-    async def read_upload(file: UploadFile) -> tuple[np.ndarray, torch.Tensor, dict[str, Any]]:
-        """The decoded pixels, the model input and the format facts of an upload."""
+    async def read_upload(file: UploadFile) -> tuple[np.ndarray, dict[str, Any]]:
+        """The decoded pixels and the format facts of an upload (prepared for the model on its thread)."""
         try:
             async with admission.decode_slot():
                 data = await file.read()  # at most the upload limit: the guard cut longer bodies
@@ -163,7 +168,7 @@ def create_app(
                     raise HTTPException(415, "not a PNG, JPEG, TIFF, BMP or DICOM file")
                 probe = runtime.probe(data)
                 async with admission.pixels(probe.width * probe.height):
-                    return await asyncio.to_thread(runtime.read, data)
+                    return await asyncio.to_thread(runtime.decode, data)
         except Busy as exc:
             raise HTTPException(503, f"{exc}; retry shortly", headers={"Retry-After": "1"}) from None
         except UnsafeInputError as exc:
@@ -171,9 +176,9 @@ def create_app(
         except XrayfmError as exc:
             raise HTTPException(400, str(exc)) from None
 
-    async def infer(x: torch.Tensor, task: str | tuple[str, ...], heatmap: str | None = None) -> Answer:
+    async def infer(pixels: np.ndarray, task: str | tuple[str, ...], heatmap: str | None = None) -> Answer:
         try:
-            return await batcher.submit(ModelRequest(x, task, heatmap))
+            return await batcher.submit(ModelRequest(pixels, task, heatmap))
         except QueueFull:
             raise HTTPException(503, BUSY, headers={"Retry-After": "1"}) from None
         except XrayfmError as exc:  # e.g. attention rollout asked of a CNN
@@ -205,19 +210,20 @@ def create_app(
         return {"width": width, "height": height, "format": str(meta.get("format", "")).lower(),
                 "downscale": int(meta.get("downscale", 1))}  # fmt: skip
 
-    def heatmap_png(plane: np.ndarray, pixels: np.ndarray) -> tuple[str, int, int]:
-        """A heatmap over the model input as a PNG over the decoded image, and its width and height."""
-        on_image = runtime.to_image(plane, *pixels.shape[:2])
-        return png_base64(on_image), on_image.shape[1], on_image.shape[0]
+    async def on_image(planes: list[np.ndarray], pixels: np.ndarray) -> list[np.ndarray]:
+        """Maps over the model input laid onto the decoded image (on the model's thread)."""
+        return await batcher.call(lambda: [runtime.to_image(plane, *pixels.shape[:2]) for plane in planes])
 
-    def mask_pngs(planes: np.ndarray, pixels: np.ndarray, threshold: float) -> tuple[list[str], list[float]]:
+    async def heatmap_png(plane: np.ndarray, pixels: np.ndarray) -> tuple[str, int, int]:
+        """A heatmap over the model input as a PNG over the decoded image, and its width and height."""
+        (heat,) = await on_image([plane], pixels)
+        return await asyncio.to_thread(png_base64, heat), heat.shape[1], heat.shape[0]
+
+    async def mask_pngs(planes: np.ndarray, pixels: np.ndarray, threshold: float) -> tuple[list[str], list[float]]:
         """Mask probabilities (M, S, S) as one PNG per class over the decoded image, and their area shares."""
-        pngs, areas = [], []
-        for plane in planes:
-            inside = runtime.to_image(plane, *pixels.shape[:2]) >= threshold
-            pngs.append(png_base64(inside.astype(np.uint8) * 255))
-            areas.append(float(inside.mean()))
-        return pngs, areas
+        inside = [m >= threshold for m in await on_image(list(planes), pixels)]
+        pngs = await asyncio.to_thread(lambda: [png_base64(m.astype(np.uint8) * 255) for m in inside])
+        return pngs, [float(m.mean()) for m in inside]
 
     def to_image_boxes(boxes: np.ndarray, pixels: np.ndarray, meta: dict[str, Any]) -> torch.Tensor:
         """xyxy boxes over the model input in the uploaded image's pixels."""
@@ -266,15 +272,16 @@ def create_app(
         spec = task_of(CLASSIFICATION_KINDS, task, "/predict")
         # without a task, a model with several classification heads (Foundation X) answers them all
         every = [spec] if task else [t for t in runtime.tasks.values() if t.kind in CLASSIFICATION_KINDS]
-        pixels, x, meta = await read_upload(file)
+        pixels, meta = await read_upload(file)
         if len(every) == 1:
-            answer = await infer(x, spec.name, method if heatmap else None)
+            answer = await infer(pixels, spec.name, method if heatmap else None)
             outputs = answer.outputs
         elif heatmap:  # the heatmap pass answers the first head; one plain pass the others
-            answer, rest = await asyncio.gather(infer(x, spec.name, method), infer(x, tuple(t.name for t in every[1:])))
+            others = tuple(t.name for t in every[1:])
+            answer, rest = await asyncio.gather(infer(pixels, spec.name, method), infer(pixels, others))
             outputs = {**rest.outputs, **answer.outputs}
         else:
-            answer = await infer(x, tuple(t.name for t in every))
+            answer = await infer(pixels, tuple(t.name for t in every))
             outputs = answer.outputs
         found = {t.name: findings(t, outputs[t.name], threshold) for t in every}
         result: dict[str, Any] = {
@@ -286,7 +293,7 @@ def create_app(
         if answer.heatmap is not None:
             top = found[spec.name]["top_finding"]["class"]
             explained = top if answer.heatmap_class is None else spec.classes[answer.heatmap_class]
-            png, width, height = await asyncio.to_thread(heatmap_png, answer.heatmap, pixels)
+            png, width, height = await heatmap_png(answer.heatmap, pixels)
             result["heatmap"] = {"png": png, "class": explained, "method": method, "width": width, "height": height,
                                  "encoding": f"8-bit grey PNG, 255 = strongest; {MAP_GEOMETRY}"}  # fmt: skip
         result["server_ms"] = ms_since(started)
@@ -300,9 +307,9 @@ def create_app(
     ) -> dict[str, Any]:
         started = time.perf_counter()
         spec = task_of(("segmentation",), task, "/segment")
-        pixels, x, meta = await read_upload(file)
-        answer = await infer(x, spec.name)
-        pngs, shares = await asyncio.to_thread(mask_pngs, answer.outputs[spec.name], pixels, threshold)
+        pixels, meta = await read_upload(file)
+        answer = await infer(pixels, spec.name)
+        pngs, shares = await mask_pngs(answer.outputs[spec.name], pixels, threshold)
         masks, areas = dict(zip(spec.classes, pngs)), dict(zip(spec.classes, shares))
         return {"model": runtime.meta["arch"], "task": spec.name, "classes": list(spec.classes), "masks": masks,
                 "area_fraction": areas, "threshold": threshold, "image": image_info(meta),
@@ -317,8 +324,8 @@ def create_app(
     ) -> dict[str, Any]:
         started = time.perf_counter()
         spec = task_of(("detection",), task, "/detect")
-        pixels, x, meta = await read_upload(file)
-        det = (await infer(x, spec.name)).outputs[spec.name]
+        pixels, meta = await read_upload(file)
+        det = (await infer(pixels, spec.name)).outputs[spec.name]
         original = to_image_boxes(det["boxes"], pixels, meta)
         boxes = [
             {"class": spec.classes[int(lab)], "score": float(score), "box": [float(v) for v in b]}

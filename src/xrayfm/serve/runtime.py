@@ -58,10 +58,11 @@ def png_base64(array: np.ndarray) -> str:
 
 
 class Request(NamedTuple):
-    """One image's request to the model: the prepared image (1, S, S), the task (or, without a
+    """One image's request to the model: the prepared image (1, S, S) or the decoded pixels (H, W) as a
+    numpy array (prepared by :meth:`ModelRuntime.run_batch` on the model's thread), the task (or, without a
     heatmap, several tasks answered by one forward pass), and the heatmap method wanted (None: no heatmap)."""
 
-    image: torch.Tensor
+    image: torch.Tensor | np.ndarray
     task: str | tuple[str, ...]
     heatmap: str | None = None
 
@@ -189,8 +190,12 @@ class ModelRuntime:
         asked for run (PyTorch backend): a ``/predict`` batch never pays for a detection head's
         proposals and NMS. Requests with one share a forward+backward pass per (task, method).
         A pass that fails answers its own requests with the exception; the others are unharmed.
+        Decoded pixels are prepared here, on the calling (model) thread: see :mod:`xrayfm.serve.batcher`
+        for why the server keeps every PyTorch op on that one thread.
         """
         requests = [Request(*item) for item in items]
+        requests = [r._replace(image=self.prepare(r.image)) if isinstance(r.image, np.ndarray) else r
+                    for r in requests]  # fmt: skip
         answers: list[Answer | Exception] = [Answer() for _ in requests]
         plain = [i for i, r in enumerate(requests) if r.heatmap is None]
         if plain:
