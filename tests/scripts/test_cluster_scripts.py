@@ -25,7 +25,7 @@ from xrayfm.train import CHECKPOINT
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "cluster"
 SLURM, TORCHRUN = SCRIPTS / "pretrain_mim.slurm", SCRIPTS / "pretrain_mim_torchrun.sh"
 SLURM_ENV = {"SLURM_NTASKS_PER_NODE": "8", "SLURM_JOB_NUM_NODES": "2", "SLURM_CPUS_PER_TASK": "12"}
-SHARED = {"SHARDS": "/shared/shards/merged520k", "OUT": "/shared/runs/mim", "TEACHER": "/shared/mgca.ckpt"}
+CLUSTER_PATHS = {"SHARDS": "/shared/shards/merged520k", "OUT": "/shared/runs/mim", "TEACHER": "/shared/mgca.ckpt"}
 
 
 def _dry_run(script: Path, env: dict[str, str], *extra: str) -> list[str]:
@@ -66,12 +66,12 @@ def test_the_slurm_script_launches_one_ddp_process_per_gpu_of_every_node() -> No
     directives = dict(re.findall(r"^#SBATCH --([a-z-]+)=(\S+)", text, flags=re.M))
     assert directives["ntasks-per-node"] == directives["gpus-per-node"]  # one process per GPU
     assert not re.search(r"^[^#\n].*\n(?:.*\n)*#SBATCH", text, flags=re.M)  # directives before any command
-    words = _dry_run(SLURM, {**SLURM_ENV, **SHARED}, "--epochs", "5")
+    words = _dry_run(SLURM, {**SLURM_ENV, **CLUSTER_PATHS}, "--epochs", "5")
     assert words[0] == "srun"
     argv, args = _xrayfm_args(words)
-    assert argv[:4] == ["pretrain", "mim", "shards", SHARED["SHARDS"]] and args.out == SHARED["OUT"]
+    assert argv[:4] == ["pretrain", "mim", "shards", CLUSTER_PATHS["SHARDS"]] and args.out == CLUSTER_PATHS["OUT"]
     assert (args.devices, args.num_nodes, args.strategy) == ("8", 2, "ddp")  # from SLURM's environment
-    assert args.accelerator == "gpu" and args.workers == 11 and args.teacher == SHARED["TEACHER"]
+    assert args.accelerator == "gpu" and args.workers == 11 and args.teacher == CLUSTER_PATHS["TEACHER"]
     assert args.config == "eva_x_mim_base" and args.epochs == 5  # the recipe, then the options passed on
 
 
@@ -82,7 +82,14 @@ def test_the_slurm_script_needs_its_shared_folders() -> None:
 
 
 def test_the_torchrun_script_gives_xrayfm_the_launchers_devices_and_nodes() -> None:
-    env = {**SHARED, "NNODES": "4", "NODE_RANK": "3", "NPROC_PER_NODE": "8", "MASTER_ADDR": "node0", "RECIPE": ""}
+    env = {
+        **CLUSTER_PATHS,
+        "NNODES": "4",
+        "NODE_RANK": "3",
+        "NPROC_PER_NODE": "8",
+        "MASTER_ADDR": "node0",
+        "RECIPE": "",
+    }
     words = _dry_run(TORCHRUN, env, "--steps", "10", "-o", "cache_dir=/tmp/c")
     launcher = argparse.ArgumentParser()
     for flag in ("--nnodes", "--node-rank", "--nproc-per-node", "--master-addr", "--master-port"):
