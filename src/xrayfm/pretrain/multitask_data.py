@@ -63,8 +63,9 @@ def build_recipe_datasets(
     """
     datasets = {}
     for name, entry in recipe.datasets.items():
+        # an adapter's dataset, or a shard split read by index
         ds = open_dataset(entry.adapter, dataset_root(entry.root, data_root), split, transform=transform,
-                          options=entry.options, stream=False)  # an adapter's dataset, or a shard split by index
+                          options=entry.options, stream=False)  # fmt: skip
         if len(ds) == 0:
             raise RecipeError(f"datasets.{name}: adapter {entry.adapter!r} found no {split} samples in {ds.root}")
         for task_name, task in entry.tasks.items():
