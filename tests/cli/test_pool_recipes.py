@@ -72,3 +72,9 @@ def test_data_root_places_the_relative_roots_of_a_pool_file(tmp_path: Path, caps
     assert manifest["config"]["sources"][0]["root"] == str((tmp_path / "data" / "phantom").resolve())
     test = manifest["pool"]["phantom"]["splits"]["test"]  # the --exclude-test set was found under --data-root too
     assert test["found"] == test["excluded_test"] > 0 and "test" not in manifest["counts"]
+
+
+def test_the_recipe_list_says_how_a_pool_recipe_is_used(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert "pool_merged520k" in out and "a pool_* one as a source of xrayfm shards build NAME OUT" in out

@@ -109,7 +109,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         print(f"{name:<{width}}  {lines[0].lstrip('# ') if lines else ''}")
     print(
         "\nUse one with --config NAME (pretrain mim, pretrain anatomy, finetune, sweep), a foundation_x_* one as "
-        "xrayfm pretrain multitask NAME; print it: xrayfm recipes NAME"
+        "xrayfm pretrain multitask NAME, a pool_* one as a source of xrayfm shards build NAME OUT; print it: "
+        "xrayfm recipes NAME"
     )
     return 0
 
