@@ -13,10 +13,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from xrayfm.data.base import Record
 from xrayfm.errors import DatasetError
+from xrayfm.io.atomic import atomic_path
+from xrayfm.io.writers import write_png
 
 
 def read_table(path: Path, *, required: Sequence[str] = (), **kwargs: Any) -> pd.DataFrame:
@@ -204,3 +207,37 @@ def check_inside_root(records: Iterable[Record], root: Path, name: str, *, extra
                 f"{name}:{where} {what} {path} resolves to {real}, outside the dataset root {root}; "
                 "pass -o allow_outside_root=true (allow_outside_root=True in Python) if the label file is trusted"
             )
+
+
+def needs_conversion(png: Path, source: Path) -> bool:
+    """Whether the PNG converted from ``source`` is absent or older than it (so it must be written again)."""
+    return not png.is_file() or png.stat().st_mtime < source.stat().st_mtime
+
+
+def write_converted_png(unit: np.ndarray, dst: Path, name: str) -> Path:
+    """Write an image converted from a format the readers lack (JSRT raw, NODE21 MetaImage) as a 16-bit PNG.
+
+    Written atomically (:func:`~xrayfm.io.atomic.atomic_path`: a uniquely named temporary renamed
+    into place), so DataLoader workers converting the same file at once and interrupted runs never
+    leave a half-written file.
+
+    Args:
+        unit: The image scaled to [0, 1].
+        dst: The PNG to write.
+        name: The adapter, named in the error.
+
+    Returns:
+        ``dst``.
+
+    Raises:
+        DatasetError: ``dst`` cannot be written.
+    """
+    try:
+        with atomic_path(dst) as tmp:
+            write_png(tmp, unit, bits=16)
+    except OSError as exc:
+        raise DatasetError(
+            f"{name}: cannot write the converted image {dst} ({exc}); pass -o cache_dir=DIR (cache_dir= in Python) "
+            "to write it elsewhere"
+        ) from None
+    return dst

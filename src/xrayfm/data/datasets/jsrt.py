@@ -31,10 +31,8 @@ from xrayfm.data.base import Record, XrayDataset
 from xrayfm.data.masks import FileMasks, UnionMask
 from xrayfm.data.registry import check_choice, register_dataset
 from xrayfm.data.splits import split_groups
-from xrayfm.data.tables import RootCheck, require_images, select_split
+from xrayfm.data.tables import RootCheck, needs_conversion, require_images, select_split, write_converted_png
 from xrayfm.errors import DatasetError, UnknownNameError
-from xrayfm.io.atomic import atomic_path
-from xrayfm.io.writers import write_png
 from xrayfm.tasks import TaskSpec
 
 RAW_SIDE = 2048
@@ -102,15 +100,7 @@ def convert_raw(src: Path, dst: Path, side: int) -> Path:
     unit = read_jsrt_raw(src)
     if side == SCR_SIDE:
         unit = unit.reshape(SCR_SIDE, 2, SCR_SIDE, 2).mean(axis=(1, 3))
-    try:
-        with atomic_path(dst) as tmp:
-            write_png(tmp, unit, bits=16)
-    except OSError as exc:
-        raise DatasetError(
-            f"jsrt: cannot write the converted image {dst} ({exc}); pass -o cache_dir=DIR (cache_dir= in Python) "
-            "to write it elsewhere"
-        ) from None
-    return dst
+    return write_converted_png(unit, dst, "jsrt")
 
 
 def _png_records(root: Path, with_masks: bool) -> list[Record]:
@@ -178,7 +168,7 @@ def _raw_records(
                     raise DatasetError(f"jsrt: no SCR mask scr/.../masks/{absent}/{image_id}.gif under {root}")
                 channels.append(files)
             rec.mask = UnionMask(tuple(channels))  # type: ignore[arg-type]
-        if not rec.image.is_file() or rec.image.stat().st_mtime < src.stat().st_mtime:
+        if needs_conversion(rec.image, src):
             convert_raw(src, rec.image, side)
         records.append(rec)
     return records, use_scr

@@ -26,11 +26,17 @@ import pandas as pd
 from xrayfm.data.base import Record, XrayDataset
 from xrayfm.data.registry import register_dataset
 from xrayfm.data.splits import holdout_fractions, split_groups
-from xrayfm.data.tables import RootCheck, find_first, label_file_name, read_table, require_images
+from xrayfm.data.tables import (
+    RootCheck,
+    find_first,
+    label_file_name,
+    needs_conversion,
+    read_table,
+    require_images,
+    write_converted_png,
+)  # fmt: skip
 from xrayfm.errors import DatasetError
 from xrayfm.io import scale_to_unit
-from xrayfm.io.atomic import atomic_path
-from xrayfm.io.writers import write_png
 from xrayfm.tasks import TaskSpec
 
 NODULE = "nodule"
@@ -115,21 +121,7 @@ def convert_mha(src: Path, dst: Path) -> Path:
     Raises:
         DatasetError: ``src`` cannot be read (see :func:`read_mha`) or ``dst`` cannot be written.
     """
-    unit = read_mha(src)
-    try:
-        with atomic_path(dst) as tmp:
-            write_png(tmp, unit, bits=16)
-    except OSError as exc:
-        raise DatasetError(
-            f"node21: cannot write the converted image {dst} ({exc}); pass -o cache_dir=DIR (cache_dir= in Python) "
-            "to write it elsewhere"
-        ) from None
-    return dst
-
-
-def _stale(png: Path, source: Path) -> bool:
-    """Whether the converted ``png`` is absent or older than its ``source``."""
-    return not png.is_file() or png.stat().st_mtime < source.stat().st_mtime
+    return write_converted_png(read_mha(src), dst, "node21")
 
 
 def _image_for(folder: Path, image_id: str, name: str, cache: Path) -> tuple[Path, Path | None]:
@@ -222,7 +214,7 @@ def build_node21(
         sources.append(source)
     if missing != "keep":
         for rec, source in zip(records, sources):
-            if source is not None and source.is_file() and _stale(rec.image, source):
+            if source is not None and source.is_file() and needs_conversion(rec.image, source):
                 convert_mha(source, rec.image)
     records = require_images(records, "node21", missing=missing)
     tasks = [TaskSpec("nodule", "multilabel", (NODULE,)), TaskSpec("nodules", "detection", (NODULE,))]
