@@ -31,7 +31,7 @@ from typing import Any
 import psutil
 import torch
 import torch.nn.functional as F
-from provenance import write_result
+from provenance import torch_device, write_result
 
 from xrayfm.data.phantom import PhantomConfig, generate_phantom
 from xrayfm.errors import XrayfmError
@@ -151,14 +151,6 @@ def decomposer_pairs_per_s(size: int, granularity: int, pairs: int = 16) -> floa
         torch.set_num_threads(threads)
 
 
-def _device(choice: str) -> str:
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise XrayfmError("--device cuda: CUDA is not available here (use --device cpu or auto)")
-    return choice
-
-
 def main(argv: list[str] | None = None) -> int:
     """Measure every (arch, size, batch) and write the result file."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -174,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         raise XrayfmError(f"--steps must be at least 1 and --warmup at least 0, got {args.steps} and {args.warmup}")
-    device = _device(args.device)
+    device = torch_device(args.device)
     out = args.out or RESULTS / f"adam_throughput_{'gpu' if device == 'cuda' else 'cpu'}.json"
     common = {
         "warmup": args.warmup,

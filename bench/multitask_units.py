@@ -43,7 +43,7 @@ from typing import Any
 
 import psutil
 import torch
-from provenance import write_result
+from provenance import torch_device, write_result
 from readme_tables import multitask_units_table
 
 from xrayfm.cli.recipes import find_recipe
@@ -216,14 +216,6 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _device(choice: str) -> str:
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise XrayfmError("--device cuda: CUDA is not available here (use --device cpu or auto)")
-    return choice
-
-
 def main(argv: list[str] | None = None) -> int:
     """Measure every (unit kind, phase) and write the result file."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -247,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)  # here too, so the provenance records it
     if args.steps < 1 or args.warmup < 1:
         raise XrayfmError(f"--steps and --warmup must be at least 1, got {args.steps} and {args.warmup}")
-    device = _device(args.device)
+    device = torch_device(args.device)
     out = None if args.quick and args.out is None else args.out
     if not args.quick and out is None:
         out = RESULTS / f"multitask_units_{'gpu' if device == 'cuda' else 'cpu'}.json"

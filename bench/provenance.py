@@ -117,6 +117,19 @@ def provenance(packages: Sequence[str] = ()) -> dict[str, Any]:
     }
 
 
+def torch_device(choice: str) -> str:
+    """A benchmark's ``--device`` (``auto``, ``cpu`` or ``cuda``) as a torch device; refuses ``cuda`` without CUDA."""
+    import torch
+
+    from xrayfm.errors import XrayfmError
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise XrayfmError("--device cuda: CUDA is not available here (use --device cpu or auto)")
+    return choice
+
+
 def write_result(path: str | Path, payload: dict[str, Any], *, packages: Sequence[str] = ()) -> Path:
     """Write ``payload`` plus its ``provenance`` as JSON to ``path`` atomically; returns ``path``.
 
