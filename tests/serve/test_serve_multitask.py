@@ -13,7 +13,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
-from serve_helpers import png_bytes
+from serve_helpers import TINY_DETR, png_bytes
 
 from xrayfm.cli import main
 from xrayfm.evaluate.predict import probabilities
@@ -25,10 +25,6 @@ from xrayfm.pretrain.multitask_serving import MultiTaskView, load_served_multita
 from xrayfm.serve.app import create_app
 from xrayfm.tasks import TaskSpec
 
-TINY_DETR = {
-    "d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
-    "decoder_attention_heads": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "num_queries": 6,
-}  # fmt: skip
 TASKS = {
     "nih": [TaskSpec("findings", "multilabel", ("effusion", "nodule")), TaskSpec("lungs", "segmentation", ("lung",))],
     "covid": [TaskSpec("diagnosis", "multiclass", ("normal", "covid", "pneumonia"))],

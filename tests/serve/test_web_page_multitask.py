@@ -10,9 +10,6 @@ from __future__ import annotations
 import copy
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +18,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 import torch
+from serve_helpers import TINY_DETR, serving
 
 from xrayfm.data.phantom_io import write_phantom_dataset
 from xrayfm.models import create_model
@@ -33,10 +31,6 @@ from xrayfm.tasks import TaskSpec
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-TINY_DETR = {
-    "d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
-    "decoder_attention_heads": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "num_queries": 6,
-}  # fmt: skip
 TASKS = {
     "nih": [TaskSpec("findings", "multilabel", ("effusion", "nodule")), TaskSpec("lungs", "segmentation", ("lung",))],
     "covid": [TaskSpec("diagnosis", "multiclass", ("normal", "covid", "pneumonia"))],
@@ -47,24 +41,10 @@ TASKS = {
 
 
 @contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """``app`` served by uvicorn on a free local port, in a thread; yields its address."""
-    uvicorn = pytest.importorskip("uvicorn")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    try:
+def served(app: Any) -> Iterator[str]:
+    """``app`` served on a free local port (:func:`serve_helpers.serving`); yields its address."""
+    with serving(app) as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
 
 
 @contextmanager
@@ -113,7 +93,7 @@ def multitask_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     run = tmp_path_factory.mktemp("foundation_x_page")
     save_multitask_model(student, copy.deepcopy(student), run / "model", arch="resnet18", model_kwargs={},
                          preprocess=student.preprocess, info={})  # fmt: skip
-    with serving(create_app(run / "model", loaded=load_served_multitask(run))) as server:
+    with served(create_app(run / "model", loaded=load_served_multitask(run))) as server:
         yield server
 
 
@@ -167,7 +147,7 @@ def test_every_classification_head_is_shown_and_the_dense_heads_can_be_picked(
 
 
 def test_a_single_model_page_has_no_head_groups_or_pickers(model_dir: Path, image: Path) -> None:
-    with serving(create_app(model_dir)) as server, browser_page(server) as (page, uploads):
+    with served(create_app(model_dir)) as server, browser_page(server) as (page, uploads):
         page.wait_for_function("document.getElementById('model-name').textContent.includes('findings')")
         page.set_input_files("#file", str(image))
         wait_done(page)
