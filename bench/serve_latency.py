@@ -2,7 +2,10 @@
 
 For EVA-X Ti/16 and S/16 classification models (14 findings, 224 px; random weights: speed does
 not depend on them), exported to ONNX as a user would (``xrayfm export onnx``), one run measures
-per backend (and precision, fp32 for now):
+per backend and precision (fp32 on PyTorch and on ONNX Runtime; bf16 autocast on PyTorch where the
+CPU has native bf16, else the row is skipped with the reason; int8 on ONNX Runtime, exported with
+``xrayfm export onnx --precision int8``'s quantizer, statically calibrated on a small phantom set
+recorded as the model's training data):
 
 - the raw engine, called directly in this process: the exported model (PyTorch forward without
   gradients, or the ONNX Runtime session) at batch 1 and at the server's ``--max-batch``, and,
@@ -10,6 +13,11 @@ per backend (and precision, fp32 for now):
   call (:func:`xrayfm.explain.explain_batch`) at the same two sizes;
 - the server, in its own process, over loopback from 1, 4 and 16 concurrent clients, with and
   without heatmaps: p50 / p95 / p99 latency, requests/s and the batches it formed (``/health``).
+
+Heatmaps stay fp32 at every precision (the server's rule), so reduced-precision rows are plain
+``/predict`` only, and each reduced configuration also gets ``speed_vs_fp32``: fp32 time / its time for
+the raw forward pass (bs 1 and max batch) and the server (1-client p50, most-clients requests/s), all
+from the same run.
 
 ``ratios`` sets them side by side against the targets of issue 18: at 1 client, p50 <= raw
 single-image latency + 3 ms (heatmap: <= 1.3x a raw forward+backward); at the most clients,
@@ -45,10 +53,12 @@ import torch
 from PIL import Image
 from provenance import write_result
 
+from xrayfm.data.phantom_io import write_phantom_dataset
 from xrayfm.explain import explain_batch
 from xrayfm.models import create_model
 from xrayfm.models.onnx_export import export_onnx
 from xrayfm.models.onnx_model import OnnxModel
+from xrayfm.models.precision import PrecisionError, check_precision, no_grad_at
 from xrayfm.models.task_checkpoint import load_task_model, save_task_model
 from xrayfm.models.task_model import XrayModel
 from xrayfm.tasks import TaskSpec
@@ -207,17 +217,17 @@ class Engine:
     """The exported model called directly: forward (PyTorch or ONNX Runtime), forward+backward and
     Grad-CAM (PyTorch), timed per batch size and remembered."""
 
-    def __init__(self, model_dir: Path, backend: str, size: int, repeats: int) -> None:
+    def __init__(self, model_dir: Path, backend: str, size: int, repeats: int, precision: str = "fp32") -> None:
         self.model, _ = load_task_model(model_dir)
         self.model.eval()
-        self.onnx = OnnxModel(model_dir) if backend == "onnx" else None
-        self.size, self.repeats, self.times = size, repeats, {}
+        self.onnx = OnnxModel(model_dir, precision=precision) if backend == "onnx" else None
+        self.size, self.repeats, self.precision, self.times = size, repeats, precision, {}
 
     def _run(self, kind: str, x: torch.Tensor) -> None:
         if kind == "forward" and self.onnx is not None:
             self.onnx(x)
         elif kind == "forward":
-            with torch.no_grad():
+            with no_grad_at(self.precision):  # the server's forward: autocast at bf16
                 self.model(x)
         elif kind == "forward_backward":  # what a plain training step of the classifier costs
             self.model.zero_grad(set_to_none=True)
@@ -279,16 +289,20 @@ def ratios(rows: Sequence[dict], engine: Engine, max_batch: int) -> list[dict]:
     return out
 
 
-def serve_and_measure(model_dir: Path, arch: str, backend: str, args: argparse.Namespace) -> tuple[list, dict]:
-    """Time the raw engine, start ``xrayfm serve`` on ``model_dir``, measure each clients x heatmap setting."""
-    engine = Engine(model_dir, backend, args.size, args.repeats)
+def serve_and_measure(
+    model_dir: Path, arch: str, backend: str, args: argparse.Namespace, precision: str = "fp32"
+) -> tuple[list, dict]:
+    """Time the raw engine, start ``xrayfm serve`` on ``model_dir``, measure each clients x heatmap setting
+    (plain ``/predict`` only below fp32: heatmaps stay fp32)."""
+    engine = Engine(model_dir, backend, args.size, args.repeats, precision)
+    kinds = ("forward", "forward_backward", "heatmap") if precision == "fp32" else ("forward",)
     for b in sorted({1, args.max_batch}):
-        for kind in ("forward", "forward_backward", "heatmap"):
+        for kind in kinds:
             engine.ms(kind, b)
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "xrayfm.cli", "serve", str(model_dir), "--port", str(port), "--backend", backend,
-         "--max-batch", str(args.max_batch), "--queue-size", "256"],
+         "--precision", precision, "--max-batch", str(args.max_batch), "--queue-size", "256"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     rows = []
@@ -301,18 +315,55 @@ def serve_and_measure(model_dir: Path, arch: str, backend: str, args: argparse.N
                 if server.poll() is not None:
                     raise RuntimeError(f"xrayfm serve exited: {server.stderr.read().decode()[-2000:]}") from None
                 time.sleep(0.1)
-        for heatmap in (False, True):
+        for heatmap in (False, True) if precision == "fp32" else (False,):
             for clients in (int(c) for c in args.clients.split(",")):
                 n = args.requests if not heatmap else max(clients * 2, args.requests // 4)
-                row = {"arch": arch, "backend": backend, "precision": "fp32",
+                row = {"arch": arch, "backend": backend, "precision": precision,
                        **measure(port, clients, n, heatmap, server.pid, args.image)}  # fmt: skip
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    side = {"arch": arch, "backend": backend, "precision": "fp32", "ratios": ratios(rows, engine, args.max_batch)}
+    side = {"arch": arch, "backend": backend, "precision": precision, "ratios": ratios(rows, engine, args.max_batch)}
     return rows, {**side, "engine": engine.table()}
+
+
+def configurations(backends: Sequence[str], precisions: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(backend, precision) pairs to measure, and why any asked for is left out (e.g. no native bf16)."""
+    configs, skipped = [], []
+    for precision in precisions:
+        wanted = backends if precision == "fp32" else ["torch" if precision == "bf16" else "onnx"]
+        for backend in wanted:
+            try:
+                check_precision(precision, backend)
+            except PrecisionError as exc:
+                skipped.append(f"{backend}/{precision}: {exc}")
+                continue
+            configs.append((backend, precision))
+    return configs, skipped
+
+
+def speed_vs_fp32(sides: dict[tuple[str, str], dict]) -> list[dict]:
+    """The engine entries, each reduced precision with fp32 time / its time (raw forward, server) from this run."""
+    out = []
+    for (backend, precision), side in sides.items():
+        base = sides.get((backend, "fp32")) or sides.get(("torch", "fp32"))
+        if precision != "fp32" and base is not None:
+            fast, ref = side["engine"]["forward"], base["engine"]["forward"]
+            one = {r["clients"]: r for r in side["ratios"]}
+            one_ref = {r["clients"]: r for r in base["ratios"] if not r["heatmap"]}
+            speed = {f"raw_forward_{k[:-3]}": round(ref[k] / fast[k], 3) for k in fast if k in ref}
+            if 1 in one and 1 in one_ref:
+                speed["server_p50_1_client"] = round(one_ref[1]["server_p50_ms"] / one[1]["server_p50_ms"], 3)
+            top = max(one)
+            if top > 1 and top in one_ref:
+                speed[f"server_requests_per_s_{top}_clients"] = round(
+                    one[top]["server_requests_per_s"] / one_ref[top]["server_requests_per_s"], 3
+                )
+            side = {**side, "speed_vs_fp32": {"against": f"{base['backend']}/fp32", **speed}}
+        out.append(side)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -320,29 +371,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--archs", default="eva_x_tiny_patch16,eva_x_small_patch16")
     ap.add_argument("--clients", default="1,4,16")
-    ap.add_argument("--backends", default="torch,onnx")
+    ap.add_argument("--backends", default="torch,onnx", help="backends measured at fp32")
+    ap.add_argument(
+        "--precisions",
+        default="fp32,bf16,int8",
+        help="fp32 (each backend), bf16 (PyTorch autocast), int8 (ONNX Runtime)",
+    )
     ap.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch and the raw engine's batch")
     ap.add_argument("--size", type=int, default=224, help="model input (px)")
     ap.add_argument("--image", type=int, default=512, help="side of the uploaded PNG (px)")
     ap.add_argument("--repeats", type=int, default=10, help="timed calls per raw-engine measurement")
     ap.add_argument("--out", type=Path, help="result file (default bench/results/serve_latency_<device>.json)")
     args = ap.parse_args(argv)
+    precisions = args.precisions.split(",")
+    configs, skipped = configurations(args.backends.split(","), precisions)
     runs, engines = [], []
     for arch in args.archs.split(","):
         with tempfile.TemporaryDirectory() as tmp:
+            model_dir = Path(tmp) / "model"
+            # int8 calibration reads the model's recorded training images: a small phantom set stands in
+            phantom = write_phantom_dataset(Path(tmp) / "phantom", n=32, size=256) if "int8" in precisions else None
+            info = {"provenance": {"dataset": "phantom", "root": str(phantom)}} if phantom else {}
             torch.manual_seed(0)
             model = XrayModel(create_model(arch, num_classes=0, img_size=args.size), [FINDINGS])  # the EVA-X record
-            save_task_model(model, Path(tmp) / "model", arch=arch, model_kwargs={"img_size": args.size}, info={})
-            export_onnx(Path(tmp) / "model")
-            for backend in args.backends.split(","):
-                rows, side = serve_and_measure(Path(tmp) / "model", arch, backend, args)
+            save_task_model(model, model_dir, arch=arch, model_kwargs={"img_size": args.size}, info=info)
+            sidecar = export_onnx(model_dir, precision="int8" if "int8" in precisions else "fp32")
+            sides = {}
+            for backend, precision in configs:
+                rows, side = serve_and_measure(model_dir, arch, backend, args, precision)
+                if precision == "int8":
+                    side["quantization"] = {k: v for k, v in sidecar["precisions"]["int8"].items() if k != "file"}
                 runs += rows
-                engines.append(side)
+                sides[backend, precision] = side
+            engines += speed_vs_fp32(sides)
     device = "gpu" if torch.cuda.is_available() else "cpu"
     out = args.out or REPO / "bench" / "results" / f"serve_latency_{device}.json"
     report = {
         "benchmark": "serve_latency",
         "backends": args.backends.split(","),
+        "precisions": [f"{b}/{p}" for b, p in configs],
+        "skipped": skipped,
         "load": LOAD,
         "image": f"{args.image}x{args.image} 8-bit PNG upload",
         "model_input": args.size,

@@ -119,10 +119,59 @@ def test_a_tiny_run_writes_engine_server_and_ratios(bench: ModuleType, tmp_path:
             "--max-batch", "2", "--repeats", "1", "--out", str(out)]  # fmt: skip
     assert bench.main(argv) == 0
     report = json.loads(out.read_text())
-    assert {r["backend"] for r in report["runs"]} == {"torch", "onnx"} and len(report["runs"]) == 8
-    assert all(r["errors"] == 0 and r["precision"] == "fp32" for r in report["runs"])
+    measured = set(report["precisions"])
+    assert {"torch/fp32", "onnx/fp32", "onnx/int8"} <= measured and "onnx/bf16" not in measured
+    assert ("torch/bf16" in measured) != any(s.startswith("torch/bf16: bf16 refused") for s in report["skipped"])
+    fp32 = [r for r in report["runs"] if r["precision"] == "fp32"]
+    assert {r["backend"] for r in fp32} == {"torch", "onnx"} and len(fp32) == 8
+    reduced = [r for r in report["runs"] if r["precision"] != "fp32"]
+    assert len(reduced) == 2 * (len(measured) - 2) and not any(r["heatmap"] for r in reduced)  # heatmaps stay fp32
+    assert all(r["errors"] == 0 for r in report["runs"])
     expected = {(heatmap, measure) for heatmap in (False, True) for measure in ("p50 latency", "throughput")}
     for side in report["engine"]:
-        assert set(side["engine"]) == {"forward", "forward_backward", "heatmap"}
-        assert {(r["heatmap"], r["measure"]) for r in side["ratios"]} == expected
+        if side["precision"] == "fp32":
+            assert set(side["engine"]) == {"forward", "forward_backward", "heatmap"}
+            assert {(r["heatmap"], r["measure"]) for r in side["ratios"]} == expected
+            continue
+        assert set(side["engine"]) == {"forward"} and side["speed_vs_fp32"]["against"].endswith("/fp32")
+        assert set(side["speed_vs_fp32"]) == {
+            "against",
+            "raw_forward_bs1",
+            "raw_forward_bs2",
+            "server_p50_1_client",
+            "server_requests_per_s_2_clients",
+        }
+    (int8,) = [s for s in report["engine"] if s["precision"] == "int8"]
+    assert int8["quantization"]["method"].startswith("static")  # calibrated on the recorded phantom set
     assert "client_cpu_share" in report["load"] and report["provenance"]["machine"]["cores"] >= 1
+
+
+def test_configurations_measure_each_precision_on_its_backend(bench: ModuleType, monkeypatch) -> None:
+    monkeypatch.setattr(bench, "check_precision", lambda precision, backend: None)
+    configs, skipped = bench.configurations(["torch", "onnx"], ["fp32", "bf16", "int8"])
+    assert configs == [("torch", "fp32"), ("onnx", "fp32"), ("torch", "bf16"), ("onnx", "int8")] and not skipped
+
+    def no_bf16(precision: str, backend: str) -> None:
+        if precision == "bf16":
+            raise bench.PrecisionError("bf16 refused: this machine lacks AVX-512-BF16")
+
+    monkeypatch.setattr(bench, "check_precision", no_bf16)
+    configs, skipped = bench.configurations(["torch"], ["fp32", "bf16"])
+    assert configs == [("torch", "fp32")] and skipped == ["torch/bf16: bf16 refused: this machine lacks AVX-512-BF16"]
+
+
+def test_speed_vs_fp32_divides_fp32_times_by_the_reduced_ones(bench: ModuleType) -> None:
+    def side(backend: str, precision: str, bs1: float, p50: float, rate: float) -> dict:
+        ratios = [{"heatmap": False, "clients": 1, "server_p50_ms": p50},
+                  {"heatmap": False, "clients": 16, "server_requests_per_s": rate}]  # fmt: skip
+        return {"backend": backend, "precision": precision, "ratios": ratios,
+                "engine": {"forward": {"bs1_ms": bs1, "bs16_ms": bs1 * 8}}}  # fmt: skip
+
+    sides = {("torch", "fp32"): side("torch", "fp32", 20.0, 25.0, 50.0),
+             ("onnx", "fp32"): side("onnx", "fp32", 16.0, 22.0, 48.0),
+             ("onnx", "int8"): side("onnx", "int8", 8.0, 14.0, 72.0)}  # fmt: skip
+    out = {(s["backend"], s["precision"]): s for s in bench.speed_vs_fp32(sides)}
+    assert "speed_vs_fp32" not in out["torch", "fp32"]
+    assert out["onnx", "int8"]["speed_vs_fp32"] == {
+        "against": "onnx/fp32", "raw_forward_bs1": 2.0, "raw_forward_bs16": 2.0, "server_p50_1_client": 1.571,
+        "server_requests_per_s_16_clients": 1.5}  # fmt: skip
