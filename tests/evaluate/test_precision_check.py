@@ -179,3 +179,27 @@ def test_bf16_serving_answers_close_to_fp32(model_dir: Path, int8_export: dict) 
     np.testing.assert_allclose(a[1].outputs["masks"], b[1].outputs["masks"], atol=0.02)
     assert a[0].outputs["labels"].dtype == np.float32
     assert bf16.card()["precision_check"].startswith("not checked against fp32; run: xrayfm export onnx")
+
+
+def test_int8_export_scores_box_heads_by_map50(phantom: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    detection = [t for t in build_dataset("phantom", phantom, "train").tasks if t.kind == "detection"]
+    folder = tmp_path / "det"
+    save_task_model(XrayModel(create_model("resnet18", num_classes=0), detection, preprocess=Preprocess(64, mean=0.5,
+                    std=0.25)), folder, arch="resnet18", model_kwargs={},
+                    info={"provenance": {"dataset": "phantom", "root": str(phantom), "dataset_options": {}}})  # fmt: skip
+    check = export_checked(folder, precision="int8", force=True)["precisions"]["int8"]["check"]
+    (name,) = [t.name for t in detection]
+    rec = check["tasks"][name]
+    assert rec["metric"] == "map_50" and check["not_scored"] == []  # a box-only model is checked, not refused
+    assert 0 <= rec["fp32"] <= 1 and 0 <= rec["int8"] <= 1 and rec["change"] == pytest.approx(rec["int8"] - rec["fp32"])
+    # the fp32 value is what evaluation's box metric gives for the PyTorch model on the same held-out images
+    from xrayfm.evaluate.box_metrics import detection_metrics
+    from xrayfm.evaluate.predict import predict
+    from xrayfm.models.task_checkpoint import load_task_model
+
+    model, _ = load_task_model(folder)
+    held_out = build_dataset("phantom", phantom, "test", transform=model.preprocess.eval_transform())
+    with torch.no_grad():
+        pred = predict(model.eval(), held_out, batch_size=8)[name]
+    assert detection_metrics(pred["pred"], pred["target"], detection[0].classes)["map_50"] == pytest.approx(rec["fp32"])

@@ -183,7 +183,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    help="held-out images for the precision check instead of the model's own test / val split "
                         "(needed where that cannot be read)")  # fmt: skip
     o.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                   help="largest AUROC / Dice change accepted at reduced precision (default 0.005)")  # fmt: skip
+                   help="largest AUROC / Dice / box mAP@0.5 change accepted at reduced precision "
+                        "(default 0.005)")  # fmt: skip
     o.add_argument("--force", action="store_true", help="write a reduced precision beyond --tolerance (warns)")
     o.add_argument("--calibration-images", type=int, default=64,
                    help="training images calibrating int8 (default 64)")  # fmt: skip

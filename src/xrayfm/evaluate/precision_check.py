@@ -4,9 +4,11 @@ A bf16 or int8 model is only worth serving if it scores as the fp32 one does. Bo
 the same held-out images — the test split (else val) of the dataset the model was fine-tuned on,
 as its ``model.json`` provenance records it, or images named with ``--check-data ADAPTER:ROOT`` —
 read through the model's own evaluation preprocessing, and scored as evaluation scores them:
-mean AUROC per classification task, mean Dice per segmentation task. A change larger than the
-tolerance refuses the export. :func:`export_checked` is ``xrayfm export onnx --precision``:
-:func:`~xrayfm.models.onnx_export.export_onnx`, then this check, written into ``onnx.json``.
+mean AUROC per classification task, mean Dice per segmentation task, box mAP@0.5 per detection
+task (the int8 graph gives the detection head's dense outputs; proposals and NMS stay in PyTorch,
+as when served). A change larger than the tolerance refuses the export. :func:`export_checked` is
+``xrayfm export onnx --precision``: :func:`~xrayfm.models.onnx_export.export_onnx`, then this check,
+written into ``onnx.json``.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import torch
 from torch import nn
 
 from xrayfm.errors import XrayfmError
+from xrayfm.evaluate.box_metrics import detection_metrics
 from xrayfm.evaluate.metrics import classification_metrics, segmentation_metrics
 from xrayfm.evaluate.predict import predict
 from xrayfm.io.atomic import atomic_write_json
+from xrayfm.models.onnx_detection import onnx_task_outputs
 from xrayfm.models.onnx_model import INT8_FILE, ONNX_FILE, ONNX_SIDECAR, OnnxModel
 from xrayfm.models.precision import DEFAULT_TOLERANCE, PRECISION_BACKEND, PrecisionError, check_precision, no_grad_at
 from xrayfm.models.preprocess import Preprocess, resolve_preprocess
@@ -34,7 +38,9 @@ from xrayfm.tasks import CLASSIFICATION_KINDS, TaskSpec
 
 log = logging.getLogger(__name__)
 
-Forward = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+Forward = Callable[[torch.Tensor], dict[str, Any]]
+#: The metric each task kind is checked with.
+METRIC = {"multilabel": "auroc", "multiclass": "auroc", "segmentation": "dice", "detection": "map_50"}
 
 
 class _TaskForward(nn.Module):
@@ -44,8 +50,13 @@ class _TaskForward(nn.Module):
         super().__init__()
         self.fn, self.tasks = fn, list(tasks)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.fn(x)
+    def forward(self, x: torch.Tensor) -> dict[str, Any]:
+        """The outputs, boxes and scores as float32 (a bf16 pass gives bf16 ones, which numpy cannot hold)."""
+        out = self.fn(x)
+        for name, value in out.items():
+            if isinstance(value, list):
+                out[name] = [{k: v.float() if v.is_floating_point() else v for k, v in d.items()} for d in value]
+        return out
 
 
 def held_out_images(
@@ -86,7 +97,7 @@ def held_out_images(
 
 
 def _scores(model: _TaskForward, ds: Any) -> dict[str, float | None]:
-    """Mean AUROC (classification) or Dice (segmentation) per task of ``model`` on ``ds``."""
+    """Mean AUROC (classification), Dice (segmentation) or mAP@0.5 (detection) per task of ``model`` on ``ds``."""
     with torch.no_grad():
         pred = predict(model, ds, batch_size=8)
     out: dict[str, float | None] = {}
@@ -94,6 +105,11 @@ def _scores(model: _TaskForward, ds: Any) -> dict[str, float | None]:
         res = pred.get(t.name)
         if res is None:
             out[t.name] = None
+        elif t.kind == "detection":
+            try:
+                out[t.name] = detection_metrics(res["pred"], res["target"], t.classes)["map_50"]
+            except XrayfmError:  # no scorable image
+                out[t.name] = None
         elif t.kind in CLASSIFICATION_KINDS:
             try:
                 out[t.name] = classification_metrics(res["probs"], res["labels"], t.classes, kind=t.kind)["mean"].get(
@@ -122,31 +138,31 @@ def compare_to_fp32(
     Args:
         reference: fp32 forward (images -> logits per task).
         reduced: The reduced-precision forward.
-        tasks: Classification and segmentation tasks to score (others are ignored).
+        tasks: Tasks to score (classification, segmentation, detection; others are ignored).
         ds: Held-out dataset (:func:`held_out_images`).
         precision: Name of the reduced precision, for messages.
-        tolerance: Largest accepted absolute change of a task's AUROC or Dice.
+        tolerance: Largest accepted absolute change of a task's AUROC, Dice or mAP@0.5.
         force: Only warn when the change is too large.
 
     Returns:
-        Per task ``metric``, ``fp32``, the reduced value and ``change``; ``not_scored`` (detection
-        tasks: no metric is checked for them), ``tolerance``, ``passed``, ``forced``.
+        Per task ``metric`` (``auroc``, ``dice`` or ``map_50``), ``fp32``, the reduced value and ``change``;
+        ``not_scored`` (tasks of a kind without a metric here), ``tolerance``, ``passed``, ``forced``.
 
     Raises:
         PrecisionError: A change above ``tolerance`` (unless ``force``), or no task could be scored.
     """
-    unscored = [t.name for t in tasks if t.kind not in (*CLASSIFICATION_KINDS, "segmentation")]
-    tasks = [t for t in tasks if t.kind in (*CLASSIFICATION_KINDS, "segmentation")]
+    unscored = [t.name for t in tasks if t.kind not in METRIC]
+    tasks = [t for t in tasks if t.kind in METRIC]
     if not tasks:
         raise PrecisionError(
-            f"only classification (AUROC) and segmentation (Dice) tasks are scored at reduced precision; "
-            f"{unscored} cannot be checked, so {precision} is refused"
+            f"only classification (AUROC), segmentation (Dice) and detection (mAP@0.5) tasks are scored at reduced "
+            f"precision; {unscored} cannot be checked, so {precision} is refused"
         )
     ref, red = _scores(_TaskForward(reference, tasks), ds), _scores(_TaskForward(reduced, tasks), ds)
     result: dict[str, Any] = {}
     worst: list[str] = []
     for t in tasks:
-        metric = "auroc" if t.kind in CLASSIFICATION_KINDS else "dice"
+        metric = METRIC[t.kind]
         a, b = ref[t.name], red[t.name]
         change = None if a is None or b is None else b - a
         result[t.name] = {"metric": metric, "fp32": a, precision: b, "change": change}
@@ -185,7 +201,7 @@ def export_checked(
         out_dir: Destination (default: the model folder).
         precision: ``fp32``, ``int8`` (``model.int8.onnx``) or ``bf16`` (PyTorch autocast).
         check_data: ``ADAPTER:ROOT`` of held-out images instead of the model's own test / val split.
-        tolerance: Largest accepted change of a task's AUROC or Dice.
+        tolerance: Largest accepted change of a task's AUROC, Dice or mAP@0.5.
         force: Keep a result beyond ``tolerance`` (with a warning).
         check_images: Most held-out images scored.
         **export_options: Passed to :func:`~xrayfm.models.onnx_export.export_onnx` (opset, atol, ...).
@@ -223,22 +239,22 @@ def export_checked(
 def _compare(
     model: XrayModel, out: Path, precision: str, held_out: Any, tolerance: float, force: bool
 ) -> dict[str, Any]:
-    """AUROC / Dice of the reduced-precision model in ``out`` against fp32 PyTorch on ``held_out``."""
-    scored = [t.name for t in model.tasks if t.kind != "detection"]
+    """AUROC / Dice / mAP@0.5 of the reduced-precision model in ``out`` against fp32 PyTorch on ``held_out``."""
+    scored = [t.name for t in model.tasks]
 
-    def reference(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def reference(x: torch.Tensor) -> dict[str, Any]:
         with torch.no_grad():
             return model(x, tasks=scored)
 
-    def bf16(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def bf16(x: torch.Tensor) -> dict[str, Any]:
         with no_grad_at("bf16"):
             return model(x, tasks=scored)
 
     int8 = OnnxModel(out, precision="int8") if precision == "int8" else None
 
-    def onnx_int8(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def onnx_int8(x: torch.Tensor) -> dict[str, Any]:  # as the server answers: boxes finished in PyTorch
         assert int8 is not None
-        return int8(x, scored)
+        return onnx_task_outputs(int8, model, x, scored)
 
     reduced = onnx_int8 if int8 is not None else bf16
     return compare_to_fp32(reference, reduced, model.tasks, held_out, precision=precision, tolerance=tolerance,
