@@ -326,3 +326,34 @@ def test_exports_and_fine_tuned_models_rebuild_the_swin_that_always_partitions(
     assert partitions(loaded.backbone)
     with torch.no_grad():
         assert torch.allclose(loaded(image)["tb"], tuned(image)["tb"], atol=1e-6)
+
+
+@pytest.mark.slow  # Swin-B at 224 px with a paper-sized Deformable DETR: about 30 s on 2 CPU cores
+def test_swin_b_at_full_size_trains_every_task_kind_with_its_teacher() -> None:
+    """The paper's backbone as released (Swin-B, window 7, 224 px, always_partition) under the multi-task
+    objective: one step per task kind, each with the EMA teacher's consistency term, reaches the backbone."""
+    from xrayfm.pretrain.multitask import MultiTaskObjective
+
+    torch.manual_seed(0)
+    backbone = create_model(FOUNDATION_X_ARCH, num_classes=0, always_partition=True)
+    assert sum(p.numel() for p in backbone.parameters()) > 86e6  # Swin-B, not a tiny stand-in
+    tasks = {"tbx11k": [TaskSpec("tb", "multilabel", ["active", "latent"]),
+                        TaskSpec("lesions", "detection", ["active", "latent"])],
+             "jsrt": [TaskSpec("organs", "segmentation", ["lungs", "heart"])]}  # fmt: skip
+    model = MultiTaskModel(backbone, tasks).train()  # the paper-sized Deformable DETR (DETR_DEFAULTS)
+    objective = MultiTaskObjective(model, consistency_weight=0.5)
+    image = torch.rand(2, 1, 224, 224)
+    batches = {
+        "tbx11k/tb": {"image": image, "labels": torch.tensor([[1.0, 0.0], [0.0, 1.0]])},
+        "tbx11k/lesions": {"image": image, "boxes": [torch.tensor([[30.0, 40.0, 90.0, 120.0]]), torch.zeros(0, 4)],
+                           "box_labels": [torch.tensor([0]), torch.zeros(0, dtype=torch.long)]},
+        "jsrt/organs": {"image": image, "mask": (torch.rand(2, 2, 224, 224) > 0.5).to(torch.uint8)},
+    }  # fmt: skip
+    for unit, batch in batches.items():
+        model.zero_grad(set_to_none=True)
+        losses = objective.losses(batch, unit)
+        assert all(torch.isfinite(v) for v in losses.values()), unit
+        losses["loss"].backward()
+        stem = model.backbone.patch_embed.proj.weight.grad
+        assert stem is not None and stem.abs().sum() > 0, unit
+        assert all(p.grad is None for p in objective.teacher.parameters()), unit  # the teacher never learns
