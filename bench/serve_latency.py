@@ -12,7 +12,9 @@ recorded as the model's training data):
   for heatmaps (always PyTorch), a full forward+backward pass and xrayfm's own batched Grad-CAM
   call (:func:`xrayfm.explain.explain_batch`) at the same two sizes;
 - the server, in its own process, over loopback from 1, 4 and 16 concurrent clients, with and
-  without heatmaps: p50 / p95 / p99 latency, requests/s and the batches it formed (``/health``).
+  without heatmaps: p50 / p95 / p99 latency, requests/s, the batches it formed (``/health``) and the
+  p50 of the server's own answer time (``server_ms``: from the parsed upload to the answer), so that
+  HTTP and transport (client p50 - server_ms p50) are told apart from decoding, batching and the model.
 
 Heatmaps stay fp32 at every precision (the server's rule), so reduced-precision rows are plain
 ``/predict`` only, and each reduced configuration also gets ``speed_vs_fp32``: fp32 time / its time for
@@ -172,8 +174,9 @@ def measure(port: int, clients: int, requests: int, heatmap: bool, server_pid: i
         conn, mine = Connection(port), []
         while (i := next(counter)) < requests:
             t0 = time.perf_counter()
-            status, _ = conn.request(payloads[i % 8])
-            mine.append((time.perf_counter() - t0, status))
+            status, body = conn.request(payloads[i % 8])
+            elapsed = time.perf_counter() - t0
+            mine.append((elapsed, status, json.loads(body)["server_ms"] if status == 200 else None))
         conn.close()
         with lock:
             results.extend(mine)
@@ -189,10 +192,12 @@ def measure(port: int, clients: int, requests: int, heatmap: bool, server_pid: i
     load_cpu, server1 = time.process_time() - cpu0, cpu_seconds(server_pid)
     health = get_json(port, "/health")
     server_cpu = None if server0 is None or server1 is None else server1 - server0
-    lat = np.asarray([t for t, code in results if code == 200]) * 1000
+    lat = np.asarray([t for t, code, _ in results if code == 200]) * 1000
+    inside = np.asarray([ms for _, code, ms in results if code == 200])
     return {
         "clients": clients, "requests": requests, "heatmap": heatmap, "ok": int(len(lat)),
-        "errors": int(sum(code != 200 for _, code in results)),
+        "errors": int(sum(code != 200 for _, code, _ in results)),
+        "server_ms_p50": round(float(np.percentile(inside, 50)), 1),
         "p50_ms": round(float(np.percentile(lat, 50)), 1), "p95_ms": round(float(np.percentile(lat, 95)), 1),
         "p99_ms": round(float(np.percentile(lat, 99)), 1), "requests_per_s": round(len(lat) / wall, 2),
         "mean_batch": round((health["requests"] - before["requests"]) / max(1, health["batches"] - before["batches"]),

@@ -59,6 +59,7 @@ def test_the_load_generator_gets_answers_and_records_its_cpu_share(bench: Module
     assert row["ok"] == 6 and row["errors"] == 0 and row["heatmap"] is heatmap
     assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] and row["requests_per_s"] > 0
     assert row["mean_batch"] >= 1 and row["client_cpu_s"] > 0
+    assert 0 < row["server_ms_p50"] <= row["p50_ms"]  # the server's own time is inside the client's
     assert row["client_cpu_share"] is None or 0 < row["client_cpu_share"] <= 1
 
 
