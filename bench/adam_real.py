@@ -68,7 +68,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from provenance import config_hash, earlier_part, provenance, write_result
+from provenance import config_hash, earlier_part, provenance, start_real_data, write_result
 
 from xrayfm.data.registry import build_dataset
 from xrayfm.data.splits import holdout_fractions, split_groups
@@ -385,15 +385,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> Path:
     """Run the benchmark (reusing what is cached), write the results file and print its tables."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    shared, work = Path(args.shared), Path(args.work).resolve()
-    if not shared.is_dir():
-        raise SystemExit(f"real datasets not found at {shared}; pass --shared")
+    gpu = torch.cuda.is_available() and args.accelerator != "cpu"
+    shared, work, out = start_real_data(args, "adam_real", gpu=gpu)
     fractions = [float(f) for f in args.fractions.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     t0 = time.perf_counter()
-    device = "gpu" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu"
-    out = Path(args.out) if args.out else REPO / "bench" / "results" / f"adam_real_{device}.json"
     plans = experiments(shared, args)
     only = set(args.only.split(",")) if args.only else set(plans)
     if only - set(plans):

@@ -54,7 +54,7 @@ from typing import Any
 import adam_real
 import numpy as np
 import torch
-from provenance import config_hash, write_result
+from provenance import config_hash, start_real_data, write_result
 from readme_tables import eve_table
 
 from xrayfm.data.registry import build_dataset
@@ -222,14 +222,10 @@ def differences(results: dict[str, dict[str, Any]], n_boot: int, seed: int) -> l
 def main(argv: list[str] | None = None) -> Path:
     """Measure every backbone, write the results file and print its table; returns the file."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    shared, work, out_dir = Path(args.shared), Path(args.work).resolve(), Path(args.out_dir).resolve()
-    if not shared.is_dir():
-        raise SystemExit(f"real datasets not found at {shared}; pass --shared")
-    t0 = time.perf_counter()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    results_file = f"eve_real_{'cpu' if device == 'cpu' else 'gpu'}.json"
-    out = Path(args.out) if args.out else REPO / "bench" / "results" / results_file
+    shared, work, out = start_real_data(args, "eve_real", gpu=device != "cpu")
+    out_dir = Path(args.out_dir).resolve()
+    t0 = time.perf_counter()
     pre = args.pretraining
     pool, folders = pretrained_runs(shared, work, pre)
     dataset, test_set = jsrt_test_split(shared, pre, work / pool["folder"] / "labels.csv")

@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 from foundation_x_real import RECIPE, multitask_mapping, steps_per_unit, train_run
-from provenance import write_result
+from provenance import start_real_data, write_result
 
 from xrayfm.finetune.run import FinetuneConfig
 from xrayfm.finetune.sweep import Backbone, run_sweep
@@ -114,12 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> Path:
     """Pretrain (or reuse) the multi-task backbone, run the sweep, write the results file."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    shared, work = Path(args.shared), Path(args.work).resolve()
-    if not shared.is_dir():
-        raise SystemExit(f"real datasets not found at {shared}; pass --shared")
-    device = "gpu" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu"
-    out = Path(args.out) if args.out else REPO / "bench" / "results" / f"foundation_x_label_efficiency_{device}.json"
+    gpu = torch.cuda.is_available() and args.accelerator != "cpu"
+    _, work, out = start_real_data(args, "foundation_x_label_efficiency", gpu=gpu)
     t0 = time.perf_counter()
     mapping = without_dataset(multitask_mapping(args), HELD_OUT)
     mt = train_run(f"mt_without_{HELD_OUT}", mapping, work, args, args.pretrain_seed)

@@ -78,7 +78,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from provenance import config_hash, write_result
+from provenance import config_hash, start_real_data, write_result
 
 from xrayfm.cli import main as xrayfm
 from xrayfm.data.registry import build_dataset
@@ -278,12 +278,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> Path:
     """Run the benchmark (reusing finished runs and evaluations) and write the results file."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    shared, work = Path(args.shared), Path(args.work).resolve()
-    if not shared.is_dir():
-        raise SystemExit(f"real datasets not found at {shared}; pass --shared")
-    device = "gpu" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu"
-    out = Path(args.out) if args.out else REPO / "bench" / "results" / f"foundation_x_real_{device}.json"
+    gpu = torch.cuda.is_available() and args.accelerator != "cpu"
+    _, work, out = start_real_data(args, "foundation_x_real", gpu=gpu)
     mapping = multitask_mapping(args)
     t0 = time.perf_counter()
     seeds = {f"seed_{s}": run_seed(int(s), mapping, work, args) for s in args.seeds.split(",")}

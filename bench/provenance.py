@@ -3,7 +3,8 @@
 Shared by the scripts in ``bench/`` (run as ``python bench/NAME.py``, so this folder is on the
 import path). ``write_result`` adds :func:`provenance` to a result and writes it atomically;
 ``config_hash`` names cached artefacts and result parts after the settings that produced them,
-so a cache is never reused for another configuration.
+so a cache is never reused for another configuration; ``start_real_data`` is the common start of
+the benchmarks on ../shared/datasets.
 """
 
 from __future__ import annotations
@@ -128,6 +129,24 @@ def torch_device(choice: str) -> str:
     if choice == "cuda" and not torch.cuda.is_available():
         raise XrayfmError("--device cuda: CUDA is not available here (use --device cpu or auto)")
     return choice
+
+
+def start_real_data(args: Any, benchmark: str, *, gpu: bool) -> tuple[Path, Path, Path]:
+    """A real-data benchmark's start: logging on, ``args.shared`` checked, ``args.work`` resolved, and
+    its results file (``args.out``, else ``bench/results/<benchmark>_<cpu|gpu>.json``).
+
+    Returns:
+        (shared datasets folder, work folder, results file).
+
+    Raises:
+        SystemExit: The shared datasets are not there.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    shared, work = Path(args.shared), Path(args.work).resolve()
+    if not shared.is_dir():
+        raise SystemExit(f"real datasets not found at {shared}; pass --shared")
+    out = Path(args.out) if args.out else REPO / "bench" / "results" / f"{benchmark}_{'gpu' if gpu else 'cpu'}.json"
+    return shared, work, out
 
 
 def write_result(path: str | Path, payload: dict[str, Any], *, packages: Sequence[str] = ()) -> Path:
