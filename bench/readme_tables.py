@@ -33,10 +33,12 @@ BLOCK = re.compile(
 ARCH_LABELS = {"eva_x_tiny_patch16": "Ti", "eva_x_small_patch16": "S"}
 # The serving rows the README shows (model, backend, heatmap, clients), in its order.
 SERVE_ROWS = [
-    *(("Ti", backend, False, c) for backend in ("torch", "onnx") for c in (1, 4, 16)),
-    ("Ti", "torch", True, 1), ("Ti", "torch", True, 16), ("Ti", "onnx", True, 16),
-    ("S", "torch", False, 1), ("S", "torch", False, 16), ("S", "onnx", False, 1), ("S", "onnx", False, 16),
-    ("S", "torch", True, 16),
+    *(("Ti", backend, "fp32", False, c) for backend in ("torch", "onnx") for c in (1, 4, 16)),
+    ("Ti", "torch", "fp32", True, 1), ("Ti", "torch", "fp32", True, 16), ("Ti", "onnx", "fp32", True, 16),
+    ("S", "torch", "fp32", False, 1), ("S", "torch", "fp32", False, 16), ("S", "onnx", "fp32", False, 1),
+    ("S", "onnx", "fp32", False, 16), ("S", "torch", "fp32", True, 16),
+    *((arch, backend, precision, False, c) for arch in ("Ti", "S")
+      for backend, precision in (("torch", "bf16"), ("onnx", "int8")) for c in (1, 16)),
 ]  # fmt: skip
 #: bench/loader_throughput.py's reads per size, in the table's order, and their labels.
 LOADER_READS = {"raw_png": "raw PNG files", "shards_png": "shards, PNG", "shards_raw": "shards, raw pixels"}
@@ -156,19 +158,59 @@ def adam_provenance(report: dict[str, Any], source: str) -> str:
 
 
 def serve_table(report: dict[str, Any], source: str) -> str:
-    """The selected ``/predict`` rows (latency in ms) and the file's provenance."""
-    runs = {(ARCH_LABELS[r["arch"]], r["backend"], r["heatmap"], r["clients"]): r for r in report["runs"]}
+    """The selected ``/predict`` rows (latency in ms; rows of a precision the machine skipped are left out), the
+    ratios to the raw engine against issue 18's targets, the reduced precisions' speed against fp32, and the
+    file's provenance."""
+    runs = {(ARCH_LABELS[r["arch"]], r["backend"], r.get("precision", "fp32"), r["heatmap"], r["clients"]): r
+            for r in report["runs"]}  # fmt: skip
     lines = [
-        "| model | backend | heatmap | clients | p50 | p95 | p99 | requests/s | mean batch |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | backend | precision | heatmap | clients | p50 | server p50 | p95 | p99 | requests/s | mean batch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for key in SERVE_ROWS:
+    for key in (k for k in SERVE_ROWS if k in runs):
         r = runs[key]
-        cells = [key[0], key[1], "yes" if key[2] else "no", str(key[3]),
-                 *(str(half_up(r[k])) for k in ("p50_ms", "p95_ms", "p99_ms")),
+        inside = "–" if r.get("server_ms_p50") is None else str(half_up(r["server_ms_p50"], 1))
+        cells = [key[0], key[1], key[2], "yes" if key[3] else "no", str(key[4]), str(half_up(r["p50_ms"])), inside,
+                 *(str(half_up(r[k])) for k in ("p95_ms", "p99_ms")),
                  str(half_up(r["requests_per_s"], 1)), str(half_up(r["mean_batch"], 1))]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n" + wrap(describe(report, source))
+    lines += ["", "| model | backend | precision | 1 client: p50 - raw bs1 (target <= 3 ms) | most clients: "
+              "requests/s / raw images/s (>= 0.9) | heatmap, 1 client: p50 / raw fwd+bwd (<= 1.3) | heatmap, most "
+              "clients (>= 0.8) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for side in report["engine"]:
+        got = {(r["heatmap"], r["clients"] == 1): r for r in side["ratios"]}
+
+        def cell(heatmap: bool, one: bool) -> str:
+            r = got.get((heatmap, one))
+            if r is None:
+                return "–"
+            value = f"{half_up(r['server_minus_raw_ms'], 1):+} ms" if one and not heatmap else f"{r['ratio']:.2f}"
+            return f"{value} ({'met' if r['met'] else 'not met'})"
+
+        lines.append(
+            f"| {ARCH_LABELS[side['arch']]} | {side['backend']} | {side.get('precision', 'fp32')} | "
+            f"{cell(False, True)} | {cell(False, False)} | {cell(True, True)} | {cell(True, False)} |"
+        )
+    reduced = [side for side in report["engine"] if "speed_vs_fp32" in side]
+    if reduced:
+        lines += [
+            "",
+            "| model | precision (backend) | against | raw forward bs1 | raw forward max batch | "
+            "server p50, 1 client | server requests/s, most clients |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for side in reduced:
+            speed = side["speed_vs_fp32"]
+            top = next(k for k in speed if k.startswith("raw_forward_bs") and k != "raw_forward_bs1")
+            most = next((k for k in speed if k.startswith("server_requests_per_s")), None)
+            cells = [f"{speed[k]:.2f}x" if k in speed else "–" for k in ("raw_forward_bs1", top,
+                                                                       "server_p50_1_client", most)]  # fmt: skip
+            lines.append(
+                f"| {ARCH_LABELS[side['arch']]} | {side['precision']} ({side['backend']}) | "
+                f"{speed['against']} | " + " | ".join(cells) + " |"
+            )
+    skipped = "".join(f" Skipped: {s}." for s in report.get("skipped", []))
+    return "\n".join(lines) + "\n\n" + wrap(describe(report, source) + skipped)
 
 
 def phantom_bullet(report: dict[str, Any], source: str) -> str:

@@ -33,11 +33,34 @@ def test_check_fails_on_a_drifted_number_and_a_rewrite_restores_it(tables: Modul
     readme = tmp_path / "README.md"
     text = (REPO / "README.md").read_text()
     block = text.split("<!-- bench:serve_latency_cpu:start -->")[1].split("<!-- bench:serve_latency_cpu:end -->")[0]
-    row = next(line for line in block.splitlines() if line.startswith("| Ti | torch | no | 1 |"))  # a generated row
-    readme.write_text(text.replace(row, "| Ti | torch | no | 1 | 70 |"))
+    row = next(line for line in block.splitlines() if line.startswith("| Ti | torch | fp32 | no | 1 |"))  # generated
+    readme.write_text(text.replace(row, "| Ti | torch | fp32 | no | 1 | 70 |"))
     assert tables.main(["--check", "--readme", str(readme)]) == 1
     assert tables.main(["--readme", str(readme)]) == 0
     assert readme.read_text() == text
+
+
+def test_the_serving_table_leaves_out_skipped_precisions_and_says_why(tables: ModuleType) -> None:
+    def run(backend: str, precision: str, clients: int) -> dict:
+        return {"arch": "eva_x_tiny_patch16", "backend": backend, "precision": precision, "heatmap": False,
+                "clients": clients, "p50_ms": 30.0, "server_ms_p50": 28.0, "p95_ms": 40.0, "p99_ms": 50.0,
+                "requests_per_s": 33.3, "mean_batch": 1.0}  # fmt: skip
+
+    ratios = [{"heatmap": False, "clients": 1, "server_minus_raw_ms": 2.5, "ratio": 1.1, "met": True},
+              {"heatmap": False, "clients": 16, "ratio": 0.7, "met": False}]  # fmt: skip
+    engine = [{"arch": "eva_x_tiny_patch16", "backend": "onnx", "precision": "fp32", "ratios": ratios},
+              {"arch": "eva_x_tiny_patch16", "backend": "onnx", "precision": "int8", "ratios": ratios,
+               "speed_vs_fp32": {"against": "onnx/fp32", "raw_forward_bs1": 1.2, "raw_forward_bs16": 1.7,
+                                 "server_p50_1_client": 1.25, "server_requests_per_s_16_clients": 1.3}}]  # fmt: skip
+    report = {"runs": [run("onnx", "fp32", 1), run("onnx", "int8", 1)], "engine": engine,
+              "skipped": ["torch/bf16: bf16 refused: this machine lacks AVX-512-BF16"],
+              "machine": {"cores": 2}}  # fmt: skip
+    text = tables.serve_table(report, "s.json")
+    assert "| Ti | onnx | fp32 | no | 1 | 30 | 28.0 | 40 | 50 | 33.3 | 1.0 |" in text
+    assert "| Ti | onnx | int8 | no | 1 |" in text and "bf16 |" not in text
+    assert "| Ti | onnx | fp32 | +2.5 ms (met) | 0.70 (not met) | – | – |" in text
+    assert "| Ti | int8 (onnx) | onnx/fp32 | 1.20x | 1.70x | 1.25x | 1.30x |" in text
+    assert "Skipped: torch/bf16: bf16 refused: this machine lacks AVX-512-BF16." in " ".join(text.split())
 
 
 def test_a_result_without_provenance_shows_only_what_it_recorded(tables: ModuleType) -> None:
