@@ -30,7 +30,13 @@ time spent by load and server together is recorded with every row, so a load gen
 steals the server's cores does not go unnoticed. Results go to
 ``bench/results/serve_latency_<device>.json`` with their provenance (``bench/provenance.py``).
 
+On a GPU (``--device cuda``, or ``auto`` where one is visible) server and raw engine run PyTorch on it
+(fp32 and bf16; ONNX Runtime runs on the CPU here, so its rows are skipped with that reason) and the
+results go to ``serve_latency_gpu.json``; ``--device cuda`` on a machine without CUDA stops with a
+one-line message.
+
 Usage: python bench/serve_latency.py [--requests 200] [--archs eva_x_tiny_patch16,eva_x_small_patch16]
+       [--device auto|cpu|cuda] [--precisions fp32,bf16,int8]
 """
 
 from __future__ import annotations
@@ -53,9 +59,10 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from provenance import write_result
+from provenance import torch_device, write_result
 
 from xrayfm.data.phantom_io import write_phantom_dataset
+from xrayfm.errors import XrayfmError
 from xrayfm.explain import explain_batch
 from xrayfm.models import create_model
 from xrayfm.models.onnx_export import export_onnx
@@ -207,13 +214,17 @@ def measure(port: int, clients: int, requests: int, heatmap: bool, server_pid: i
     }  # fmt: skip
 
 
-def timed_ms(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``fn`` in ms over ``repeats`` calls after one warm-up call."""
+def timed_ms(fn: Callable[[], object], repeats: int, device: str = "cpu") -> float:
+    """Median wall time of ``fn`` in ms over ``repeats`` calls after one warm-up call (on a GPU, until its
+    queued work is done)."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     fn()
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return round(float(np.median(times)) * 1000, 2)
 
@@ -222,17 +233,19 @@ class Engine:
     """The exported model called directly: forward (PyTorch or ONNX Runtime), forward+backward and
     Grad-CAM (PyTorch), timed per batch size and remembered."""
 
-    def __init__(self, model_dir: Path, backend: str, size: int, repeats: int, precision: str = "fp32") -> None:
+    def __init__(
+        self, model_dir: Path, backend: str, size: int, repeats: int, precision: str = "fp32", device: str = "cpu"
+    ) -> None:
         self.model, _ = load_task_model(model_dir)
-        self.model.eval()
+        self.model.to(device).eval()
         self.onnx = OnnxModel(model_dir, precision=precision) if backend == "onnx" else None
-        self.size, self.repeats, self.precision, self.times = size, repeats, precision, {}
+        self.size, self.repeats, self.precision, self.device, self.times = size, repeats, precision, device, {}
 
     def _run(self, kind: str, x: torch.Tensor) -> None:
         if kind == "forward" and self.onnx is not None:
             self.onnx(x)
         elif kind == "forward":
-            with no_grad_at(self.precision):  # the server's forward: autocast at bf16
+            with no_grad_at(self.precision, self.device):  # the server's forward: autocast at bf16
                 self.model(x)
         elif kind == "forward_backward":  # what a plain training step of the classifier costs
             self.model.zero_grad(set_to_none=True)
@@ -244,7 +257,8 @@ class Engine:
         """Median ms of one call of ``kind`` (forward | forward_backward | heatmap) on ``batch`` images."""
         if (kind, batch) not in self.times:
             x = torch.rand(batch, 1, self.size, self.size, generator=torch.Generator().manual_seed(batch))
-            self.times[kind, batch] = timed_ms(lambda: self._run(kind, x), self.repeats)
+            x = x if self.onnx is not None and kind == "forward" else x.to(self.device)
+            self.times[kind, batch] = timed_ms(lambda: self._run(kind, x), self.repeats, self.device)
         return self.times[kind, batch]
 
     def table(self) -> dict[str, dict[str, float]]:
@@ -299,7 +313,7 @@ def serve_and_measure(
 ) -> tuple[list, dict]:
     """Time the raw engine, start ``xrayfm serve`` on ``model_dir``, measure each clients x heatmap setting
     (plain ``/predict`` only below fp32: heatmaps stay fp32)."""
-    engine = Engine(model_dir, backend, args.size, args.repeats, precision)
+    engine = Engine(model_dir, backend, args.size, args.repeats, precision, args.device)
     kinds = ("forward", "forward_backward", "heatmap") if precision == "fp32" else ("forward",)
     for b in sorted({1, args.max_batch}):
         for kind in kinds:
@@ -307,7 +321,7 @@ def serve_and_measure(
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "xrayfm.cli", "serve", str(model_dir), "--port", str(port), "--backend", backend,
-         "--precision", precision, "--max-batch", str(args.max_batch), "--queue-size", "256"],
+         "--precision", precision, "--device", args.device, "--max-batch", str(args.max_batch), "--queue-size", "256"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     rows = []
@@ -334,14 +348,20 @@ def serve_and_measure(
     return rows, {**side, "engine": engine.table()}
 
 
-def configurations(backends: Sequence[str], precisions: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:
-    """(backend, precision) pairs to measure, and why any asked for is left out (e.g. no native bf16)."""
+def configurations(
+    backends: Sequence[str], precisions: Sequence[str], device: str = "cpu"
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """(backend, precision) pairs to measure on ``device``, and why any asked for is left out (no native bf16;
+    ONNX Runtime, which runs on the CPU here, in a GPU run)."""
     configs, skipped = [], []
     for precision in precisions:
         wanted = backends if precision == "fp32" else ["torch" if precision == "bf16" else "onnx"]
         for backend in wanted:
+            if backend == "onnx" and device != "cpu":
+                skipped.append(f"onnx/{precision}: ONNX Runtime runs on the CPU here; a {device} run measures PyTorch")
+                continue
             try:
-                check_precision(precision, backend)
+                check_precision(precision, backend, device)
             except PrecisionError as exc:
                 skipped.append(f"{backend}/{precision}: {exc}")
                 continue
@@ -386,10 +406,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=224, help="model input (px)")
     ap.add_argument("--image", type=int, default=512, help="side of the uploaded PNG (px)")
     ap.add_argument("--repeats", type=int, default=10, help="timed calls per raw-engine measurement")
-    ap.add_argument("--out", type=Path, help="result file (default bench/results/serve_latency_<device>.json)")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda: the server's and the raw engine's device")
+    ap.add_argument("--out", type=Path, help="result file (default bench/results/serve_latency_<cpu|gpu>.json)")
     args = ap.parse_args(argv)
+    try:
+        args.device = torch_device(args.device)
+    except XrayfmError as exc:
+        raise SystemExit(str(exc)) from None
     precisions = args.precisions.split(",")
-    configs, skipped = configurations(args.backends.split(","), precisions)
+    configs, skipped = configurations(args.backends.split(","), precisions, args.device)
     runs, engines = [], []
     for arch in args.archs.split(","):
         with tempfile.TemporaryDirectory() as tmp:
@@ -409,10 +434,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 runs += rows
                 sides[backend, precision] = side
             engines += speed_vs_fp32(sides)
-    device = "gpu" if torch.cuda.is_available() else "cpu"
-    out = args.out or REPO / "bench" / "results" / f"serve_latency_{device}.json"
+    out = args.out or REPO / "bench" / "results" / f"serve_latency_{'cpu' if args.device == 'cpu' else 'gpu'}.json"
     report = {
         "benchmark": "serve_latency",
+        "device": args.device,
         "backends": args.backends.split(","),
         "precisions": [f"{b}/{p}" for b, p in configs],
         "skipped": skipped,

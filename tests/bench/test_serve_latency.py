@@ -148,17 +148,27 @@ def test_a_tiny_run_writes_engine_server_and_ratios(bench: ModuleType, tmp_path:
 
 
 def test_configurations_measure_each_precision_on_its_backend(bench: ModuleType, monkeypatch) -> None:
-    monkeypatch.setattr(bench, "check_precision", lambda precision, backend: None)
+    monkeypatch.setattr(bench, "check_precision", lambda precision, backend, device: None)
     configs, skipped = bench.configurations(["torch", "onnx"], ["fp32", "bf16", "int8"])
     assert configs == [("torch", "fp32"), ("onnx", "fp32"), ("torch", "bf16"), ("onnx", "int8")] and not skipped
 
-    def no_bf16(precision: str, backend: str) -> None:
+    def no_bf16(precision: str, backend: str, device: str) -> None:
         if precision == "bf16":
             raise bench.PrecisionError("bf16 refused: this machine lacks AVX-512-BF16")
 
     monkeypatch.setattr(bench, "check_precision", no_bf16)
     configs, skipped = bench.configurations(["torch"], ["fp32", "bf16"])
     assert configs == [("torch", "fp32")] and skipped == ["torch/bf16: bf16 refused: this machine lacks AVX-512-BF16"]
+    monkeypatch.setattr(bench, "check_precision", lambda precision, backend, device: None)
+    configs, skipped = bench.configurations(["torch", "onnx"], ["fp32", "int8"], "cuda")  # a GPU run: PyTorch only
+    assert configs == [("torch", "fp32")] and [s.split(":")[0] for s in skipped] == ["onnx/fp32", "onnx/int8"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_a_gpu_run_on_a_machine_without_one_stops_in_one_line(bench: ModuleType, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="--device cuda: CUDA is not available here"):
+        bench.main(["--device", "cuda", "--out", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_speed_vs_fp32_divides_fp32_times_by_the_reduced_ones(bench: ModuleType) -> None:

@@ -33,3 +33,17 @@ def test_a_pixel_budget_below_one_image_is_refused(model_dir: Path, started: dic
                                                    capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     assert main(["serve", str(model_dir), "--max-megapixels-in-flight", "50"]) == 2
     assert "pixel budget" in capsys.readouterr().err and not started
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("gpu", "unknown device 'gpu'; use cpu, cuda or cuda:N"),
+     pytest.param("cuda", "--device cuda: no CUDA GPU is visible on this machine", marks=pytest.mark.skipif(
+         __import__("torch").cuda.is_available(), reason="this machine has a CUDA GPU"))],
+)  # fmt: skip
+def test_a_device_this_machine_lacks_is_refused_in_one_line(
+    model_dir: Path, started: dict[str, Any], capsys: pytest.CaptureFixture, device: str, message: str
+) -> None:
+    assert main(["serve", str(model_dir), "--device", device]) != 0
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not started

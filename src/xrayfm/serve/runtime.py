@@ -83,6 +83,25 @@ class Answer:
     heatmap_class: int | None = None
 
 
+def serving_device(name: str | torch.device) -> torch.device:
+    """The torch device ``--device`` names, refused in one line where this machine does not have it.
+
+    Raises:
+        XrayfmError: Not a device name, or a CUDA device that is not visible here.
+    """
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise XrayfmError(f"unknown device {str(name)!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise XrayfmError(f"--device {name}: no CUDA GPU is visible on this machine (torch.cuda.is_available() "
+                              "is False); serve with --device cpu")  # fmt: skip
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise XrayfmError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 class ModelRuntime:
     """A loaded fine-tuned model ready to answer requests.
 
@@ -117,6 +136,7 @@ class ModelRuntime:
             raise XrayfmError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
         if loaded is not None and backend != "torch":
             raise XrayfmError(f"{model_dir}: this model has no ONNX export; serve it with --backend torch")
+        device = serving_device(device)
         check_precision(precision, backend, device)
         self.precision = precision
         if loaded is None:
@@ -124,7 +144,7 @@ class ModelRuntime:
             self.model, self.meta = load_task_model(self.model_dir)
         else:
             self.model_dir, (self.model, self.meta) = Path(model_dir), loaded
-        self.device = torch.device(device)
+        self.device = device
         self.model.to(self.device).eval()
         self.preprocess = resolve_preprocess(self.model)
         self.target_size = math.ceil(self.preprocess.input_size / self.preprocess.crop_pct)
