@@ -26,7 +26,8 @@ Per seed (0, 1, 2 by default):
    images, per seed, with the statistics of ``xrayfm compare``
    (:func:`~xrayfm.evaluate.compare.compare_predictions` on the saved predictions of the two
    evaluations): multi-task student - single-task and multi-task teacher - single-task; their mean
-   and sd over the seeds.
+   and sd over the seeds, and (``pooled``) their mean over the seeds with a 95% interval resampling
+   the images and the seeds, as ``xrayfm sweep`` pools seeds.
 
 **Budget ("same budget")**: a single-task run gets as many optimiser steps on its unit as the
 multi-task run of the same seed spent on that unit (its locked and released phases over all
@@ -83,7 +84,8 @@ from provenance import config_hash, start_real_data, write_result
 from xrayfm.cli import main as xrayfm
 from xrayfm.data.registry import build_dataset
 from xrayfm.errors import XrayfmError
-from xrayfm.evaluate.compare import compare_predictions
+from xrayfm.evaluate.compare import common_tasks, compare_predictions, paired_resamples
+from xrayfm.evaluate.paired import seed_mean_difference
 from xrayfm.evaluate.run import load_evaluation
 from xrayfm.pretrain.multitask_recipe import parse_recipe
 from xrayfm.pretrain.multitask_run import PHASES, read_run_recipe, recipe_mapping, run_multitask
@@ -227,8 +229,26 @@ def run_seed(seed: int, mapping: dict[str, Any], work: Path, args: argparse.Name
     return {"multitask_run": mt.name, "units": units, "wall_seconds": round(time.perf_counter() - t0, 1)}
 
 
-def aggregate(seeds: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Per unit, over the seeds: mean and sd of each model's headline and of each paired difference."""
+def pooled_difference(pairs: list[tuple[Path, Path]], kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Mean over the seeds of B - A (one pair of evaluations per seed) with a 95% interval that resamples the
+    images and the seeds, as ``xrayfm sweep`` pools seeds (:func:`~xrayfm.evaluate.paired.seed_mean_difference`)."""
+    metric, diffs = HEADLINE[kind], []
+    for a, b in pairs:
+        tasks_a, pred_a, thr_a = load_evaluation(a)
+        tasks_b, pred_b, thr_b = load_evaluation(b)
+        tasks, _ = common_tasks(tasks_a, tasks_b)
+        ((ra, rb),) = paired_resamples(tasks, pred_a, pred_b, thresholds_a=thr_a, thresholds_b=thr_b,
+                                       n_boot=args.n_boot, seed=0).values()  # fmt: skip
+        va, vb = ra.values.get((metric,)), rb.values.get((metric,))
+        diffs.append((None if va is None or vb is None else vb - va, rb.draws[(metric,)] - ra.draws[(metric,)]))
+    result = seed_mean_difference(diffs)
+    low, high = result["low"], result["high"]
+    return {**result, "excludes_zero": None if low is None else bool(low > 0 or high < 0)}
+
+
+def aggregate(seeds: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """Per unit, over the seeds: mean and sd of each model's headline and of each paired difference, and the
+    difference pooled over the seeds with its interval over images and seeds."""
     first = next(iter(seeds.values()))["units"]
     out = {}
     for key, unit in first.items():
@@ -238,8 +258,11 @@ def aggregate(seeds: dict[str, dict[str, Any]]) -> dict[str, Any]:
             **{m: _summary([u[m]["value"] for u in per]) for m in ("multitask_teacher", "multitask_student",
                                                                     "single_task")},
             **{name: {**_summary([u["differences"][name]["difference"] for u in per]),
-                      "seeds_excluding_zero": sum(bool(u["differences"][name]["excludes_zero"]) for u in per)}
-               for name, _ in COMPARISONS},
+                      "seeds_excluding_zero": sum(bool(u["differences"][name]["excludes_zero"]) for u in per),
+                      "pooled": pooled_difference([(Path(u["single_task"]["folder"]),
+                                                    Path(u[f"multitask_{w}"]["folder"])) for u in per],
+                                                   unit["kind"], args)}
+               for name, w in COMPARISONS},
         }  # fmt: skip
     return out
 
@@ -288,7 +311,7 @@ def main(argv: list[str] | None = None) -> Path:
         "arch": args.arch, "pretrained": args.pretrained, "img_size": args.img_size, "batch_size": args.batch,
         "n_boot": args.n_boot,
         "threshold": args.threshold, "budget_definition": "single-task steps = multi-task steps on that unit",
-        "units": aggregate(seeds), "seeds": seeds, "wall_seconds": round(time.perf_counter() - t0, 1),
+        "units": aggregate(seeds, args), "seeds": seeds, "wall_seconds": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
     write_result(out, payload)
     log.info("results: %s", out)

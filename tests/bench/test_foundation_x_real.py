@@ -67,6 +67,10 @@ def test_quick_benchmark_pairs_each_unit_with_its_single_task_run(shared_dataset
         for d in unit["differences"].values():
             assert d["n"] == n and d["difference"] == pytest.approx(d["b"] - d["a"])
         assert unit["differences"]["student_minus_single"]["b"] == pytest.approx(unit["multitask_student"]["value"])
+        for name, d in unit["differences"].items():  # pooled over one seed: that seed's difference, same images
+            pooled = report["units"][key][name]["pooled"]
+            assert pooled["per_seed"] == pytest.approx([d["difference"]]) and pooled["n_boot"] <= 20
+            assert pooled["low"] is None or pooled["low"] <= pooled["high"]
     # the recorded difference is what xrayfm compare gives for the same pair, heads and weights
     unit = seed["units"]["jsrt/nodule"]
     options = ["-o", "label_columns=('nodule',)", "-o", "mask_columns=('mask',)", "-o", "mask_classes=('lungs',)",
