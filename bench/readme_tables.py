@@ -325,6 +325,53 @@ def multitask_units_table(report: dict[str, Any], source: str) -> str:
     return "\n".join(lines) + "\n\n" + wrap(text)
 
 
+def _mean_sd(stat: dict[str, Any], digits: int = 3) -> str:
+    """``mean ± sd`` of a seed summary (``mean`` only for one seed, ``–`` when undefined)."""
+    if stat.get("mean") is None:
+        return "–"
+    sd = "" if stat.get("sd") is None else f" ± {half_up(stat['sd'], digits)}"
+    return f"{half_up(stat['mean'], digits)}{sd}"
+
+
+def _pooled(d: dict[str, Any], digits: int = 3) -> str:
+    """A difference pooled over seeds: ``+0.012 [-0.004, +0.030]``, bold where the interval excludes zero."""
+    if d.get("difference") is None:
+        return "–"
+    text = f"{half_up(d['difference'], digits):+}"
+    if d.get("low") is not None:
+        text += f" [{half_up(d['low'], digits):+}, {half_up(d['high'], digits):+}]"
+        if d["low"] > 0 or d["high"] < 0:
+            text = f"**{text}**"
+    return text
+
+
+def foundation_x_label_efficiency_table(report: dict[str, Any], source: str) -> str:
+    """JSRT lung Dice per training fraction from the multi-task backbone and from the same task alone, the
+    paired difference pooled over seeds, and the provenance."""
+    stats, ft, pre = report["seed_statistics"], report["finetune"], report["pretraining"]
+    rows = {(r["backbone"], float(r["fraction"])): r for r in stats["rows"] if r["metric"] == "mean_dice"}
+    images = {float(r["fraction"]): r["train_images"] for r in report["rows"] if r["metric"] == "mean_dice"}
+    diffs = {d["row"]: d for d in stats["differences"] if d["metric"] == "mean_dice"}
+    lines = ["| training fraction (images) | single task: Dice | multi-task backbone: Dice | multi-task - single "
+             "task [95% CI, images x seeds] |", "|---|---|---|---|"]  # fmt: skip
+    for fraction in ft["fractions"]:
+        label = f"{fraction:g}"
+        cells = [f"{100 * fraction:g}% ({images.get(fraction, '?')})",
+                 *(_mean_sd(rows.get((b, fraction), {})) for b in ("single_task", "multitask")),
+                 _pooled(diffs.get(f"multitask full f{label}", {}))]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    steps = ", ".join(f"{k} {v}" for k, v in pre["steps_per_unit"].items())
+    text = (
+        f"{report['arch']} at {report['img_size']} px from {report['pretrained'] or 'random init'}; multi-task "
+        f"pretraining run `{pre['run']}` (seed {pre['seed']}, batch {pre['batch_size']}, {pre['cycles']} cycles of "
+        f"{len(pre['units'])} units without JSRT; steps per unit: {steps}); fine-tuning: full, {ft['steps']} steps of "
+        f"{ft['batch_size']} at every fraction, lr {ft['lr']:g}, layer decay {ft['layer_decay']:g}, seeds "
+        f"{', '.join(map(str, ft['seeds']))}; Dice on the JSRT test split, mean ± sd over seeds. "
+        + describe(report, source)
+    )
+    return "\n".join(lines) + "\n\n" + wrap(text)
+
+
 def loader_throughput_table(report: dict[str, Any], source: str) -> str:
     """Images/s of one loader worker from raw PNG files vs shards per size, the workers each GPU rate needs,
     whether shards reach their target speed-up, and the provenance."""
@@ -377,7 +424,8 @@ def renderer(name: str) -> tuple[str, Callable[[dict[str, Any], str], str]]:
         return stem, lambda report, source: finetune_table(report, part)
     fixed = {"serve_latency": serve_table, "phantom_throughput": phantom_bullet, "io_read_throughput": io_bullet,
              "adam_throughput": adam_table, "eve_real": eve_table, "multitask_units": multitask_units_table,
-             "loader_throughput": loader_throughput_table}  # fmt: skip
+             "loader_throughput": loader_throughput_table,
+             "foundation_x_label_efficiency": foundation_x_label_efficiency_table}  # fmt: skip
     for prefix, fn in fixed.items():
         if stem.startswith(prefix) and not part:
             return stem, fn

@@ -63,6 +63,37 @@ def test_the_serving_table_leaves_out_skipped_precisions_and_says_why(tables: Mo
     assert "Skipped: torch/bf16: bf16 refused: this machine lacks AVX-512-BF16." in " ".join(text.split())
 
 
+def test_the_label_efficiency_table_pairs_each_fraction_and_marks_intervals_excluding_zero(tables: ModuleType) -> None:
+    def stat(backbone: str, fraction: float, values: list[float]) -> dict:
+        mean = sum(values) / len(values)
+        sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+        return {"backbone": backbone, "mode": "full", "fraction": fraction, "task": "masks", "metric": "mean_dice",
+                "values": values, "mean": mean, "sd": sd}  # fmt: skip
+
+    report = {
+        "arch": "resnet18", "img_size": 128, "pretrained": None,
+        "pretraining": {"run": "mt_x", "seed": 0, "batch_size": 16, "cycles": 3, "units": ["a/b"],
+                        "steps_per_unit": {"a/b": 30}},
+        "finetune": {"fractions": [0.01, 1.0], "steps": 150, "batch_size": 8, "lr": 5e-4, "layer_decay": 0.85,
+                     "seeds": [0, 1, 2]},
+        "rows": [{"fraction": "0.01", "metric": "mean_dice", "train_images": "2"},
+                 {"fraction": "1", "metric": "mean_dice", "train_images": "174"}],
+        "seed_statistics": {
+            "rows": [stat("single_task", 0.01, [0.5, 0.6, 0.7]), stat("multitask", 0.01, [0.7, 0.8, 0.9]),
+                     stat("single_task", 1.0, [0.9, 0.9, 0.9]), stat("multitask", 1.0, [0.9, 0.91, 0.89])],
+            "differences": [
+                {"row": "multitask full f0.01", "metric": "mean_dice", "difference": 0.2, "low": 0.1, "high": 0.3},
+                {"row": "multitask full f1", "metric": "mean_dice", "difference": 0.0, "low": -0.01, "high": 0.01}],
+        },
+        "machine": {"cores": 2},
+    }  # fmt: skip
+    text = tables.foundation_x_label_efficiency_table(report, "fx.json")
+    assert "| 1% (2) | 0.600 ± 0.100 | 0.800 ± 0.100 | **+0.200 [+0.100, +0.300]** |" in text
+    assert "| 100% (174) | 0.900 ± 0.000 | 0.900 ± 0.010 | +0.000 [-0.010, +0.010] |" in text
+    flat = " ".join(text.split())
+    assert "3 cycles of 1 units without JSRT" in flat and "seeds 0, 1, 2" in flat
+
+
 def test_a_result_without_provenance_shows_only_what_it_recorded(tables: ModuleType) -> None:
     text = tables.describe({"machine": {"cpu": "AMD EPYC", "cores": 2, "gpu": None}}, "bench/results/x.json")
     assert "machine as recorded: cpu AMD EPYC, cores 2, gpu none" in text
