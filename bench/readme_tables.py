@@ -372,6 +372,27 @@ def foundation_x_label_efficiency_table(report: dict[str, Any], source: str) -> 
     return "\n".join(lines) + "\n\n" + wrap(text)
 
 
+def foundation_x_real_table(report: dict[str, Any], source: str) -> str:
+    """Per unit: single-task and multi-task (teacher, student) headline over seeds, the paired differences
+    pooled over seeds, and the provenance."""
+    lines = ["| unit | metric (split, images) | single task | multi-task teacher | multi-task student | teacher - "
+             "single [95% CI] | student - single [95% CI] |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for key, u in report["units"].items():
+        cells = [f"`{key}`", f"{u['metric']} ({u['split']}, {u['n']})",
+                 *(_mean_sd(u[m]) for m in ("single_task", "multitask_teacher", "multitask_student")),
+                 *(_pooled(u[d]["pooled"]) for d in ("teacher_minus_single", "student_minus_single"))]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    seeds = ", ".join(s.removeprefix("seed_") for s in report["seeds"])
+    text = (
+        f"{report['arch']} at {report['img_size']} px, batch {report['batch_size']}, from "
+        f"{report['pretrained'] or 'random init'}, recipe {report['recipe']}, seeds {seeds}; budget: "
+        f"{report['budget_definition']}; values are mean ± sd over the seeds; differences on the same images, pooled "
+        "over the seeds (interval resampling images and seeds; bold where it excludes zero). "
+        + describe(report, source)
+    )
+    return "\n".join(lines) + "\n\n" + wrap(text)
+
+
 def loader_throughput_table(report: dict[str, Any], source: str) -> str:
     """Images/s of one loader worker from raw PNG files vs shards per size, the workers each GPU rate needs,
     whether shards reach their target speed-up, and the provenance."""
@@ -425,7 +446,8 @@ def renderer(name: str) -> tuple[str, Callable[[dict[str, Any], str], str]]:
     fixed = {"serve_latency": serve_table, "phantom_throughput": phantom_bullet, "io_read_throughput": io_bullet,
              "adam_throughput": adam_table, "eve_real": eve_table, "multitask_units": multitask_units_table,
              "loader_throughput": loader_throughput_table,
-             "foundation_x_label_efficiency": foundation_x_label_efficiency_table}  # fmt: skip
+             "foundation_x_label_efficiency": foundation_x_label_efficiency_table,
+             "foundation_x_real": foundation_x_real_table}  # fmt: skip
     for prefix, fn in fixed.items():
         if stem.startswith(prefix) and not part:
             return stem, fn

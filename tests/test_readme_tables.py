@@ -94,6 +94,25 @@ def test_the_label_efficiency_table_pairs_each_fraction_and_marks_intervals_excl
     assert "3 cycles of 1 units without JSRT" in flat and "seeds 0, 1, 2" in flat
 
 
+def test_the_multitask_table_shows_each_unit_with_its_pooled_differences(tables: ModuleType) -> None:
+    def summary(mean: float, sd: float | None) -> dict:
+        return {"mean": mean, "sd": sd, "n_seeds": 3}
+
+    unit = {"kind": "segmentation", "metric": "mean_dice", "split": "test", "n": 51,
+            "single_task": summary(0.8, 0.02), "multitask_teacher": summary(0.85, 0.01),
+            "multitask_student": summary(0.84, None),
+            "teacher_minus_single": {"pooled": {"difference": 0.05, "low": 0.02, "high": 0.08}},
+            "student_minus_single": {"pooled": {"difference": 0.04, "low": -0.01, "high": 0.09}}}  # fmt: skip
+    report = {"units": {"jsrt/lungs": unit}, "seeds": {"seed_0": {}, "seed_1": {}, "seed_2": {}},
+              "arch": "resnet18", "img_size": 128, "batch_size": 16, "pretrained": None, "recipe": "r.yaml",
+              "budget_definition": "same steps", "machine": {"cores": 2}}  # fmt: skip
+    text = tables.foundation_x_real_table(report, "fx.json")
+    row = (
+        "| `jsrt/lungs` | mean_dice (test, 51) | 0.800 ± 0.020 | 0.850 ± 0.010 | 0.840 | **+0.050 [+0.020, +0.080]** |"
+    )
+    assert row + " +0.040 [-0.010, +0.090] |" in text and "seeds 0, 1, 2" in " ".join(text.split())
+
+
 def test_a_result_without_provenance_shows_only_what_it_recorded(tables: ModuleType) -> None:
     text = tables.describe({"machine": {"cpu": "AMD EPYC", "cores": 2, "gpu": None}}, "bench/results/x.json")
     assert "machine as recorded: cpu AMD EPYC, cores 2, gpu none" in text
