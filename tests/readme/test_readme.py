@@ -431,7 +431,9 @@ def _param(block: Block):
 
 @pytest.mark.parametrize("block", [_param(b) for b in BLOCKS])
 def test_readme_block_runs(block: Block, world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                           request: pytest.FixtureRequest) -> None:  # fmt: skip
+                           request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:  # fmt: skip
+    if block.id in _CONTINUED:  # a later block continues from this one's folder: keep it past this test
+        tmp_path = tmp_path_factory.mktemp("continued")
     values = {"nih": str(world / "nih"), "chexpert": str(world / "chexpert" / "CheXpert-v1.0"),
               "jsrt": str(world / "jsrt"), "mura": str(world / "mura" / "MURA-v1.1"), "mine": str(world / "mine"),
               "dicom": str(next((world / "dicom" / "images").glob("*.dcm"))), "repo": str(REPO),
@@ -452,3 +454,6 @@ def test_readme_block_runs(block: Block, world: Path, tmp_path: Path, monkeypatc
 
 #: Scratch folders of the blocks that ran in this process, by block id (for :data:`stand_ins.REUSES`).
 _RAN: dict[str, Path] = {}
+#: Blocks a later block continues from: their folders must outlive their test (pytest deletes a passed
+#: test's ``tmp_path``, see ``tmp_path_retention_policy`` in pyproject.toml).
+_CONTINUED = {earlier for earlier, _ in S.REUSES.values()}
