@@ -203,3 +203,26 @@ def test_int8_export_scores_box_heads_by_map50(phantom: Path, tmp_path: Path) ->
     with torch.no_grad():
         pred = predict(model.eval(), held_out, batch_size=8)[name]
     assert detection_metrics(pred["pred"], pred["target"], detection[0].classes)["map_50"] == pytest.approx(rec["fp32"])
+
+
+def test_a_box_head_that_loses_its_boxes_at_reduced_precision_is_refused() -> None:
+    """compare_to_fp32 scores boxes by mAP@0.5: exact boxes score 1, boxes moved off their lesions lower it."""
+    from xrayfm.evaluate.precision_check import compare_to_fp32
+    from xrayfm.tasks import TaskSpec
+
+    box = torch.tensor([[4.0, 4.0, 20.0, 20.0]])
+    held_out = [{"image": torch.rand(1, 32, 32), "boxes": box, "box_labels": torch.tensor([0]), "meta": {"id": f"i{k}"}}
+                for k in range(6)]  # fmt: skip
+    task = TaskSpec("lesions", "detection", ["nodule"])
+
+    def answer(boxes: torch.Tensor):  # noqa: ANN202
+        def forward(x: torch.Tensor) -> dict:
+            one = {"boxes": boxes, "scores": torch.tensor([0.9]), "labels": torch.tensor([0])}
+            return {"lesions": [dict(one) for _ in range(len(x))]}
+
+        return forward
+
+    kept = compare_to_fp32(answer(box), answer(box + 0.5), [task], held_out, precision="int8")
+    assert kept["passed"] and kept["tasks"]["lesions"] == {"metric": "map_50", "fp32": 1.0, "int8": 1.0, "change": 0.0}
+    with pytest.raises(PrecisionError, match=r"int8 changes accuracy beyond 0.005: lesions map_50 1.0000 -> 0.0000"):
+        compare_to_fp32(answer(box), answer(box + 12.0), [task], held_out, precision="int8")
