@@ -99,8 +99,48 @@ def test_settings_are_checked() -> None:
         detr_config({"d_modle": 32})
     with pytest.raises(XrayfmError, match="multiple of 32"):
         detr_config({"d_model": 48})
-    with pytest.raises(XrayfmError, match="two_stage"):
+    with pytest.raises(XrayfmError, match="two_stage is not supported"):
         detr_config({"two_stage": True})
+
+
+def _memory(refine: bool):  # noqa: ANN202
+    torch.manual_seed(0)
+    backbone = create_model("resnet18", num_classes=0)
+    pyramid = FeaturePyramid(backbone)
+    config = detr_config({**TINY, "decoder_layers": 3, "with_box_refine": refine})
+    encoder, head = DeformableEncoder(pyramid.out_channels, config), DeformableDetrHead(config, 2)
+    with torch.no_grad():
+        torch.nn.init.normal_(head.bbox_embed.layers[-1].weight, std=0.05)  # box deltas that move the references
+    return encoder(pyramid(backbone, torch.rand(2, 3, SIZE, SIZE))[1]), head
+
+
+def _decoder_references(head: DeformableDetrHead, memory) -> torch.Tensor:  # noqa: ANN001
+    """The reference points the decoder ended each layer with, (layers, N, Q, 2 or 4)."""
+    seen = {}
+    hook = head.decoder.register_forward_hook(lambda m, i, out: seen.update(refs=out.intermediate_reference_points))
+    head.predict(memory)
+    hook.remove()
+    return seen["refs"].transpose(0, 1)
+
+
+def test_box_refinement_moves_each_layers_boxes_from_the_layer_before() -> None:
+    memory, head = _memory(refine=True)
+    logits, boxes = head.predict(memory)
+    refs = _decoder_references(head, memory)
+    assert refs.shape[-1] == 4 and not torch.allclose(refs[0], refs[1])  # the references move layer by layer
+    torch.testing.assert_close(boxes, refs)  # each layer's boxes are the references the next layer starts from
+    assert not any("decoder.bbox_embed" in k for k in head.state_dict())  # the shared box head is stored once
+    loss = head(memory, (SIZE, SIZE), _targets())["loss_detr"]
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in head.bbox_embed.parameters())
+
+
+def test_without_refinement_every_layer_predicts_around_the_initial_reference() -> None:
+    memory, head = _memory(refine=False)
+    refs = _decoder_references(head, memory)
+    assert refs.shape[-1] == 2 and torch.equal(refs[0], refs[-1])  # the decoder never moves them
+    _, boxes = head.predict(memory)
+    assert boxes.shape[:2] == (3, 2) and not torch.allclose(boxes[0], boxes[1])  # each layer's own delta
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "swin_tiny_patch4_window7_224"])

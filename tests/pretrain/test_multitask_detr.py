@@ -157,3 +157,32 @@ def test_the_recipe_sizes_detr_and_a_bad_setting_names_the_key() -> None:
     assert model.loc_encoder.config.d_model == 32 and model.head("a/d").class_embed.out_features == 1
     with pytest.raises(RecipeError, match=r"detr: unknown Deformable DETR settings \['d_modle'\]"):
         parse_recipe({**base, "detr": {"d_modle": 32}})
+
+
+def test_box_refinement_survives_the_teacher_copy_and_a_save_and_reload(tmp_path) -> None:
+    """With DINO's iterative refinement each decoder refines with its own head's box MLP: the EMA teacher's deep
+    copy and a reloaded model refine with theirs, and the shared MLP is saved once."""
+    from copy import deepcopy
+
+    from xrayfm.pretrain.multitask_export import load_multitask_model, save_multitask_model
+
+    torch.manual_seed(0)
+    detr = {**TINY, "decoder_layers": 2, "with_box_refine": True}
+    model = MultiTaskModel(create_model("resnet18", num_classes=0), TASKS, detr=detr).eval()
+    teacher = deepcopy(model)
+    for m in (model, teacher):
+        head = m.head("b/d")
+        assert all(e is head.bbox_embed for e in head.decoder.bbox_embed)
+    save_multitask_model(model, teacher, tmp_path, arch="resnet18", model_kwargs={}, preprocess=model.preprocess,
+                         info={})  # fmt: skip
+    loaded, meta = load_multitask_model(tmp_path)
+    assert meta["detr"]["with_box_refine"] is True
+    head = loaded.head("b/d")
+    assert all(e is head.bbox_embed for e in head.decoder.bbox_embed)
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        a, b = model(x, "b/d"), loaded(x, "b/d")
+    torch.testing.assert_close(a.prediction[0]["boxes"], b.prediction[0]["boxes"])
+    loss = MultiTaskObjective(model.train(), consistency_weight=0.5).losses(_batch(1), "b/d")["loss"]
+    loss.backward()
+    assert torch.isfinite(loss)

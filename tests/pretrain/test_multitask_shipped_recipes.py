@@ -46,6 +46,10 @@ def test_the_paper_recipe_has_the_papers_20_slots_on_its_11_datasets() -> None:
     assert all(u.lock_fraction == 0 for u in recipe.cycle if u.kind in ("multilabel", "multiclass"))
     assert (recipe.ema.momentum, recipe.ema.every, recipe.consistency_weight) == (0.8, "phase", 0.5)
     assert {e.adapter for e in recipe.datasets.values()} <= {d.name for d in list_datasets()}
+    from xrayfm.models.heads.deformable_detr import detr_config
+
+    config = detr_config(recipe.detr)  # DINO's sizes, with its iterative box refinement
+    assert (config.d_model, config.decoder_layers, config.num_queries, config.with_box_refine) == (256, 6, 900, True)
 
 
 def test_the_paper_recipe_classes_are_the_adapters_classes_in_their_order() -> None:

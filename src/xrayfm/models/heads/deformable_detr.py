@@ -14,8 +14,12 @@ backbone and one decoder: :class:`DeformableEncoder` takes xrayfm's feature pyra
 As Deformable DETR (and the reference), the encoder reads the pyramid's levels at strides 8, 16
 and 32, each through a 1x1 conv + GroupNorm, plus a fourth level from a stride-2 3x3 conv on the
 last map (1x1 on a small input; its GroupNorm then normalises groups of a single value, see
-:class:`InputNorm`). Single-stage, without iterative box refinement; one class and one box head shared by
-all decoder layers (the reference's ``dec_pred_*_embed_share``), auxiliary losses on every layer.
+:class:`InputNorm`). Single-stage; one class and one box head shared by all decoder layers (the reference's
+``dec_pred_*_embed_share``), auxiliary losses on every layer. With ``with_box_refine`` (DINO refines, and the
+paper recipe turns it on) each decoder layer starts from the boxes of the layer before: the shared box head's
+output moves the reference points layer by layer (transformers' decoder does it when given the box heads), and
+each layer's boxes are its delta on the previous layer's boxes. DINO's two-stage query selection and
+contrastive denoising are not built.
 """
 
 from __future__ import annotations
@@ -56,15 +60,15 @@ def detr_config(settings: Mapping[str, Any] | None = None, num_classes: int = 1)
     """A ``DeformableDetrConfig`` from :data:`DETR_DEFAULTS` with ``settings`` over them.
 
     Raises:
-        XrayfmError: An unknown setting, two-stage or box refinement (not wired here), ``d_model`` not a
-            multiple of 32 (GroupNorm), or fewer than two feature levels.
+        XrayfmError: An unknown setting, two-stage (not wired here), ``d_model`` not a multiple of 32
+            (GroupNorm), or fewer than two feature levels.
     """
     merged = {**DETR_DEFAULTS, **(settings or {})}
     unknown = sorted(set(merged) - set(DeformableDetrConfig().to_dict()))
     if unknown:
         raise XrayfmError(f"unknown Deformable DETR settings {unknown}; use DeformableDetrConfig's field names")
-    if merged["two_stage"] or merged["with_box_refine"]:
-        raise XrayfmError("two_stage and with_box_refine are not supported by xrayfm's Deformable DETR head")
+    if merged["two_stage"]:
+        raise XrayfmError("two_stage is not supported by xrayfm's Deformable DETR head (with_box_refine is)")
     if merged["d_model"] % GROUPS:
         raise XrayfmError(f"d_model must be a multiple of {GROUPS} (GroupNorm), got {merged['d_model']}")
     if merged["num_feature_levels"] < 2:
@@ -197,6 +201,8 @@ class DeformableDetrHead(nn.Module):
         nn.init.zeros_(self.bbox_embed.layers[-1].weight)
         nn.init.zeros_(self.bbox_embed.layers[-1].bias)
         nn.init.constant_(self.bbox_embed.layers[-1].bias[2:], -2.0)
+        if config.with_box_refine:  # the decoder refines with the shared box head; a plain list registers no copy
+            object.__setattr__(self.decoder, "bbox_embed", [self.bbox_embed] * config.decoder_layers)
 
     def predict(self, memory: EncoderMemory) -> tuple[torch.Tensor, torch.Tensor]:
         """Class logits (layers, N, Q, K) and normalised cxcywh boxes (layers, N, Q, 4) of every decoder layer."""
@@ -211,10 +217,14 @@ class DeformableDetrHead(nn.Module):
             valid_ratios=memory.valid_ratios,
         )  # fmt: skip
         hidden = out.intermediate_hidden_states.transpose(0, 1)  # (layers, N, Q, d)
-        # layer i refines from the previous layer's reference (no refinement: all equal the initial one)
-        references = torch.cat([reference[None], out.intermediate_reference_points.transpose(0, 1)[:-1]])
         delta = self.bbox_embed(hidden)
-        boxes = torch.cat([delta[..., :2] + inverse_sigmoid(references), delta[..., 2:]], -1).sigmoid()
+        first = torch.cat([delta[:1, ..., :2] + inverse_sigmoid(reference)[None], delta[:1, ..., 2:]], -1)
+        if self.config.with_box_refine:  # layer i > 0 moves the (detached) boxes the layer before refined to
+            refined = out.intermediate_reference_points.transpose(0, 1)  # (layers, N, Q, 4)
+            boxes = torch.cat([first, delta[1:] + inverse_sigmoid(refined[:-1])]).sigmoid()
+        else:  # every layer predicts around the initial reference point
+            rest = torch.cat([delta[1:, ..., :2] + inverse_sigmoid(reference)[None], delta[1:, ..., 2:]], -1)
+            boxes = torch.cat([first, rest]).sigmoid()
         return self.class_embed(hidden), boxes
 
     def forward(
