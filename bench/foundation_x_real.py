@@ -84,7 +84,7 @@ from provenance import config_hash, start_real_data, write_result
 from xrayfm.cli import main as xrayfm
 from xrayfm.data.registry import build_dataset
 from xrayfm.errors import XrayfmError
-from xrayfm.evaluate.compare import common_tasks, compare_predictions, paired_resamples
+from xrayfm.evaluate.compare import compare_predictions, evaluation_differences
 from xrayfm.evaluate.paired import seed_mean_difference
 from xrayfm.evaluate.run import load_evaluation
 from xrayfm.pretrain.multitask_recipe import parse_recipe
@@ -232,15 +232,12 @@ def run_seed(seed: int, mapping: dict[str, Any], work: Path, args: argparse.Name
 def pooled_difference(pairs: list[tuple[Path, Path]], kind: str, args: argparse.Namespace) -> dict[str, Any]:
     """Mean over the seeds of B - A (one pair of evaluations per seed) with a 95% interval that resamples the
     images and the seeds, as ``xrayfm sweep`` pools seeds (:func:`~xrayfm.evaluate.paired.seed_mean_difference`)."""
-    metric, diffs = HEADLINE[kind], []
+    diffs = []
     for a, b in pairs:
-        tasks_a, pred_a, thr_a = load_evaluation(a)
-        tasks_b, pred_b, thr_b = load_evaluation(b)
-        tasks, _ = common_tasks(tasks_a, tasks_b)
-        ((ra, rb),) = paired_resamples(tasks, pred_a, pred_b, thresholds_a=thr_a, thresholds_b=thr_b,
-                                       n_boot=args.n_boot, seed=0).values()  # fmt: skip
-        va, vb = ra.values.get((metric,)), rb.values.get((metric,))
-        diffs.append((None if va is None or vb is None else vb - va, rb.draws[(metric,)] - ra.draws[(metric,)]))
+        evaluation_a = load_evaluation(a)
+        (task,) = evaluation_a[0]  # an evaluation of one head
+        diffs.append(evaluation_differences(evaluation_a, load_evaluation(b), {task.name: [HEADLINE[kind]]},
+                                            n_boot=args.n_boot, seed=0)[task.name, HEADLINE[kind]])  # fmt: skip
     result = seed_mean_difference(diffs)
     low, high = result["low"], result["high"]
     return {**result, "excludes_zero": None if low is None else bool(low > 0 or high < 0)}

@@ -199,6 +199,44 @@ def paired_resamples(
     return out
 
 
+def evaluation_differences(
+    evaluation_a: tuple[Sequence[TaskSpec], Mapping[str, Any], ThresholdChoice | None],
+    evaluation_b: tuple[Sequence[TaskSpec], Mapping[str, Any], ThresholdChoice | None],
+    metrics: Mapping[str, Sequence[str]],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[tuple[str, str], tuple[float | None, np.ndarray]]:
+    """B - A of two saved evaluations per (task, metric), on the same images and the same resamples: what
+    :func:`~xrayfm.evaluate.paired.seed_mean_difference` pools over training seeds.
+
+    Args:
+        evaluation_a: ``(tasks, predictions, thresholds)`` of A (:func:`~xrayfm.evaluate.run.load_evaluation`).
+        evaluation_b: The same for B.
+        metrics: Task name -> the metrics wanted (a metric without resamples is left out).
+        n_boot: Bootstrap resamples.
+        seed: Seed of the resampling.
+
+    Returns:
+        ``(task, metric)`` -> (the difference on all images, None where undefined; its (n_boot,) resampled
+        differences).
+
+    Raises:
+        XrayfmError: The image sets or the reference labels of the two differ.
+    """
+    (tasks_a, pred_a, thr_a), (tasks_b, pred_b, thr_b) = evaluation_a, evaluation_b
+    tasks, _ = common_tasks(tasks_a, tasks_b)
+    pairs = paired_resamples(tasks, pred_a, pred_b, thresholds_a=thr_a, thresholds_b=thr_b, n_boot=n_boot, seed=seed)
+    out: dict[tuple[str, str], tuple[float | None, np.ndarray]] = {}
+    for task, (ra, rb) in pairs.items():
+        for metric in metrics.get(task, []):
+            if (metric,) in ra.draws:
+                va, vb = ra.values.get((metric,)), rb.values.get((metric,))
+                out[task, metric] = (None if va is None or vb is None else vb - va,
+                                     rb.draws[(metric,)] - ra.draws[(metric,)])  # fmt: skip
+    return out
+
+
 def _split_dataset(model: Any, dataset: str, root: str | Path, split: str, options: Mapping[str, Any]) -> Any:
     from xrayfm.data.registry import build_dataset
     from xrayfm.models.preprocess import resolve_preprocess

@@ -357,7 +357,7 @@ def sweep_statistics(
         and metric, as :func:`~xrayfm.evaluate.paired.seed_mean_difference`, with ``row``,
         ``against``, ``task``, ``metric`` and ``seeds``) and ``notes`` (what could not be paired).
     """
-    from xrayfm.evaluate.compare import common_tasks, paired_resamples
+    from xrayfm.evaluate.compare import evaluation_differences
     from xrayfm.evaluate.paired import seed_mean_difference
     from xrayfm.evaluate.run import load_evaluation
 
@@ -390,16 +390,10 @@ def sweep_statistics(
         per_metric: dict[tuple[str, str], list] = defaultdict(list)
         try:
             for seed in paired:
-                (tasks_a, pred_a, thr_a), (tasks_b, pred_b, thr_b) = evaluation(base_row, seed), evaluation(row, seed)
-                tasks, _ = common_tasks(tasks_a, tasks_b)
-                pairs = paired_resamples(tasks, pred_a, pred_b, thresholds_a=thr_a, thresholds_b=thr_b,
-                                         n_boot=n_boot, seed=0)  # fmt: skip
-                for task, (ra, rb) in pairs.items():
-                    for metric in headline.get(task, []):
-                        va, vb = ra.values.get((metric,)), rb.values.get((metric,))
-                        if (metric,) in ra.draws:
-                            diff = None if va is None or vb is None else vb - va
-                            per_metric[(task, metric)].append((diff, rb.draws[(metric,)] - ra.draws[(metric,)]))
+                differences = evaluation_differences(evaluation(base_row, seed), evaluation(row, seed), headline,
+                                                     n_boot=n_boot, seed=0)  # fmt: skip
+                for key, difference in differences.items():
+                    per_metric[key].append(difference)
         except XrayfmError as exc:
             stats["notes"].append(f"{_row_name(row)} vs {_row_name(base_row)}: not paired ({exc})")
             continue

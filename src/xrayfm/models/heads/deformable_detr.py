@@ -218,14 +218,12 @@ class DeformableDetrHead(nn.Module):
         )  # fmt: skip
         hidden = out.intermediate_hidden_states.transpose(0, 1)  # (layers, N, Q, d)
         delta = self.bbox_embed(hidden)
-        first = torch.cat([delta[:1, ..., :2] + inverse_sigmoid(reference)[None], delta[:1, ..., 2:]], -1)
+        # every layer's delta around the initial reference point (all layers without refinement, the first with it)
+        boxes = torch.cat([delta[..., :2] + inverse_sigmoid(reference), delta[..., 2:]], -1)
         if self.config.with_box_refine:  # layer i > 0 moves the (detached) boxes the layer before refined to
             refined = out.intermediate_reference_points.transpose(0, 1)  # (layers, N, Q, 4)
-            boxes = torch.cat([first, delta[1:] + inverse_sigmoid(refined[:-1])]).sigmoid()
-        else:  # every layer predicts around the initial reference point
-            rest = torch.cat([delta[1:, ..., :2] + inverse_sigmoid(reference)[None], delta[1:, ..., 2:]], -1)
-            boxes = torch.cat([first, rest]).sigmoid()
-        return self.class_embed(hidden), boxes
+            boxes = torch.cat([boxes[:1], delta[1:] + inverse_sigmoid(refined[:-1])])
+        return self.class_embed(hidden), boxes.sigmoid()
 
     def forward(
         self,
