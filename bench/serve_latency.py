@@ -209,6 +209,8 @@ def measure(port: int, clients: int, requests: int, heatmap: bool, server_pid: i
         "p99_ms": round(float(np.percentile(lat, 99)), 1), "requests_per_s": round(len(lat) / wall, 2),
         "mean_batch": round((health["requests"] - before["requests"]) / max(1, health["batches"] - before["batches"]),
                             2),
+        "lanes": health.get("lanes", 1), "wide_batches": health.get("wide_batches", 0) - before.get("wide_batches", 0),
+        "batches": health["batches"] - before["batches"],
         "client_cpu_s": round(load_cpu, 3), "server_cpu_s": None if server_cpu is None else round(server_cpu, 3),
         "client_cpu_share": None if not server_cpu else round(load_cpu / (load_cpu + server_cpu), 3),
     }  # fmt: skip
@@ -237,6 +239,7 @@ class Engine:
         self, model_dir: Path, backend: str, size: int, repeats: int, precision: str = "fp32", device: str = "cpu"
     ) -> None:
         self.model, _ = load_task_model(model_dir)
+        self.model_dir = model_dir
         self.model.to(device).eval()
         self.onnx = OnnxModel(model_dir, precision=precision) if backend == "onnx" else None
         self.size, self.repeats, self.precision, self.device, self.times = size, repeats, precision, device, {}
@@ -261,10 +264,38 @@ class Engine:
             self.times[kind, batch] = timed_ms(lambda: self._run(kind, x), self.repeats, self.device)
         return self.times[kind, batch]
 
+    def lanes_per_s(self, batch: int, lanes: int) -> float:
+        """Images/s of ``lanes`` forward passes of ``batch`` images running side by side, each on its share
+        of the threads, as the server's narrow lanes run them under load (``repeats`` passes each)."""
+        if ("lanes", batch) not in self.times:
+            threads = max(1, torch.get_num_threads() // lanes)
+            onnx = OnnxModel(self.model_dir, precision=self.precision, threads=threads) if self.onnx else None
+            x = torch.rand(batch, 1, self.size, self.size, generator=torch.Generator().manual_seed(batch))
+            start, ends = threading.Barrier(lanes), []
+
+            def lane() -> None:
+                torch.set_num_threads(threads)
+                call = (lambda: onnx(x)) if onnx is not None else (lambda: self._run("forward", x.to(self.device)))
+                call()  # warm-up
+                start.wait()
+                t0 = time.perf_counter()
+                for _ in range(self.repeats):
+                    call()
+                ends.append((t0, time.perf_counter()))
+
+            workers = [threading.Thread(target=lane) for _ in range(lanes)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            wall = max(e for _, e in ends) - min(s for s, _ in ends)
+            self.times["lanes", batch] = round(1000 * wall / (lanes * self.repeats * batch), 2)  # ms per image
+        return round(1000 / self.times["lanes", batch], 2)
+
     def table(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
         for (kind, batch), ms in sorted(self.times.items()):
-            out.setdefault(kind, {})[f"bs{batch}_ms"] = ms
+            out.setdefault(kind, {})[f"bs{batch}_ms" if kind != "lanes" else f"bs{batch}_ms_per_image"] = ms
         return out
 
 
@@ -301,6 +332,10 @@ def ratios(rows: Sequence[dict], engine: Engine, max_batch: int) -> list[dict]:
                      "ratio_at_max_batch": round(top["requests_per_s"] / per_s[max_batch], 3),
                      "target": f">= {floor} (at the batch formed)"}  # fmt: skip
             entry["met"] = entry["ratio"] >= floor
+            if not heatmap and top.get("lanes", 1) > 1:  # the same passes side by side, as the server's lanes run them
+                lanes_per_s = engine.lanes_per_s(formed, top["lanes"])
+                entry.update(raw_lanes=top["lanes"], raw_lanes_images_per_s=lanes_per_s,
+                             ratio_to_raw_lanes=round(top["requests_per_s"] / lanes_per_s, 3))  # fmt: skip
             if heatmap:
                 engine_per_s = formed * 1000 / engine.ms("heatmap", formed)
                 entry["ratio_to_engine_heatmap"] = round(top["requests_per_s"] / engine_per_s, 3)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from serve_helpers import png_bytes
@@ -64,3 +66,30 @@ def test_onnx_backend_needs_an_export(model_dir: Path) -> None:
         ModelRuntime(model_dir, backend="onnx")
     with pytest.raises(XrayfmError, match="unknown backend 'tensorrt'"):
         ModelRuntime(model_dir, backend="tensorrt")
+
+
+def test_onnx_lanes_each_use_a_session_of_their_thread_count(onnx_dir: Path) -> None:
+    """The server's lanes ask for 2 and 1 threads: each lane's passes run in the session opened for its count."""
+    runtime = ModelRuntime(onnx_dir, backend="onnx", lane_threads=(2, 1))
+    assert sorted(runtime.sessions) == [1, 2]
+    assert [runtime.sessions[n].session.get_session_options().intra_op_num_threads for n in (1, 2)] == [1, 2]
+    used, answers = [], []
+    for n, model in runtime.sessions.items():
+
+        def spy(*args, _n=n, _run=model.session.run, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            used.append((torch.get_num_threads(), _n))
+            return _run(*args, **kwargs)
+
+        model.session.run = spy
+    x = runtime.prepare(np.random.default_rng(0).random((80, 70)))
+
+    def lane(threads: int) -> None:
+        runtime.use_threads(threads)
+        answers.append(runtime.run_batch([(x, "findings")])[0].outputs["findings"])
+
+    for threads in (1, 2):
+        worker = threading.Thread(target=lane, args=(threads,))
+        worker.start()
+        worker.join()
+    assert used == [(1, 1), (2, 2)]
+    assert np.allclose(answers[0], answers[1], atol=1e-5)

@@ -42,7 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                      max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, device=args.device,
                      backend=args.backend, precision=args.precision, max_decodes=args.max_decodes,
                      max_pixels_in_flight=int(args.max_megapixels_in_flight * 1e6), body_timeout=args.body_timeout,
-                     body_idle_timeout=args.body_idle_timeout)  # fmt: skip
+                     body_idle_timeout=args.body_idle_timeout, lanes=args.lanes)  # fmt: skip
     print(f"serving {args.model} ({args.backend}, {args.precision}) on http://{args.host}:{args.port}/  "
           "(API docs: /docs; Ctrl-C stops)")  # fmt: skip
     # h11 for every install (its header limit applies; httptools has none to set); a bounded number of
@@ -75,6 +75,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="longest a request waits for others to batch with, and only while other uploads are "
                    "decoding (default 5 ms)")  # fmt: skip
+    p.add_argument("--lanes", type=int, default=None,
+                   help="most batches run at once under load, each on its share of the threads; a lone request "
+                        "gets them all (default: 2 on a CPU, 1 on a GPU)")  # fmt: skip
     p.add_argument("--queue-size", type=int, default=64,
                    help="most uploads admitted beyond those decoding, and most waiting for the model; more get 503 "
                         "(default 64)")  # fmt: skip

@@ -14,8 +14,9 @@ body, size counted as bytes arrive, body time limits) and memory stays bounded
 before decoding, 503 with ``Retry-After`` when full). Uploads are decoded from memory at the
 resolution the model needs, and decoding and the encoding of maps as PNG run in worker threads,
 never on the event loop, while every PyTorch op (preprocessing, the model, laying maps onto the
-image) runs on the model's one thread, and the model is loaded on a thread that then ends
-(:mod:`xrayfm.serve.batcher` says why); heatmap requests are batched like the others (one
+image) runs on the model's lane threads, and the model is loaded on a thread that then ends
+(:mod:`xrayfm.serve.batcher` says why; under load two batches run side by side, each on half the
+threads); heatmap requests are batched like the others (one
 forward+backward pass gives their probabilities and maps). Boxes and image sizes in answers are
 in the uploaded image's pixels, and maps (heatmap, masks) cover the whole image at
 ``1 / downscale`` of its size. Every answer says in ``server_ms`` how long the server worked on it, from
@@ -47,7 +48,7 @@ from xrayfm.io import sniff_format
 from xrayfm.serve.admission import Admission, Busy
 from xrayfm.serve.batcher import MicroBatcher, QueueFull
 from xrayfm.serve.guard import BUSY, TOKEN_HINT, GuardStats, UploadGuard, token_matches
-from xrayfm.serve.runtime import Answer, ModelRuntime, png_base64
+from xrayfm.serve.runtime import Answer, ModelRuntime, png_base64, serving_device
 from xrayfm.serve.runtime import Request as ModelRequest
 from xrayfm.tasks import CLASSIFICATION_KINDS, TaskSpec
 
@@ -64,6 +65,18 @@ MAP_GEOMETRY = (
 def ms_since(started: float) -> float:
     """Milliseconds since ``started`` (a :func:`time.perf_counter` reading), to 0.1 ms."""
     return round((time.perf_counter() - started) * 1000, 1)
+
+
+def default_lanes(device: torch.device, threads: int) -> int:
+    """Batches run at once under load when ``--lanes`` is not given: two on a CPU with at least two
+    threads (measured on 2 cores: two 1-thread passes give 1.4x one 2-thread pass's images/s, see
+    :mod:`xrayfm.serve.batcher`), one on a GPU, whose kernels already fill it."""
+    return 1 if device.type != "cpu" else min(2, threads)
+
+
+def needs_model_alone(requests: list[ModelRequest]) -> bool:
+    """Whether a batch must have the model alone: heatmap passes hook it."""
+    return any(r.heatmap is not None for r in requests)
 
 
 def create_app(
@@ -83,6 +96,7 @@ def create_app(
     body_idle_timeout: float = 10.0,
     decode_wait: float = 10.0,
     loaded: tuple[nn.Module, dict[str, Any]] | None = None,
+    lanes: int | None = None,
 ) -> FastAPI:
     """Build the app serving the model in ``model_dir``.
 
@@ -108,13 +122,20 @@ def create_app(
             before the answer is 503.
         loaded: A model already loaded and its sidecar, served instead of the fine-tuned model in
             ``model_dir`` (a Foundation X model: see :class:`ModelRuntime`).
+        lanes: Most batches the model runs at once under load, each on its share of the threads
+            (:mod:`xrayfm.serve.batcher`); default :func:`default_lanes`.
 
     Raises:
-        XrayfmError: A limit is not positive, or the pixel budget is below one image's limit.
+        XrayfmError: A limit is not positive, the pixel budget is below one image's limit, or
+            ``lanes`` is not between 1 and the model's threads.
     """
+    threads = torch.get_num_threads()
+    lanes = default_lanes(serving_device(device), threads) if lanes is None else lanes
+    if not 1 <= lanes <= threads:
+        raise XrayfmError(f"--lanes must be between 1 and the {threads} threads the model has, got {lanes}")
     with ThreadPoolExecutor(1) as loader:  # a thread that ends: it leaves no OpenMP team beside the model's
         runtime = loader.submit(ModelRuntime, model_dir, device=device, backend=backend, precision=precision,
-                                loaded=loaded).result()  # fmt: skip
+                                loaded=loaded, lane_threads=(threads, threads // lanes)).result()  # fmt: skip
     if max_upload_mb <= 0 or body_timeout <= 0 or body_idle_timeout <= 0:
         raise XrayfmError("--max-upload-mb, --body-timeout and --body-idle-timeout must be positive")
     if max_pixels_in_flight < runtime.limits.max_pixels:
@@ -126,7 +147,8 @@ def create_app(
     admission = Admission(max_decodes=max_decodes or cpus, queue_size=queue_size,
                           max_pixels=max_pixels_in_flight, wait_s=decode_wait)  # fmt: skip
     batcher = MicroBatcher(runtime.run_batch, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
-                           pending=lambda: admission.stats.decoding)  # fmt: skip
+                           pending=lambda: admission.stats.decoding, threads=threads, lanes=lanes,
+                           set_threads=runtime.use_threads, exclusive=needs_model_alone)  # fmt: skip
     refused = GuardStats()
     max_bytes = int(max_upload_mb * (1 << 20))
 
@@ -247,7 +269,7 @@ def create_app(
                 "tasks": {name: t.kind for name, t in runtime.tasks.items()},
                 "auth_required": token is not None, "queue": batcher.queue.qsize(), "queue_size": queue_size,
                 "requests": s.requests, "batches": s.batches, "rejected": s.rejected + a.busy,
-                "largest_batch": s.largest_batch,
+                "largest_batch": s.largest_batch, "lanes": batcher.lanes, "wide_batches": s.wide_batches,
                 "uploads": {"admitted": a.admitted, "in_flight": a.in_flight, "max_in_flight": admission.max_requests,
                             "decoding": a.decoding, "max_decodes": admission.max_decodes,
                             "pixels_decoding": a.pixels_decoding, "peak_pixels_decoding": a.peak_pixels_decoding,

@@ -4,8 +4,11 @@ Uploads are decoded by :func:`xrayfm.io.read_xray` exactly as training data are 
 MONOCHROME1, 16-bit PNG...), with the same size limits, straight from the uploaded bytes (no
 temporary file) and reduced by the largest integer factor whose result still covers what the
 model's preprocessing resizes to: a 10,000-pixel upload is never held as a full-size float image.
-Every model call holds one lock: Grad-CAM hooks the model, and a batched forward pass must not
-run through those hooks.
+Plain forward passes may run side by side (the server's lanes, :mod:`xrayfm.serve.batcher`), each
+with the thread count its lane set (:meth:`ModelRuntime.use_threads`; on the ``onnx`` backend, an
+ONNX Runtime session per thread count); a heatmap pass holds the model alone
+(:mod:`xrayfm.serve.shared_lock`): Grad-CAM hooks the model, and a forward pass must not run
+through those hooks.
 
 A batch of requests is answered with as few passes as it needs: one forward pass for all the
 requests without a heatmap (ONNX Runtime's on the ``onnx`` backend), and one forward+backward
@@ -20,7 +23,7 @@ import io
 import json
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -40,6 +43,7 @@ from xrayfm.models.onnx_model import OnnxModel, precision_record
 from xrayfm.models.precision import check_precision, no_grad_at
 from xrayfm.models.preprocess import resolve_preprocess
 from xrayfm.models.task_checkpoint import WEIGHTS, find_task_model, load_task_model
+from xrayfm.serve.shared_lock import SharedLock
 
 BACKENDS = ("torch", "onnx")
 
@@ -116,6 +120,9 @@ class ModelRuntime:
         loaded: A model already loaded with the fine-tuned model's interface and its sidecar (``arch``,
             ``tasks``...), served instead of reading ``model_dir``, which is then its folder: a Foundation X
             model through :mod:`xrayfm.pretrain.multitask_serving`. Torch backend only.
+        lane_threads: The thread counts the callers' threads will ask for with :meth:`use_threads`
+            (the server's lanes); the ``onnx`` backend opens one session per count (each holds the
+            weights). Default: one session with ONNX Runtime's own thread count.
 
     Raises:
         XrayfmError: Unknown backend, missing or stale ONNX export, unreadable model, unsupported precision,
@@ -131,6 +138,7 @@ class ModelRuntime:
         backend: str = "torch",
         precision: str = "fp32",
         loaded: tuple[nn.Module, dict[str, Any]] | None = None,
+        lane_threads: Iterable[int] = (),
     ) -> None:
         if backend not in BACKENDS:
             raise XrayfmError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
@@ -149,15 +157,23 @@ class ModelRuntime:
         self.preprocess = resolve_preprocess(self.model)
         self.target_size = math.ceil(self.preprocess.input_size / self.preprocess.crop_pct)
         self.limits = limits or ReadLimits()
-        self.lock = threading.Lock()
+        self.lock = SharedLock()
         self.backend = backend
-        self.onnx = (
-            OnnxModel(self.model_dir, weights=self.model_dir / WEIGHTS, precision=precision)
-            if backend == "onnx"
-            else None
-        )
+        self._lane = threading.local()
+        self.sessions: dict[int | None, OnnxModel] = {}
+        if backend == "onnx":
+            for threads in sorted(set(lane_threads), reverse=True) or [None]:
+                self.sessions[threads] = OnnxModel(self.model_dir, weights=self.model_dir / WEIGHTS,
+                                                   precision=precision, threads=threads)  # fmt: skip
+        self.onnx = next(iter(self.sessions.values()), None)
         served = self.model.tasks if self.onnx is None else [t for t in self.model.tasks if t.name in self.onnx.tasks]
         self.tasks = {t.name: t for t in served}
+
+    def use_threads(self, threads: int) -> None:
+        """Run this thread's passes on ``threads`` intra-op threads (PyTorch's, or the ONNX Runtime
+        session opened for that count); called once by each of the server's lane threads."""
+        torch.set_num_threads(threads)
+        self._lane.threads = threads
 
     def probe(self, data: bytes) -> ImageProbe:
         """Format and declared size of an upload from its header alone, the pixel limits applied.
@@ -232,7 +248,7 @@ class ModelRuntime:
         for (task, method), index in groups.items():
             try:
                 x = torch.stack([requests[i].image for i in index]).to(self.device)
-                with self.lock:
+                with self.lock.exclusive():
                     batch = explain_batch(self.model, x, method=method, task=task)
                 probs = probabilities(self.tasks[task].kind, batch.logits.float()).cpu().numpy()
             except Exception as exc:  # this group's requests get the error; the rest of the batch stands
@@ -249,9 +265,10 @@ class ModelRuntime:
         x = torch.stack([r.image for r in requests])
         wanted = sorted({name for r in requests for name in ((r.task,) if isinstance(r.task, str) else r.task)})
         if self.onnx is not None:  # ONNX Runtime sessions are thread-safe and never hooked
-            out = onnx_task_outputs(self.onnx, self.model, x, wanted)
+            session = self.sessions.get(getattr(self._lane, "threads", None), self.onnx)
+            out = onnx_task_outputs(session, self.model, x, wanted)
         else:
-            with self.lock, no_grad_at(self.precision, self.device):
+            with self.lock.shared(), no_grad_at(self.precision, self.device):
                 out = self.model(x.to(self.device), tasks=wanted)
         results: list[dict[str, Any]] = [{} for _ in requests]
         for name in wanted:
