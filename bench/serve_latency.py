@@ -12,9 +12,12 @@ recorded as the model's training data):
   for heatmaps (always PyTorch), a full forward+backward pass and xrayfm's own batched Grad-CAM
   call (:func:`xrayfm.explain.explain_batch`) at the same two sizes;
 - the server, in its own process, over loopback from 1, 4 and 16 concurrent clients, with and
-  without heatmaps: p50 / p95 / p99 latency, requests/s, the batches it formed (``/health``) and the
-  p50 of the server's own answer time (``server_ms``: from the parsed upload to the answer), so that
-  HTTP and transport (client p50 - server_ms p50) are told apart from decoding, batching and the model.
+  without heatmaps: p50 / p95 / p99 latency, requests/s, the batches it formed and how many ran on
+  the wide lane (``/health``; ``--lanes`` sets the server's) and the p50 of the server's own answer
+  time (``server_ms``: from the parsed upload to the answer), so that HTTP and transport (client p50
+  - server_ms p50) are told apart from decoding, batching and the model;
+- where the server ran batches side by side (lanes), the raw engine run the same way at the most
+  clients: that many passes at once, each on its share of the threads (``ratio_to_raw_lanes``).
 
 Heatmaps stay fp32 at every precision (the server's rule), so reduced-precision rows are plain
 ``/predict`` only, and each reduced configuration also gets ``speed_vs_fp32``: fp32 time / its time for
@@ -356,7 +359,8 @@ def serve_and_measure(
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "xrayfm.cli", "serve", str(model_dir), "--port", str(port), "--backend", backend,
-         "--precision", precision, "--device", args.device, "--max-batch", str(args.max_batch), "--queue-size", "256"],
+         "--precision", precision, "--device", args.device, "--max-batch", str(args.max_batch), "--queue-size", "256",
+         *(["--lanes", str(args.lanes)] if args.lanes else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     rows = []
@@ -442,6 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--image", type=int, default=512, help="side of the uploaded PNG (px)")
     ap.add_argument("--repeats", type=int, default=10, help="timed calls per raw-engine measurement")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda: the server's and the raw engine's device")
+    ap.add_argument("--lanes", type=int, help="the server's --lanes (default: its own default)")
     ap.add_argument("--out", type=Path, help="result file (default bench/results/serve_latency_<cpu|gpu>.json)")
     args = ap.parse_args(argv)
     try:
@@ -480,6 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "image": f"{args.image}x{args.image} 8-bit PNG upload",
         "model_input": args.size,
         "max_batch": args.max_batch,
+        "lanes": args.lanes or "server default",
         "torch_threads": torch.get_num_threads(),
         "engine": engines,
         "runs": runs,

@@ -81,6 +81,8 @@ def test_engine_times_each_kind_per_batch_size(bench: ModuleType, model_dir: Pat
     assert set(engine.table()) == {"forward", "forward_backward", "heatmap"}
     assert set(engine.table()["heatmap"]) == {"bs1_ms", "bs2_ms"}
     assert all(p.requires_grad for p in engine.model.parameters())
+    assert engine.lanes_per_s(2, 2) > 0  # two passes side by side, as the server's lanes
+    assert engine.table()["lanes"] == {"bs2_ms_per_image": pytest.approx(1000 / engine.lanes_per_s(2, 2), rel=0.01)}
 
 
 class FakeEngine:
@@ -88,6 +90,9 @@ class FakeEngine:
 
     def ms(self, kind: str, batch: int) -> float:
         return {"forward": 10.0, "forward_backward": 30.0, "heatmap": 12.0}[kind] * batch
+
+    def lanes_per_s(self, batch: int, lanes: int) -> float:  # side by side: 130 images/s
+        return 130.0
 
 
 def row(clients: int, heatmap: bool, p50: float, rate: float, batch: float) -> dict:
@@ -108,6 +113,9 @@ def test_ratios_set_the_server_beside_the_engine_against_the_targets(bench: Modu
     assert heat["ratio_to_engine_heatmap"] == pytest.approx(40 / 12, abs=1e-3)
     heat_rate = got[True, "throughput"]
     assert heat_rate["ratio"] == pytest.approx(26 / (1000 / 30), abs=1e-3) and heat_rate["met"] is False
+    assert "ratio_to_raw_lanes" not in throughput  # a server with one lane
+    laned = bench.ratios([{**row(16, False, 95.0, 91, 7.6), "lanes": 2}], FakeEngine(), max_batch=16)[0]
+    assert laned["ratio"] == 0.91 and laned["raw_lanes"] == 2 and laned["ratio_to_raw_lanes"] == 0.7
     slow = bench.ratios([row(1, False, 13.5, 70, 1)], FakeEngine(), max_batch=16)
     assert len(slow) == 1 and slow[0]["met"] is False  # 3.5 ms over the raw forward
 
@@ -131,10 +139,10 @@ def test_a_tiny_run_writes_engine_server_and_ratios(bench: ModuleType, tmp_path:
     expected = {(heatmap, measure) for heatmap in (False, True) for measure in ("p50 latency", "throughput")}
     for side in report["engine"]:
         if side["precision"] == "fp32":
-            assert set(side["engine"]) == {"forward", "forward_backward", "heatmap"}
+            assert set(side["engine"]) - {"lanes"} == {"forward", "forward_backward", "heatmap"}
             assert {(r["heatmap"], r["measure"]) for r in side["ratios"]} == expected
             continue
-        assert set(side["engine"]) == {"forward"} and side["speed_vs_fp32"]["against"].endswith("/fp32")
+        assert set(side["engine"]) - {"lanes"} == {"forward"} and side["speed_vs_fp32"]["against"].endswith("/fp32")
         assert set(side["speed_vs_fp32"]) == {
             "against",
             "raw_forward_bs1",

@@ -15,6 +15,8 @@ from PIL import Image
 from serve_helpers import png_bytes
 
 from xrayfm.errors import XrayfmError
+from xrayfm.explain.heatmap import explain_batch
+from xrayfm.serve import runtime as runtime_module
 from xrayfm.serve.app import create_app
 from xrayfm.serve.runtime import ModelRuntime
 
@@ -68,8 +70,11 @@ def test_onnx_backend_needs_an_export(model_dir: Path) -> None:
         ModelRuntime(model_dir, backend="tensorrt")
 
 
-def test_onnx_lanes_each_use_a_session_of_their_thread_count(onnx_dir: Path) -> None:
-    """The server's lanes ask for 2 and 1 threads: each lane's passes run in the session opened for its count."""
+def test_onnx_lanes_each_use_a_session_of_their_thread_count(
+    onnx_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's lanes ask for 2 and 1 threads: each lane's passes run in the session opened for its
+    count, PyTorch's own work there on one thread, and a heatmap pass (PyTorch) on the lane's threads."""
     runtime = ModelRuntime(onnx_dir, backend="onnx", lane_threads=(2, 1))
     assert sorted(runtime.sessions) == [1, 2]
     assert [runtime.sessions[n].session.get_session_options().intra_op_num_threads for n in (1, 2)] == [1, 2]
@@ -77,19 +82,28 @@ def test_onnx_lanes_each_use_a_session_of_their_thread_count(onnx_dir: Path) -> 
     for n, model in runtime.sessions.items():
 
         def spy(*args, _n=n, _run=model.session.run, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            used.append((torch.get_num_threads(), _n))
+            used.append((threading.current_thread().name, _n, torch.get_num_threads()))
             return _run(*args, **kwargs)
 
         model.session.run = spy
+
+    def explain(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        used.append((threading.current_thread().name, "heatmap", torch.get_num_threads()))
+        return explain_batch(*args, **kwargs)
+
+    monkeypatch.setattr(runtime_module, "explain_batch", explain)
     x = runtime.prepare(np.random.default_rng(0).random((80, 70)))
 
     def lane(threads: int) -> None:
         runtime.use_threads(threads)
         answers.append(runtime.run_batch([(x, "findings")])[0].outputs["findings"])
+        runtime.run_batch([(x, "findings", "gradcam")])
+        used.append((threading.current_thread().name, "after", torch.get_num_threads()))
 
     for threads in (1, 2):
-        worker = threading.Thread(target=lane, args=(threads,))
+        worker = threading.Thread(target=lane, args=(threads,), name=f"lane{threads}")
         worker.start()
         worker.join()
-    assert used == [(1, 1), (2, 2)]
+    assert used == [("lane1", 1, 1), ("lane1", "heatmap", 1), ("lane1", "after", 1),
+                    ("lane2", 2, 1), ("lane2", "heatmap", 2), ("lane2", "after", 1)]  # fmt: skip
     assert np.allclose(answers[0], answers[1], atol=1e-5)
