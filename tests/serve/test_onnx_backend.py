@@ -70,9 +70,7 @@ def test_onnx_backend_needs_an_export(model_dir: Path) -> None:
         ModelRuntime(model_dir, backend="tensorrt")
 
 
-def test_onnx_lanes_each_use_a_session_of_their_thread_count(
-    onnx_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_onnx_lanes_each_use_a_session_of_their_thread_count(onnx_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The server's lanes ask for 2 and 1 threads: each lane's passes run in the session opened for its
     count, PyTorch's own work there on one thread, and a heatmap pass (PyTorch) on the lane's threads."""
     runtime = ModelRuntime(onnx_dir, backend="onnx", lane_threads=(2, 1))
