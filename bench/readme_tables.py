@@ -216,6 +216,25 @@ def serve_table(report: dict[str, Any], source: str) -> str:
     return "\n".join(lines) + "\n\n" + wrap(describe(report, source) + skipped)
 
 
+def serve_lanes_table(report: dict[str, Any], source: str) -> str:
+    """``--lanes 2`` against ``--lanes 1``, compared within alternating rounds: median and range per model
+    and backend."""
+    rounds = len({r["round"] for r in report["runs"]})
+    most = max(r["clients"] for r in report["runs"])
+    lines = [
+        f"| model | backend | requests/s at {most} clients, lanes 2 / lanes 1 | p50 at 1 client, "
+        "lanes 2 - lanes 1 (ms) |",
+        "|---|---|---|---|",
+    ]
+    for side in report["summary"]:
+        speed = next(v for k, v in side.items() if k.startswith("requests_per_s_"))
+        p50 = side.get("p50_ms_1_client_lanes2_minus_lanes1")
+        later = "–" if p50 is None else f"{p50['median']:+.1f} ({p50['min']:+.1f} to {p50['max']:+.1f})"
+        lines.append(f"| {ARCH_LABELS.get(side['arch'], side['arch'])} | {side['backend']} | "
+                     f"{speed['median']:.2f}x ({speed['min']:.2f}-{speed['max']:.2f}) | {later} |")  # fmt: skip
+    return "\n".join(lines) + "\n\n" + wrap(f"Median (range) over {rounds} rounds. " + describe(report, source))
+
+
 def phantom_bullet(report: dict[str, Any], source: str) -> str:
     """The Development list's phantom-throughput item."""
     by_size = {r["size"]: r for r in report["results"]}
@@ -450,7 +469,7 @@ def renderer(name: str) -> tuple[str, Callable[[dict[str, Any], str], str]]:
              "adam_throughput": adam_table, "eve_real": eve_table, "multitask_units": multitask_units_table,
              "loader_throughput": loader_throughput_table,
              "foundation_x_label_efficiency": foundation_x_label_efficiency_table,
-             "foundation_x_real": foundation_x_real_table}  # fmt: skip
+             "foundation_x_real": foundation_x_real_table, "serve_lanes": serve_lanes_table}  # fmt: skip
     for prefix, fn in fixed.items():
         if stem.startswith(prefix) and not part:
             return stem, fn

@@ -55,7 +55,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -346,6 +347,45 @@ def ratios(rows: Sequence[dict], engine: Engine, max_batch: int) -> list[dict]:
     return out
 
 
+def saved_model(model_dir: Path, arch: str, size: int, int8: bool = False) -> dict[str, Any]:
+    """An EVA-X classifier of the 14 findings (random weights: speed does not depend on them) saved in
+    ``model_dir`` and exported to ONNX as a user would, with its int8 graph too if ``int8``: the export's sidecar."""
+    # int8 calibration reads the model's recorded training images: a small phantom set stands in
+    phantom = write_phantom_dataset(model_dir.parent / "phantom", n=32, size=256) if int8 else None
+    info = {"provenance": {"dataset": "phantom", "root": str(phantom)}} if phantom else {}
+    torch.manual_seed(0)
+    model = XrayModel(create_model(arch, num_classes=0, img_size=size), [FINDINGS])  # the EVA-X record
+    save_task_model(model, model_dir, arch=arch, model_kwargs={"img_size": size}, info=info)
+    return export_onnx(model_dir, precision="int8" if int8 else "fp32")
+
+
+@contextmanager
+def running_server(
+    model_dir: Path, backend: str, precision: str, device: str, max_batch: int, lanes: int | None = None
+) -> Iterator[tuple[int, int]]:
+    """``xrayfm serve`` on ``model_dir`` in its own process, up and answering: its port and process id."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "xrayfm.cli", "serve", str(model_dir), "--port", str(port), "--backend", backend,
+         "--precision", precision, "--device", device, "--max-batch", str(max_batch), "--queue-size", "256",
+         *(["--lanes", str(lanes)] if lanes else [])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        for _ in range(1200):
+            try:
+                get_json(port, "/health")
+                break
+            except (OSError, RuntimeError):
+                if server.poll() is not None:
+                    raise RuntimeError(f"xrayfm serve exited: {server.stderr.read().decode()[-2000:]}") from None
+                time.sleep(0.1)
+        yield port, server.pid
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def serve_and_measure(
     model_dir: Path, arch: str, backend: str, args: argparse.Namespace, precision: str = "fp32"
 ) -> tuple[list, dict]:
@@ -356,33 +396,15 @@ def serve_and_measure(
     for b in sorted({1, args.max_batch}):
         for kind in kinds:
             engine.ms(kind, b)
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "xrayfm.cli", "serve", str(model_dir), "--port", str(port), "--backend", backend,
-         "--precision", precision, "--device", args.device, "--max-batch", str(args.max_batch), "--queue-size", "256",
-         *(["--lanes", str(args.lanes)] if args.lanes else [])],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
     rows = []
-    try:
-        for _ in range(1200):
-            try:
-                get_json(port, "/health")
-                break
-            except (OSError, RuntimeError):
-                if server.poll() is not None:
-                    raise RuntimeError(f"xrayfm serve exited: {server.stderr.read().decode()[-2000:]}") from None
-                time.sleep(0.1)
+    with running_server(model_dir, backend, precision, args.device, args.max_batch, args.lanes) as (port, pid):
         for heatmap in (False, True) if precision == "fp32" else (False,):
             for clients in (int(c) for c in args.clients.split(",")):
                 n = args.requests if not heatmap else max(clients * 2, args.requests // 4)
                 row = {"arch": arch, "backend": backend, "precision": precision,
-                       **measure(port, clients, n, heatmap, server.pid, args.image)}  # fmt: skip
+                       **measure(port, clients, n, heatmap, pid, args.image)}  # fmt: skip
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     side = {"arch": arch, "backend": backend, "precision": precision, "ratios": ratios(rows, engine, args.max_batch)}
     return rows, {**side, "engine": engine.table()}
 
@@ -459,13 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for arch in args.archs.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = Path(tmp) / "model"
-            # int8 calibration reads the model's recorded training images: a small phantom set stands in
-            phantom = write_phantom_dataset(Path(tmp) / "phantom", n=32, size=256) if "int8" in precisions else None
-            info = {"provenance": {"dataset": "phantom", "root": str(phantom)}} if phantom else {}
-            torch.manual_seed(0)
-            model = XrayModel(create_model(arch, num_classes=0, img_size=args.size), [FINDINGS])  # the EVA-X record
-            save_task_model(model, model_dir, arch=arch, model_kwargs={"img_size": args.size}, info=info)
-            sidecar = export_onnx(model_dir, precision="int8" if "int8" in precisions else "fp32")
+            sidecar = saved_model(model_dir, arch, args.size, int8="int8" in precisions)
             sides = {}
             for backend, precision in configs:
                 rows, side = serve_and_measure(model_dir, arch, backend, args, precision)
