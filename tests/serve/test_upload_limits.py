@@ -84,13 +84,25 @@ def test_many_trickling_clients_are_all_closed_by_the_deadline(server) -> None: 
 
 
 def test_the_api_still_answers_after_the_refusals(server) -> None:  # noqa: ANN001
+    """Each refusal is counted and leaves nothing in flight (its own refusals: under xdist the tests above
+    may run in another process)."""
     import httpx
     from serve_helpers import png_bytes
 
     port, _ = server
+    auth = {"Authorization": "Bearer s3cret"}
+
+    def refused() -> dict:
+        return httpx.get(f"http://127.0.0.1:{port}/health", headers=auth).json()["refused"]
+
+    before = refused()
+    assert chunked_upload(port, "/predict", cap=2 * LIMIT).status == 401
+    assert chunked_upload(port, "/predict", token="s3cret", cap=4 * LIMIT).status == 413
+    assert chunked_upload(port, "/predict", token="s3cret", chunk=1, cap=10**6, pace_s=1.5, timeout=6).status == 408
     res = httpx.post(f"http://127.0.0.1:{port}/predict", files={"file": ("x.png", png_bytes(), "image/png")},
-                     headers={"Authorization": "Bearer s3cret"})  # fmt: skip
+                     headers=auth)  # fmt: skip
     assert res.status_code == 200, res.text
-    health = httpx.get(f"http://127.0.0.1:{port}/health", headers={"Authorization": "Bearer s3cret"}).json()
-    assert health["refused"]["unauthorised"] >= 1 and health["refused"]["too_large"] >= 1
-    assert health["refused"]["too_slow"] >= 1 and health["uploads"]["in_flight"] == 0
+    health = httpx.get(f"http://127.0.0.1:{port}/health", headers=auth).json()
+    after = health["refused"]
+    assert [after[k] - before[k] for k in ("unauthorised", "too_large", "too_slow")] == [1, 1, 1]
+    assert health["uploads"]["in_flight"] == 0
