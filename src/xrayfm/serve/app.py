@@ -46,7 +46,7 @@ from torch import nn
 from xrayfm.errors import UnsafeInputError, XrayfmError
 from xrayfm.io import sniff_format
 from xrayfm.serve.admission import Admission, Busy
-from xrayfm.serve.batcher import MicroBatcher, QueueFull
+from xrayfm.serve.batcher import MicroBatcher, QueueFull, lane_threads
 from xrayfm.serve.guard import BUSY, TOKEN_HINT, GuardStats, UploadGuard, token_matches
 from xrayfm.serve.runtime import Answer, ModelRuntime, png_base64, serving_device
 from xrayfm.serve.runtime import Request as ModelRequest
@@ -69,8 +69,8 @@ def ms_since(started: float) -> float:
 
 def default_lanes(device: torch.device, threads: int) -> int:
     """Batches run at once under load when ``--lanes`` is not given: two on a CPU with at least two
-    threads (measured on 2 cores: two 1-thread passes give 1.4x one 2-thread pass's images/s, see
-    :mod:`xrayfm.serve.batcher`), one on a GPU, whose kernels already fill it."""
+    threads (measured on 2 cores in :mod:`xrayfm.serve.batcher`), one on a GPU, whose kernels already
+    fill it."""
     return 1 if device.type != "cpu" else min(2, threads)
 
 
@@ -131,11 +131,13 @@ def create_app(
     """
     threads = torch.get_num_threads()
     lanes = default_lanes(serving_device(device), threads) if lanes is None else lanes
-    if not 1 <= lanes <= threads:
-        raise XrayfmError(f"--lanes must be between 1 and the {threads} threads the model has, got {lanes}")
+    try:
+        widths = lane_threads(threads, lanes)  # checked before the model loads
+    except ValueError:
+        raise XrayfmError(f"--lanes must be between 1 and the {threads} threads the model has, got {lanes}") from None
     with ThreadPoolExecutor(1) as loader:  # a thread that ends: it leaves no OpenMP team beside the model's
         runtime = loader.submit(ModelRuntime, model_dir, device=device, backend=backend, precision=precision,
-                                loaded=loaded, lane_threads=(threads, threads // lanes)).result()  # fmt: skip
+                                loaded=loaded, lane_threads=widths).result()  # fmt: skip
     if max_upload_mb <= 0 or body_timeout <= 0 or body_idle_timeout <= 0:
         raise XrayfmError("--max-upload-mb, --body-timeout and --body-idle-timeout must be positive")
     if max_pixels_in_flight < runtime.limits.max_pixels:

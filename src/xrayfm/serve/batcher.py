@@ -9,10 +9,11 @@ letting memory grow under overload.
 Lanes: the model's ``threads`` (its intra-op threads) are either one *wide* lane, a batch using
 all of them, or ``lanes`` *narrow* lanes of ``threads // lanes`` each, running batches at the same
 time. A lone request (a batch of one, with nothing else running, waiting or being decoded) takes the wide lane: its
-latency is that of the model with every core. Under load batches take narrow lanes: measured on
-2 cores (EVA-X Ti/16, batch 8), two 1-thread forward passes side by side give 1.4x the images/s of
-one 2-thread pass, and a pass that loses its core to an upload's decoding for a moment no longer
-holds a second thread waiting for it at every op's barrier. A batch that must have the model
+latency is that of the model with every core. Under load batches take narrow lanes: a pass that loses its
+core to an upload's decoding for a moment no longer holds a second thread waiting for it at every
+op's barrier. Measured on 2 cores, paired (``bench/serve_lanes.py``), two lanes served 1.18-1.25x
+the requests/s of one at 16 clients for EVA-X Ti/16 and for S/16 on ONNX Runtime, and no more for
+S/16 on PyTorch. A batch that must have the model
 alone (``exclusive``: a heatmap pass hooks the model) waits for the others and takes the wide lane.
 
 Every PyTorch call of the server runs on these lane threads (:meth:`MicroBatcher.call` for the
@@ -38,6 +39,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+
+def lane_threads(threads: int, lanes: int) -> tuple[int, int]:
+    """The wide lane's thread count and each narrow lane's, for ``threads`` in all split into ``lanes``.
+
+    Raises:
+        ValueError: ``lanes`` below 1 or above ``threads``.
+    """
+    if not 1 <= lanes <= threads:
+        raise ValueError(f"lanes must be between 1 and the {threads} threads, got {lanes}")
+    return threads, threads // lanes
 
 
 class QueueFull(Exception):
@@ -84,9 +96,7 @@ class MicroBatcher:
         queue_size: int = 64, pending: Callable[[], int] | None = None, threads: int | None = None, lanes: int = 1,
         set_threads: Callable[[int], None] | None = None, exclusive: Callable[[Sequence[Any]], bool] | None = None,
     ) -> None:  # fmt: skip
-        self.threads = threads or torch.get_num_threads()
-        if lanes < 1 or self.threads < lanes:
-            raise ValueError(f"lanes must be between 1 and the {self.threads} threads, got {lanes}")
+        self.threads, self.narrow_threads = lane_threads(threads or torch.get_num_threads(), lanes)
         self.run_batch, self.max_batch, self.max_wait = run_batch, max_batch, max_wait_ms / 1000
         self.lanes = lanes
         self.pending = pending or (lambda: 1)
@@ -107,7 +117,7 @@ class MicroBatcher:
             self._wide = ThreadPoolExecutor(1, "xrayfm-model", self.set_threads, (self.threads,))
             if self.lanes > 1:
                 self._narrow = ThreadPoolExecutor(self.lanes, "xrayfm-model-lane", self.set_threads,
-                                                  (self.threads // self.lanes,))  # fmt: skip
+                                                  (self.narrow_threads,))  # fmt: skip
             self._changed = asyncio.Condition()
             self._worker = asyncio.get_running_loop().create_task(self._work())
 
