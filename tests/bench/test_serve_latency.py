@@ -39,10 +39,11 @@ def port(bench: ModuleType, model_dir: Path) -> Iterator[int]:
     import uvicorn
 
     from xrayfm.serve.app import create_app
+    from xrayfm.serve.http_protocol import BoundedHttpToolsProtocol
 
     port = bench.free_port()
     config = uvicorn.Config(create_app(model_dir, max_batch=4, max_wait_ms=50), host="127.0.0.1", port=port,
-                            log_level="warning", http="h11", timeout_keep_alive=1)  # fmt: skip
+                            log_level="warning", http=BoundedHttpToolsProtocol, timeout_keep_alive=1)  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -57,11 +57,15 @@ def free_port() -> int:
 
 @contextmanager
 def serving(app, **config) -> Iterator[int]:  # noqa: ANN001
-    """Run ``app`` with uvicorn (h11) in a thread on a free loopback port; yields the port."""
+    """Run ``app`` with uvicorn and the protocol ``xrayfm serve`` runs in a thread on a free loopback port; yields
+    the port."""
     import uvicorn
 
+    from xrayfm.serve.http_protocol import BoundedHttpToolsProtocol
+
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", http="h11", **config))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           http=BoundedHttpToolsProtocol, **config))  # fmt: skip
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(400):
@@ -98,10 +102,10 @@ class RawResult:
     seconds: float
 
 
-def request_head(path: str, token: str | None = None, extra: str = "Transfer-Encoding: chunked\r\n") -> bytes:
+def request_head(path: str, token: str | None = None, extra: str = "Transfer-Encoding: chunked\r\n",
+                 content_type: str = f"multipart/form-data; boundary={BOUNDARY}") -> bytes:  # fmt: skip
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
-    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}{extra}"
-            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n").encode()  # fmt: skip
+    return f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}{extra}Content-Type: {content_type}\r\n\r\n".encode()
 
 
 def part_head(name: str = "x.png") -> bytes:
@@ -111,21 +115,23 @@ def part_head(name: str = "x.png") -> bytes:
 
 def chunked_upload(
     port: int, path: str, *, token: str | None = None, chunk: int = 65536, cap: int, pace_s: float = 0.0,
-    timeout: float = 10.0,
+    timeout: float = 10.0, body_only: bool = False,
 ) -> RawResult:  # fmt: skip
-    """Stream an endless chunked multipart upload until the server answers (or ``cap`` bytes went out).
+    """Stream an endless chunked multipart upload (``body_only``: the bytes as the body, ``image/png``) until
+    the server answers (or ``cap`` bytes went out).
 
     The client keeps a small send buffer and polls the socket for a millisecond after every chunk,
     stopping as soon as an answer is readable, so ``sent`` is close to what the server's side of
     the connection accepted before it answered.
     """
     t0, sent, data = time.monotonic(), 0, b""
-    pieces = itertools.chain([part_head()], itertools.repeat(b"\0" * chunk))
+    first = b"\x89PNG\r\n\x1a\n" if body_only else part_head()
+    pieces = itertools.chain([first], itertools.repeat(b"\0" * chunk))
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)
         s.settimeout(timeout)
         s.connect(("127.0.0.1", port))
-        s.sendall(request_head(path, token))
+        s.sendall(request_head(path, token, content_type="image/png") if body_only else request_head(path, token))
         try:
             for piece in pieces:
                 if sent >= cap or select.select([s], [], [], 0.001)[0]:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from xrayfm.cli import main
+from xrayfm.serve.http_protocol import BoundedHttpToolsProtocol
 
 
 @pytest.fixture
@@ -24,8 +25,8 @@ def test_limits_reach_the_app_and_uvicorn(model_dir: Path, started: dict[str, An
     assert main(argv) == 0
     admission = started["app"].state.admission
     assert (admission.max_decodes, admission.max_requests, admission.max_pixels) == (3, 8, 300_000_000)
-    assert started["limit_concurrency"] == 40 and started["http"] == "h11"
-    assert started["h11_max_incomplete_event_size"] == 16_384 and started["timeout_keep_alive"] == 5
+    assert started["limit_concurrency"] == 40 and started["http"] is BoundedHttpToolsProtocol
+    assert BoundedHttpToolsProtocol.max_head == 16_384 and started["timeout_keep_alive"] == 5
     assert started["server_header"] is False
 
 

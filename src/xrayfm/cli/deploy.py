@@ -12,13 +12,14 @@ from xrayfm.errors import XrayfmError
 from xrayfm.models.precision import DEFAULT_TOLERANCE, PRECISIONS
 
 KEEP_ALIVE_S = 5
-MAX_HEADER_BYTES = 16_384
 GRACEFUL_SHUTDOWN_S = 10
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
+
+        from xrayfm.serve.http_protocol import BoundedHttpToolsProtocol
     except ModuleNotFoundError:
         raise XrayfmError("serving needs the server packages: pip install 'xrayfm[serve]'") from None
     from xrayfm.pretrain.multitask_serving import WEIGHTS, load_served_multitask, multitask_folder
@@ -45,11 +46,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                      body_idle_timeout=args.body_idle_timeout, lanes=args.lanes)  # fmt: skip
     print(f"serving {args.model} ({args.backend}, {args.precision}) on http://{args.host}:{args.port}/  "
           "(API docs: /docs; Ctrl-C stops)")  # fmt: skip
-    # h11 for every install (its header limit applies; httptools has none to set); a bounded number of
-    # connections (503 beyond), idle keep-alive connections closed after 5 s, headers at most 16 KiB.
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", http="h11",
-                limit_concurrency=args.max_connections, timeout_keep_alive=KEEP_ALIVE_S,
-                h11_max_incomplete_event_size=MAX_HEADER_BYTES, server_header=False,
+    # httptools with request heads of at most 16 KiB (serve/http_protocol.py), a bounded number of
+    # connections (503 beyond), idle keep-alive connections closed after 5 s
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", http=BoundedHttpToolsProtocol,
+                limit_concurrency=args.max_connections, timeout_keep_alive=KEEP_ALIVE_S, server_header=False,
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)  # fmt: skip
     return 0
 
