@@ -161,8 +161,9 @@ def serve_table(report: dict[str, Any], source: str) -> str:
     """The selected ``/predict`` rows (latency in ms; rows of a precision the machine skipped are left out), the
     ratios to the raw engine against issue 18's targets, the reduced precisions' speed against fp32, and the
     file's provenance."""
+    main = report.get("upload", "multipart")  # results before body uploads sent multipart forms
     runs = {(ARCH_LABELS[r["arch"]], r["backend"], r.get("precision", "fp32"), r["heatmap"], r["clients"]): r
-            for r in report["runs"]}  # fmt: skip
+            for r in report["runs"] if r.get("upload", "multipart") == main}  # fmt: skip
     lines = [
         "| model | backend | precision | heatmap | clients | p50 | server p50 | p95 | p99 | requests/s | mean batch |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -212,8 +213,29 @@ def serve_table(report: dict[str, Any], source: str) -> str:
                 f"| {ARCH_LABELS[side['arch']]} | {side['precision']} ({side['backend']}) | "
                 f"{speed['against']} | " + " | ".join(cells) + " |"
             )
+    lines += upload_table(report["runs"], main)
     skipped = "".join(f" Skipped: {s}." for s in report.get("skipped", []))
     return "\n".join(lines) + "\n\n" + wrap(describe(report, source) + skipped)
+
+
+def upload_table(runs: list[dict[str, Any]], main: str) -> list[str]:
+    """Plain fp32 ``/predict`` with the PNG as the request body and as a multipart field, on the same server."""
+
+    def plain(r: dict[str, Any]) -> bool:
+        return r.get("precision", "fp32") == "fp32" and not r["heatmap"]
+
+    other = {(r["arch"], r["backend"], r["clients"]): r for r in runs
+             if plain(r) and r.get("upload", "multipart") != main}  # fmt: skip
+    lines = ["", "| model | backend | clients | p50 body / multipart | server p50 body / multipart | "
+             "requests/s body / multipart |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in runs:
+        key = (r["arch"], r["backend"], r["clients"])
+        if key in other and plain(r) and r.get("upload", "multipart") == main:
+            body, form = (r, other[key]) if main == "body" else (other[key], r)
+            cells = [f"{half_up(body[k], 1)} / {half_up(form[k], 1)}" for k in ("p50_ms", "server_ms_p50",
+                                                                                "requests_per_s")]  # fmt: skip
+            lines.append(f"| {ARCH_LABELS[r['arch']]} | {r['backend']} | {r['clients']} | " + " | ".join(cells) + " |")
+    return lines if other else []
 
 
 def serve_lanes_table(report: dict[str, Any], source: str) -> str:

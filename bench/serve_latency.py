@@ -15,7 +15,9 @@ recorded as the model's training data):
   without heatmaps: p50 / p95 / p99 latency, requests/s, the batches it formed and how many ran on
   the wide lane (``/health``; ``--lanes`` sets the server's) and the p50 of the server's own answer
   time (``server_ms``: from the parsed upload to the answer), so that HTTP and transport (client p50
-  - server_ms p50) are told apart from decoding, batching and the model;
+  - server_ms p50) are told apart from decoding, batching and the model; the PNG goes as the request
+  body (``Content-Type: image/png``; ``--upload multipart`` for a form's field), and plain fp32 ``/predict``
+  at 1 and the most clients is measured the other way too, on the same server;
 - where the server ran batches side by side (lanes), the raw engine run the same way at the most
   clients: that many passes at once, each on its share of the threads (``ratio_to_raw_lanes``).
 
@@ -79,6 +81,8 @@ from xrayfm.tasks import TaskSpec
 REPO = Path(__file__).resolve().parents[1]
 FINDINGS = TaskSpec("findings", "multilabel", tuple(f"finding_{k}" for k in range(14)))
 BOUNDARY = "xrayfm-bench"
+#: How the benchmark sends the PNG: as the request body (image/png) or as a multipart form's field.
+UPLOADS = ("body", "multipart")
 LOAD = ("keep-alive HTTP/1.1 connections on plain sockets sending prebuilt requests, one thread per client, in the "
         "benchmark process; server in its own process, same machine (loopback); client_cpu_share = the load's CPU "
         "time / (load + server CPU time) during the row")  # fmt: skip
@@ -97,13 +101,17 @@ def png(seed: int, size: int = 512) -> bytes:
     return buf.getvalue()
 
 
-def predict_request(image: bytes, heatmap: bool) -> bytes:
-    """The bytes of one ``POST /predict`` with ``image`` as its multipart upload."""
-    body = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
-            "Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{BOUNDARY}--\r\n".encode()  # fmt: skip
+def predict_request(image: bytes, heatmap: bool, upload: str = "body") -> bytes:
+    """The bytes of one ``POST /predict`` with ``image`` sent as the request body (``upload="body"``,
+    ``Content-Type: image/png``) or as a multipart form's ``file`` field (``"multipart"``)."""
+    if upload == "body":
+        body, kind = image, "image/png"
+    else:
+        body = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
+                "Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{BOUNDARY}--\r\n".encode()  # fmt: skip
+        kind = f"multipart/form-data; boundary={BOUNDARY}"
     head = (f"POST /predict?heatmap={str(heatmap).lower()} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n")  # fmt: skip
+            f"Content-Type: {kind}\r\nContent-Length: {len(body)}\r\n\r\n")  # fmt: skip
     return head.encode() + body
 
 
@@ -173,9 +181,12 @@ def get_json(port: int, path: str) -> dict[str, Any]:
     return json.loads(body)
 
 
-def measure(port: int, clients: int, requests: int, heatmap: bool, server_pid: int, image: int = 512) -> dict:
-    """Send ``requests`` /predict calls from ``clients`` concurrent connections; latency, rate, batching, CPU."""
-    payloads = [predict_request(png(i, image), heatmap) for i in range(8)]
+def measure(
+    port: int, clients: int, requests: int, heatmap: bool, server_pid: int, image: int = 512, upload: str = "body"
+) -> dict:
+    """Send ``requests`` /predict calls from ``clients`` concurrent connections, the PNG sent as ``upload``
+    (:func:`predict_request`); latency, rate, batching, CPU."""
+    payloads = [predict_request(png(i, image), heatmap, upload) for i in range(8)]
     warm = Connection(port)
     warm.request(payloads[0])
     warm.close()
@@ -206,7 +217,7 @@ def measure(port: int, clients: int, requests: int, heatmap: bool, server_pid: i
     lat = np.asarray([t for t, code, _ in results if code == 200]) * 1000
     inside = np.asarray([ms for _, code, ms in results if code == 200])
     return {
-        "clients": clients, "requests": requests, "heatmap": heatmap, "ok": int(len(lat)),
+        "clients": clients, "requests": requests, "heatmap": heatmap, "upload": upload, "ok": int(len(lat)),
         "errors": int(sum(code != 200 for _, code, _ in results)),
         "server_ms_p50": round(float(np.percentile(inside, 50)), 1),
         "p50_ms": round(float(np.percentile(lat, 50)), 1), "p95_ms": round(float(np.percentile(lat, 95)), 1),
@@ -396,16 +407,21 @@ def serve_and_measure(
     for b in sorted({1, args.max_batch}):
         for kind in kinds:
             engine.ms(kind, b)
-    rows = []
+    rows, clients = [], [int(c) for c in args.clients.split(",")]
+    # every setting in the benchmark's upload style; at fp32, plain /predict at 1 and the most clients in the other
+    other = next(u for u in UPLOADS if u != args.upload)
+    settings = [(heatmap, c, args.upload) for heatmap in ((False, True) if precision == "fp32" else (False,))
+                for c in clients]  # fmt: skip
+    settings += [(False, c, other) for c in sorted({1, max(clients)})] if precision == "fp32" else []
     with running_server(model_dir, backend, precision, args.device, args.max_batch, args.lanes) as (port, pid):
-        for heatmap in (False, True) if precision == "fp32" else (False,):
-            for clients in (int(c) for c in args.clients.split(",")):
-                n = args.requests if not heatmap else max(clients * 2, args.requests // 4)
-                row = {"arch": arch, "backend": backend, "precision": precision,
-                       **measure(port, clients, n, heatmap, pid, args.image)}  # fmt: skip
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-    side = {"arch": arch, "backend": backend, "precision": precision, "ratios": ratios(rows, engine, args.max_batch)}
+        for heatmap, c, upload in settings:
+            n = args.requests if not heatmap else max(c * 2, args.requests // 4)
+            row = {"arch": arch, "backend": backend, "precision": precision,
+                   **measure(port, c, n, heatmap, pid, args.image, upload)}  # fmt: skip
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    mine = [r for r in rows if r["upload"] == args.upload]
+    side = {"arch": arch, "backend": backend, "precision": precision, "ratios": ratios(mine, engine, args.max_batch)}
     return rows, {**side, "engine": engine.table()}
 
 
@@ -469,6 +485,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=10, help="timed calls per raw-engine measurement")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda: the server's and the raw engine's device")
     ap.add_argument("--lanes", type=int, help="the server's --lanes (default: its own default)")
+    ap.add_argument("--upload", choices=UPLOADS, default="body",
+                    help="how the PNG is sent: as the request body (default) or as a multipart form's field; plain "
+                         "fp32 /predict is also measured the other way at 1 and the most clients")  # fmt: skip
     ap.add_argument("--out", type=Path, help="result file (default bench/results/serve_latency_<cpu|gpu>.json)")
     args = ap.parse_args(argv)
     try:
@@ -499,6 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "skipped": skipped,
         "load": LOAD,
         "image": f"{args.image}x{args.image} 8-bit PNG upload",
+        "upload": args.upload,
         "model_input": args.size,
         "max_batch": args.max_batch,
         "lanes": args.lanes or "server default",

@@ -64,6 +64,14 @@ def test_the_load_generator_gets_answers_and_records_its_cpu_share(bench: Module
     assert row["client_cpu_share"] is None or 0 < row["client_cpu_share"] <= 1
 
 
+def test_body_and_multipart_requests_get_the_same_answer(bench: ModuleType, port: int) -> None:
+    conn, image = bench.Connection(port), bench.png(1, 40)
+    answers = [json.loads(conn.request(bench.predict_request(image, False, upload))[1]) for upload in bench.UPLOADS]
+    conn.close()
+    assert answers[0]["probabilities"] == answers[1]["probabilities"] and answers[0]["image"]["width"] == 40
+    assert bench.predict_request(image, False, "body").split(b"\r\n\r\n", 1)[1] == image
+
+
 def test_a_keep_alive_connection_survives_the_servers_idle_close(bench: ModuleType, port: int) -> None:
     conn = bench.Connection(port)
     request = bench.predict_request(bench.png(0, 48), heatmap=False)
@@ -133,9 +141,13 @@ def test_a_tiny_run_writes_engine_server_and_ratios(bench: ModuleType, tmp_path:
     assert {"torch/fp32", "onnx/fp32", "onnx/int8"} <= measured and "onnx/bf16" not in measured
     assert ("torch/bf16" in measured) != any(s.startswith("torch/bf16: bf16 refused") for s in report["skipped"])
     fp32 = [r for r in report["runs"] if r["precision"] == "fp32"]
-    assert {r["backend"] for r in fp32} == {"torch", "onnx"} and len(fp32) == 8
+    assert {r["backend"] for r in fp32} == {"torch", "onnx"} and len(fp32) == 12 and report["upload"] == "body"
+    other = [r for r in fp32 if r["upload"] == "multipart"]  # plain /predict at 1 and 2 clients, per backend
+    assert sorted((r["backend"], r["clients"], r["heatmap"]) for r in other) == [
+        ("onnx", 1, False), ("onnx", 2, False), ("torch", 1, False), ("torch", 2, False)]  # fmt: skip
     reduced = [r for r in report["runs"] if r["precision"] != "fp32"]
     assert len(reduced) == 2 * (len(measured) - 2) and not any(r["heatmap"] for r in reduced)  # heatmaps stay fp32
+    assert all(r["upload"] == "body" for r in reduced)
     assert all(r["errors"] == 0 for r in report["runs"])
     expected = {(heatmap, measure) for heatmap in (False, True) for measure in ("p50 latency", "throughput")}
     for side in report["engine"]:
