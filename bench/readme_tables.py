@@ -186,11 +186,15 @@ def serve_table(report: dict[str, Any], source: str) -> str:
             r = got.get((heatmap, one))
             if r is None:
                 return "–"
-            value = f"{half_up(r['server_minus_raw_ms'], 1):+} ms" if one and not heatmap else f"{r['ratio']:.2f}"
+            key, fmt = ("server_minus_raw_ms", "{:+.1f}") if one and not heatmap else ("ratio", "{:.2f}")
+            value = fmt.format(r[key]) + (" ms" if key == "server_minus_raw_ms" else "")
+            if r.get("rounds"):  # paired rounds: the range over them
+                low, high = (fmt.format(f(x[key] for x in r["rounds"])) for f in (min, max))
+                value += f" [{low}, {high}]"
             return f"{value} ({'met' if r['met'] else 'not met'})"
 
-        laned = got.get((False, False), {}).get("ratio_to_raw_lanes")
-        lanes = "–" if laned is None else f"{laned:.2f}"
+        laned = got.get((False, False), {})
+        lanes = "–" if laned.get("ratio_to_raw_lanes") is None else f"{laned['ratio_to_raw_lanes']:.2f}"
         lines.append(
             f"| {ARCH_LABELS[side['arch']]} | {side['backend']} | {side.get('precision', 'fp32')} | "
             f"{cell(False, True)} | {cell(False, False)} | {lanes} | {cell(True, True)} | {cell(True, False)} |"

@@ -95,38 +95,62 @@ def test_engine_times_each_kind_per_batch_size(bench: ModuleType, model_dir: Pat
 
 
 class FakeEngine:
-    """Raw-engine times in ms: forward 10 ms per image, forward+backward 30, heatmap 12."""
+    """Raw-engine times in ms: forward 10 ms per image, forward+backward 30, heatmap 12; each fresh timing
+    ``drift`` times the last (the machine slowing down between rounds)."""
 
-    def ms(self, kind: str, batch: int) -> float:
-        return {"forward": 10.0, "forward_backward": 30.0, "heatmap": 12.0}[kind] * batch
+    def __init__(self, drift: float = 1.0) -> None:
+        self.drift, self.scale, self.fresh = drift, 1.0, 0
 
-    def lanes_per_s(self, batch: int, lanes: int) -> float:  # side by side: 130 images/s
-        return 130.0
+    def ms(self, kind: str, batch: int, fresh: bool = False) -> float:
+        if fresh:
+            self.fresh += 1
+        return {"forward": 10.0, "forward_backward": 30.0, "heatmap": 12.0}[kind] * batch * self.scale
+
+    def lanes_per_s(self, batch: int, lanes: int, fresh: bool = False) -> float:  # side by side: 130 images/s
+        return 130.0 / self.scale
+
+    def next_round(self) -> None:
+        self.scale *= self.drift
 
 
 def row(clients: int, heatmap: bool, p50: float, rate: float, batch: float) -> dict:
     return {"clients": clients, "heatmap": heatmap, "p50_ms": p50, "requests_per_s": rate, "mean_batch": batch}
 
 
-def test_ratios_set_the_server_beside_the_engine_against_the_targets(bench: ModuleType) -> None:
-    rows = [row(1, False, 12.5, 80, 1), row(16, False, 95.0, 91, 7.6), row(1, True, 40.0, 25, 1),
-            row(16, True, 20.0, 26, 8.0)]  # fmt: skip
-    got = {(r["heatmap"], r["measure"]): r for r in bench.ratios(rows, FakeEngine(), max_batch=16)}
-    plain = got[False, "p50 latency"]
-    assert plain["server_minus_raw_ms"] == 2.5 and plain["met"] is True
-    throughput = got[False, "throughput"]  # the server formed batches of 8: 800 images/s raw there
+def check(bench: ModuleType, server_row: dict, rounds: int = 1, **kw) -> dict:
+    engine = FakeEngine(**kw)
+    done = []
+    for _ in range(rounds):
+        done.append(bench.paired_round(server_row, engine, max_batch=16))
+        engine.next_round()
+    assert engine.fresh >= rounds  # every round timed the engine anew
+    return bench.target(server_row["heatmap"], server_row["clients"], done)
+
+
+def test_paired_targets_set_the_server_beside_the_engine(bench: ModuleType) -> None:
+    plain = check(bench, row(1, False, 12.5, 80, 1))
+    assert plain["server_minus_raw_ms"] == 2.5 and plain["met"] is True and plain["measure"] == "p50 latency"
+    throughput = check(bench, row(16, False, 95.0, 91, 7.6))  # the server formed batches of 8: 100 images/s raw
     assert throughput["raw_images_per_s"] == {"bs8": 100.0, "bs16": 100.0} and throughput["ratio"] == 0.91
-    assert throughput["met"] is True
-    heat = got[True, "p50 latency"]
+    assert throughput["met"] is True and "ratio_to_raw_lanes" not in throughput  # a server with one lane
+    heat = check(bench, row(1, True, 40.0, 25, 1))
     assert heat["ratio"] == pytest.approx(40 / 30, abs=1e-3) and heat["met"] is False
     assert heat["ratio_to_engine_heatmap"] == pytest.approx(40 / 12, abs=1e-3)
-    heat_rate = got[True, "throughput"]
+    heat_rate = check(bench, row(16, True, 20.0, 26, 8.0))
     assert heat_rate["ratio"] == pytest.approx(26 / (1000 / 30), abs=1e-3) and heat_rate["met"] is False
-    assert "ratio_to_raw_lanes" not in throughput  # a server with one lane
-    laned = bench.ratios([{**row(16, False, 95.0, 91, 7.6), "lanes": 2}], FakeEngine(), max_batch=16)[0]
+    laned = check(bench, {**row(16, False, 95.0, 91, 7.6), "lanes": 2})
     assert laned["ratio"] == 0.91 and laned["raw_lanes"] == 2 and laned["ratio_to_raw_lanes"] == 0.7
-    slow = bench.ratios([row(1, False, 13.5, 70, 1)], FakeEngine(), max_batch=16)
-    assert len(slow) == 1 and slow[0]["met"] is False  # 3.5 ms over the raw forward
+    slow = check(bench, row(1, False, 13.5, 70, 1))
+    assert slow["met"] is False  # 3.5 ms over the raw forward
+
+
+def test_rounds_give_the_median_and_the_range(bench: ModuleType) -> None:
+    """The engine slowing by 10% per round moves each round's ratio; the median round decides."""
+    got = check(bench, row(16, False, 95.0, 91, 7.6), rounds=3, drift=1.1)
+    per_round = [r["ratio"] for r in got["rounds"]]
+    assert per_round == sorted(per_round) and len(set(per_round)) == 3
+    assert got["ratio"] == per_round[1] and got["ratio_range"] == [per_round[0], per_round[2]]
+    assert got["raw_images_per_s"]["bs8"] == got["rounds"][1]["raw_images_per_s"]["bs8"]
 
 
 @pytest.mark.slow  # two server processes, each importing torch; the ONNX export
@@ -134,7 +158,7 @@ def test_a_tiny_run_writes_engine_server_and_ratios(bench: ModuleType, tmp_path:
     pytest.importorskip("onnxruntime")
     out = tmp_path / "serve.json"
     argv = ["--archs", "eva_x_tiny_patch16", "--size", "32", "--image", "64", "--requests", "4", "--clients", "1,2",
-            "--max-batch", "2", "--repeats", "1", "--out", str(out)]  # fmt: skip
+            "--max-batch", "2", "--repeats", "1", "--rounds", "2", "--out", str(out)]  # fmt: skip
     assert bench.main(argv) == 0
     report = json.loads(out.read_text())
     measured = set(report["precisions"])
@@ -154,6 +178,7 @@ def test_a_tiny_run_writes_engine_server_and_ratios(bench: ModuleType, tmp_path:
         if side["precision"] == "fp32":
             assert set(side["engine"]) - {"lanes"} == {"forward", "forward_backward", "heatmap"}
             assert {(r["heatmap"], r["measure"]) for r in side["ratios"]} == expected
+            assert all(len(r["rounds"]) == 2 for r in side["ratios"])
             continue
         assert set(side["engine"]) - {"lanes"} == {"forward"} and side["speed_vs_fp32"]["against"].endswith("/fp32")
         assert set(side["speed_vs_fp32"]) == {
