@@ -217,9 +217,26 @@ def serve_table(report: dict[str, Any], source: str) -> str:
                 f"| {ARCH_LABELS[side['arch']]} | {side['precision']} ({side['backend']}) | "
                 f"{speed['against']} | " + " | ".join(cells) + " |"
             )
-    lines += upload_table(report["runs"], main)
+    lines += upload_table(report["runs"], main) + cpu_table(report["runs"], main)
     skipped = "".join(f" Skipped: {s}." for s in report.get("skipped", []))
     return "\n".join(lines) + "\n\n" + wrap(describe(report, source) + skipped)
+
+
+def cpu_table(runs: list[dict[str, Any]], main: str) -> list[str]:
+    """The server's CPU per request by thread role, for plain ``/predict`` at the most clients."""
+    most = max((r["clients"] for r in runs), default=0)
+    rows = [r for r in runs if r.get("server_cpu_ms_per_request") and r["clients"] == most and not r["heatmap"]
+            and r.get("upload", "multipart") == main]  # fmt: skip
+    if not rows:
+        return []
+    roles = ("model", "decode", "event loop", "other")
+    lines = ["", f"| model | backend | precision | server CPU ms per request at {most} clients: model lanes | "
+             "decoding | event loop | other | all |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        cpu = r["server_cpu_ms_per_request"]
+        cells = [f"{cpu[k]:.1f}" for k in roles] + [f"{sum(cpu[k] for k in roles):.1f}"]
+        lines.append(f"| {ARCH_LABELS[r['arch']]} | {r['backend']} | {r['precision']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def upload_table(runs: list[dict[str, Any]], main: str) -> list[str]:

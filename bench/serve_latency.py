@@ -17,7 +17,10 @@ recorded as the model's training data):
   time (``server_ms``: from the parsed upload to the answer), so that HTTP and transport (client p50
   - server_ms p50) are told apart from decoding, batching and the model; the PNG goes as the request
   body (``Content-Type: image/png``; ``--upload multipart`` for a form's field), and plain fp32 ``/predict``
-  at 1 and the most clients is measured the other way too, on the same server;
+  at 1 and the most clients is measured the other way too, on the same server; each row also splits the
+  server's CPU per request by thread role (``server_cpu_ms_per_request``: the model's lanes, the decoding
+  threads, the event loop, others such as ONNX Runtime's workers), read from ``/proc`` by the names
+  :mod:`xrayfm.serve.thread_names` gives the threads;
 - where the server ran batches side by side (lanes), the raw engine run the same way at the most
   clients: that many passes at once, each on its share of the threads (``ratio_to_raw_lanes``).
 
@@ -173,6 +176,29 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+#: Roles of the server's threads, by the operating-system names :mod:`xrayfm.serve.thread_names` gives them
+#: (the main thread runs the event loop: HTTP, multipart, JSON; "other" holds ONNX Runtime's workers).
+ROLES = {"xrayfm-wide": "model", "xrayfm-lane": "model", "xrayfm-codec": "decode"}
+
+
+def thread_cpu(pid: int) -> dict[str, float] | None:
+    """CPU seconds of process ``pid`` per thread role (model, decode, event loop, other) from ``/proc``;
+    None where there is none."""
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.is_dir():
+        return None
+    out = dict.fromkeys(("model", "decode", "event loop", "other"), 0.0)
+    for task in tasks.iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended
+            continue
+        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+        role = "event loop" if task.name == str(pid) else ROLES.get(name, "other")
+        out[role] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def get_json(port: int, path: str) -> dict[str, Any]:
     conn = Connection(port)
     try:
@@ -207,6 +233,7 @@ def measure(
             results.extend(mine)
 
     before = get_json(port, "/health")
+    roles0 = thread_cpu(server_pid)
     cpu0, server0, t0 = time.process_time(), cpu_seconds(server_pid), time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
@@ -214,7 +241,7 @@ def measure(
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    load_cpu, server1 = time.process_time() - cpu0, cpu_seconds(server_pid)
+    load_cpu, server1, roles1 = time.process_time() - cpu0, cpu_seconds(server_pid), thread_cpu(server_pid)
     health = get_json(port, "/health")
     server_cpu = None if server0 is None or server1 is None else server1 - server0
     lat = np.asarray([t for t, code, _ in results if code == 200]) * 1000
@@ -231,6 +258,8 @@ def measure(
         "batches": health["batches"] - before["batches"],
         "client_cpu_s": round(load_cpu, 3), "server_cpu_s": None if server_cpu is None else round(server_cpu, 3),
         "client_cpu_share": None if not server_cpu else round(load_cpu / (load_cpu + server_cpu), 3),
+        "server_cpu_ms_per_request": None if roles0 is None or roles1 is None or not len(lat) else
+        {k: round((roles1[k] - roles0[k]) * 1000 / len(lat), 2) for k in roles1},
     }  # fmt: skip
 
 

@@ -62,6 +62,8 @@ def test_the_load_generator_gets_answers_and_records_its_cpu_share(bench: Module
     assert row["mean_batch"] >= 1 and row["client_cpu_s"] > 0
     assert 0 < row["server_ms_p50"] <= row["p50_ms"]  # the server's own time is inside the client's
     assert row["client_cpu_share"] is None or 0 < row["client_cpu_share"] <= 1
+    roles = row["server_cpu_ms_per_request"]  # the server runs in this process here, its lanes named as in serve
+    assert roles is None or (set(roles) == {"model", "decode", "event loop", "other"} and roles["model"] > 0)
 
 
 def test_body_and_multipart_requests_get_the_same_answer(bench: ModuleType, port: int) -> None:

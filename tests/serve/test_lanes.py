@@ -63,7 +63,7 @@ def test_a_lone_request_gets_every_thread() -> None:
     rec = Recorder(0.01)
     assert run(rec, [[1], [2]], gap=0.1, lanes=2, pending=lambda: 0) == [10, 20]
     assert [b["threads"] for b in rec.batches] == [2, 2]
-    assert all(b["thread"].startswith("xrayfm-model_") for b in rec.batches)
+    assert all(b["thread"].startswith("xrayfm-wide_") for b in rec.batches)
 
 
 def test_batches_under_load_run_side_by_side_on_a_share_of_the_threads() -> None:
@@ -73,7 +73,7 @@ def test_batches_under_load_run_side_by_side_on_a_share_of_the_threads() -> None
     assert sorted(i for b in rec.batches for i in b["items"]) == list(range(12))
     assert max(b["overlap"] for b in rec.batches) == 2  # two at once, never more
     assert {b["threads"] for b in rec.batches} == {1}
-    assert all(b["thread"].startswith("xrayfm-model-lane") for b in rec.batches)
+    assert all(b["thread"].startswith("xrayfm-lane_") for b in rec.batches)
 
 
 def test_one_lane_runs_every_batch_alone_on_all_threads() -> None:
@@ -147,3 +147,20 @@ def test_served_answers_do_not_depend_on_the_lane(model_dir: Path) -> None:
     for answer in answers:
         assert np.allclose(list(answer["probabilities"].values()), list(alone.values()), atol=1e-5)
     assert health["lanes"] == min(2, torch.get_num_threads()) and health["wide_batches"] >= 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names are read from Linux's /proc")
+def test_the_servers_threads_carry_their_role_in_the_operating_system(model_dir: Path) -> None:
+    """``top -H`` tells the model's lanes from the decoding threads: the lanes, their OpenMP workers and the
+    codec threads are named in /proc."""
+
+    def names() -> set[str]:
+        return {(task / "comm").read_text().strip() for task in Path("/proc/self/task").iterdir()}
+
+    with TestClient(create_app(model_dir, lanes=min(2, torch.get_num_threads()), max_batch=4)) as c:
+        with ThreadPoolExecutor(6) as pool:
+            assert all(pool.map(lambda _: c.post("/predict?heatmap=true", files={"file": ("x.png", png_bytes())}).is_success,
+                                range(12)))  # fmt: skip
+        running = names()
+    assert {"xrayfm-wide", "xrayfm-codec"} <= running
+    assert torch.get_num_threads() < 2 or "xrayfm-lane" in running

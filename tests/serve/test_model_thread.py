@@ -43,4 +43,4 @@ def test_torch_work_stays_on_the_model_thread(model_dir: Path, monkeypatch: pyte
         for path in ("/predict", "/predict?heatmap=true", "/segment"):
             assert c.post(path, files={"file": ("x.png", png_bytes(), "image/png")}).status_code == 200
     assert set(threads) == {"prepare", "to_image", "run_batch"}
-    assert all(name.startswith("xrayfm-model") for name in set().union(*threads.values())), threads
+    assert all(name.startswith(("xrayfm-wide", "xrayfm-lane")) for name in set().union(*threads.values())), threads

@@ -53,11 +53,14 @@ from xrayfm.serve.batcher import MicroBatcher, QueueFull, lane_threads
 from xrayfm.serve.guard import BUSY, TOKEN_HINT, GuardStats, UploadGuard, token_matches
 from xrayfm.serve.runtime import Answer, ModelRuntime, png_base64, serving_device
 from xrayfm.serve.runtime import Request as ModelRequest
+from xrayfm.serve.thread_names import name_this_thread
 from xrayfm.tasks import CLASSIFICATION_KINDS, TaskSpec
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 UPLOAD_PATHS = ("/predict", "/segment", "/detect")
+#: The operating-system name of the threads that decode uploads and encode maps as PNG.
+CODEC_NAME = "xrayfm-codec"
 #: Content types of an upload sent as the request body itself, besides ``image/*`` (the format is sniffed
 #: from the bytes either way).
 BODY_TYPES = ("application/dicom", "application/octet-stream")
@@ -167,12 +170,19 @@ def create_app(
                            set_threads=runtime.use_threads, exclusive=needs_model_alone)  # fmt: skip
     refused = GuardStats()
     max_bytes = int(max_upload_mb * (1 << 20))
+    codec: ThreadPoolExecutor | None = None  # decoding uploads, encoding maps: never on the event loop
+
+    async def in_codec(fn, *args: Any) -> Any:  # noqa: ANN001
+        return await asyncio.get_running_loop().run_in_executor(codec, fn, *args)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # noqa: ANN202
+        nonlocal codec
+        codec = ThreadPoolExecutor(admission.max_decodes + 1, CODEC_NAME, name_this_thread, (CODEC_NAME,))
         batcher.start()
         yield
         await batcher.stop()
+        codec.shutdown(wait=False)
 
     app = FastAPIOffline(
         title="xrayfm model server",
@@ -240,7 +250,7 @@ def create_app(
                     raise HTTPException(415, "not a PNG, JPEG, TIFF, BMP or DICOM file")
                 probe = runtime.probe(data)
                 async with admission.pixels(probe.width * probe.height):
-                    return await asyncio.to_thread(runtime.decode, data)
+                    return await in_codec(runtime.decode, data)
         except Busy as exc:
             raise HTTPException(503, f"{exc}; retry shortly", headers={"Retry-After": "1"}) from None
         except UnsafeInputError as exc:
@@ -289,12 +299,12 @@ def create_app(
     async def heatmap_png(plane: np.ndarray, pixels: np.ndarray) -> tuple[str, int, int]:
         """A heatmap over the model input as a PNG over the decoded image, and its width and height."""
         (heat,) = await on_image([plane], pixels)
-        return await asyncio.to_thread(png_base64, heat), heat.shape[1], heat.shape[0]
+        return await in_codec(png_base64, heat), heat.shape[1], heat.shape[0]
 
     async def mask_pngs(planes: np.ndarray, pixels: np.ndarray, threshold: float) -> tuple[list[str], list[float]]:
         """Mask probabilities (M, S, S) as one PNG per class over the decoded image, and their area shares."""
         inside = [m >= threshold for m in await on_image(list(planes), pixels)]
-        pngs = await asyncio.to_thread(lambda: [png_base64(m.astype(np.uint8) * 255) for m in inside])
+        pngs = await in_codec(lambda: [png_base64(m.astype(np.uint8) * 255) for m in inside])
         return pngs, [float(m.mean()) for m in inside]
 
     def to_image_boxes(boxes: np.ndarray, pixels: np.ndarray, meta: dict[str, Any]) -> torch.Tensor:

@@ -40,6 +40,11 @@ from typing import Any
 
 import torch
 
+from xrayfm.serve.thread_names import name_this_thread
+
+#: The operating-system names of the lane threads (:mod:`xrayfm.serve.thread_names`).
+WIDE_NAME, NARROW_NAME = "xrayfm-wide", "xrayfm-lane"
+
 
 def lane_threads(threads: int, lanes: int) -> tuple[int, int]:
     """The wide lane's thread count and each narrow lane's, for ``threads`` in all split into ``lanes``.
@@ -114,12 +119,18 @@ class MicroBatcher:
     def start(self) -> None:
         """Start the worker on the running event loop."""
         if self._worker is None:
-            self._wide = ThreadPoolExecutor(1, "xrayfm-model", self.set_threads, (self.threads,))
+            self._wide = ThreadPoolExecutor(1, WIDE_NAME, self._lane_start, (WIDE_NAME, self.threads))
             if self.lanes > 1:
-                self._narrow = ThreadPoolExecutor(self.lanes, "xrayfm-model-lane", self.set_threads,
-                                                  (self.narrow_threads,))  # fmt: skip
+                self._narrow = ThreadPoolExecutor(self.lanes, NARROW_NAME, self._lane_start,
+                                                  (NARROW_NAME, self.narrow_threads))  # fmt: skip
             self._changed = asyncio.Condition()
             self._worker = asyncio.get_running_loop().create_task(self._work())
+
+    def _lane_start(self, name: str, threads: int) -> None:
+        """A lane thread's first act: its name in the operating system, then its thread count (so the
+        OpenMP workers it starts carry the name too)."""
+        name_this_thread(name)
+        self.set_threads(threads)
 
     async def stop(self) -> None:
         """Stop the worker; waiting callers get a cancellation."""
