@@ -63,7 +63,7 @@ def test_the_load_generator_gets_answers_and_records_its_cpu_share(bench: Module
     assert 0 < row["server_ms_p50"] <= row["p50_ms"]  # the server's own time is inside the client's
     assert row["client_cpu_share"] is None or 0 < row["client_cpu_share"] <= 1
     roles = row["server_cpu_ms_per_request"]  # the server runs in this process here, its lanes named as in serve
-    assert roles is None or (set(roles) == {"model", "decode", "event loop", "other"} and roles["model"] > 0)
+    assert roles is None or (set(roles) == {"model", "decode", "event loop", "other"} and min(roles.values()) >= 0)
 
 
 def test_body_and_multipart_requests_get_the_same_answer(bench: ModuleType, port: int) -> None:
