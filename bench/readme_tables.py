@@ -259,6 +259,22 @@ def upload_table(runs: list[dict[str, Any]], main: str) -> list[str]:
     return lines if other else []
 
 
+def http_parsers_table(report: dict[str, Any], source: str) -> str:
+    """Per HTTP parser and upload framing on a bare endpoint: p50 and server CPU per request, and their paired
+    ratio to h11 + multipart."""
+    lines = [
+        "| parser | upload | p50 ms | server CPU ms per request | CPU / h11 + multipart |",
+        "|---|---|---|---|---|",
+    ]
+    for e in report["summary"]:
+        cpu = e["server_cpu_ms_vs_h11_multipart"]
+        ratio = "–" if cpu is None else f"{cpu['median']:.2f} ({cpu['min']:.2f}-{cpu['max']:.2f})"
+        lines.append(f"| {e['parser']} | {e['upload']} | {e['p50_ms']:.2f} | {e['server_cpu_ms']:.2f} | {ratio} |")
+    text = (f"Median (range) over {report['rounds']} alternating rounds of {report['requests']} sequential requests, "
+            f"each a {report['image']} upload. " + describe(report, source))  # fmt: skip
+    return "\n".join(lines) + "\n\n" + wrap(text)
+
+
 def serve_lanes_table(report: dict[str, Any], source: str) -> str:
     """``--lanes 2`` against ``--lanes 1``, compared within alternating rounds: median and range per model
     and backend."""
@@ -512,7 +528,8 @@ def renderer(name: str) -> tuple[str, Callable[[dict[str, Any], str], str]]:
              "adam_throughput": adam_table, "eve_real": eve_table, "multitask_units": multitask_units_table,
              "loader_throughput": loader_throughput_table,
              "foundation_x_label_efficiency": foundation_x_label_efficiency_table,
-             "foundation_x_real": foundation_x_real_table, "serve_lanes": serve_lanes_table}  # fmt: skip
+             "foundation_x_real": foundation_x_real_table, "serve_lanes": serve_lanes_table,
+             "http_parsers": http_parsers_table}  # fmt: skip
     for prefix, fn in fixed.items():
         if stem.startswith(prefix) and not part:
             return stem, fn

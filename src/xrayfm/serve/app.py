@@ -208,8 +208,8 @@ def create_app(
     async def body_upload(request: Request) -> UploadFile:
         """An upload sent as the request body (``Content-Type`` image/*, application/dicom or
         application/octet-stream), received as Starlette receives a multipart one: into memory up to
-        ``SPOOL_BYTES``, beyond it into a temporary file. Multipart parsing costs about 0.3 ms of CPU per
-        260 kB upload, which a client sending the bytes as they are saves."""
+        ``SPOOL_BYTES``, beyond it into a temporary file. A client sending the bytes as they are spares
+        the server the multipart parsing (``bench/http_parsers.py`` measures what it costs)."""
         kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         how = f"send the image as the multipart field 'file', or as the request body with Content-Type {BODY_KINDS}"
         if kind in ("", "multipart/form-data"):

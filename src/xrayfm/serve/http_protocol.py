@@ -1,9 +1,8 @@
 """The HTTP/1.1 protocol ``xrayfm serve`` runs in uvicorn: httptools' C parser with a bound on request heads.
 
 uvicorn's pure-Python h11 protocol bounds a request's head (``h11_max_incomplete_event_size``), but
-parsing a 260 kB upload with it cost about 0.3 ms more server CPU per request than httptools
-(llhttp, Node's parser) on this project's 2-core machine (0.95 vs 0.65 ms for a bare FastAPI upload
-endpoint), a tenth of what the server spends around the model per request. httptools has no head
+httptools (llhttp, Node's parser) takes less server CPU per request (``bench/http_parsers.py``
+measures both on a bare upload endpoint; README, "Security and limits"). httptools has no head
 limit of its own, and it joins a header's pieces in memory until the header ends, so a client
 trickling one endless header would grow the server's memory without bound. :class:`BoundedHttpToolsProtocol`
 adds the bound: the bytes a head has taken so far, counted as they arrive, may not pass ``max_head``
