@@ -12,9 +12,12 @@ explanations import them from here.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from xrayfm.errors import XrayfmError
+
+if TYPE_CHECKING:  # the module stays free of torch: the server and the data layer import it
+    import torch
 
 TaskKind = Literal["multilabel", "multiclass", "segmentation", "detection"]
 #: Kinds whose targets are a label vector per image and whose head pools the whole image.
@@ -31,6 +34,12 @@ SAMPLE_KEY: dict[str, str] = {
     "segmentation": "mask",
     "detection": "boxes",
 }
+
+
+def probabilities(kind: str, logits: torch.Tensor) -> torch.Tensor:
+    """A head's logits as probabilities: softmax over the classes for a multi-class task, a sigmoid per
+    class (or mask pixel) for multi-label and segmentation tasks."""
+    return logits.softmax(1) if kind == "multiclass" else logits.sigmoid()
 
 
 @dataclass(frozen=True)

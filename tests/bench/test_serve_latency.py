@@ -234,3 +234,14 @@ def test_speed_vs_fp32_divides_fp32_times_by_the_reduced_ones(bench: ModuleType)
     assert out["onnx", "int8"]["speed_vs_fp32"] == {
         "against": "onnx/fp32", "raw_forward_bs1": 2.0, "raw_forward_bs16": 2.0, "server_p50_1_client": 1.571,
         "server_requests_per_s_16_clients": 1.5}  # fmt: skip
+
+
+def test_the_rate_under_load_leaves_out_ramp_up_and_drain(bench: ModuleType) -> None:
+    # (latency, status, server ms, completion time): 2 clients; both busy from t=1 (the later first answer)
+    # to t=5 (the first client out of requests): 8 successful answers and an error in that window
+    answers = [(0.1, 200, 1.0, t) for t in (0.5, 1.0, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 4.9, 6, 7)]
+    answers.append((0.1, 503, None, 4.8))
+    assert bench.steady_rate(answers, firsts=[0.5, 1.0], quits=[5.0, 7.0], wall=7.0) == round(8 / 4, 2)
+    # too few answers inside the window (under 8, or under 4 a client): the overall rate (successes / wall time)
+    assert bench.steady_rate(answers, firsts=[0.5, 4.0], quits=[5.0, 7.0], wall=7.0) == round(12 / 7, 2)
+    assert bench.steady_rate(answers, firsts=[0.5, 1.0, 1.0], quits=[5.0, 7.0, 7.0], wall=7.0) == round(12 / 7, 2)

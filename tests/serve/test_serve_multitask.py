@@ -16,14 +16,13 @@ from PIL import Image
 from serve_helpers import TINY_DETR, png_bytes
 
 from xrayfm.cli import main
-from xrayfm.evaluate.predict import probabilities
 from xrayfm.models import create_model
 from xrayfm.models.preprocess import Preprocess
 from xrayfm.pretrain.multitask_export import load_multitask_model, save_multitask_model
 from xrayfm.pretrain.multitask_model import MultiTaskModel
 from xrayfm.pretrain.multitask_serving import MultiTaskView, load_served_multitask
 from xrayfm.serve.app import create_app
-from xrayfm.tasks import TaskSpec
+from xrayfm.tasks import TaskSpec, probabilities
 
 TASKS = {
     "nih": [TaskSpec("findings", "multilabel", ("effusion", "nodule")), TaskSpec("lungs", "segmentation", ("lung",))],

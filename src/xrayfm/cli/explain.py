@@ -77,10 +77,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from xrayfm.evaluate.predict import probabilities
     from xrayfm.explain import explain_batch, explanation_image
     from xrayfm.io import read_xray
     from xrayfm.models.task_checkpoint import load_task_model
+    from xrayfm.tasks import probabilities
 
     model, meta = load_task_model(args.model)
     image = read_xray(args.image)

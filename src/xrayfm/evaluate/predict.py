@@ -11,11 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from xrayfm.data.sample import collate_samples
 from xrayfm.models.task_model import XrayModel
 from xrayfm.progress import progress
-
-
-def probabilities(kind: str, logits: torch.Tensor) -> torch.Tensor:
-    """Sigmoid for multi-label / segmentation logits, softmax over classes for multi-class."""
-    return logits.softmax(1) if kind == "multiclass" else logits.sigmoid()
+from xrayfm.tasks import probabilities
 
 
 @torch.no_grad()

@@ -33,10 +33,9 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from xrayfm.errors import XrayfmError
-from xrayfm.evaluate.predict import probabilities
 from xrayfm.models.features import is_plain_vit
 from xrayfm.models.task_model import XrayModel
-from xrayfm.tasks import CLASSIFICATION_KINDS
+from xrayfm.tasks import CLASSIFICATION_KINDS, probabilities
 
 CAM_METHODS: dict[str, type] = {
     "gradcam": GradCAM,

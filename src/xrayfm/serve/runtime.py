@@ -35,7 +35,6 @@ from PIL import Image
 from torch import nn
 
 from xrayfm.errors import ImageReadError, XrayfmError
-from xrayfm.evaluate.predict import probabilities
 from xrayfm.explain.heatmap import explain_batch
 from xrayfm.io import ImageProbe, probe_image, read_xray
 from xrayfm.io.limits import ReadLimits
@@ -45,6 +44,7 @@ from xrayfm.models.precision import check_precision, no_grad_at
 from xrayfm.models.preprocess import resolve_preprocess
 from xrayfm.models.task_checkpoint import WEIGHTS, find_task_model, load_task_model
 from xrayfm.serve.shared_lock import SharedLock
+from xrayfm.tasks import probabilities
 
 BACKENDS = ("torch", "onnx")
 
