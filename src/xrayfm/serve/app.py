@@ -26,8 +26,8 @@ the upload's arrival to the answer (decoding, waiting for a batch, the model, en
 Once the model is loaded the objects alive then (the model, the imported libraries: about half a
 million) are frozen out of Python's garbage collector (``gc.freeze``): otherwise every few hundred
 requests a full collection walked them all, a 0.2 s pause of the event loop and of every thread
-waiting for the interpreter (measured on the 2-core machine of ``bench/serve_latency.py``). They are
-unfrozen when the app stops.
+waiting for the interpreter (timed with a ``gc`` callback in the server under ``bench/serve_latency.py``'s
+16-client load on its 2-core machine). They are unfrozen when the app stops.
 """
 
 from __future__ import annotations
