@@ -60,6 +60,8 @@ def test_the_load_generator_gets_answers_and_records_its_cpu_share(bench: Module
     assert row["ok"] == 6 and row["errors"] == 0 and row["heatmap"] is heatmap
     assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] and row["requests_per_s"] > 0
     assert row["mean_batch"] >= 1 and row["client_cpu_s"] > 0
+    sizes = {int(b): n for b, n in row["batch_sizes"].items()}  # the row's batches, not the warm-up's
+    assert sum(b * n for b, n in sizes.items()) == 6 and sum(sizes.values()) == row["batches"]
     assert 0 < row["server_ms_p50"] <= row["p50_ms"]  # the server's own time is inside the client's
     assert row["client_cpu_share"] is None or 0 < row["client_cpu_share"] <= 1
     roles = row["server_cpu_ms_per_request"]  # the server runs in this process here, its lanes named as in serve
@@ -144,6 +146,38 @@ def test_paired_targets_set_the_server_beside_the_engine(bench: ModuleType) -> N
     assert laned["ratio"] == 0.91 and laned["raw_lanes"] == 2 and laned["ratio_to_raw_lanes"] == 0.7
     slow = check(bench, row(1, False, 13.5, 70, 1))
     assert slow["met"] is False  # 3.5 ms over the raw forward
+
+
+def test_the_raw_engine_runs_the_batches_the_server_formed(bench: ModuleType) -> None:
+    """Per-image time falling with the batch (20 ms alone, 10 ms in fours): the raw rate is that of the same
+    batches run one after another, which the rate at their mean size overstates."""
+    ms = {1: 20.0, 2: 30.0, 4: 40.0}
+    assert bench.rate_at_sizes({1: 4, 4: 1}, ms.__getitem__) == round(8 * 1000 / (4 * 20 + 40), 2)  # 66.67
+    assert bench.rate_at_sizes({4: 3}, ms.__getitem__) == 100.0
+    with pytest.raises(ValueError, match="no batches"):
+        bench.rate_at_sizes({}, ms.__getitem__)
+    assert bench.formed_sizes({"batch_sizes": {"1": 2, "4": 1}}, {"batch_sizes": {"1": 5, "2": 1, "4": 1}}) == {
+        "1": 3, "2": 1}  # fmt: skip
+    assert bench.formed_sizes({}, {}) == {}  # a server without the counter
+
+
+class CurvedEngine(FakeEngine):
+    """Forward passes of ``b`` images take 20 sqrt(b) ms: larger batches are cheaper per image."""
+
+    def ms(self, kind: str, batch: int, fresh: bool = False) -> float:
+        super().ms(kind, batch, fresh)
+        return 20.0 * batch**0.5
+
+
+def test_the_throughput_target_divides_by_the_raw_rate_at_the_batches_formed(bench: ModuleType) -> None:
+    server_row = {**row(16, False, 95.0, 100.0, 4.0), "batch_sizes": {"1": 4, "7": 4}}  # mean 4, half alone
+    got = bench.paired_round(server_row, CurvedEngine(), max_batch=16)
+    mix = 32 * 1000 / (4 * 20 + 4 * 20 * 7**0.5)  # 109.7 images/s: more than at bs4 (100), less than at bs7
+    assert got["raw_images_per_s_at_sizes"] == round(mix, 2) and got["ratio"] == round(100 / mix, 3)
+    assert got["raw_images_per_s"] == {"bs1": 50.0, "bs4": 100.0, "bs7": 132.29, "bs16": 200.0}
+    assert got["ratio_at_mean_batch"] == 1.0 and got["batch_sizes"] == {"1": 4, "7": 4}
+    older = bench.paired_round(row(16, False, 95.0, 100.0, 4.0), CurvedEngine(), max_batch=16)  # no counter
+    assert older["ratio"] == older["ratio_at_mean_batch"] == 1.0
 
 
 def test_rounds_give_the_median_and_the_range(bench: ModuleType) -> None:

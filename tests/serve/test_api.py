@@ -193,6 +193,9 @@ def test_concurrent_requests_share_batches(model_dir: Path) -> None:
         assert codes == [200] * 16
         health = c.get("/health").json()
         assert health["largest_batch"] > 1 and health["batches"] < 16
+        sizes = {int(b): n for b, n in health["batch_sizes"].items()}  # every request in one batch of a size
+        assert sum(b * n for b, n in sizes.items()) == health["requests"] == 16
+        assert sum(sizes.values()) == health["batches"] and max(sizes) == health["largest_batch"]
 
 
 def test_full_queue_answers_503_and_recovers(model_dir: Path) -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -70,6 +71,9 @@ class BatchStats:
     wide_batches: int = 0
     rejected: int = 0
     largest_batch: int = 0
+    #: Batches run per batch size: what the load formed, to tune ``max_batch`` and ``max_wait_ms`` by, and
+    #: the sizes a raw engine must be timed at to be compared with the server (``bench/serve_latency.py``).
+    sizes: Counter[int] = field(default_factory=Counter)
     started: float = field(default_factory=time.time)
 
 
@@ -218,6 +222,7 @@ class MicroBatcher:
             self.stats.batches += 1
             self.stats.wide_batches += wide
             self.stats.largest_batch = max(self.stats.largest_batch, len(live))
+            self.stats.sizes[len(live)] += 1
             task = asyncio.get_running_loop().create_task(self._run(live, self._wide if wide else self._narrow, taken))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
