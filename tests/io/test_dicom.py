@@ -187,6 +187,30 @@ def cr_samples(shared_datasets: Path) -> tuple[Path, pd.DataFrame]:
     return root, pd.read_csv(root / "labels.csv")
 
 
+def with_vr(data: bytes, tag: bytes, vr: bytes) -> bytes:
+    """``data`` (explicit VR little endian) with the value representation of element ``tag`` replaced."""
+    at = data.index(tag)
+    return data[: at + 4] + vr + data[at + 6 :]
+
+
+def test_damaged_value_representation_of_the_pixels_is_refused_by_name(
+    tmp_path: Path, gradient_image: np.ndarray
+) -> None:
+    """A fuzzed upload once reached the server as a 500: PixelData's VR read as 'ON', which pydicom
+    cannot convert (NotImplementedError when first used)."""
+    data = write_dicom(tmp_path / "a.dcm", gradient_image).read_bytes()
+    with pytest.raises(ImageReadError, match="corrupt DICOM pixel data element"):
+        read_xray(with_vr(data, b"\xe0\x7f\x10\x00", b"ON"), target_size=32)
+
+
+def test_damaged_descriptive_element_costs_only_its_metadata(tmp_path: Path, gradient_image: np.ndarray) -> None:
+    data = write_dicom(tmp_path / "a.dcm", gradient_image).read_bytes()
+    assert read_xray(data).meta["Modality"] == "CR"
+    img = read_xray(with_vr(data, b"\x08\x00\x60\x00", b"ON"))  # (0008,0060) Modality
+    assert "Modality" not in img.meta and img.meta["PhotometricInterpretation"] == "MONOCHROME2"
+    np.testing.assert_allclose(img.pixels, read_xray(data).pixels)
+
+
 def test_real_cr_raw_pixels_match_published_hash(cr_samples: tuple[Path, pd.DataFrame]) -> None:
     root, table = cr_samples
     for row in table.itertuples():

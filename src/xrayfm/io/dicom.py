@@ -260,6 +260,17 @@ def _read_header(src: CheckedSource, stop_before_pixels: bool = False) -> pydico
         raise ImageReadError(f"{src.label}: corrupt DICOM header ({type(exc).__name__}: {exc})") from None
 
 
+def _check_pixel_element(label: Path | str, ds: pydicom.Dataset) -> None:
+    """Convert the pixel data element now (pydicom converts elements when first used), so a damaged one,
+    such as an unknown value representation, is refused in one line instead of failing deep inside."""
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in ds:
+            try:
+                ds[keyword]
+            except Exception as exc:
+                raise ImageReadError(f"{label}: corrupt DICOM pixel data element ({exc})") from None
+
+
 def _image_attributes(label: Path | str, ds: pydicom.Dataset) -> tuple[int, int, int, int]:
     """``(rows, columns, frames, samples per pixel)`` as the dataset declares them."""
     try:
@@ -328,6 +339,7 @@ def read_dicom(
     ds = _read_header(src)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise _no_pixel_data(src, ds)
+    _check_pixel_element(path, ds)
     rows, cols, frames, samples = _image_attributes(path, ds)
     limits.check_dims(path, cols, rows)
     if frames > 1:
@@ -369,5 +381,8 @@ def read_dicom(
     }
     for tag in (*SAFE_TAGS, *extra_tags):
         if tag in ds:
-            meta[tag] = _json_value(ds.data_element(tag).value)
+            try:
+                meta[tag] = _json_value(ds.data_element(tag).value)
+            except Exception as exc:  # a damaged descriptive element costs its entry, not the image
+                log.debug("%s: DICOM %s unreadable (%s); left out of the metadata", path, tag, exc)
     return pixels, meta
