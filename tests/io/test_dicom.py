@@ -13,6 +13,7 @@ from pydicom.uid import BasicTextSRStorage, RLELossless
 
 from xrayfm import ImageReadError, UnsafeInputError
 from xrayfm.io import ReadLimits, read_xray, window_to_unit
+from xrayfm.io.reader import probe_image
 from xrayfm.io.writers import write_dicom
 
 
@@ -201,6 +202,22 @@ def test_damaged_value_representation_of_the_pixels_is_refused_by_name(
     data = write_dicom(tmp_path / "a.dcm", gradient_image).read_bytes()
     with pytest.raises(ImageReadError, match="corrupt DICOM pixel data element"):
         read_xray(with_vr(data, b"\xe0\x7f\x10\x00", b"ON"), target_size=32)
+
+
+def test_damaged_header_elements_the_reader_consults_are_refused_by_name(
+    tmp_path: Path, gradient_image: np.ndarray
+) -> None:
+    """Damaged value representations found by fuzzing uploads (each was a 500): a transfer syntax read
+    as plain text instead of a UID, and, unconvertible by pydicom, BitsAllocated while probing and the
+    SOP class of a file without pixel data."""
+    data = write_dicom(tmp_path / "a.dcm", gradient_image).read_bytes()
+    syntax = with_vr(data, b"\x02\x00\x10\x00", b"LO")  # (0002,0010) TransferSyntaxUID as a long string
+    np.testing.assert_allclose(read_xray(syntax).pixels, read_xray(data).pixels)
+    with pytest.raises(ImageReadError, match="BitsAllocated is invalid"):
+        probe_image(with_vr(data, b"\x28\x00\x00\x01", b"ON"), name="upload")  # (0028,0100)
+    stripped = data[: data.index(b"\xe0\x7f\x10\x00")]  # no pixel data, and a damaged SOP class
+    with pytest.raises(ImageReadError, match="no pixel data"):
+        read_xray(with_vr(stripped, b"\x02\x00\x02\x00", b"ON"))  # (0002,0002) MediaStorageSOPClassUID
 
 
 def test_damaged_descriptive_element_costs_only_its_metadata(tmp_path: Path, gradient_image: np.ndarray) -> None:

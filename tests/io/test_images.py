@@ -16,6 +16,7 @@ from PIL import Image
 
 from xrayfm import ImageReadError, UnsafeInputError
 from xrayfm.io import ReadLimits, read_dicom, read_raster, read_xray, sniff_format
+from xrayfm.io.reader import probe_image
 from xrayfm.io.writers import write_png
 
 
@@ -147,6 +148,21 @@ def _png_with_declared_size(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     idat = zlib.compress(b"\0" * 64)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow's, reading the garbage as tags
+def test_tiff_whose_next_frame_is_garbage_is_refused_by_name() -> None:
+    """The next-IFD offset of a one-frame TIFF pointed into its pixels: counting frames made Pillow raise
+    TypeError ("Missing dimensions"), which the server once answered 500 (found by fuzzing)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.full((40, 48), 1, np.uint8)).save(buf, format="TIFF")
+    data = buf.getvalue()
+    ifd = struct.unpack("<I", data[4:8])[0]
+    at = ifd + 2 + 12 * struct.unpack("<H", data[ifd : ifd + 2])[0]  # after the first IFD's entries
+    bad = data[:at] + struct.pack("<I", 200) + data[at + 4 :]
+    for read in (lambda: probe_image(bad, name="upload"), lambda: read_xray(bad, target_size=32, name="upload")):
+        with pytest.raises(ImageReadError, match="upload: corrupt or truncated image"):
+            read()
 
 
 def test_huge_declared_dimensions_refused_before_decoding(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from fuzz_inputs import mutations
 from serve_helpers import png_bytes
 
 from xrayfm.io.writers import write_dicom
@@ -23,31 +24,6 @@ def rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     pytest.skip("no /proc/self/status on this system")
-
-
-def mutations(seed_files: list[bytes], n: int, seed: int = 0) -> list[bytes]:
-    """Byte flips, truncations, insertions, header splices and repeats of the seed files."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        data = bytearray(seed_files[i % len(seed_files)])
-        kind = i % 5
-        if kind == 0:  # flip bytes
-            for pos in rng.integers(0, len(data), rng.integers(1, 40)):
-                data[pos] = int(rng.integers(0, 256))
-        elif kind == 1:  # truncate
-            data = data[: int(rng.integers(1, len(data)))]
-        elif kind == 2:  # insert garbage
-            pos = int(rng.integers(0, len(data)))
-            data[pos:pos] = rng.integers(0, 256, int(rng.integers(1, 500)), dtype=np.uint8).tobytes()
-        elif kind == 3:  # corrupt the header region
-            for pos in rng.integers(0, min(len(data), 400), 8):
-                data[pos] = int(rng.integers(0, 256))
-        else:  # overwrite a run with one value (lengths, tags)
-            pos = int(rng.integers(0, len(data)))
-            data[pos : pos + 16] = bytes([int(rng.integers(0, 256))]) * 16
-        out.append(bytes(data))
-    return out
 
 
 @pytest.fixture(scope="module")

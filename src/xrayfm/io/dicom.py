@@ -126,9 +126,24 @@ def _json_value(value: Any) -> Any:
     return str(value)
 
 
+def _value(ds: pydicom.Dataset, keyword: str, default: Any = None) -> Any:
+    """An element's value, or ``default`` when it is absent or damaged beyond what pydicom converts (it
+    converts an element when first used: an unknown value representation raises there, not on reading)."""
+    try:
+        return ds.get(keyword, default)
+    except Exception:
+        return default
+
+
+def _transfer_syntax(ds: pydicom.Dataset) -> uid.UID | None:
+    """The file meta's transfer syntax; None when absent or damaged (unknown, as in a file without one)."""
+    value = _value(ds.file_meta, "TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    return value if isinstance(value, uid.UID) else uid.UID(value) if isinstance(value, str) else None
+
+
 def _is_compressed(ds: pydicom.Dataset) -> bool | None:
     """Whether the pixel data is encapsulated (compressed); None when the transfer syntax is unknown."""
-    tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    tsyntax = _transfer_syntax(ds)
     try:
         return None if tsyntax is None else bool(tsyntax.is_encapsulated)
     except ValueError:  # not a transfer syntax UID (a damaged header)
@@ -149,7 +164,7 @@ def _native_pixel_bytes(ds: pydicom.Dataset) -> int | None:
 def _no_pixel_data(src: CheckedSource, ds: pydicom.Dataset) -> ImageReadError:
     """The error for a file without pixel data: truncated (or stripped) image, or a non-image object."""
     meta = getattr(ds, "file_meta", None)
-    sop = meta.get("MediaStorageSOPClassUID") if meta is not None else ds.get("SOPClassUID")
+    sop = _value(meta, "MediaStorageSOPClassUID") if meta is not None else _value(ds, "SOPClassUID")
     sop_name = getattr(sop, "name", "")
     expected, path = _native_pixel_bytes(ds), src.label
     if expected is not None:
@@ -232,7 +247,7 @@ def _decode_pixels(
             plugins logged on the way is held back (see :class:`_HeldDecoderLogs`).
     """
     if _is_compressed(ds) and tsyntax is not None:
-        missing = _missing_decoder(path, tsyntax, int(ds.get("BitsStored", 0) or 0))
+        missing = _missing_decoder(path, tsyntax, int(_value(ds, "BitsStored", 0) or 0))
         if missing is not None:
             raise missing
         if target_size is not None and tsyntax in uid.JPEG2000TransferSyntaxes:
@@ -290,11 +305,11 @@ def probe_dicom(src: CheckedSource, limits: ReadLimits = DEFAULT_LIMITS) -> Imag
     ds = _read_header(src, stop_before_pixels=True)
     rows, cols, frames, _ = _image_attributes(src.label, ds)
     limits.check_dims(src.label, cols, rows)
-    bits = ds.get("BitsAllocated")
     try:
+        bits = ds.get("BitsAllocated")
         bit_depth = int(bits) if bits is not None else None
-    except (TypeError, ValueError):  # multi-valued or garbage: the decoder will refuse it in one line
-        raise ImageReadError(f"{src.label}: DICOM BitsAllocated is invalid ({bits!r})") from None
+    except Exception as exc:  # multi-valued, garbage or unconvertible
+        raise ImageReadError(f"{src.label}: DICOM BitsAllocated is invalid ({_one_line(str(exc))})") from None
     return ImageProbe("dicom", cols, rows, bit_depth, frames)
 
 
@@ -349,7 +364,7 @@ def read_dicom(
             f"{path}: colour DICOM ({samples} samples per pixel, "
             f"{ds.get('PhotometricInterpretation', '?')}); radiographs are expected to be greyscale"
         )
-    tsyntax = ds.file_meta.get("TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
+    tsyntax = _transfer_syntax(ds)
     expected, present = _native_pixel_bytes(ds), len(ds.get("PixelData", b""))
     if expected is not None and "PixelData" in ds and present < expected:
         raise ImageReadError(

@@ -138,7 +138,7 @@ def _opened(src: CheckedSource) -> Iterator[ImageFile.ImageFile]:
         raise UnsafeInputError(f"{src.label}: {exc}") from None
     except Image.UnidentifiedImageError:
         raise ImageReadError(f"{src.label}: not a readable image (unrecognised or corrupt content)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, TypeError) as exc:  # TypeError: damaged TIFF tags
         raise ImageReadError(f"{src.label}: corrupt or truncated image ({exc})") from None
 
 
