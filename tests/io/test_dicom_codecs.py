@@ -300,3 +300,31 @@ def test_12_bit_jpeg_extended_decodes_without_gdcm_refusal_traceback(
     assert any("GDCM does not support 'JPEG Extended'" in note and "\n" not in note for note in notes)
     err = capfd.readouterr().err
     assert "GDCM does not support" in err and "Traceback" not in err  # the DEBUG line, alone
+
+
+@pytest.mark.parametrize("target_size", [None, 32])
+def test_j2k_frame_larger_than_the_dataset_says_is_refused_before_decoding(tmp_path: Path, target_size) -> None:
+    """Rows and Columns pass the read limits, but the codestream declares its own size, which the decoder
+    would allocate: a frame that is not the image described is refused before any decoder runs."""
+    plain = write_plain(tmp_path / "p.dcm", stored_array(12), 12)
+    ds = pydicom.dcmread(write_compressed(plain, tmp_path / "c.dcm", JPEG2000Lossless))
+    ds.Rows, ds.Columns = 48, 64  # the codestream holds 96 x 128
+    ds.save_as(tmp_path / "lying.dcm")
+    with pytest.raises(ImageReadError, match="codestream declares 128x96 pixels, the dataset 64x48"):
+        read_xray(tmp_path / "lying.dcm", target_size=target_size)
+
+
+class PanicException(BaseException):
+    """What a Rust decoder raises through pyo3 when it panics (pylibjpeg-rle did on a fuzzed RLE stream):
+    a BaseException, which ``except Exception`` lets through."""
+
+
+def test_a_decoder_panic_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_compressed(write_plain(tmp_path / "p.dcm", stored_array(12), 12), tmp_path / "c.dcm", RLELossless)
+
+    def panic(_: pydicom.Dataset) -> np.ndarray:
+        raise PanicException("index out of bounds: the len is 24576 but the index is 24577")
+
+    monkeypatch.setattr(pydicom.Dataset, "pixel_array", property(panic))
+    with pytest.raises(ImageReadError, match="cannot decode pixel data .*index out of bounds"):
+        read_xray(path)

@@ -29,7 +29,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
 
 from xrayfm.errors import ImageReadError
-from xrayfm.io.images import decode_j2k, j2k_header, j2k_reduction, reduction_factor
+from xrayfm.io.images import J2kHeader, decode_j2k, j2k_header, j2k_reduction, reduction_factor
 from xrayfm.io.limits import DEFAULT_LIMITS, CheckedSource, ImageProbe, ImageSource, ReadLimits
 from xrayfm.io.voi import VoiMode, to_unit
 
@@ -211,11 +211,13 @@ def _missing_decoder(path: Path | str, tsyntax: uid.UID, bits_stored: int) -> Im
     return ImageReadError(f"{path}: no decoder plugin is installed for {_syntax_name(tsyntax)}: {hint}")
 
 
-def _reduced_j2k(path: Path | str, ds: pydicom.Dataset, target_size: int) -> tuple[np.ndarray, int] | None:
-    """JPEG 2000 stored values at the coarsest level whose shorter side covers ``target_size``.
+def _j2k_frame(path: Path | str, ds: pydicom.Dataset) -> tuple[bytes, J2kHeader] | None:
+    """The JPEG 2000 codestream of the (single) frame and its main header, or None where it cannot be
+    read here (pydicom's plugins then decode it and name any damage).
 
-    Returns ``(values, levels dropped)``, or None where the full image is needed or the codestream
-    is not one this path decodes; pydicom's plugins then decode it (and name any damage).
+    Raises:
+        ImageReadError: The codestream declares another size than the dataset's Rows and Columns (which
+            the read limits checked): decoding it could allocate any amount of memory.
     """
     try:
         frame = get_frame(ds.PixelData, 0, number_of_frames=1)
@@ -223,7 +225,23 @@ def _reduced_j2k(path: Path | str, ds: pydicom.Dataset, target_size: int) -> tup
     except (ImageReadError, ValueError) as exc:
         log.debug("%s: JPEG 2000 header not read (%s); decoding at full size", path, exc)
         return None
-    if header.signed != bool(ds.get("PixelRepresentation", 0)):
+    if (header.width, header.height) != (int(ds.Columns), int(ds.Rows)):
+        raise ImageReadError(
+            f"{path}: the JPEG 2000 codestream declares {header.width}x{header.height} pixels, the dataset "
+            f"{ds.Columns}x{ds.Rows}; refusing to decode a frame that is not the image described"
+        )
+    return frame, header
+
+
+def _reduced_j2k(
+    path: Path | str, ds: pydicom.Dataset, frame: bytes, header: J2kHeader, target_size: int
+) -> tuple[np.ndarray, int] | None:
+    """JPEG 2000 stored values of ``frame`` at the coarsest level whose shorter side covers ``target_size``.
+
+    Returns ``(values, levels dropped)``, or None where the full image is needed or the codestream
+    is not one this path decodes; pydicom's plugins then decode it (and name any damage).
+    """
+    if header.signed != bool(_value(ds, "PixelRepresentation", 0)):
         # pydicom reads such samples' bit patterns as the dataset says; a coarser level averages
         # them as the codestream says, which mixes values across the sign wrap: full size only
         return None
@@ -250,14 +268,17 @@ def _decode_pixels(
         missing = _missing_decoder(path, tsyntax, int(_value(ds, "BitsStored", 0) or 0))
         if missing is not None:
             raise missing
-        if target_size is not None and tsyntax in uid.JPEG2000TransferSyntaxes:
-            reduced = _reduced_j2k(path, ds, target_size)
+        j2k = _j2k_frame(path, ds) if tsyntax in uid.JPEG2000TransferSyntaxes else None
+        if target_size is not None and j2k is not None:
+            reduced = _reduced_j2k(path, ds, *j2k, target_size)
             if reduced is not None:
                 return reduced
     with _held_logs.hold() as held:
         try:
             raw = ds.pixel_array
-        except Exception as exc:  # each plugin raises its own types
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # each plugin raises its own types; Rust ones panic (pyo3's PanicException)
             detail = _one_line(str(exc)) or type(exc).__name__
             raise ImageReadError(f"{path}: cannot decode pixel data ({_syntax_name(tsyntax)}): {detail}") from None
     for record in held:

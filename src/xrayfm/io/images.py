@@ -364,6 +364,8 @@ def decode_j2k(codestream: bytes, header: J2kHeader, level: int = 0) -> np.ndarr
                 im.reduce = level
                 im.load()
                 stored = np.asarray(im)
+    except Image.DecompressionBombError as exc:  # past Pillow's own bound, which ReadLimits may exceed
+        raise UnsafeInputError(f"JPEG 2000 codestream: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageReadError(f"JPEG 2000 codestream cannot be decoded ({exc})") from None
     shift = 8 * stored.dtype.itemsize - header.precision
