@@ -54,9 +54,10 @@ from starlette.requests import ClientDisconnect
 from torch import nn
 
 from xrayfm.errors import UnsafeInputError, XrayfmError
-from xrayfm.io import sniff_format
+from xrayfm.io import read_xray, sniff_format
 from xrayfm.serve.admission import Admission, Busy
 from xrayfm.serve.batcher import MicroBatcher, QueueFull, lane_threads
+from xrayfm.serve.decode_sandbox import DecodeSandbox
 from xrayfm.serve.guard import BUSY, TOKEN_HINT, GuardStats, UploadGuard, token_matches
 from xrayfm.serve.runtime import Answer, ModelRuntime, png_base64, serving_device
 from xrayfm.serve.runtime import Request as ModelRequest
@@ -178,6 +179,7 @@ def create_app(
     refused = GuardStats()
     max_bytes = int(max_upload_mb * (1 << 20))
     codec: ThreadPoolExecutor | None = None  # decoding uploads, encoding maps: never on the event loop
+    sandbox = DecodeSandbox(admission.max_decodes)  # DICOM uploads: a crashing decoder costs one upload
 
     async def in_codec(fn, *args: Any) -> Any:  # noqa: ANN001
         return await asyncio.get_running_loop().run_in_executor(codec, fn, *args)
@@ -195,6 +197,7 @@ def create_app(
             gc.unfreeze()
             await batcher.stop()
             codec.shutdown(wait=False)
+            sandbox.close()
 
     app = FastAPIOffline(
         title="xrayfm model server",
@@ -261,8 +264,9 @@ def create_app(
                 if data and sniff_format(data[:132]) is None:
                     raise HTTPException(415, "not a PNG, JPEG, TIFF, BMP or DICOM file")
                 probe = runtime.probe(data)
+                read = sandbox.read if probe.format == "dicom" else read_xray  # see serve/decode_sandbox.py
                 async with admission.pixels(probe.width * probe.height):
-                    return await in_codec(runtime.decode, data)
+                    return await in_codec(runtime.decode, data, read)
         except Busy as exc:
             raise HTTPException(503, f"{exc}; retry shortly", headers={"Retry-After": "1"}) from None
         except UnsafeInputError as exc:

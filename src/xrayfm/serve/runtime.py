@@ -23,7 +23,7 @@ import io
 import json
 import math
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +36,7 @@ from torch import nn
 
 from xrayfm.errors import ImageReadError, XrayfmError
 from xrayfm.explain.heatmap import explain_batch
-from xrayfm.io import ImageProbe, probe_image, read_xray
+from xrayfm.io import ImageProbe, XrayImage, probe_image, read_xray
 from xrayfm.io.limits import ReadLimits
 from xrayfm.models.onnx_detection import onnx_task_outputs
 from xrayfm.models.onnx_model import OnnxModel, precision_record
@@ -205,16 +205,17 @@ class ModelRuntime:
             raise ImageReadError("the upload is empty")
         return probe_image(data, limits=self.limits, name="upload")
 
-    def decode(self, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
+    def decode(self, data: bytes, read: Callable[..., XrayImage] = read_xray) -> tuple[np.ndarray, dict[str, Any]]:
         """Pixels (h, w) in [0, 1] of an upload, reduced by ``meta["downscale"]`` from the stored
-        ``meta["original_size"]`` (width, height), and its format facts.
+        ``meta["original_size"]`` (width, height), and its format facts; ``read`` is :func:`read_xray` or
+        one with its signature (the server reads DICOM uploads in child processes, :mod:`.decode_sandbox`).
 
         Raises:
             ImageReadError / UnsafeInputError: Unknown format, corrupt or oversized content.
         """
         if not data:
             raise ImageReadError("the upload is empty")
-        image = read_xray(data, limits=self.limits, target_size=self.target_size, name="upload")
+        image = read(data, limits=self.limits, target_size=self.target_size, name="upload")
         meta = {k: v for k, v in image.meta.items() if isinstance(v, (str, int, float, bool)) or v is None}
         width, height = image.meta.get("original_size", image.size)
         meta["original_size"] = (int(width), int(height))
