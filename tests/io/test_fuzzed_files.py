@@ -1,9 +1,11 @@
 """Structured mutations of every format the readers take (byte flips, truncations, insertions, header
 splices, runs of one value): each read gives a valid image or a one-line ImageReadError / UnsafeInputError.
 
-The server's robustness test sends a few hundred of these as uploads; this one reads thousands directly,
-as fuzzing the readers found failures (pydicom's unconvertible value representations, Pillow's TypeError
-on a TIFF's damaged frame directory) that a few hundred uploads reached only on some runs.
+Compressed DICOM is read in a child process, as the server reads DICOM uploads, since a native decoder
+may kill its process on such files. The server's robustness test sends a few hundred mutations as
+uploads; this one reads thousands directly, as fuzzing the readers found failures (pydicom's
+unconvertible value representations, Pillow's TypeError on a TIFF's damaged frame directory, GDCM's
+crashes) that a few hundred uploads reached only on some runs.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import numpy as np
 import pytest
 from fuzz_inputs import mutations
 from PIL import Image
+from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
 
 from xrayfm import ImageReadError, UnsafeInputError
 from xrayfm.io.reader import probe_image, read_xray
 from xrayfm.io.writers import write_dicom
+from xrayfm.serve.decode_sandbox import DecodeSandbox
 
 
 def raster(fmt: str, mode: str) -> bytes:
@@ -78,3 +82,37 @@ def test_the_mutations_are_seeded(seeds: list[bytes]) -> None:
 
 def test_the_seeds_are_read(seeds: list[bytes], tmp_path: Path) -> None:
     assert all(read_xray(data, name="upload").pixels.size for data in seeds)
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+    """A 12-bit radiograph-like array as RLE, JPEG Lossless SV1, JPEG-LS and JPEG 2000 DICOM files."""
+    from test_dicom_codecs import stored_array, write_compressed, write_plain  # the codec tests' writers
+
+    folder = tmp_path_factory.mktemp("compressed")
+    plain = write_plain(folder / "plain.dcm", stored_array(12, (64, 80)), 12)
+    syntaxes = [RLELossless, JPEGLosslessSV1, JPEGLSLossless, JPEG2000Lossless]
+    return [write_compressed(plain, folder / f"{i}.dcm", syntax).read_bytes() for i, syntax in enumerate(syntaxes)]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_mutated_compressed_dicom_is_read_or_refused_by_name_in_a_child_process(compressed: list[bytes]) -> None:
+    """Read as the server reads DICOM uploads (:mod:`xrayfm.serve.decode_sandbox`), since a native decoder
+    may kill its process on these (GDCM did): a dead child is a refusal too, this process reads on."""
+    sandbox = DecodeSandbox(1)
+    outcomes = []
+    try:
+        for data in mutations(compressed, 200, seed=0):
+            for target_size in (32, None):
+                try:
+                    pixels = sandbox.read(data, target_size=target_size, name="upload").pixels
+                except ImageReadError as exc:  # DecoderCrashed included
+                    assert str(exc).startswith("upload: ") and "\n" not in str(exc)
+                    outcomes.append("refused")
+                    continue
+                assert pixels.dtype == np.float32 and np.isfinite(pixels).all()
+                assert 0.0 <= pixels.min() and pixels.max() <= 1.0
+                outcomes.append("read")
+    finally:
+        sandbox.close()
+    assert {"read", "refused"} <= set(outcomes)
