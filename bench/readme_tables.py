@@ -177,8 +177,7 @@ def serve_table(report: dict[str, Any], source: str) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| model | backend | precision | 1 client: p50 - raw bs1 (target <= 3 ms) | most clients: "
               "requests/s / raw images/s at the batch sizes formed (>= 0.9) | most clients / raw run as the lanes | "
-              "heatmap, 1 client: p50 / "
-              "raw fwd+bwd (<= 1.3) | heatmap, most clients (>= 0.8) |",
+              "heatmap, 1 client: p50 / raw fwd+bwd (<= 1.3) | heatmap, most clients (>= 0.8) |",
               "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for side in report["engine"]:
         got = {(r["heatmap"], r["clients"] == 1): r for r in side["ratios"]}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,7 +79,7 @@ def test_the_mutations_are_seeded(seeds: list[bytes]) -> None:
     assert mutations(seeds, 20, seed=1) == mutations(seeds, 20, seed=1) != mutations(seeds, 20, seed=2)
 
 
-def test_the_seeds_are_read(seeds: list[bytes], tmp_path: Path) -> None:
+def test_the_seeds_are_read(seeds: list[bytes]) -> None:
     assert all(read_xray(data, name="upload").pixels.size for data in seeds)
 
 

@@ -296,10 +296,14 @@ def _read_header(src: CheckedSource, stop_before_pixels: bool = False) -> pydico
         raise ImageReadError(f"{src.label}: corrupt DICOM header ({type(exc).__name__}: {exc})") from None
 
 
+#: The elements that may hold a DICOM image's pixels.
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
 def _check_pixel_element(label: Path | str, ds: pydicom.Dataset) -> None:
     """Convert the pixel data element now (pydicom converts elements when first used), so a damaged one,
     such as an unknown value representation, is refused in one line instead of failing deep inside."""
-    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+    for keyword in _PIXEL_KEYWORDS:
         if keyword in ds:
             try:
                 ds[keyword]
@@ -373,7 +377,7 @@ def read_dicom(
     src = limits.check_source(source, name)  # before opening: a FIFO or device would block or never end
     path = src.label
     ds = _read_header(src)
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+    if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
         raise _no_pixel_data(src, ds)
     _check_pixel_element(path, ds)
     rows, cols, frames, samples = _image_attributes(path, ds)

@@ -5,7 +5,7 @@ pydicom hands compressed pixel data to native plugins, and one of them can take 
 on a damaged stream: fuzzing xrayfm's readers (``tests/fuzz_inputs.py``), GDCM segfaulted on a mutated
 JPEG Lossless (SV1) file and aborted on a mutated JPEG 2000 one (an uncaught C++ exception), both
 through ``read_xray``. Python cannot catch either. The server therefore reads DICOM uploads with
-:func:`xrayfm.io.read_xray` in a pool of ``spawn``-started processes (importing pydicom, no PyTorch);
+:func:`xrayfm.io.read_xray` in a pool of ``spawn``-started processes;
 when a worker dies the pool is replaced, the read is tried once more in the fresh pool (an upload that
 shared the pool with the culprit then succeeds), and a second death answers the upload as unreadable.
 PNG, JPEG, TIFF and BMP uploads stay in the server's own threads (Pillow and NumPy, no such crash seen).
