@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from xrayfm.io import XrayImage, read_xray
@@ -12,4 +13,12 @@ def abort_on_crash_marker(data: bytes, **options: Any) -> XrayImage:
     """``read_xray``, except that bytes starting with ``CRASH`` end the process as a native crash would."""
     if data.startswith(b"CRASH"):
         os.abort()
+    return read_xray(data, **options)
+
+
+def hang_on_marker(data: bytes, **options: Any) -> XrayImage:
+    """``read_xray``, except that bytes starting with ``HANG`` never finish, as a decoder stuck in a loop."""
+    if data.startswith(b"HANG"):
+        while True:
+            time.sleep(0.01)
     return read_xray(data, **options)

@@ -198,6 +198,28 @@ def test_concurrent_requests_share_batches(model_dir: Path) -> None:
         assert sum(sizes.values()) == health["batches"] and max(sizes) == health["largest_batch"]
 
 
+def test_a_lone_upload_is_decoded_and_answered_in_one_trip_to_the_model_thread(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing else to do, the model's thread decodes the upload and answers it (no stop at a decoding
+    thread); the answers are those of the queued path, and /health counts it as a batch of one."""
+    import threading
+
+    app = create_app(model_dir)
+    runtime, decoded_on = app.state.runtime, []
+    decode = runtime.decode
+    monkeypatch.setattr(runtime, "decode", lambda *a: decoded_on.append(threading.current_thread().name) or decode(*a))
+    with TestClient(app) as c:
+        lone = [c.post(path, files=upload(png_bytes(seed=3))).json() for path in ("/predict", "/segment", "/detect")]
+        health = c.get("/health").json()
+        monkeypatch.setattr(app.state.batcher, "idle", lambda: False)  # every upload through the queue
+        queued = [c.post(path, files=upload(png_bytes(seed=3))).json() for path in ("/predict", "/segment", "/detect")]
+    assert [n.split("_")[0] for n in decoded_on] == ["xrayfm-wide"] * 3 + ["xrayfm-codec"] * 3
+    assert (health["requests"], health["batches"], health["wide_batches"], health["batch_sizes"]) == (3, 3, 3, {"1": 3})
+    for a, b in zip(lone, queued):
+        assert {k: v for k, v in a.items() if k != "server_ms"} == {k: v for k, v in b.items() if k != "server_ms"}
+
+
 def test_full_queue_answers_503_and_recovers(model_dir: Path) -> None:
     with TestClient(create_app(model_dir, max_batch=1, max_wait_ms=0, queue_size=1)) as c:
         with ThreadPoolExecutor(12) as pool:

@@ -92,6 +92,94 @@ def test_a_batch_that_needs_the_model_alone_never_overlaps_another() -> None:
     assert max(b["overlap"] for b in rec.batches) == 2  # the plain ones did share
 
 
+def test_a_lone_job_runs_on_the_wide_lane_as_a_batch_of_one() -> None:
+    """run_alone: the caller's whole job in one trip to the wide lane, counted as the batches are."""
+
+    async def main() -> tuple:
+        batcher = MicroBatcher(lambda items: items, threads=2, lanes=2)
+        assert not batcher.idle()  # not started
+        batcher.start()
+        try:
+            assert batcher.idle()
+            ran = await batcher.run_alone(lambda: (threading.current_thread().name, torch.get_num_threads()))
+            return ran, batcher.idle(), batcher.stats
+        finally:
+            await batcher.stop()
+
+    (thread, threads), idle_after, stats = asyncio.run(main())
+    assert thread.startswith("xrayfm-wide_") and threads == 2 and idle_after
+    assert (stats.requests, stats.batches, stats.wide_batches, dict(stats.sizes)) == (1, 1, 1, {1: 1})
+
+
+def test_requests_arriving_during_a_lone_job_wait_for_it_then_share_a_batch() -> None:
+    rec = Recorder(0.05)
+
+    async def main() -> tuple:
+        batcher = MicroBatcher(rec, max_batch=4, max_wait_ms=0, threads=2, lanes=2, pending=lambda: 0)
+        batcher.start()
+        try:
+            lone = asyncio.create_task(batcher.run_alone(lambda: rec([-1])))
+            await asyncio.sleep(0.01)
+            assert not batcher.idle()
+            with pytest.raises(RuntimeError, match="idle batcher"):
+                await batcher.run_alone(lambda: None)
+            later = [asyncio.create_task(batcher.submit(i)) for i in (1, 2, 3)]
+            return await lone, await asyncio.gather(*later)
+        finally:
+            await batcher.stop()
+
+    lone, later = asyncio.run(main())
+    assert lone == [-10] and later == [10, 20, 30]
+    assert [b["items"] for b in rec.batches] == [[-1], [1, 2, 3]]  # after the lone job, together
+    assert max(b["overlap"] for b in rec.batches) == 1
+
+
+def test_a_batch_being_collected_keeps_the_batcher_from_running_a_lone_job() -> None:
+    async def main() -> list[bool]:
+        # one more upload is on its way: the first item waits up to 200 ms for it
+        batcher = MicroBatcher(lambda items: items, max_batch=4, max_wait_ms=200, threads=2, pending=lambda: 1)
+        batcher.start()
+        try:
+            first = asyncio.create_task(batcher.submit(1))
+            await asyncio.sleep(0.05)  # the worker holds it, waiting for company
+            seen = [batcher.idle()]
+            await first
+            return [*seen, batcher.idle()]
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(main()) == [False, True]
+
+
+def test_a_cancelled_lone_caller_keeps_the_lanes_until_its_job_ends() -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def job() -> str:
+        started.set()
+        release.wait(5)
+        return "done"
+
+    async def main() -> list[bool]:
+        batcher = MicroBatcher(lambda items: items, threads=2, lanes=2)
+        batcher.start()
+        try:
+            caller = asyncio.create_task(batcher.run_alone(job))
+            await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+            caller.cancel()
+            await asyncio.sleep(0.05)
+            busy_while_running = not batcher.idle()
+            release.set()
+            for _ in range(100):
+                if batcher.idle():
+                    break
+                await asyncio.sleep(0.01)
+            return [caller.cancelled(), busy_while_running, batcher.idle()]
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(main()) == [True, True, True]
+
+
 def test_lanes_must_fit_the_threads() -> None:
     with pytest.raises(ValueError, match="lanes must be between 1 and the 2 threads"):
         MicroBatcher(lambda items: items, threads=2, lanes=3)

@@ -43,7 +43,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                      max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, device=args.device,
                      backend=args.backend, precision=args.precision, max_decodes=args.max_decodes,
                      max_pixels_in_flight=int(args.max_megapixels_in_flight * 1e6), body_timeout=args.body_timeout,
-                     body_idle_timeout=args.body_idle_timeout, lanes=args.lanes)  # fmt: skip
+                     body_idle_timeout=args.body_idle_timeout, decode_timeout=args.decode_timeout,
+                     lanes=args.lanes)  # fmt: skip
     print(f"serving {args.model} ({args.backend}, {args.precision}) on http://{args.host}:{args.port}/  "
           "(API docs: /docs; Ctrl-C stops)")  # fmt: skip
     # httptools with request heads of at most 16 KiB (serve/http_protocol.py), a bounded number of
@@ -102,6 +103,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         default=10.0,
         help="seconds allowed between two chunks of a body, else 408 (default 10)",
     )
+    p.add_argument("--decode-timeout", type=float, default=30.0,
+                   help="seconds a DICOM upload's decoding may take (in a child process, stopped beyond them), "
+                        "else 400 (default 30)")  # fmt: skip
     p.add_argument(
         "--max-connections",
         type=int,

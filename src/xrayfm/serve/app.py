@@ -17,7 +17,9 @@ never on the event loop, while every PyTorch op (preprocessing, the model, layin
 image) runs on the model's lane threads, and the model is loaded on a thread that then ends
 (:mod:`xrayfm.serve.batcher` says why; under load two batches run side by side, each on half the
 threads); heatmap requests are batched like the others (one
-forward+backward pass gives their probabilities and maps). Boxes and image sizes in answers are
+forward+backward pass gives their probabilities and maps). A lone upload (no other being decoded, no
+batch running or waiting) skips the decoding threads: the model's thread decodes, prepares and answers
+it in one trip (:meth:`MicroBatcher.run_alone`), two thread hand-offs fewer. Boxes and image sizes in answers are
 in the uploaded image's pixels, and maps (heatmap, masks) cover the whole image at
 ``1 / downscale`` of its size. Every answer says in ``server_ms`` how long the server worked on it, from
 the upload's arrival to the answer (decoding, waiting for a batch, the model, encoding maps). Bad input gets a
@@ -40,6 +42,7 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from tempfile import SpooledTemporaryFile
 from typing import Any
@@ -120,6 +123,7 @@ def create_app(
     body_timeout: float = 30.0,
     body_idle_timeout: float = 10.0,
     decode_wait: float = 10.0,
+    decode_timeout: float = 30.0,
     loaded: tuple[nn.Module, dict[str, Any]] | None = None,
     lanes: int | None = None,
 ) -> FastAPI:
@@ -145,6 +149,8 @@ def create_app(
         body_idle_timeout: Seconds allowed between two chunks of a body (408 otherwise).
         decode_wait: Seconds an admitted upload may wait for a decode slot and pixel budget
             before the answer is 503.
+        decode_timeout: Seconds a DICOM upload's decoding may take in its child process; beyond them the child
+            is stopped and the answer is 400 (:mod:`xrayfm.serve.decode_sandbox`).
         loaded: A model already loaded and its sidecar, served instead of the fine-tuned model in
             ``model_dir`` (a Foundation X model: see :class:`ModelRuntime`).
         lanes: Most batches the model runs at once under load, each on its share of the threads
@@ -163,8 +169,8 @@ def create_app(
     with ThreadPoolExecutor(1) as loader:  # a thread that ends: it leaves no OpenMP team beside the model's
         runtime = loader.submit(ModelRuntime, model_dir, device=device, backend=backend, precision=precision,
                                 loaded=loaded, lane_threads=widths).result()  # fmt: skip
-    if max_upload_mb <= 0 or body_timeout <= 0 or body_idle_timeout <= 0:
-        raise XrayfmError("--max-upload-mb, --body-timeout and --body-idle-timeout must be positive")
+    if max_upload_mb <= 0 or body_timeout <= 0 or body_idle_timeout <= 0 or decode_timeout <= 0:
+        raise XrayfmError("--max-upload-mb, --body-timeout, --body-idle-timeout and --decode-timeout must be positive")
     if max_pixels_in_flight < runtime.limits.max_pixels:
         raise XrayfmError(
             f"the pixel budget (--max-megapixels-in-flight) of {max_pixels_in_flight / 1e6:g} MP is below the "
@@ -173,13 +179,15 @@ def create_app(
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     admission = Admission(max_decodes=max_decodes or cpus, queue_size=queue_size,
                           max_pixels=max_pixels_in_flight, wait_s=decode_wait)  # fmt: skip
+    # uploads on their way to the queue: those decoding, less lone ones decoding on the model's thread
     batcher = MicroBatcher(runtime.run_batch, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
-                           pending=lambda: admission.stats.decoding, threads=threads, lanes=lanes,
-                           set_threads=runtime.use_threads, exclusive=needs_model_alone)  # fmt: skip
+                           pending=lambda: admission.stats.decoding - batcher.alone_running, threads=threads,
+                           lanes=lanes, set_threads=runtime.use_threads, exclusive=needs_model_alone)  # fmt: skip
     refused = GuardStats()
     max_bytes = int(max_upload_mb * (1 << 20))
     codec: ThreadPoolExecutor | None = None  # decoding uploads, encoding maps: never on the event loop
-    sandbox = DecodeSandbox(admission.max_decodes)  # DICOM uploads: a crashing decoder costs one upload
+    # DICOM uploads: a decoder that crashes or hangs costs one upload
+    sandbox = DecodeSandbox(admission.max_decodes, timeout=decode_timeout)
 
     async def in_codec(fn, *args: Any) -> Any:  # noqa: ANN001
         return await asyncio.get_running_loop().run_in_executor(codec, fn, *args)
@@ -254,8 +262,19 @@ def create_app(
         finally:
             await upload.close()
 
-    async def read_upload(file: UploadFile) -> tuple[np.ndarray, dict[str, Any]]:
-        """The decoded pixels and the format facts of an upload (prepared for the model on its thread)."""
+    def decode_and_answer(data: bytes, read: Any, task: str | tuple[str, ...], heatmap: str | None):  # noqa: ANN202
+        """A lone upload on the model's thread: decoded, prepared and answered in one trip (its pixels, format
+        facts and answer, or the model's error as the answer)."""
+        pixels, meta = runtime.decode(data, read)
+        (answer,) = runtime.run_batch([ModelRequest(pixels, task, heatmap)])
+        return pixels, meta, answer
+
+    async def read_upload(
+        file: UploadFile, task: str | tuple[str, ...] | None = None, heatmap: str | None = None
+    ) -> tuple[np.ndarray, dict[str, Any], Answer | Exception | None]:
+        """The decoded pixels and the format facts of an upload (prepared for the model on its thread), and,
+        when a ``task`` is given and the model has nothing else to do, the model's answer to it, computed in
+        the same trip to the model's thread as the decoding (:meth:`MicroBatcher.run_alone`); else None."""
         try:
             async with admission.decode_slot():
                 data = await file.read()  # at most the upload limit: the guard cut longer bodies
@@ -266,7 +285,9 @@ def create_app(
                 probe = runtime.probe(data)
                 read = sandbox.read if probe.format == "dicom" else read_xray  # see serve/decode_sandbox.py
                 async with admission.pixels(probe.width * probe.height):
-                    return await in_codec(runtime.decode, data, read)
+                    if task is not None and admission.stats.decoding == 1 and batcher.idle():
+                        return await batcher.run_alone(partial(decode_and_answer, data, read, task, heatmap))
+                    return (*await in_codec(runtime.decode, data, read), None)
         except Busy as exc:
             raise HTTPException(503, f"{exc}; retry shortly", headers={"Retry-After": "1"}) from None
         except UnsafeInputError as exc:
@@ -274,9 +295,15 @@ def create_app(
         except XrayfmError as exc:
             raise HTTPException(400, str(exc)) from None
 
-    async def infer(pixels: np.ndarray, task: str | tuple[str, ...], heatmap: str | None = None) -> Answer:
+    async def infer(
+        pixels: np.ndarray, task: str | tuple[str, ...], heatmap: str | None = None,
+        answered: Answer | Exception | None = None,
+    ) -> Answer:  # fmt: skip
+        """The model's answer: ``answered`` when :func:`read_upload` got it, else from a batch."""
         try:
-            return await batcher.submit(ModelRequest(pixels, task, heatmap))
+            if isinstance(answered, Exception):
+                raise answered
+            return answered if answered is not None else await batcher.submit(ModelRequest(pixels, task, heatmap))
         except QueueFull:
             raise HTTPException(503, BUSY, headers={"Retry-After": "1"}) from None
         except XrayfmError as exc:  # e.g. attention rollout asked of a CNN
@@ -371,16 +398,15 @@ def create_app(
         spec = task_of(CLASSIFICATION_KINDS, task, "/predict")
         # without a task, a model with several classification heads (Foundation X) answers them all
         every = [spec] if task else [t for t in runtime.tasks.values() if t.kind in CLASSIFICATION_KINDS]
-        pixels, meta = await read_upload(file)
-        if len(every) == 1:
-            answer = await infer(pixels, spec.name, method if heatmap else None)
-            outputs = answer.outputs
-        elif heatmap:  # the heatmap pass answers the first head; one plain pass the others
+        if len(every) > 1 and heatmap:  # the heatmap pass answers the first head; one plain pass the others
+            pixels, meta, _ = await read_upload(file)
             others = tuple(t.name for t in every[1:])
             answer, rest = await asyncio.gather(infer(pixels, spec.name, method), infer(pixels, others))
             outputs = {**rest.outputs, **answer.outputs}
         else:
-            answer = await infer(pixels, tuple(t.name for t in every))
+            asked = spec.name if len(every) == 1 else tuple(t.name for t in every)
+            pixels, meta, answered = await read_upload(file, asked, method if heatmap else None)
+            answer = await infer(pixels, asked, method if heatmap else None, answered)
             outputs = answer.outputs
         found = {t.name: findings(t, outputs[t.name], threshold) for t in every}
         result: dict[str, Any] = {
@@ -406,8 +432,8 @@ def create_app(
     ) -> dict[str, Any]:
         started = time.perf_counter()
         spec = task_of(("segmentation",), task, "/segment")
-        pixels, meta = await read_upload(file)
-        answer = await infer(pixels, spec.name)
+        pixels, meta, answered = await read_upload(file, spec.name)
+        answer = await infer(pixels, spec.name, answered=answered)
         pngs, shares = await mask_pngs(answer.outputs[spec.name], pixels, threshold)
         masks, areas = dict(zip(spec.classes, pngs)), dict(zip(spec.classes, shares))
         return {"model": runtime.meta["arch"], "task": spec.name, "classes": list(spec.classes), "masks": masks,
@@ -423,8 +449,8 @@ def create_app(
     ) -> dict[str, Any]:
         started = time.perf_counter()
         spec = task_of(("detection",), task, "/detect")
-        pixels, meta = await read_upload(file)
-        det = (await infer(pixels, spec.name)).outputs[spec.name]
+        pixels, meta, answered = await read_upload(file, spec.name)
+        det = (await infer(pixels, spec.name, answered=answered)).outputs[spec.name]
         original = to_image_boxes(det["boxes"], pixels, meta)
         boxes = [
             {"class": spec.classes[int(lab)], "score": float(score), "box": [float(v) for v in b]}

@@ -27,6 +27,12 @@ more threads than ``threads``.
 The worker takes every request already waiting, and waits up to ``max_wait_ms`` for more only
 while ``pending()`` says more are on their way: a lone request is never held back for company
 that cannot come, while requests arriving during a forward pass form the next batch.
+
+A lone request can skip the queue altogether (:meth:`MicroBatcher.run_alone`): when nothing is running,
+waiting or being collected, the caller's whole job (the server's: decode the upload, prepare it, run
+the model) goes to the wide lane in one trip, a batch of one. On 2 cores each trip between threads and
+the event loop costs a wake-up; the queue path makes four for a request (to a decoding thread and back,
+to the model thread and back), this one two.
 """
 
 from __future__ import annotations
@@ -118,6 +124,9 @@ class MicroBatcher:
         self._narrow: ThreadPoolExecutor | None = None
         self._running: set[asyncio.Task] = set()
         self._busy = 0  # lanes taken by the batches running (the wide lane takes them all)
+        self._held = 0  # items taken from the queue by the worker and not yet running
+        #: Lone jobs running now (:meth:`run_alone`): not among the items ``pending`` counts as on their way.
+        self.alone_running = 0
         self._changed: asyncio.Condition | None = None
 
     def start(self) -> None:
@@ -166,6 +175,39 @@ class MicroBatcher:
         self.stats.requests += 1
         return await future
 
+    def idle(self) -> bool:
+        """Whether nothing is running, queued or being collected into a batch: a request now is a lone one."""
+        return self._worker is not None and self._busy == 0 and self._held == 0 and self.queue.empty()
+
+    async def run_alone(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` on the wide lane, counted as a batch of one; call it only when :meth:`idle` is true,
+        with no ``await`` in between (the lanes are taken at once). Cancelling the caller does not give
+        the lanes back before ``fn`` has ended.
+
+        Raises:
+            RuntimeError: The batcher is busy or not started.
+        """
+        if not self.idle():
+            raise RuntimeError("run_alone needs an idle batcher")
+        self._busy = self.lanes
+        self.alone_running += 1
+        self.stats.requests += 1
+        self.stats.batches += 1
+        self.stats.wide_batches += 1
+        self.stats.largest_batch = max(self.stats.largest_batch, 1)
+        self.stats.sizes[1] += 1
+        task = asyncio.get_running_loop().create_task(self._alone(fn))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return await asyncio.shield(task)
+
+    async def _alone(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._wide, fn)
+        finally:
+            self.alone_running -= 1
+            await self._give(self.lanes)
+
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` run on a lane thread (a narrow one where there are: light work such as laying a
         map onto the image needs no more than one thread).
@@ -182,16 +224,19 @@ class MicroBatcher:
         """The next batch: the first item, all others already waiting, and those arriving within
         ``max_wait`` while ``pending()`` says more are coming."""
         batch = [await self.queue.get()]
+        self._held = 1
         deadline = time.monotonic() + self.max_wait
         while len(batch) < self.max_batch:
             if not self.queue.empty():
                 batch.append(self.queue.get_nowait())
+                self._held += 1
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.pending() <= 0:
                 break
             try:
                 batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                self._held += 1
             except asyncio.TimeoutError:
                 break
         return batch
@@ -213,12 +258,14 @@ class MicroBatcher:
                 await self._changed.wait_for(lambda: self._busy < self.lanes)
             live = [(item, fut) for item, fut in await self._collect() if not fut.done()]
             if not live:
+                self._held = 0
                 continue
             items = [item for item, _ in live]
             alone = len(live) == 1 and self._busy == 0 and self.queue.empty() and self.pending() <= 0
             wide = self.lanes == 1 or alone or self.exclusive(items)
             taken = self.lanes if wide else 1
             await self._take(taken)
+            self._held = 0
             self.stats.batches += 1
             self.stats.wide_batches += wide
             self.stats.largest_batch = max(self.stats.largest_batch, len(live))

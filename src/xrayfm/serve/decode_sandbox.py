@@ -13,12 +13,20 @@ The pool starts with the first DICOM upload, so a server that never sees one nev
 child imports what ``spawn`` re-imports of the main module (with the ``xrayfm`` command, its CLI and so
 PyTorch) once, when it starts. The children hold what the decoders held in the server's threads, so
 the admission bounds (:mod:`xrayfm.serve.admission`) still bound the memory of uploads.
+
+A decoder that hangs instead (an endless loop on a crafted stream) would hold its decode slot for good, and
+as many such uploads as there are slots would stop the server decoding. Each read therefore runs under a
+deadline (``timeout``, wall-clock seconds): the child arms a timer whose signal, left at its default action,
+ends the process whatever the decoder is doing (no Python handler has to run, so a loop in C is stopped too).
+A read that dies at its deadline is not tried again: the upload is answered as too slow to decode.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -35,18 +43,38 @@ class DecoderCrashed(ImageReadError):
     """A decoder process died on this file twice: its pixel data is damaged or hostile."""
 
 
+class DecodeTimedOut(ImageReadError):
+    """A decoder process ran past the read's deadline on this file and was stopped."""
+
+
+def read_before_deadline(reader: Reader, seconds: float, data: bytes, **options: Any) -> XrayImage:
+    """``reader(data, **options)`` in a child, which ends (SIGALRM, default action) if it is still reading after
+    ``seconds``; the timer is disarmed once the read returns or raises. Where there is no such timer (Windows)
+    the read has no deadline."""
+    if not hasattr(signal, "setitimer"):
+        return reader(data, **options)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return reader(data, **options)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
 class DecodeSandbox:
     """``read_xray`` in child processes, restarted when one dies.
 
     Args:
         workers: Most reads at once (the server's decode slots).
         reader: What the children run (default :func:`xrayfm.io.read_xray`; tests pass one that crashes).
+        timeout: Wall-clock seconds one read may take in its child; the child is stopped beyond them.
     """
 
-    def __init__(self, workers: int, reader: Reader = read_xray) -> None:
+    def __init__(self, workers: int, reader: Reader = read_xray, timeout: float = 30.0) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
-        self.workers, self.reader = workers, reader
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        self.workers, self.reader, self.timeout = workers, reader, timeout
         self.crashes = 0
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -69,15 +97,20 @@ class DecodeSandbox:
 
         Raises:
             DecoderCrashed: The child died on this file, and again in a fresh pool.
+            DecodeTimedOut: The child was still reading at the deadline (``timeout``) and was stopped.
             ImageReadError / UnsafeInputError: As the reader raises them.
         """
+        name = options.get("name", "upload")
         for _ in range(2):
             pool = self._current()
+            started = time.monotonic()
             try:
-                return pool.submit(self.reader, data, **options).result()
+                return pool.submit(read_before_deadline, self.reader, self.timeout, data, **options).result()
             except BrokenProcessPool:
                 self._replace(pool)
-        name = options.get("name", "upload")
+                if time.monotonic() - started >= self.timeout:  # this read's own deadline stopped the child
+                    raise DecodeTimedOut(f"{name}: decoding this file's pixel data took over {self.timeout:g} s "
+                                         "(damaged or hostile); stopped") from None  # fmt: skip
         raise DecoderCrashed(f"{name}: the DICOM decoder crashed on this file's pixel data (damaged or hostile)")
 
     def close(self) -> None:
