@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
 
@@ -22,3 +23,8 @@ def hang_on_marker(data: bytes, **options: Any) -> XrayImage:
         while True:
             time.sleep(0.01)
     return read_xray(data, **options)
+
+
+def torch_imported(data: bytes, **options: Any) -> bool:
+    """Whether the child process has imported PyTorch (what it imported before reading: its main module)."""
+    return "torch" in sys.modules

@@ -10,9 +10,9 @@ when a worker dies the pool is replaced, the read is tried once more in the fres
 shared the pool with the culprit then succeeds), and a second death answers the upload as unreadable.
 PNG, JPEG, TIFF and BMP uploads stay in the server's own threads (Pillow and NumPy, no such crash seen).
 The pool starts with the first DICOM upload, so a server that never sees one never pays for it; each
-child imports what ``spawn`` re-imports of the main module (with the ``xrayfm`` command, its CLI and so
-PyTorch) once, when it starts. The children hold what the decoders held in the server's threads, so
-the admission bounds (:mod:`xrayfm.serve.admission`) still bound the memory of uploads.
+child imports what ``spawn`` re-runs of the main module once, when it starts: with the ``xrayfm`` command,
+only :mod:`xrayfm.console` (no PyTorch; 76 MB resident per child). The children hold what the decoders
+held in the server's threads, so the admission bounds (:mod:`xrayfm.serve.admission`) still bound the memory of uploads.
 
 A decoder that hangs instead (an endless loop on a crafted stream) would hold its decode slot for good, and
 as many such uploads as there are slots would stop the server decoding. Each read therefore runs under a
