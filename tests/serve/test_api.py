@@ -220,6 +220,28 @@ def test_a_lone_upload_is_decoded_and_answered_in_one_trip_to_the_model_thread(
         assert {k: v for k, v in a.items() if k != "server_ms"} == {k: v for k, v in b.items() if k != "server_ms"}
 
 
+def test_a_lone_dicom_or_large_upload_is_decoded_off_the_model_thread(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A DICOM upload (decoded in a child, up to --decode-timeout) or one over ALONE_MAX_PIXELS never holds the
+    model's thread while it decodes, even alone: a request arriving meanwhile would wait for it."""
+    import threading
+
+    import xrayfm.serve.app as app_module
+
+    app = create_app(model_dir)
+    runtime, decoded_on = app.state.runtime, []
+    decode = runtime.decode
+    monkeypatch.setattr(runtime, "decode", lambda *a: decoded_on.append(threading.current_thread().name) or decode(*a))
+    dicom = write_dicom(tmp_path / "a.dcm", np.random.default_rng(0).random((80, 70)).astype(np.float32)).read_bytes()
+    with TestClient(app) as c:
+        assert c.post("/predict", files=upload(dicom, "a.dcm")).status_code == 200
+        assert c.post("/predict", files=upload(png_bytes(80, 70))).status_code == 200  # 5,600 px: on the model's
+        monkeypatch.setattr(app_module, "ALONE_MAX_PIXELS", 80 * 70 - 1)
+        assert c.post("/predict", files=upload(png_bytes(80, 70))).status_code == 200
+    assert [n.split("_")[0] for n in decoded_on] == ["xrayfm-codec", "xrayfm-wide", "xrayfm-codec"]
+
+
 def test_full_queue_answers_503_and_recovers(model_dir: Path) -> None:
     with TestClient(create_app(model_dir, max_batch=1, max_wait_ms=0, queue_size=1)) as c:
         with ThreadPoolExecutor(12) as pool:

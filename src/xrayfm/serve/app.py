@@ -18,8 +18,9 @@ image) runs on the model's lane threads, and the model is loaded on a thread tha
 (:mod:`xrayfm.serve.batcher` says why; under load two batches run side by side, each on half the
 threads); heatmap requests are batched like the others (one
 forward+backward pass gives their probabilities and maps). A lone upload (no other being decoded, no
-batch running or waiting) skips the decoding threads: the model's thread decodes, prepares and answers
-it in one trip (:meth:`MicroBatcher.run_alone`), two thread hand-offs fewer. Boxes and image sizes in answers are
+batch running or waiting; at most 2048 x 2048 px, not DICOM) skips the decoding threads: the model's
+thread decodes, prepares and answers it in one trip (:meth:`MicroBatcher.run_alone`), two thread
+hand-offs fewer. Boxes and image sizes in answers are
 in the uploaded image's pixels, and maps (heatmap, masks) cover the whole image at
 ``1 / downscale`` of its size. Every answer says in ``server_ms`` how long the server worked on it, from
 the upload's arrival to the answer (decoding, waiting for a batch, the model, encoding maps). Bad input gets a
@@ -84,6 +85,11 @@ UPLOAD_FIELD = f"PNG, JPEG, TIFF, BMP or DICOM radiograph (or the file itself as
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {
     kind: {"schema": {"type": "string", "format": "binary"}} for kind in ("image/*", *BODY_TYPES)}}}  # fmt: skip
 #: How a map (heatmap, mask) lies over the uploaded image.
+#: Most declared pixels of an upload decoded on the model's thread when it comes alone (2048 x 2048). A
+#: larger one decodes for tens of milliseconds or more, and a request arriving meanwhile would wait for the
+#: model's thread, while the two hand-offs it saves cost a fraction of a millisecond; DICOM uploads never do
+#: (decoded in a child process, up to --decode-timeout).
+ALONE_MAX_PIXELS = 2048 * 2048
 MAP_GEOMETRY = (
     "covers the whole image at 1/downscale of its size: map pixel (x, y) is image pixels "
     "[x*downscale, (x+1)*downscale) x [y*downscale, (y+1)*downscale), clipped to the image"
@@ -273,8 +279,9 @@ def create_app(
         file: UploadFile, task: str | tuple[str, ...] | None = None, heatmap: str | None = None
     ) -> tuple[np.ndarray, dict[str, Any], Answer | Exception | None]:
         """The decoded pixels and the format facts of an upload (prepared for the model on its thread), and,
-        when a ``task`` is given and the model has nothing else to do, the model's answer to it, computed in
-        the same trip to the model's thread as the decoding (:meth:`MicroBatcher.run_alone`); else None."""
+        when a ``task`` is given, the model has nothing else to do and the upload is small and not DICOM
+        (:data:`ALONE_MAX_PIXELS`), the model's answer to it, computed in the same trip to the model's thread
+        as the decoding (:meth:`MicroBatcher.run_alone`); else None."""
         try:
             async with admission.decode_slot():
                 data = await file.read()  # at most the upload limit: the guard cut longer bodies
@@ -283,9 +290,11 @@ def create_app(
                 if data and sniff_format(data[:132]) is None:
                     raise HTTPException(415, "not a PNG, JPEG, TIFF, BMP or DICOM file")
                 probe = runtime.probe(data)
-                read = sandbox.read if probe.format == "dicom" else read_xray  # see serve/decode_sandbox.py
-                async with admission.pixels(probe.width * probe.height):
-                    if task is not None and admission.stats.decoding == 1 and batcher.idle():
+                dicom, pixels = probe.format == "dicom", probe.width * probe.height
+                read = sandbox.read if dicom else read_xray  # see serve/decode_sandbox.py
+                async with admission.pixels(pixels):
+                    alone = task is not None and not dicom and pixels <= ALONE_MAX_PIXELS
+                    if alone and admission.stats.decoding == 1 and batcher.idle():
                         return await batcher.run_alone(partial(decode_and_answer, data, read, task, heatmap))
                     return (*await in_codec(runtime.decode, data, read), None)
         except Busy as exc:
