@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -198,17 +199,21 @@ def test_concurrent_requests_share_batches(model_dir: Path) -> None:
         assert sum(sizes.values()) == health["batches"] and max(sizes) == health["largest_batch"]
 
 
+def decoding_threads(app, monkeypatch: pytest.MonkeyPatch) -> list[str]:  # noqa: ANN001
+    """The names of the threads that decode the app's uploads, one per upload, as they come."""
+    runtime, names = app.state.runtime, []
+    decode = runtime.decode
+    monkeypatch.setattr(runtime, "decode", lambda *a: names.append(threading.current_thread().name) or decode(*a))
+    return names
+
+
 def test_a_lone_upload_is_decoded_and_answered_in_one_trip_to_the_model_thread(
     model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With nothing else to do, the model's thread decodes the upload and answers it (no stop at a decoding
     thread); the answers are those of the queued path, and /health counts it as a batch of one."""
-    import threading
-
     app = create_app(model_dir)
-    runtime, decoded_on = app.state.runtime, []
-    decode = runtime.decode
-    monkeypatch.setattr(runtime, "decode", lambda *a: decoded_on.append(threading.current_thread().name) or decode(*a))
+    decoded_on = decoding_threads(app, monkeypatch)
     with TestClient(app) as c:
         lone = [c.post(path, files=upload(png_bytes(seed=3))).json() for path in ("/predict", "/segment", "/detect")]
         health = c.get("/health").json()
@@ -225,14 +230,10 @@ def test_a_lone_dicom_or_large_upload_is_decoded_off_the_model_thread(
 ) -> None:
     """A DICOM upload (decoded in a child, up to --decode-timeout) or one over ALONE_MAX_PIXELS never holds the
     model's thread while it decodes, even alone: a request arriving meanwhile would wait for it."""
-    import threading
-
     import xrayfm.serve.app as app_module
 
     app = create_app(model_dir)
-    runtime, decoded_on = app.state.runtime, []
-    decode = runtime.decode
-    monkeypatch.setattr(runtime, "decode", lambda *a: decoded_on.append(threading.current_thread().name) or decode(*a))
+    decoded_on = decoding_threads(app, monkeypatch)
     dicom = write_dicom(tmp_path / "a.dcm", np.random.default_rng(0).random((80, 70)).astype(np.float32)).read_bytes()
     with TestClient(app) as c:
         assert c.post("/predict", files=upload(dicom, "a.dcm")).status_code == 200

@@ -84,12 +84,12 @@ UPLOAD_FIELD = f"PNG, JPEG, TIFF, BMP or DICOM radiograph (or the file itself as
 #: The upload routes' request body in the OpenAPI schema: a multipart form, or the image itself.
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {
     kind: {"schema": {"type": "string", "format": "binary"}} for kind in ("image/*", *BODY_TYPES)}}}  # fmt: skip
-#: How a map (heatmap, mask) lies over the uploaded image.
 #: Most declared pixels of an upload decoded on the model's thread when it comes alone (2048 x 2048). A
 #: larger one decodes for tens of milliseconds or more, and a request arriving meanwhile would wait for the
 #: model's thread, while the two hand-offs it saves cost a fraction of a millisecond; DICOM uploads never do
 #: (decoded in a child process, up to --decode-timeout).
 ALONE_MAX_PIXELS = 2048 * 2048
+#: How a map (heatmap, mask) lies over the uploaded image.
 MAP_GEOMETRY = (
     "covers the whole image at 1/downscale of its size: map pixel (x, y) is image pixels "
     "[x*downscale, (x+1)*downscale) x [y*downscale, (y+1)*downscale), clipped to the image"

@@ -192,10 +192,7 @@ class MicroBatcher:
         self._busy = self.lanes
         self.alone_running += 1
         self.stats.requests += 1
-        self.stats.batches += 1
-        self.stats.wide_batches += 1
-        self.stats.largest_batch = max(self.stats.largest_batch, 1)
-        self.stats.sizes[1] += 1
+        self._count_batch(1, wide=True)
         task = asyncio.get_running_loop().create_task(self._alone(fn))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
@@ -241,6 +238,13 @@ class MicroBatcher:
                 break
         return batch
 
+    def _count_batch(self, size: int, wide: bool) -> None:
+        """A batch of ``size`` starting, on the wide lane or not, in the counters of ``/health``."""
+        self.stats.batches += 1
+        self.stats.wide_batches += wide
+        self.stats.largest_batch = max(self.stats.largest_batch, size)
+        self.stats.sizes[size] += 1
+
     async def _take(self, lanes: int) -> None:
         """Wait until ``lanes`` lanes are free, and take them."""
         async with self._changed:
@@ -266,10 +270,7 @@ class MicroBatcher:
             taken = self.lanes if wide else 1
             await self._take(taken)
             self._held = 0
-            self.stats.batches += 1
-            self.stats.wide_batches += wide
-            self.stats.largest_batch = max(self.stats.largest_batch, len(live))
-            self.stats.sizes[len(live)] += 1
+            self._count_batch(len(live), wide)
             task = asyncio.get_running_loop().create_task(self._run(live, self._wide if wide else self._narrow, taken))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
