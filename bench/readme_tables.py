@@ -294,6 +294,28 @@ def serve_lanes_table(report: dict[str, Any], source: str) -> str:
     return "\n".join(lines) + "\n\n" + wrap(f"Median (range) over {rounds} rounds. " + describe(report, source))
 
 
+def serve_compile_table(report: dict[str, Any], source: str) -> str:
+    """``xrayfm serve --compile`` against the same server without it, compared within alternating rounds: median
+    and range per model and precision, and the seconds from a server's start to its first answer."""
+    rounds = len({r["round"] for r in report["runs"]})
+    most = max(r["clients"] for r in report["runs"])
+    lines = [
+        f"| model | precision | requests/s at {most} clients, compiled / eager | p50 at 1 client, compiled - eager "
+        "(ms) | start to first answer, eager / compiled (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for side in report["summary"]:
+        speed = next(v for k, v in side.items() if k.startswith("requests_per_s_"))
+        p50, up = side["p50_ms_1_client_compiled_minus_eager"], side["startup_s"]
+        lines.append(f"| {ARCH_LABELS.get(side['arch'], side['arch'])} | {side['precision']} | "
+                     f"{speed['median']:.2f}x ({speed['min']:.2f}-{speed['max']:.2f}) | "
+                     f"{p50['median']:+.1f} ({p50['min']:+.1f} to {p50['max']:+.1f}) | "
+                     f"{up['eager']['median']:.0f} / {up['compiled']['median']:.0f} "
+                     f"({up['compiled']['min']:.0f}-{up['compiled']['max']:.0f}) |")  # fmt: skip
+    text = f"Median (range) over {rounds} rounds, PyTorch backend. " + describe(report, source)
+    return "\n".join(lines) + "\n\n" + wrap(text)
+
+
 def phantom_bullet(report: dict[str, Any], source: str) -> str:
     """The Development list's phantom-throughput item."""
     by_size = {r["size"]: r for r in report["results"]}
@@ -529,6 +551,7 @@ def renderer(name: str) -> tuple[str, Callable[[dict[str, Any], str], str]]:
              "loader_throughput": loader_throughput_table,
              "foundation_x_label_efficiency": foundation_x_label_efficiency_table,
              "foundation_x_real": foundation_x_real_table, "serve_lanes": serve_lanes_table,
+             "serve_compile": serve_compile_table,
              "http_parsers": http_parsers_table}  # fmt: skip
     for prefix, fn in fixed.items():
         if stem.startswith(prefix) and not part:

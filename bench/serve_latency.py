@@ -474,18 +474,26 @@ def saved_model(model_dir: Path, arch: str, size: int, int8: bool = False) -> di
 
 @contextmanager
 def running_server(
-    model_dir: Path, backend: str, precision: str, device: str, max_batch: int, lanes: int | None = None
+    model_dir: Path,
+    backend: str,
+    precision: str,
+    device: str,
+    max_batch: int,
+    lanes: int | None = None,
+    extra: Sequence[str] = (),
+    startup_s: float = 120.0,
 ) -> Iterator[tuple[int, int]]:
-    """``xrayfm serve`` on ``model_dir`` in its own process, up and answering: its port and process id."""
+    """``xrayfm serve`` on ``model_dir`` (with ``extra`` options) in its own process, up and answering within
+    ``startup_s``: its port and process id."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "xrayfm.cli", "serve", str(model_dir), "--port", str(port), "--backend", backend,
          "--precision", precision, "--device", device, "--max-batch", str(max_batch), "--queue-size", "256",
-         *(["--lanes", str(lanes)] if lanes else [])],
+         *(["--lanes", str(lanes)] if lanes else []), *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        for _ in range(1200):
+        for _ in range(int(startup_s * 10)):
             try:
                 get_json(port, "/health")
                 break

@@ -44,7 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                      backend=args.backend, precision=args.precision, max_decodes=args.max_decodes,
                      max_pixels_in_flight=int(args.max_megapixels_in_flight * 1e6), body_timeout=args.body_timeout,
                      body_idle_timeout=args.body_idle_timeout, decode_timeout=args.decode_timeout,
-                     lanes=args.lanes)  # fmt: skip
+                     lanes=args.lanes, torch_compile=args.compile)  # fmt: skip
     print(f"serving {args.model} ({args.backend}, {args.precision}) on http://{args.host}:{args.port}/  "
           "(API docs: /docs; Ctrl-C stops)")  # fmt: skip
     # httptools with request heads of at most 16 KiB (serve/http_protocol.py), a bounded number of
@@ -79,6 +79,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lanes", type=int, default=None,
                    help="most batches run at once under load, each on its share of the threads; a lone request "
                         "gets them all (default: 2 on a CPU, 1 on a GPU)")  # fmt: skip
+    p.add_argument("--compile", action="store_true",
+                   help="run plain forward passes through torch.compile (torch backend), compiled before the "
+                        "server answers (tens of seconds; a C++ compiler on a CPU)")  # fmt: skip
     p.add_argument("--queue-size", type=int, default=64,
                    help="most uploads admitted beyond those decoding, and most waiting for the model; more get 503 "
                         "(default 64)")  # fmt: skip

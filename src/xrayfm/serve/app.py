@@ -132,6 +132,7 @@ def create_app(
     decode_timeout: float = 30.0,
     loaded: tuple[nn.Module, dict[str, Any]] | None = None,
     lanes: int | None = None,
+    torch_compile: bool = False,
 ) -> FastAPI:
     """Build the app serving the model in ``model_dir``.
 
@@ -161,6 +162,8 @@ def create_app(
             ``model_dir`` (a Foundation X model: see :class:`ModelRuntime`).
         lanes: Most batches the model runs at once under load, each on its share of the threads
             (:mod:`xrayfm.serve.batcher`); default :func:`default_lanes`.
+        torch_compile: Plain forward passes through ``torch.compile`` (torch backend), compiled before this
+            returns (:mod:`xrayfm.serve.compiled`).
 
     Raises:
         XrayfmError: A limit is not positive, the pixel budget is below one image's limit, or
@@ -174,7 +177,7 @@ def create_app(
         raise XrayfmError(f"--lanes must be between 1 and the {threads} threads the model has, got {lanes}") from None
     with ThreadPoolExecutor(1) as loader:  # a thread that ends: it leaves no OpenMP team beside the model's
         runtime = loader.submit(ModelRuntime, model_dir, device=device, backend=backend, precision=precision,
-                                loaded=loaded, lane_threads=widths).result()  # fmt: skip
+                                loaded=loaded, lane_threads=widths, torch_compile=torch_compile).result()  # fmt: skip
     if max_upload_mb <= 0 or body_timeout <= 0 or body_idle_timeout <= 0 or decode_timeout <= 0:
         raise XrayfmError("--max-upload-mb, --body-timeout, --body-idle-timeout and --decode-timeout must be positive")
     if max_pixels_in_flight < runtime.limits.max_pixels:

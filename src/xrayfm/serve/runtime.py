@@ -43,6 +43,7 @@ from xrayfm.models.onnx_model import OnnxModel, precision_record
 from xrayfm.models.precision import check_precision, no_grad_at
 from xrayfm.models.preprocess import resolve_preprocess
 from xrayfm.models.task_checkpoint import WEIGHTS, find_task_model, load_task_model
+from xrayfm.serve.compiled import compile_model, default_task_sets, warm_up
 from xrayfm.serve.shared_lock import SharedLock
 from xrayfm.tasks import probabilities
 
@@ -127,7 +128,7 @@ class ModelRuntime:
 
     Raises:
         XrayfmError: Unknown backend, missing or stale ONNX export, unreadable model, unsupported precision,
-            a loaded model with another backend than torch.
+            a loaded model with another backend than torch, ``torch_compile`` on the onnx backend or a failed compile.
     """
 
     def __init__(
@@ -140,12 +141,15 @@ class ModelRuntime:
         precision: str = "fp32",
         loaded: tuple[nn.Module, dict[str, Any]] | None = None,
         lane_threads: Iterable[int] = (),
+        torch_compile: bool = False,
     ) -> None:
         if backend not in BACKENDS:
             raise XrayfmError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+        if torch_compile and backend != "torch":
+            raise XrayfmError("--compile is for the torch backend; ONNX Runtime optimises its own graph")
         if loaded is not None and backend != "torch":
             raise XrayfmError(f"{model_dir}: this model has no ONNX export; serve it with --backend torch")
-        device = serving_device(device)
+        device, lane_threads = serving_device(device), tuple(lane_threads)
         check_precision(precision, backend, device)
         self.precision = precision
         if loaded is None:
@@ -169,6 +173,11 @@ class ModelRuntime:
         self.onnx = next(iter(self.sessions.values()), None)
         served = self.model.tasks if self.onnx is None else [t for t in self.model.tasks if t.name in self.onnx.tasks]
         self.tasks = {t.name: t for t in served}
+        self.compiled: nn.Module | None = None
+        if torch_compile:
+            self.compiled = compile_model(self.model)
+            warm_up(self.compiled, default_task_sets(served), self.preprocess.input_size, precision, self.device,
+                    lane_threads)  # fmt: skip
 
     def use_threads(self, threads: int) -> None:
         """Run this thread's passes on ``threads`` intra-op threads (PyTorch's, or the ONNX Runtime
@@ -289,8 +298,10 @@ class ModelRuntime:
             session = self.sessions.get(getattr(self._lane, "threads", None), self.onnx)
             out = onnx_task_outputs(session, self.model, x, wanted)
         else:
+            compiled = self.compiled is not None and all(self.tasks[n].kind != "detection" for n in wanted)
+            model = self.compiled if compiled else self.model
             with self.lock.shared(), no_grad_at(self.precision, self.device):
-                out = self.model(x.to(self.device), tasks=wanted)
+                out = model(x.to(self.device), tasks=wanted)
         results: list[dict[str, Any]] = [{} for _ in requests]
         for name in wanted:
             if self.tasks[name].kind == "detection":
