@@ -14,26 +14,16 @@ Usage: python bench/serve_compile.py [--rounds 3] [--archs eva_x_tiny_patch16,ev
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
-import torch
+from paired_servers import paired_arguments, paired_report, saved_models, spread
 from provenance import write_result
-from serve_latency import LOAD, measure, running_server, saved_model
+from serve_latency import measure, running_server
 
-REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ("eager", "compiled")
-
-
-def spread(values: Sequence[float], digits: int) -> dict:
-    return {"median": round(float(np.median(values)), digits), "min": round(min(values), digits),
-            "max": round(max(values), digits), "rounds": [round(v, digits) for v in values]}  # fmt: skip
 
 
 def paired(rows: Sequence[dict], clients: int) -> dict:
@@ -49,53 +39,31 @@ def paired(rows: Sequence[dict], clients: int) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--archs", default="eva_x_tiny_patch16,eva_x_small_patch16")
+    ap = paired_arguments(__doc__.splitlines()[0], "serve_compile_cpu.json")
     ap.add_argument("--precisions", default="fp32,bf16", help="the servers' --precision (torch backend)")
-    ap.add_argument("--clients", type=int, default=16, help="the most clients (1 client is measured too)")
-    ap.add_argument("--requests", type=int, default=300)
-    ap.add_argument("--max-batch", type=int, default=16)
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--image", type=int, default=512)
-    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serve_compile_cpu.json")
     args = ap.parse_args(argv)
     rows, summary = [], []
-    for arch in args.archs.split(","):
-        with tempfile.TemporaryDirectory() as tmp:
-            model_dir = Path(tmp) / "model"
-            saved_model(model_dir, arch, args.size)
-            for precision in args.precisions.split(","):
-                mine = []
-                for k in range(args.rounds):
-                    for setting in SETTINGS:
-                        started = time.perf_counter()
-                        extra = ["--compile"] if setting == "compiled" else []
-                        with running_server(model_dir, "torch", precision, "cpu", args.max_batch, extra=extra,
-                                            startup_s=900) as (port, pid):  # fmt: skip
-                            startup = round(time.perf_counter() - started, 1)
-                            for clients in (1, args.clients):
-                                row = {"arch": arch, "precision": precision, "round": k, "setting": setting,
-                                       "startup_s": startup,
-                                       **measure(port, clients, args.requests, False, pid, args.image)}  # fmt: skip
-                                print(json.dumps(row), flush=True)
-                                mine.append(row)
-                rows += mine
-                summary.append({"arch": arch, "precision": precision, **paired(mine, args.clients)})
-    report = {
-        "benchmark": "serve_compile",
-        "device": "cpu",
-        "design": "alternating rounds of xrayfm serve without and with --compile, a fresh server each; "
-        "compared within rounds",
-        "load": LOAD,
-        "image": f"{args.image}x{args.image} 8-bit PNG upload",
-        "model_input": args.size,
-        "max_batch": args.max_batch,
-        "backend": "torch",
-        "torch_threads": torch.get_num_threads(),
-        "summary": summary,
-        "runs": rows,
-    }
+    for arch, model_dir in saved_models(args):
+        for precision in args.precisions.split(","):
+            mine = []
+            for k in range(args.rounds):
+                for setting in SETTINGS:
+                    started = time.perf_counter()
+                    extra = ["--compile"] if setting == "compiled" else []
+                    with running_server(model_dir, "torch", precision, "cpu", args.max_batch, extra=extra,
+                                        startup_s=900) as (port, pid):  # fmt: skip
+                        startup = round(time.perf_counter() - started, 1)
+                        for clients in (1, args.clients):
+                            row = {"arch": arch, "precision": precision, "round": k, "setting": setting,
+                                   "startup_s": startup,
+                                   **measure(port, clients, args.requests, False, pid, args.image)}  # fmt: skip
+                            print(json.dumps(row), flush=True)
+                            mine.append(row)
+            rows += mine
+            summary.append({"arch": arch, "precision": precision, **paired(mine, args.clients)})
+    design = ("alternating rounds of xrayfm serve without and with --compile, a fresh server each; "
+              "compared within rounds")  # fmt: skip
+    report = paired_report("serve_compile", design, args, summary, rows, backend="torch")
     write_result(args.out, report, packages=("fastapi", "uvicorn"))
     print(f"wrote {args.out}")
     return 0

@@ -14,19 +14,13 @@ Usage: python bench/serve_lanes.py [--rounds 3] [--archs eva_x_tiny_patch16,eva_
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
-import torch
+from paired_servers import paired_arguments, paired_report, saved_models, spread
 from provenance import write_result
-from serve_latency import LOAD, measure, running_server, saved_model
-
-REPO = Path(__file__).resolve().parents[1]
+from serve_latency import measure, running_server
 
 
 def paired(rows: Sequence[dict], clients: int) -> dict:
@@ -35,57 +29,32 @@ def paired(rows: Sequence[dict], clients: int) -> dict:
     rounds = sorted({r["round"] for r in rows})
     speed = [by[k, 2, clients]["requests_per_s"] / by[k, 1, clients]["requests_per_s"] for k in rounds]
     p50 = [by[k, 2, 1]["p50_ms"] - by[k, 1, 1]["p50_ms"] for k in rounds if (k, 1, 1) in by and (k, 2, 1) in by]
-    out = {f"requests_per_s_{clients}_clients_lanes2_over_lanes1": {
-        "median": round(float(np.median(speed)), 3), "min": round(min(speed), 3), "max": round(max(speed), 3),
-        "rounds": [round(v, 3) for v in speed]}}  # fmt: skip
+    out = {f"requests_per_s_{clients}_clients_lanes2_over_lanes1": spread(speed, 3)}
     if p50:
-        out["p50_ms_1_client_lanes2_minus_lanes1"] = {
-            "median": round(float(np.median(p50)), 1), "min": round(min(p50), 1), "max": round(max(p50), 1),
-            "rounds": [round(v, 1) for v in p50]}  # fmt: skip
+        out["p50_ms_1_client_lanes2_minus_lanes1"] = spread(p50, 1)
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--archs", default="eva_x_tiny_patch16,eva_x_small_patch16")
+    ap = paired_arguments(__doc__.splitlines()[0], "serve_lanes_cpu.json")
     ap.add_argument("--backends", default="torch,onnx")
-    ap.add_argument("--clients", type=int, default=16, help="the most clients (1 client is measured too)")
-    ap.add_argument("--requests", type=int, default=300)
-    ap.add_argument("--max-batch", type=int, default=16)
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--image", type=int, default=512)
-    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serve_lanes_cpu.json")
     args = ap.parse_args(argv)
     rows, summary = [], []
-    for arch in args.archs.split(","):
-        with tempfile.TemporaryDirectory() as tmp:
-            model_dir = Path(tmp) / "model"
-            saved_model(model_dir, arch, args.size)
-            for backend in args.backends.split(","):
-                mine = []
-                for k in range(args.rounds):
-                    for lanes in (1, 2):
-                        with running_server(model_dir, backend, "fp32", "cpu", args.max_batch, lanes) as (port, pid):
-                            for clients in (1, args.clients):
-                                row = {"arch": arch, "backend": backend, "round": k, "lanes": lanes,
-                                       **measure(port, clients, args.requests, False, pid, args.image)}  # fmt: skip
-                                print(json.dumps(row), flush=True)
-                                mine.append(row)
-                rows += mine
-                summary.append({"arch": arch, "backend": backend, **paired(mine, args.clients)})
-    report = {
-        "benchmark": "serve_lanes",
-        "device": "cpu",
-        "design": "alternating rounds of --lanes 1 and --lanes 2, a fresh server each; compared within rounds",
-        "load": LOAD,
-        "image": f"{args.image}x{args.image} 8-bit PNG upload",
-        "model_input": args.size,
-        "max_batch": args.max_batch,
-        "torch_threads": torch.get_num_threads(),
-        "summary": summary,
-        "runs": rows,
-    }
+    for arch, model_dir in saved_models(args):
+        for backend in args.backends.split(","):
+            mine = []
+            for k in range(args.rounds):
+                for lanes in (1, 2):
+                    with running_server(model_dir, backend, "fp32", "cpu", args.max_batch, lanes) as (port, pid):
+                        for clients in (1, args.clients):
+                            row = {"arch": arch, "backend": backend, "round": k, "lanes": lanes,
+                                   **measure(port, clients, args.requests, False, pid, args.image)}  # fmt: skip
+                            print(json.dumps(row), flush=True)
+                            mine.append(row)
+            rows += mine
+            summary.append({"arch": arch, "backend": backend, **paired(mine, args.clients)})
+    design = "alternating rounds of --lanes 1 and --lanes 2, a fresh server each; compared within rounds"
+    report = paired_report("serve_lanes", design, args, summary, rows)
     write_result(args.out, report, packages=("onnxruntime", "fastapi", "uvicorn"))
     print(f"wrote {args.out}")
     return 0

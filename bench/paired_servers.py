@@ -1,0 +1,65 @@
+"""What the paired server benchmarks share (``bench/serve_lanes.py``, ``bench/serve_compile.py``): two server
+settings measured in alternating rounds on one model and load, compared within each round."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from serve_latency import LOAD, saved_model
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def paired_arguments(description: str, out: str) -> argparse.ArgumentParser:
+    """The options every paired benchmark takes (rounds, models, load, sizes, result file ``results/out``)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--archs", default="eva_x_tiny_patch16,eva_x_small_patch16")
+    ap.add_argument("--clients", type=int, default=16, help="the most clients (1 client is measured too)")
+    ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--image", type=int, default=512)
+    ap.add_argument("--out", type=Path, default=RESULTS / out)
+    return ap
+
+
+def saved_models(args: argparse.Namespace) -> Iterator[tuple[str, Path]]:
+    """Each of ``args.archs`` saved as a served model (``args.size`` px input) in a temporary folder, removed
+    when the next one comes."""
+    for arch in args.archs.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = Path(tmp) / "model"
+            saved_model(model_dir, arch, args.size)
+            yield arch, model_dir
+
+
+def spread(values: Sequence[float], digits: int) -> dict[str, Any]:
+    """Median, range and the per-round values, rounded to ``digits``."""
+    return {"median": round(float(np.median(values)), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits), "rounds": [round(v, digits) for v in values]}  # fmt: skip
+
+
+def paired_report(
+    benchmark: str, design: str, args: argparse.Namespace, summary: list, rows: list, **extra: Any
+) -> dict[str, Any]:
+    """The result file's content: what was measured and how, the round-by-round summary and every row."""
+    return {
+        "benchmark": benchmark,
+        "device": "cpu",
+        "design": design,
+        "load": LOAD,
+        "image": f"{args.image}x{args.image} 8-bit PNG upload",
+        "model_input": args.size,
+        "max_batch": args.max_batch,
+        **extra,
+        "torch_threads": torch.get_num_threads(),
+        "summary": summary,
+        "runs": rows,
+    }
