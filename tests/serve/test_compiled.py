@@ -3,6 +3,7 @@ lane's thread count without compiling again; refusals in one line."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from xrayfm.models import create_model
 from xrayfm.models.preprocess import Preprocess
 from xrayfm.models.task_checkpoint import save_task_model
 from xrayfm.models.task_model import XrayModel
-from xrayfm.serve.compiled import default_task_sets, warm_up
+from xrayfm.serve.compiled import default_task_sets, quiet_cuda_search, warm_up
 from xrayfm.serve.runtime import ModelRuntime
 from xrayfm.tasks import TaskSpec
 
@@ -97,6 +98,21 @@ def test_the_default_task_sets_are_what_requests_naming_no_head_run() -> None:
              TaskSpec("heart", "segmentation", ("heart",))]  # fmt: skip
     assert default_task_sets(heads) == [["a/tb", "b/findings"], ["lungs"], ["heart"]]
     assert default_task_sets(TASKS) == [["findings"], ["lungs"]]
+
+
+@pytest.mark.parametrize(("device", "heard"), [("cpu", ["after"]), ("cuda", ["inside", "after"])])
+def test_the_cuda_search_warning_is_quiet_while_compiling_for_a_cpu(device: str, heard: list[str]) -> None:
+    logger, seen = logging.getLogger("torch.utils.cpp_extension"), []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        with quiet_cuda_search(torch.device(device)):
+            logger.warning("inside")
+        logger.warning("after")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == heard
 
 
 def test_compile_on_the_onnx_backend_is_refused(shallow_model_dir: Path) -> None:

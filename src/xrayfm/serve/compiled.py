@@ -25,8 +25,10 @@ How the server uses it:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -54,6 +56,20 @@ def default_task_sets(tasks: Sequence[TaskSpec]) -> list[list[str]]:
     return ([classification] if classification else []) + [[t.name] for t in tasks if t.kind == "segmentation"]
 
 
+@contextlib.contextmanager
+def quiet_cuda_search(device: torch.device) -> Iterator[None]:
+    """Compiling for a CPU, inductor loads ``torch.utils.cpp_extension``, whose search for a CUDA toolkit warns
+    "No CUDA runtime is found" on a machine with a toolkit but no GPU: a misleading line in a CPU server's log."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    if device.type == "cpu":
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def warm_up(
     compiled: nn.Module,
     task_sets: Sequence[Sequence[str]],
@@ -73,7 +89,7 @@ def warm_up(
     graphs = len(task_sets) * len(WARM_BATCHES) * len(counts)
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, graphs + 8)
     try:
-        with torch.compiler.set_stance("default"):
+        with torch.compiler.set_stance("default"), quiet_cuda_search(device):
             for threads in counts:
                 torch.set_num_threads(threads)
                 for tasks, batch in itertools.product(task_sets, WARM_BATCHES):
