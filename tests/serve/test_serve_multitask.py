@@ -179,3 +179,24 @@ def test_the_command_refuses_onnx_and_weights_where_they_do_not_apply(
     assert "no ONNX export" in capsys.readouterr().err
     assert main(["serve", str(model_dir), "--weights", "student"]) == 2
     assert "--weights" in capsys.readouterr().err and not started
+
+
+@pytest.mark.slow  # compiles a ResNet-18 with every head at two thread counts (about a minute)
+def test_a_compiled_foundation_x_model_answers_as_the_uncompiled_one(run_dir: Path) -> None:
+    from xrayfm.serve.runtime import ModelRuntime
+
+    compiled = ModelRuntime(run_dir / "model", loaded=load_served_multitask(run_dir), torch_compile=True,
+                            lane_threads=(2, 1))  # fmt: skip
+    eager = ModelRuntime(run_dir / "model", loaded=load_served_multitask(run_dir))
+    rng = np.random.default_rng(0)
+    images = [rng.random((100, 90), dtype=np.float32) for _ in range(3)]
+    # every classification head at once and the segmentation head were compiled; one head alone was not (eager)
+    for task in (("covid/diagnosis", "nih/findings"), "nih/lungs", "vindr/lesions", "covid/diagnosis"):
+        for got, want in zip(compiled.run_batch([(im, task) for im in images]),
+                             eager.run_batch([(im, task) for im in images])):  # fmt: skip
+            assert not isinstance(got, Exception), got
+            for name, value in want.outputs.items():
+                pairs = [(got.outputs[name][k], value[k]) for k in value] if isinstance(value, dict) else [
+                    (got.outputs[name], value)]  # fmt: skip
+                for a, b in pairs:
+                    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
