@@ -46,6 +46,19 @@ def spread(values: Sequence[float], digits: int) -> dict[str, Any]:
             "max": round(max(values), digits), "rounds": [round(v, digits) for v in values]}  # fmt: skip
 
 
+def within_rounds(
+    rows: Sequence[dict], field: str, base: Any, other: Any, clients: int
+) -> tuple[list[float], list[float]]:
+    """Per round, ``other`` against ``base`` (the values of ``field`` in the rows): requests/s ratio at
+    ``clients``, and p50 difference at 1 client for the rounds that measured both at 1 client."""
+    by = {(r["round"], r[field], r["clients"]): r for r in rows}
+    rounds = sorted({r["round"] for r in rows})
+    speed = [by[k, other, clients]["requests_per_s"] / by[k, base, clients]["requests_per_s"] for k in rounds]
+    p50 = [by[k, other, 1]["p50_ms"] - by[k, base, 1]["p50_ms"] for k in rounds
+           if (k, base, 1) in by and (k, other, 1) in by]  # fmt: skip
+    return speed, p50
+
+
 def paired_report(
     benchmark: str, design: str, args: argparse.Namespace, summary: list, rows: list, **extra: Any
 ) -> dict[str, Any]:

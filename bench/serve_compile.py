@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from paired_servers import paired_arguments, paired_report, saved_models, spread
+from paired_servers import paired_arguments, paired_report, saved_models, spread, within_rounds
 from provenance import write_result
 from serve_latency import measure, running_server
 
@@ -28,11 +28,9 @@ SETTINGS = ("eager", "compiled")
 
 def paired(rows: Sequence[dict], clients: int) -> dict:
     """Round-by-round comparison of compiled with eager: throughput ratio at ``clients``, p50 difference at 1."""
-    by = {(r["round"], r["setting"], r["clients"]): r for r in rows}
-    rounds = sorted({r["round"] for r in rows})
-    speed = [by[k, "compiled", clients]["requests_per_s"] / by[k, "eager", clients]["requests_per_s"] for k in rounds]
-    p50 = [by[k, "compiled", 1]["p50_ms"] - by[k, "eager", 1]["p50_ms"] for k in rounds]
-    startup = {s: [by[k, s, 1]["startup_s"] for k in rounds] for s in SETTINGS}
+    speed, p50 = within_rounds(rows, "setting", "eager", "compiled", clients)
+    startup = {s: [r["startup_s"] for r in sorted(rows, key=lambda r: r["round"]) if r["setting"] == s
+                   and r["clients"] == 1] for s in SETTINGS}  # fmt: skip
     return {f"requests_per_s_{clients}_clients_compiled_over_eager": spread(speed, 3),
             "p50_ms_1_client_compiled_minus_eager": spread(p50, 1),
             "startup_s": {s: spread(v, 1) for s, v in startup.items()}}  # fmt: skip

@@ -18,17 +18,14 @@ import json
 import sys
 from collections.abc import Sequence
 
-from paired_servers import paired_arguments, paired_report, saved_models, spread
+from paired_servers import paired_arguments, paired_report, saved_models, spread, within_rounds
 from provenance import write_result
 from serve_latency import measure, running_server
 
 
 def paired(rows: Sequence[dict], clients: int) -> dict:
     """Round-by-round comparison of lanes 2 with lanes 1: throughput ratio at ``clients``, p50 difference at 1."""
-    by = {(r["round"], r["lanes"], r["clients"]): r for r in rows}
-    rounds = sorted({r["round"] for r in rows})
-    speed = [by[k, 2, clients]["requests_per_s"] / by[k, 1, clients]["requests_per_s"] for k in rounds]
-    p50 = [by[k, 2, 1]["p50_ms"] - by[k, 1, 1]["p50_ms"] for k in rounds if (k, 1, 1) in by and (k, 2, 1) in by]
+    speed, p50 = within_rounds(rows, "lanes", 1, 2, clients)
     out = {f"requests_per_s_{clients}_clients_lanes2_over_lanes1": spread(speed, 3)}
     if p50:
         out["p50_ms_1_client_lanes2_minus_lanes1"] = spread(p50, 1)
