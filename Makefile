@@ -8,9 +8,10 @@ STAMP  := $(VENV)/.installed
 DEMO_OUT ?= demo_output
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install demo demo-adam demo-multitask test test-all lint clean
+.PHONY: install demo demo-adam demo-multitask test test-all lint gpu-wheels clean
 
 $(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "xrayfm needs Python 3.11 or newer; $(PYTHON) is " + sys.version.split()[0] + ": run make PYTHON=python3.11 (or newer)")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 
@@ -40,6 +41,14 @@ test-all: install
 lint: install
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
+
+# the packages bench/gpu/check.sh needs on a lent GPU machine (CPython 3.12) that its image lacks, as wheels in .whl/
+GPU_PLATFORMS := $(foreach p,manylinux_2_28_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64,--platform $(p))
+gpu-wheels: install
+	rm -rf .whl
+	$(PY) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $(GPU_PLATFORMS) \
+		-d .whl -r bench/gpu/requirements.txt
+	$(PY) -m pip wheel --no-deps -w .whl -r bench/gpu/requirements-sdist.txt
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

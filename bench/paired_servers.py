@@ -11,13 +11,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from provenance import torch_device
 from serve_latency import LOAD, saved_model
+
+from xrayfm.errors import XrayfmError
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def paired_arguments(description: str, out: str) -> argparse.ArgumentParser:
-    """The options every paired benchmark takes (rounds, models, load, sizes, result file ``results/out``)."""
+def paired_arguments(description: str) -> argparse.ArgumentParser:
+    """The options every paired benchmark takes (rounds, models, load, sizes, device, result file); read them
+    with :func:`parse_paired`."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--archs", default="eva_x_tiny_patch16,eva_x_small_patch16")
@@ -26,8 +30,21 @@ def paired_arguments(description: str, out: str) -> argparse.ArgumentParser:
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--image", type=int, default=512)
-    ap.add_argument("--out", type=Path, default=RESULTS / out)
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda: where the servers run their model")
+    ap.add_argument("--out", type=Path, help="result file (default bench/results/<benchmark>_<cpu|gpu>.json)")
     return ap
+
+
+def parse_paired(ap: argparse.ArgumentParser, benchmark: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The parsed options, ``--device`` resolved (``cuda`` without CUDA stops here in one line) and ``--out``
+    defaulting to ``results/<benchmark>_<cpu|gpu>.json``."""
+    args = ap.parse_args(argv)
+    try:
+        args.device = torch_device(args.device)
+    except XrayfmError as exc:
+        raise SystemExit(str(exc)) from None
+    args.out = args.out or RESULTS / f"{benchmark}_{'cpu' if args.device == 'cpu' else 'gpu'}.json"
+    return args
 
 
 def saved_models(args: argparse.Namespace) -> Iterator[tuple[str, Path]]:
@@ -65,7 +82,7 @@ def paired_report(
     """The result file's content: what was measured and how, the round-by-round summary and every row."""
     return {
         "benchmark": benchmark,
-        "device": "cpu",
+        "device": args.device,
         "design": design,
         "load": LOAD,
         "image": f"{args.image}x{args.image} 8-bit PNG upload",

@@ -9,7 +9,10 @@ compiled p50 - eager p50 at 1 client; the summary gives their median and range o
 seconds each server took from its start to its first answer (the compile happens there).
 
 Usage: python bench/serve_compile.py [--rounds 3] [--archs eva_x_tiny_patch16,eva_x_small_patch16]
-       [--precisions fp32,bf16] [--requests 300]
+       [--precisions fp32,bf16] [--requests 300] [--device auto|cpu|cuda]
+
+On a GPU (``--device cuda``, or ``auto`` where one is visible) the servers run the model there and the
+results go to ``serve_compile_gpu.json``; ``--device cuda`` without CUDA stops with a one-line message.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from paired_servers import paired_arguments, paired_report, saved_models, spread, within_rounds
+from paired_servers import paired_arguments, paired_report, parse_paired, saved_models, spread, within_rounds
 from provenance import write_result
 from serve_latency import measure, running_server
 
@@ -37,9 +40,9 @@ def paired(rows: Sequence[dict], clients: int) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = paired_arguments(__doc__.splitlines()[0], "serve_compile_cpu.json")
+    ap = paired_arguments(__doc__.splitlines()[0])
     ap.add_argument("--precisions", default="fp32,bf16", help="the servers' --precision (torch backend)")
-    args = ap.parse_args(argv)
+    args = parse_paired(ap, "serve_compile", argv)
     rows, summary = [], []
     for arch, model_dir in saved_models(args):
         for precision in args.precisions.split(","):
@@ -48,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for setting in SETTINGS:
                     started = time.perf_counter()
                     extra = ["--compile"] if setting == "compiled" else []
-                    with running_server(model_dir, "torch", precision, "cpu", args.max_batch, extra=extra,
+                    with running_server(model_dir, "torch", precision, args.device, args.max_batch, extra=extra,
                                         startup_s=900) as (port, pid):  # fmt: skip
                         startup = round(time.perf_counter() - started, 1)
                         for clients in (1, args.clients):

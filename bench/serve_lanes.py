@@ -18,7 +18,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from paired_servers import paired_arguments, paired_report, saved_models, spread, within_rounds
+from paired_servers import paired_arguments, paired_report, parse_paired, saved_models, spread, within_rounds
 from provenance import write_result
 from serve_latency import measure, running_server
 
@@ -33,16 +33,24 @@ def paired(rows: Sequence[dict], clients: int) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = paired_arguments(__doc__.splitlines()[0], "serve_lanes_cpu.json")
+    ap = paired_arguments(__doc__.splitlines()[0])
     ap.add_argument("--backends", default="torch,onnx")
-    args = ap.parse_args(argv)
+    args = parse_paired(ap, "serve_lanes", argv)
+    backends = [b for b in args.backends.split(",") if b != "onnx" or args.device == "cpu"]
+    skipped = [f"onnx: ONNX Runtime runs on the CPU here; a {args.device} run measures PyTorch"] * (
+        len(backends) < len(args.backends.split(","))
+    )
+    if not backends:
+        raise SystemExit(
+            f"--device {args.device}: nothing to measure (ONNX Runtime runs on the CPU; use --backends torch)"
+        )
     rows, summary = [], []
     for arch, model_dir in saved_models(args):
-        for backend in args.backends.split(","):
+        for backend in backends:
             mine = []
             for k in range(args.rounds):
                 for lanes in (1, 2):
-                    with running_server(model_dir, backend, "fp32", "cpu", args.max_batch, lanes) as (port, pid):
+                    with running_server(model_dir, backend, "fp32", args.device, args.max_batch, lanes) as (port, pid):
                         for clients in (1, args.clients):
                             row = {"arch": arch, "backend": backend, "round": k, "lanes": lanes,
                                    **measure(port, clients, args.requests, False, pid, args.image)}  # fmt: skip
@@ -51,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows += mine
             summary.append({"arch": arch, "backend": backend, **paired(mine, args.clients)})
     design = "alternating rounds of --lanes 1 and --lanes 2, a fresh server each; compared within rounds"
-    report = paired_report("serve_lanes", design, args, summary, rows)
+    report = paired_report("serve_lanes", design, args, summary, rows, skipped=skipped)
     write_result(args.out, report, packages=("onnxruntime", "fastapi", "uvicorn"))
     print(f"wrote {args.out}")
     return 0
