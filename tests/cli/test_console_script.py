@@ -39,9 +39,9 @@ def test_a_spawned_child_of_the_console_script_does_not_import_torch(tmp_path: P
         from xrayfm.console import main
 
         if __name__ == "__main__":
-            sys.path.insert(0, {str(Path(__file__).parents[1] / "serve")!r})
+            sys.path.insert(0, {str(Path(__file__).parents[1])!r})
             from sandbox_readers import torch_imported
-            from xrayfm.serve.decode_sandbox import DecodeSandbox
+            from xrayfm.io.sandbox import DecodeSandbox
 
             sandbox = DecodeSandbox(1, reader=torch_imported)
             try:

@@ -137,3 +137,12 @@ def test_a_real_cr_dicom_is_no_longer_a_thumbnail(models, top_left_cam, shared_d
     picture = _explain(models[1.0], dicom, tmp_path / "rg1.png")
     height = _image_rows(picture)  # the file is 1841 wide, 1955 high
     assert height == 1024 and picture.shape[1] == round(1841 * 1024 / 1955)
+
+
+def test_a_dicom_that_crashes_its_decoder_is_one_error_not_the_end_of_the_process(
+    models, tmp_path: Path, capsys
+) -> None:
+    crasher = Path(__file__).parents[1] / "io" / "data" / "gdcm_segfault_jpeg_lossless.dcm"
+    assert main(["explain", str(models[1.0]), str(crasher), "--out", str(tmp_path / "cam.png")]) == 2
+    assert f"{crasher}: the DICOM decoder crashed on this file's pixel data" in capsys.readouterr().err
+    assert not (tmp_path / "cam.png").exists()

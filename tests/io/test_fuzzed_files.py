@@ -21,8 +21,8 @@ from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELo
 
 from xrayfm import ImageReadError, UnsafeInputError
 from xrayfm.io.reader import probe_image, read_xray
+from xrayfm.io.sandbox import DecodeSandbox
 from xrayfm.io.writers import write_dicom
-from xrayfm.serve.decode_sandbox import DecodeSandbox
 
 
 def raster(fmt: str, mode: str) -> bytes:
@@ -96,7 +96,7 @@ def compressed(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_mutated_compressed_dicom_is_read_or_refused_by_name_in_a_child_process(compressed: list[bytes]) -> None:
-    """Read as the server reads DICOM uploads (:mod:`xrayfm.serve.decode_sandbox`), since a native decoder
+    """Read as the server reads DICOM uploads (:mod:`xrayfm.io.sandbox`), since a native decoder
     may kill its process on these (GDCM did): a dead child is a refusal too, this process reads on."""
     sandbox = DecodeSandbox(1)
     outcomes = []

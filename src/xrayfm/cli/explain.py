@@ -78,12 +78,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     import torch
 
     from xrayfm.explain import explain_batch, explanation_image
-    from xrayfm.io import read_xray
+    from xrayfm.io.sandbox import DecodeSandbox
     from xrayfm.models.task_checkpoint import load_task_model
     from xrayfm.tasks import probabilities
 
     model, meta = load_task_model(args.model)
-    image = read_xray(args.image)
+    with DecodeSandbox(1) as sandbox:  # a DICOM in a child: a decoder that crashes on it is a one-line error
+        image = sandbox.read_file(args.image)
     x = model.preprocess.prepare(torch.from_numpy(np.ascontiguousarray(image.pixels)))
     task, index = _class_index(meta, args.task, args.class_name)
     explained = explain_batch(model, x, method=args.method, task=task, class_index=index, point=point)

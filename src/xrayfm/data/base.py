@@ -7,7 +7,8 @@ specs, naming the file when something does not fit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from torch.utils.data import Dataset
 
 from xrayfm.data.sample import Sample
 from xrayfm.errors import DatasetError, XrayfmError
-from xrayfm.io import read_xray
+from xrayfm.io import XrayImage, read_xray
 from xrayfm.tasks import TaskSpec
 
 Transform = Callable[[Sample], Sample]
@@ -87,6 +88,7 @@ class XrayDataset(Dataset):
         self.split = split
         self.transform = transform
         self.read_options = dict(read_options or {})
+        self._reader: Callable[..., XrayImage] = read_xray
         self.extra_roots = tuple(Path(p) for p in extra_roots)
         keys = [t.sample_key for t in self.tasks]
         if len(keys) != len(set(keys)):
@@ -125,10 +127,20 @@ class XrayDataset(Dataset):
         tasks = ", ".join(f"{t.name}:{t.kind}[{t.num_classes}]" for t in self.tasks)
         return f"XrayDataset({self.name!r}, split={self.split!r}, n={len(self)}, tasks=[{tasks}])"
 
+    @contextmanager
+    def reading_with(self, reader: Callable[..., XrayImage]) -> Iterator[None]:
+        """Images read by ``reader`` (with :func:`~xrayfm.io.read_xray`'s signature) instead of ``read_xray``
+        inside the block: ``xrayfm inspect`` checks a dataset through a decode sandbox this way."""
+        previous, self._reader = self._reader, reader
+        try:
+            yield
+        finally:
+            self._reader = previous
+
     def load(self, index: int) -> Sample:
         """Read record ``index`` into a Sample without applying the transform."""
         rec = self.records[index]
-        img = read_xray(rec.image, **self.read_options)
+        img = self._reader(rec.image, **self.read_options)
         h, w = img.pixels.shape
         meta = {**rec.meta, "path": str(rec.image), "size": [w, h]}
         meta.setdefault("id", rec.image.stem)

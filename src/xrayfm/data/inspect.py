@@ -16,7 +16,8 @@ import numpy as np
 from xrayfm.data.base import XrayDataset
 from xrayfm.data.registry import build_dataset, get_dataset_info
 from xrayfm.errors import UnknownNameError, XrayfmError
-from xrayfm.io import IMAGE_SUFFIXES, read_xray
+from xrayfm.io import IMAGE_SUFFIXES
+from xrayfm.io.sandbox import DecodeSandbox
 from xrayfm.progress import progress
 
 #: Marker files that identify a dataset layout, checked in order (first match wins).
@@ -58,8 +59,10 @@ def _is_phantom(root: Path) -> bool:
 
 
 def summarize_image(path: Path) -> dict[str, Any]:
-    """Read one file and describe it (format, size, intensity statistics, safe metadata)."""
-    img = read_xray(path)
+    """Read one file and describe it (format, size, intensity statistics, safe metadata); a DICOM file is
+    decoded in a child process (:mod:`xrayfm.io.sandbox`), so a decoder crashing on it is a one-line error."""
+    with DecodeSandbox(1) as sandbox:
+        img = sandbox.read_file(path)
     px = img.pixels
     return {
         "path": str(path),
@@ -157,13 +160,15 @@ def _check_samples(ds: XrayDataset, check: int) -> dict[str, Any]:
     idx = range(n) if check < 0 or check >= n else np.linspace(0, n - 1, check).round().astype(int)
     sizes: Counter[str] = Counter()
     problems = []
-    for i in progress(list(idx), desc="checking images", unit="img"):
-        try:
-            s = ds.load(int(i))
-        except XrayfmError as exc:
-            problems.append(str(exc))
-            continue
-        sizes[f"{s['image'].shape[2]}x{s['image'].shape[1]}"] += 1
+    # a DICOM whose decoder kills its process is a problem to list, not the end of the check
+    with DecodeSandbox(1) as sandbox, ds.reading_with(sandbox.read_file):
+        for i in progress(list(idx), desc="checking images", unit="img"):
+            try:
+                s = ds.load(int(i))
+            except XrayfmError as exc:
+                problems.append(str(exc))
+                continue
+            sizes[f"{s['image'].shape[2]}x{s['image'].shape[1]}"] += 1
     return {"checked": len(idx), "image_sizes": dict(sizes.most_common(10)), "problems": problems}
 
 
@@ -173,13 +178,14 @@ def summarize_folder(root: Path, *, check: int = 200) -> dict[str, Any]:
     sizes: Counter[str] = Counter()
     problems = []
     chosen = files if check < 0 else files[:: max(1, len(files) // check)] if check else []
-    for p in progress(chosen, desc="checking images", unit="img"):
-        try:
-            img = read_xray(p)
-        except XrayfmError as exc:
-            problems.append(str(exc))
-            continue
-        sizes[f"{img.size[0]}x{img.size[1]}"] += 1
+    with DecodeSandbox(1) as sandbox:  # DICOM files in a child: a crashing decoder is one problem listed
+        for p in progress(chosen, desc="checking images", unit="img"):
+            try:
+                img = sandbox.read_file(p)
+            except XrayfmError as exc:
+                problems.append(str(exc))
+                continue
+            sizes[f"{img.size[0]}x{img.size[1]}"] += 1
     formats = Counter(p.suffix.lower() for p in files)
     return {
         "dataset": None,

@@ -59,9 +59,9 @@ from torch import nn
 
 from xrayfm.errors import UnsafeInputError, XrayfmError
 from xrayfm.io import read_xray, sniff_format
+from xrayfm.io.sandbox import DecodeSandbox
 from xrayfm.serve.admission import Admission, Busy
 from xrayfm.serve.batcher import MicroBatcher, QueueFull, lane_threads
-from xrayfm.serve.decode_sandbox import DecodeSandbox
 from xrayfm.serve.guard import BUSY, TOKEN_HINT, GuardStats, UploadGuard, token_matches
 from xrayfm.serve.runtime import Answer, ModelRuntime, png_base64, serving_device
 from xrayfm.serve.runtime import Request as ModelRequest
@@ -157,7 +157,7 @@ def create_app(
         decode_wait: Seconds an admitted upload may wait for a decode slot and pixel budget
             before the answer is 503.
         decode_timeout: Seconds a DICOM upload's decoding may take in its child process; beyond them the child
-            is stopped and the answer is 400 (:mod:`xrayfm.serve.decode_sandbox`).
+            is stopped and the answer is 400 (:mod:`xrayfm.io.sandbox`).
         loaded: A model already loaded and its sidecar, served instead of the fine-tuned model in
             ``model_dir`` (a Foundation X model: see :class:`ModelRuntime`).
         lanes: Most batches the model runs at once under load, each on its share of the threads
@@ -294,7 +294,7 @@ def create_app(
                     raise HTTPException(415, "not a PNG, JPEG, TIFF, BMP or DICOM file")
                 probe = runtime.probe(data)
                 dicom, pixels = probe.format == "dicom", probe.width * probe.height
-                read = sandbox.read if dicom else read_xray  # see serve/decode_sandbox.py
+                read = sandbox.read if dicom else read_xray  # see io/sandbox.py
                 async with admission.pixels(pixels):
                     alone = task is not None and not dicom and pixels <= ALONE_MAX_PIXELS
                     if alone and admission.stats.decoding == 1 and batcher.idle():

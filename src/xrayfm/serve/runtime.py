@@ -217,7 +217,7 @@ class ModelRuntime:
     def decode(self, data: bytes, read: Callable[..., XrayImage] = read_xray) -> tuple[np.ndarray, dict[str, Any]]:
         """Pixels (h, w) in [0, 1] of an upload, reduced by ``meta["downscale"]`` from the stored
         ``meta["original_size"]`` (width, height), and its format facts; ``read`` is :func:`read_xray` or
-        one with its signature (the server reads DICOM uploads in child processes, :mod:`.decode_sandbox`).
+        one with its signature (the server reads DICOM uploads in child processes, :mod:`xrayfm.io.sandbox`).
 
         Raises:
             ImageReadError / UnsafeInputError: Unknown format, corrupt or oversized content.

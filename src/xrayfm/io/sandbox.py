@@ -1,5 +1,5 @@
-"""DICOM uploads decoded in child processes, so that a decoder crashing on a hostile file costs that upload,
-not the server.
+"""DICOM pixel data decoded in child processes, so that a decoder crashing on a hostile file costs that file,
+not the process reading it (the server, ``xrayfm inspect`` checking a folder, ``xrayfm explain``).
 
 pydicom hands compressed pixel data to native plugins, and one of them can take the whole process down
 on a damaged stream: fuzzing xrayfm's readers (``tests/fuzz_inputs.py``), GDCM segfaulted on a mutated
@@ -8,7 +8,9 @@ through ``read_xray``. Python cannot catch either. The server therefore reads DI
 :func:`xrayfm.io.read_xray` in a pool of ``spawn``-started processes;
 when a worker dies the pool is replaced, the read is tried once more in the fresh pool (an upload that
 shared the pool with the culprit then succeeds), and a second death answers the upload as unreadable.
-PNG, JPEG, TIFF and BMP uploads stay in the server's own threads (Pillow and NumPy, no such crash seen).
+PNG, JPEG, TIFF and BMP uploads stay in the server's own threads (Pillow and NumPy, no such crash seen);
+:meth:`DecodeSandbox.read_file` makes the same split for files on disk (``xrayfm inspect``, ``xrayfm explain``:
+checking a folder for bad files must not die on the worst of them).
 The pool starts with the first DICOM upload, so a server that never sees one never pays for it; each
 child imports what ``spawn`` re-runs of the main module once, when it starts: with the ``xrayfm`` command,
 only :mod:`xrayfm.console` (no PyTorch; 76 MB resident per child). The children hold what the decoders
@@ -24,16 +26,19 @@ A read that dies at its deadline is not tried again: the upload is answered as t
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any
 
 from xrayfm.errors import ImageReadError
-from xrayfm.io import XrayImage, read_xray
+from xrayfm.io.limits import ImageSource
+from xrayfm.io.reader import XrayImage, read_xray, sniff_format
 
 #: What a worker runs; a module-level function, as the child imports it by name.
 Reader = Callable[..., XrayImage]
@@ -92,15 +97,22 @@ class DecodeSandbox:
                 self._pool = None
                 broken.shutdown(wait=False, cancel_futures=True)
 
-    def read(self, data: bytes, **options: Any) -> XrayImage:
-        """``reader(data, **options)`` in a child process; its errors are raised here as they were there.
+    def __enter__(self) -> DecodeSandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read(self, data: bytes | str | Path, **options: Any) -> XrayImage:
+        """``reader(data, **options)`` in a child process (``data`` the file's bytes, or its path: the child then
+        reads the file); its errors are raised here as they were there.
 
         Raises:
             DecoderCrashed: The child died on this file, and again in a fresh pool.
             DecodeTimedOut: The child was still reading at the deadline (``timeout``) and was stopped.
             ImageReadError / UnsafeInputError: As the reader raises them.
         """
-        name = options.get("name", "upload")
+        name = options.get("name") or (str(data) if isinstance(data, (str, os.PathLike)) else "upload")
         for _ in range(2):
             pool = self._current()
             started = time.monotonic()
@@ -112,6 +124,26 @@ class DecodeSandbox:
                     raise DecodeTimedOut(f"{name}: decoding this file's pixel data took over {self.timeout:g} s "
                                          "(damaged or hostile); stopped") from None  # fmt: skip
         raise DecoderCrashed(f"{name}: the DICOM decoder crashed on this file's pixel data (damaged or hostile)")
+
+    def read_file(self, source: ImageSource, **options: Any) -> XrayImage:
+        """:func:`~xrayfm.io.read_xray` of a file, a DICOM one in a child (:meth:`read`), any other format in this
+        process. Anything but a regular file (missing, a FIFO, a device) goes to ``read_xray`` here, which
+        refuses it before opening it.
+
+        Raises:
+            DecoderCrashed / DecodeTimedOut: As :meth:`read`, for a DICOM file.
+            ImageReadError / UnsafeInputError: As ``read_xray`` raises them.
+        """
+        path = Path(source) if isinstance(source, (str, os.PathLike)) else None
+        if path is not None and path.is_file():
+            try:
+                with open(path, "rb") as fh:
+                    head = fh.read(132)
+            except OSError:  # unreadable: read_xray names the problem
+                head = b""
+            if sniff_format(head) == "dicom":
+                return self.read(path, **options)
+        return read_xray(source, **options)
 
     def close(self) -> None:
         """Stop the children (reads in flight get a cancellation)."""
