@@ -27,7 +27,7 @@ from xrayfm.cli.finetune import add_finetune_commands
 from xrayfm.cli.pretrain import add_pretrain_commands
 from xrayfm.cli.recipes import parse_with_recipe
 from xrayfm.cli.shards import add_shards_commands
-from xrayfm.errors import XrayfmError
+from xrayfm.errors import XrayfmError, data_worker_death
 from xrayfm.progress import PROGRESS_LOGGER
 
 __all__ = ["build_parser", "main"]
@@ -113,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug, not a user mistake: one line, the traceback only on request
         if verbose:
             log.exception("internal error")
+        died = data_worker_death(exc)
+        if died is not None:  # not a bug: most likely a damaged file or too little memory
+            print(f"xrayfm: error: {died}", file=sys.stderr)
+            return 1
         first = next(iter(str(exc).strip().splitlines()), "")
         hint = "" if verbose else " (run with -v for the traceback)"
         print(f"xrayfm: internal error: {type(exc).__name__}: {first}{hint}", file=sys.stderr)
