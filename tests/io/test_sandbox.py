@@ -88,6 +88,9 @@ def test_read_file_decodes_dicom_in_a_child_and_the_rest_here(tmp_path: Path, di
         with pytest.raises(DecoderCrashed, match=f"^{crashing}: the DICOM decoder crashed on this file"):
             sandbox.read_file(crashing)
         assert sandbox.crashes == 2 and sandbox.read_file(str(tmp_path / "a.dcm")).size == (40, 48)
+        with pytest.raises(DecoderCrashed, match="^upload: the DICOM decoder crashed"):  # the bytes of a file too
+            sandbox.read_file(crashing.read_bytes())
+        assert sandbox.crashes == 4 and sandbox.read_file(png.read_bytes()).size == (40, 48)
         with pytest.raises(ImageReadError, match="missing.dcm"):  # not a regular file: read_xray says why, here
             sandbox.read_file(tmp_path / "missing.dcm")
     assert sandbox._pool is None  # closed on leaving the block

@@ -126,14 +126,18 @@ class DecodeSandbox:
         raise DecoderCrashed(f"{name}: the DICOM decoder crashed on this file's pixel data (damaged or hostile)")
 
     def read_file(self, source: ImageSource, **options: Any) -> XrayImage:
-        """:func:`~xrayfm.io.read_xray` of a file, a DICOM one in a child (:meth:`read`), any other format in this
-        process. Anything but a regular file (missing, a FIFO, a device) goes to ``read_xray`` here, which
-        refuses it before opening it.
+        """:func:`~xrayfm.io.read_xray` of a file (or its bytes), a DICOM one in a child (:meth:`read`), any other
+        format in this process. Anything but a regular file (missing, a FIFO, a device) goes to ``read_xray``
+        here, which refuses it before opening it.
 
         Raises:
             DecoderCrashed / DecodeTimedOut: As :meth:`read`, for a DICOM file.
             ImageReadError / UnsafeInputError: As ``read_xray`` raises them.
         """
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            if sniff_format(bytes(source[:132])) == "dicom":
+                return self.read(bytes(source), **options)
+            return read_xray(source, **options)
         path = Path(source) if isinstance(source, (str, os.PathLike)) else None
         if path is not None and path.is_file():
             try:
