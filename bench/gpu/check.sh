@@ -8,8 +8,9 @@
 #   smoke, on CPU:  QUICK=1 DEVICE=cpu PYTHON=.venv/bin/python bash bench/gpu/check.sh
 #   the plan only:  DRY=1 bash bench/gpu/check.sh  (names each command instead of running it)
 #
-# Steps run in order while BUDGET seconds (default 420: a device call's 10 minutes less start-up and a margin) last; each gets at most its own limit and what is left,
-# so a machine lent for a few minutes still returns the first results. Each step writes its JSON to $OUT
+# Steps run in order of priority while BUDGET seconds last (default 420: a device call's 10 minutes less the
+# machine's start and a margin); each gets at most its own limit and what is left, so a machine lent for a few
+# minutes still returns the first results. Each step writes its JSON to $OUT
 # (default bench/results/gpu_check), the log of all of them goes to $OUT/gpu_check.log, and a step that fails
 # or runs out of time is named there without stopping the next. Copy the JSONs to bench/results/ and
 # regenerate the README tables (python bench/readme_tables.py) after checking them.
@@ -76,10 +77,13 @@ if [ "$QUICK" = 1 ]; then # tiny sizes: checks the steps run, measures nothing
         --warmup 0 --steps 1 --queue-size 16 --out "$OUT/adam_throughput.json"
     step multitask_units 120 "$PY" bench/multitask_units.py --device "$DEVICE" --quick --out "$OUT/multitask_units.json"
 else
-    step serve_latency 180 "$PY" bench/serve_latency.py --device "$DEVICE" --backends torch --precisions fp32,bf16 \
-        --clients 1,16 --rounds 2 --out "$OUT/serve_latency_gpu.json"
+    # one model a step: a step stopped at its limit writes nothing, so Ti's results must not wait for S's
+    step serve_latency_ti 150 "$PY" bench/serve_latency.py --device "$DEVICE" --archs eva_x_tiny_patch16 \
+        --backends torch --precisions fp32,bf16 --clients 1,16 --rounds 2 --out "$OUT/serve_latency_ti_gpu.json"
     step serve_compile 120 "$PY" bench/serve_compile.py --device "$DEVICE" --archs eva_x_tiny_patch16 \
         --precisions fp32,bf16 --rounds 1 --out "$OUT/serve_compile_gpu.json"
+    step serve_latency_s 120 "$PY" bench/serve_latency.py --device "$DEVICE" --archs eva_x_small_patch16 \
+        --backends torch --precisions fp32,bf16 --clients 1,16 --rounds 1 --out "$OUT/serve_latency_s_gpu.json"
     step mim_throughput 60 "$PY" bench/mim_throughput.py --batch 64 --steps 5 --out "$OUT/mim_throughput_gpu.json"
     step adam_throughput 60 "$PY" bench/adam_throughput.py --device "$DEVICE" --archs resnet50 --sizes 224 \
         --batches 64,256 --out "$OUT/adam_throughput_gpu.json"
