@@ -8,7 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pydicom
+from pydicom.uid import RLELossless
+
 from xrayfm.io import XrayImage, read_xray
+from xrayfm.io.writers import write_dicom
 
 
 def _head(data: bytes | str | os.PathLike) -> bytes:
@@ -34,3 +39,12 @@ def hang_on_marker(data: bytes | str | os.PathLike, **options: Any) -> XrayImage
 def torch_imported(data: bytes, **options: Any) -> bool:
     """Whether the child process has imported PyTorch (what it imported before reading: its main module)."""
     return "torch" in sys.modules
+
+
+def rle_dicom(path: Path, pixels: np.ndarray) -> Path:
+    """``pixels`` as an RLE Lossless DICOM: compressed pixel data, which a native decoder plugin decodes."""
+    write_dicom(path, pixels)
+    ds = pydicom.dcmread(path)
+    ds.compress(RLELossless)
+    ds.save_as(path)
+    return path

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sandbox_readers import abort_on_crash_marker, hang_on_marker
+from sandbox_readers import abort_on_crash_marker, hang_on_marker, rle_dicom
 
 from xrayfm import ImageReadError
 from xrayfm.io import read_xray
-from xrayfm.io.sandbox import DecoderCrashed, DecodeSandbox, DecodeTimedOut
+from xrayfm.io.sandbox import DecoderCrashed, DecodeSandbox, DecodeTimedOut, native_decoder
 from xrayfm.io.writers import write_dicom, write_png
 
 #: Fuzzed DICOM files (tests/fuzz_inputs.py mutations of JPEG 2000 and JPEG Lossless SV1 files) on which
@@ -75,25 +75,35 @@ def test_the_crashing_files_are_kept() -> None:
     assert [p.name for p in CRASHERS] == ["gdcm_abort_j2k.dcm", "gdcm_segfault_jpeg_lossless.dcm"]
 
 
-def test_read_file_decodes_dicom_in_a_child_and_the_rest_here(tmp_path: Path, dicom: bytes) -> None:
+def test_read_file_decodes_compressed_dicom_in_a_child_and_the_rest_here(tmp_path: Path, dicom: bytes) -> None:
     png = write_png(tmp_path / "a.png", PIXELS)
-    (tmp_path / "a.dcm").write_bytes(dicom)
+    (tmp_path / "plain.dcm").write_bytes(dicom)
+    rle = rle_dicom(tmp_path / "rle.dcm", PIXELS)
     crashing = tmp_path / "crash.dcm"
-    crashing.write_bytes(b"CRASH" + dicom[5:])  # the 128-byte preamble is free: still a DICOM by its content
+    crashing.write_bytes(b"CRASH" + rle.read_bytes()[5:])  # the 128-byte preamble is free: still a DICOM
     with DecodeSandbox(1, reader=abort_on_crash_marker) as sandbox:
-        assert sandbox.read_file(png).size == (40, 48) and sandbox.crashes == 0
-        assert sandbox._pool is None  # no child for a PNG
-        got = sandbox.read_file(tmp_path / "a.dcm", target_size=32)
-        np.testing.assert_array_equal(got.pixels, read_xray(tmp_path / "a.dcm", target_size=32).pixels)
+        assert sandbox.read_file(png).size == (40, 48) and sandbox.read_file(tmp_path / "plain.dcm").size == (40, 48)
+        assert sandbox._pool is None  # no child for a PNG nor for uncompressed DICOM (NumPy unpacks it)
+        got = sandbox.read_file(rle, target_size=32)
+        assert sandbox._pool is not None  # compressed: decoded in a child
+        np.testing.assert_array_equal(got.pixels, read_xray(rle, target_size=32).pixels)
         with pytest.raises(DecoderCrashed, match=f"^{crashing}: the DICOM decoder crashed on this file"):
             sandbox.read_file(crashing)
-        assert sandbox.crashes == 2 and sandbox.read_file(str(tmp_path / "a.dcm")).size == (40, 48)
+        assert sandbox.crashes == 2 and sandbox.read_file(str(rle)).size == (40, 48)
         with pytest.raises(DecoderCrashed, match="^upload: the DICOM decoder crashed"):  # the bytes of a file too
             sandbox.read_file(crashing.read_bytes())
         assert sandbox.crashes == 4 and sandbox.read_file(png.read_bytes()).size == (40, 48)
         with pytest.raises(ImageReadError, match="missing.dcm"):  # not a regular file: read_xray says why, here
             sandbox.read_file(tmp_path / "missing.dcm")
     assert sandbox._pool is None  # closed on leaving the block
+
+
+def test_native_decoder_reads_the_transfer_syntax_and_doubts_a_damaged_meta(tmp_path: Path, dicom: bytes) -> None:
+    (tmp_path / "plain.dcm").write_bytes(dicom)
+    assert not native_decoder(tmp_path / "plain.dcm") and native_decoder(rle_dicom(tmp_path / "rle.dcm", PIXELS))
+    assert all(native_decoder(p) for p in CRASHERS)
+    (tmp_path / "damaged.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff")
+    assert native_decoder(tmp_path / "damaged.dcm")
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")

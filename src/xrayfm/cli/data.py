@@ -118,9 +118,10 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from xrayfm.data.inspect import inspect_path
 
-    summary = inspect_path(
-        Path(args.path), dataset=args.dataset, split=args.split, check=args.check, **parse_options(args.option)
-    )
+    if args.workers is not None and args.workers < 1:
+        raise XrayfmError(f"--workers must be at least 1, got {args.workers}")
+    summary = inspect_path(Path(args.path), dataset=args.dataset, split=args.split, check=args.check,
+                           workers=args.workers, **parse_options(args.option))  # fmt: skip
     if args.json:
         _print_json(summary)
     else:
@@ -215,6 +216,10 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--check", type=int, default=200, help="images to load fully to find problems (default 200; -1 all; 0 none)"
     )
+    p.add_argument(
+        "--workers", type=int,
+        help="images checked at once (default: the usable cores, at most 8); DICOM decoded in as many child processes",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--strict", action="store_true", help="exit 1 when problems are found")
     p.add_argument("--sheet", metavar="PNG", help="also write a contact sheet of 16 samples (boxes, masks, labels)")

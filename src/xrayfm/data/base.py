@@ -7,8 +7,7 @@ specs, naming the file when something does not fit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,7 +87,6 @@ class XrayDataset(Dataset):
         self.split = split
         self.transform = transform
         self.read_options = dict(read_options or {})
-        self._reader: Callable[..., XrayImage] = read_xray
         self.extra_roots = tuple(Path(p) for p in extra_roots)
         keys = [t.sample_key for t in self.tasks]
         if len(keys) != len(set(keys)):
@@ -127,20 +125,11 @@ class XrayDataset(Dataset):
         tasks = ", ".join(f"{t.name}:{t.kind}[{t.num_classes}]" for t in self.tasks)
         return f"XrayDataset({self.name!r}, split={self.split!r}, n={len(self)}, tasks=[{tasks}])"
 
-    @contextmanager
-    def reading_with(self, reader: Callable[..., XrayImage]) -> Iterator[None]:
-        """Images read by ``reader`` (with :func:`~xrayfm.io.read_xray`'s signature) instead of ``read_xray``
-        inside the block: ``xrayfm inspect`` checks a dataset through a decode sandbox this way."""
-        previous, self._reader = self._reader, reader
-        try:
-            yield
-        finally:
-            self._reader = previous
-
-    def load(self, index: int) -> Sample:
-        """Read record ``index`` into a Sample without applying the transform."""
+    def load(self, index: int, reader: Callable[..., XrayImage] = read_xray) -> Sample:
+        """Read record ``index`` into a Sample without applying the transform; ``reader`` (with
+        :func:`~xrayfm.io.read_xray`'s signature) reads its image: ``xrayfm inspect`` passes a decode sandbox's."""
         rec = self.records[index]
-        img = self._reader(rec.image, **self.read_options)
+        img = reader(rec.image, **self.read_options)
         h, w = img.pixels.shape
         meta = {**rec.meta, "path": str(rec.image), "size": [w, h]}
         meta.setdefault("id", rec.image.stem)

@@ -7,9 +7,12 @@ collected per file instead of stopping at the first one.
 
 from __future__ import annotations
 
-from collections import Counter
+import os
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -17,8 +20,10 @@ from xrayfm.data.base import XrayDataset
 from xrayfm.data.registry import build_dataset, get_dataset_info
 from xrayfm.errors import UnknownNameError, XrayfmError
 from xrayfm.io import IMAGE_SUFFIXES
-from xrayfm.io.sandbox import DecodeSandbox
+from xrayfm.io.sandbox import DecoderCrashed, DecodeSandbox, DecodeTimedOut, Reader
 from xrayfm.progress import progress
+
+T = TypeVar("T")
 
 #: Marker files that identify a dataset layout, checked in order (first match wins).
 LAYOUT_MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -75,13 +80,14 @@ def summarize_image(path: Path) -> dict[str, Any]:
     }
 
 
-def summarize_dataset(ds: XrayDataset, *, check: int = 200) -> dict[str, Any]:
+def summarize_dataset(ds: XrayDataset, *, check: int = 200, workers: int | None = None) -> dict[str, Any]:
     """Counts, label prevalence, box/mask counts, image sizes and problems of a dataset.
 
     Args:
         ds: Dataset to summarise.
         check: Number of samples (evenly spread) fully loaded to measure sizes and find
             problems; 0 skips loading, -1 loads all.
+        workers: Samples loaded at once (default :func:`check_workers`).
     """
     recs = ds.records
     out: dict[str, Any] = {
@@ -115,7 +121,7 @@ def summarize_dataset(ds: XrayDataset, *, check: int = 200) -> dict[str, Any]:
         }
     if ds.task_for("mask") is not None:
         out["masks"] = {"images_with_masks": sum(r.mask is not None for r in recs)}
-    out.update(_check_samples(ds, check))
+    out.update(_check_samples(ds, check, workers))
     split_problem = train_split_problem(ds) if ds.split == "all" else None
     if split_problem:
         out["problems"].insert(0, split_problem)
@@ -153,39 +159,95 @@ def train_split_problem(ds: XrayDataset) -> str | None:
     return f"{ds.root}: 0 of {len(ds)} images are in split 'train' ({source}: {given}); {fix}"
 
 
-def _check_samples(ds: XrayDataset, check: int) -> dict[str, Any]:
+def _check_samples(ds: XrayDataset, check: int, workers: int | None = None) -> dict[str, Any]:
     n = len(ds)
     if check == 0 or n == 0:
         return {"checked": 0, "problems": []}
     idx = range(n) if check < 0 or check >= n else np.linspace(0, n - 1, check).round().astype(int)
-    sizes: Counter[str] = Counter()
-    problems = []
-    # a DICOM whose decoder kills its process is a problem to list, not the end of the check
-    with DecodeSandbox(1) as sandbox, ds.reading_with(sandbox.read_file):
-        for i in progress(list(idx), desc="checking images", unit="img"):
-            try:
-                s = ds.load(int(i))
-            except XrayfmError as exc:
-                problems.append(str(exc))
-                continue
-            sizes[f"{s['image'].shape[2]}x{s['image'].shape[1]}"] += 1
+
+    def size_of(i: int, read: Reader) -> str:
+        s = ds.load(int(i), reader=read)
+        return f"{s['image'].shape[2]}x{s['image'].shape[1]}"
+
+    sizes, problems = check_files(list(idx), size_of, workers)
     return {"checked": len(idx), "image_sizes": dict(sizes.most_common(10)), "problems": problems}
 
 
-def summarize_folder(root: Path, *, check: int = 200) -> dict[str, Any]:
-    """Describe a folder of loose images (no recognised layout)."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES))
+def check_workers() -> int:
+    """Reads at once when checking: the usable cores, at most 8 (each read in flight holds a whole image)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, usable))
+
+
+def check_files(
+    items: Sequence[T], size_of: Callable[[T, Reader], str], workers: int | None = None
+) -> tuple[Counter[str], list[str]]:
+    """``size_of(item, read)`` of each item, ``workers`` at once (default :func:`check_workers`): the sizes seen
+    and the problems (each error's message, in item order). ``read`` is :meth:`DecodeSandbox.read_file`: DICOM
+    files are decoded in child processes, so a decoder that crashes on one is a problem listed, not the end
+    of the check. A child's death fails every read then in flight in its pool, not only the culprit's, so a
+    read that failed so while others ran is tried once more alone: only a file that crashes its decoder on
+    its own is reported.
+    """
+    workers = workers or check_workers()
     sizes: Counter[str] = Counter()
-    problems = []
+    problems: dict[int, str] = {}
+    again: list[int] = []
+    with DecodeSandbox(workers) as sandbox:
+        outcomes = _in_order(lambda item: size_of(item, sandbox.read_file), items, workers)
+        for k, (size, error) in enumerate(progress(outcomes, desc="checking images", total=len(items), unit="img")):
+            if error is None:
+                sizes[size] += 1
+            elif workers > 1 and isinstance(error, (DecoderCrashed, DecodeTimedOut)):
+                again.append(k)
+            else:
+                problems[k] = str(error)
+    if again:
+        with DecodeSandbox(1) as alone:
+            for k in again:
+                try:
+                    sizes[size_of(items[k], alone.read_file)] += 1
+                except XrayfmError as exc:
+                    problems[k] = str(exc)
+    return sizes, [problems[k] for k in sorted(problems)]
+
+
+def _in_order(
+    fn: Callable[[T], str], items: Sequence[T], workers: int
+) -> Iterator[tuple[str | None, Exception | None]]:
+    """``(fn(item), None)`` or ``(None, the XrayfmError it raised)`` for each item in order, computed on ``workers``
+    threads with at most twice as many items in flight (their images are dropped as soon as measured)."""
+
+    def outcome(item: T) -> tuple[str | None, Exception | None]:
+        try:
+            return fn(item), None
+        except XrayfmError as exc:
+            return None, exc
+
+    if workers == 1:
+        yield from map(outcome, items)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="xrayfm-check") as pool:
+        pending: deque[Future] = deque()
+        for item in items:
+            pending.append(pool.submit(outcome, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def summarize_folder(root: Path, *, check: int = 200, workers: int | None = None) -> dict[str, Any]:
+    """Describe a folder of loose images (no recognised layout); ``check`` and ``workers`` as in
+    :func:`inspect_path`."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES))
     chosen = files if check < 0 else files[:: max(1, len(files) // check)] if check else []
-    with DecodeSandbox(1) as sandbox:  # DICOM files in a child: a crashing decoder is one problem listed
-        for p in progress(chosen, desc="checking images", unit="img"):
-            try:
-                img = sandbox.read_file(p)
-            except XrayfmError as exc:
-                problems.append(str(exc))
-                continue
-            sizes[f"{img.size[0]}x{img.size[1]}"] += 1
+
+    def size_of(path: Path, read: Reader) -> str:
+        width, height = read(path).size
+        return f"{width}x{height}"
+
+    sizes, problems = check_files(chosen, size_of, workers)
     formats = Counter(p.suffix.lower() for p in files)
     return {
         "dataset": None,
@@ -199,7 +261,13 @@ def summarize_folder(root: Path, *, check: int = 200) -> dict[str, Any]:
 
 
 def inspect_path(
-    path: Path, *, dataset: str | None = None, split: str = "all", check: int = 200, **opts: Any
+    path: Path,
+    *,
+    dataset: str | None = None,
+    split: str = "all",
+    check: int = 200,
+    workers: int | None = None,
+    **opts: Any,
 ) -> dict[str, Any]:
     """Summarise a file, a dataset root (layout detected or named), or a loose image folder.
 
@@ -208,6 +276,8 @@ def inspect_path(
         dataset: Adapter name for a folder (default: detected from its label files).
         split: Split of the dataset to summarise.
         check: Images to load fully to find problems (0 none, -1 all).
+        workers: Images loaded at once while checking (default :func:`check_workers`: the usable cores, at
+            most 8); DICOM files are decoded in as many child processes.
         **opts: Adapter options (see ``xrayfm datasets NAME``).
 
     Returns:
@@ -222,5 +292,5 @@ def inspect_path(
         return summarize_image(path)  # read_xray names a missing file, a device or a FIFO
     name = dataset or detect_layout(path)
     if name is None:
-        return summarize_folder(path, check=check)
-    return summarize_dataset(build_dataset(name, path, split, **opts), check=check)
+        return summarize_folder(path, check=check, workers=workers)
+    return summarize_dataset(build_dataset(name, path, split, **opts), check=check, workers=workers)

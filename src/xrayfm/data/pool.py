@@ -42,6 +42,7 @@ from xrayfm.data.pool_sources import PoolSource, parse_source
 from xrayfm.data.registry import check_choice
 from xrayfm.data.sample import MASK_IGNORE, Sample
 from xrayfm.errors import DatasetError, MissingSplitError, XrayfmError
+from xrayfm.io import XrayImage, read_xray
 from xrayfm.tasks import TaskSpec
 
 POOL_SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -155,9 +156,10 @@ class PooledDataset(XrayDataset):
     settings: dict[str, Any]
     report: dict[str, dict[str, Any]]
 
-    def load(self, index: int) -> Sample:
-        """Read record ``index``; a record without a mask gets an all-ignore (255) one when the pool has masks."""
-        sample = super().load(index)
+    def load(self, index: int, reader: Callable[..., XrayImage] = read_xray) -> Sample:
+        """Read record ``index`` (its image with ``reader``); a record without a mask gets an all-ignore (255) one
+        when the pool has masks."""
+        sample = super().load(index, reader)
         task = self.task_for("mask")
         if task is not None and "mask" not in sample:
             h, w = sample["image"].shape[-2:]

@@ -36,6 +36,8 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
+from pydicom.filereader import read_file_meta_info
+
 from xrayfm.errors import ImageReadError
 from xrayfm.io.limits import ImageSource
 from xrayfm.io.reader import XrayImage, read_xray, sniff_format
@@ -63,6 +65,17 @@ def read_before_deadline(reader: Reader, seconds: float, data: bytes, **options:
         return reader(data, **options)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def native_decoder(path: Path) -> bool:
+    """Whether a DICOM file's pixel data goes to one of pydicom's native decoder plugins: its transfer syntax (read
+    from the file meta group alone) is a compressed one, or the file meta cannot be read (the child finds out).
+    Measured with ``xrayfm inspect --check`` on 60 uncompressed 2048 px files: 2.9 s in this process, 5.2-5.6 s
+    through the children."""
+    try:
+        return bool(read_file_meta_info(path).TransferSyntaxUID.is_compressed)
+    except Exception:  # noqa: BLE001 (pydicom raises several kinds on a damaged meta group; the child names it)
+        return True
 
 
 class DecodeSandbox:
@@ -126,9 +139,11 @@ class DecodeSandbox:
         raise DecoderCrashed(f"{name}: the DICOM decoder crashed on this file's pixel data (damaged or hostile)")
 
     def read_file(self, source: ImageSource, **options: Any) -> XrayImage:
-        """:func:`~xrayfm.io.read_xray` of a file (or its bytes), a DICOM one in a child (:meth:`read`), any other
-        format in this process. Anything but a regular file (missing, a FIFO, a device) goes to ``read_xray``
-        here, which refuses it before opening it.
+        """:func:`~xrayfm.io.read_xray` of a file (or its bytes), in a child (:meth:`read`) when it is a DICOM file
+        whose pixel data a native decoder would decode (:func:`native_decoder`; for bytes, any DICOM), else in
+        this process: uncompressed DICOM is unpacked by NumPy, which no crash was seen in, and the pipe from a
+        child would cost more than the decoding. Anything but a regular file (missing, a FIFO, a device) goes
+        to ``read_xray`` here, which refuses it before opening it.
 
         Raises:
             DecoderCrashed / DecodeTimedOut: As :meth:`read`, for a DICOM file.
@@ -145,7 +160,7 @@ class DecodeSandbox:
                     head = fh.read(132)
             except OSError:  # unreadable: read_xray names the problem
                 head = b""
-            if sniff_format(head) == "dicom":
+            if sniff_format(head) == "dicom" and native_decoder(path):
                 return self.read(path, **options)
         return read_xray(source, **options)
 
