@@ -218,7 +218,8 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--workers", type=int,
-        help="images checked at once (default: the usable cores, at most 8); DICOM decoded in as many child processes",
+        help="images checked at once (default: the usable cores, at most 8); compressed DICOM decoded in as many "
+             "child processes",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--strict", action="store_true", help="exit 1 when problems are found")

@@ -83,7 +83,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from xrayfm.tasks import probabilities
 
     model, meta = load_task_model(args.model)
-    with DecodeSandbox(1) as sandbox:  # a DICOM in a child: a decoder that crashes on it is a one-line error
+    with DecodeSandbox(1) as sandbox:  # compressed DICOM in a child: a decoder crash is one error line
         image = sandbox.read_file(args.image)
     x = model.preprocess.prepare(torch.from_numpy(np.ascontiguousarray(image.pixels)))
     task, index = _class_index(meta, args.task, args.class_name)

@@ -7,7 +7,6 @@ collected per file instead of stopping at the first one.
 
 from __future__ import annotations
 
-import os
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,7 +19,7 @@ from xrayfm.data.base import XrayDataset
 from xrayfm.data.registry import build_dataset, get_dataset_info
 from xrayfm.errors import UnknownNameError, XrayfmError
 from xrayfm.io import IMAGE_SUFFIXES
-from xrayfm.io.sandbox import DecoderCrashed, DecodeSandbox, DecodeTimedOut, Reader
+from xrayfm.io.sandbox import DecoderCrashed, DecodeSandbox, DecodeTimedOut, Reader, usable_cores
 from xrayfm.progress import progress
 
 T = TypeVar("T")
@@ -64,8 +63,9 @@ def _is_phantom(root: Path) -> bool:
 
 
 def summarize_image(path: Path) -> dict[str, Any]:
-    """Read one file and describe it (format, size, intensity statistics, safe metadata); a DICOM file is
-    decoded in a child process (:mod:`xrayfm.io.sandbox`), so a decoder crashing on it is a one-line error."""
+    """Read one file and describe it (format, size, intensity statistics, safe metadata); a compressed DICOM
+    file is decoded in a child process (:mod:`xrayfm.io.sandbox`), so a decoder crashing on it is a one-line
+    error."""
     with DecodeSandbox(1) as sandbox:
         img = sandbox.read_file(path)
     px = img.pixels
@@ -175,17 +175,16 @@ def _check_samples(ds: XrayDataset, check: int, workers: int | None = None) -> d
 
 def check_workers() -> int:
     """Reads at once when checking: the usable cores, at most 8 (each read in flight holds a whole image)."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(8, usable))
+    return max(1, min(8, usable_cores()))
 
 
 def check_files(
     items: Sequence[T], size_of: Callable[[T, Reader], str], workers: int | None = None
 ) -> tuple[Counter[str], list[str]]:
     """``size_of(item, read)`` of each item, ``workers`` at once (default :func:`check_workers`): the sizes seen
-    and the problems (each error's message, in item order). ``read`` is :meth:`DecodeSandbox.read_file`: DICOM
-    files are decoded in child processes, so a decoder that crashes on one is a problem listed, not the end
-    of the check. A child's death fails every read then in flight in its pool, not only the culprit's, so a
+    and the problems (each error's message, in item order). ``read`` is :meth:`DecodeSandbox.read_file`:
+    compressed DICOM files are decoded in child processes, so a decoder that crashes on one is a problem listed,
+    not the end of the check. A child's death fails every read then in flight in its pool, not only the culprit's, so a
     read that failed so while others ran is tried once more alone: only a file that crashes its decoder on
     its own is reported.
     """
@@ -277,7 +276,7 @@ def inspect_path(
         split: Split of the dataset to summarise.
         check: Images to load fully to find problems (0 none, -1 all).
         workers: Images loaded at once while checking (default :func:`check_workers`: the usable cores, at
-            most 8); DICOM files are decoded in as many child processes.
+            most 8); compressed DICOM files are decoded in as many child processes.
         **opts: Adapter options (see ``xrayfm datasets NAME``).
 
     Returns:

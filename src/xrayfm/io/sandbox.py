@@ -67,6 +67,12 @@ def read_before_deadline(reader: Reader, seconds: float, data: bytes, **options:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system has one): how many reads can decode at
+    once (the server's decode slots, ``xrayfm inspect``'s workers)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def native_decoder(path: Path) -> bool:
     """Whether a DICOM file's pixel data goes to one of pydicom's native decoder plugins: its transfer syntax (read
     from the file meta group alone) is a compressed one, or the file meta cannot be read (the child finds out).

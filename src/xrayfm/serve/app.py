@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -59,7 +58,7 @@ from torch import nn
 
 from xrayfm.errors import UnsafeInputError, XrayfmError
 from xrayfm.io import read_xray, sniff_format
-from xrayfm.io.sandbox import DecodeSandbox
+from xrayfm.io.sandbox import DecodeSandbox, usable_cores
 from xrayfm.serve.admission import Admission, Busy
 from xrayfm.serve.batcher import MicroBatcher, QueueFull, lane_threads
 from xrayfm.serve.guard import BUSY, TOKEN_HINT, GuardStats, UploadGuard, token_matches
@@ -185,8 +184,7 @@ def create_app(
             f"the pixel budget (--max-megapixels-in-flight) of {max_pixels_in_flight / 1e6:g} MP is below the "
             f"{runtime.limits.max_pixels / 1e6:g} MP one accepted image may have; raise it"
         )
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    admission = Admission(max_decodes=max_decodes or cpus, queue_size=queue_size,
+    admission = Admission(max_decodes=max_decodes or usable_cores(), queue_size=queue_size,
                           max_pixels=max_pixels_in_flight, wait_s=decode_wait)  # fmt: skip
     # uploads on their way to the queue: those decoding, less lone ones decoding on the model's thread
     batcher = MicroBatcher(runtime.run_batch, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
