@@ -275,11 +275,25 @@ def http_parsers_table(report: dict[str, Any], source: str) -> str:
     return "\n".join(lines) + "\n\n" + wrap(text)
 
 
+def _paired_shape(report: dict[str, Any]) -> tuple[int, int]:
+    """Rounds and the most clients of a paired server benchmark (``bench/paired_servers.py``)."""
+    return len({r["round"] for r in report["runs"]}), max(r["clients"] for r in report["runs"])
+
+
+def _ratio_cell(spread: dict[str, Any]) -> str:
+    """A within-round ratio's median and range: ``1.07x (1.02-1.12)``."""
+    return f"{spread['median']:.2f}x ({spread['min']:.2f}-{spread['max']:.2f})"
+
+
+def _difference_cell(spread: dict[str, Any] | None) -> str:
+    """A within-round difference's median and range in ms: ``-1.9 (-2.5 to -1.5)`` (a dash where none)."""
+    return "–" if spread is None else f"{spread['median']:+.1f} ({spread['min']:+.1f} to {spread['max']:+.1f})"
+
+
 def serve_lanes_table(report: dict[str, Any], source: str) -> str:
     """``--lanes 2`` against ``--lanes 1``, compared within alternating rounds: median and range per model
     and backend."""
-    rounds = len({r["round"] for r in report["runs"]})
-    most = max(r["clients"] for r in report["runs"])
+    rounds, most = _paired_shape(report)
     lines = [
         f"| model | backend | requests/s at {most} clients, lanes 2 / lanes 1 | p50 at 1 client, "
         "lanes 2 - lanes 1 (ms) |",
@@ -287,18 +301,15 @@ def serve_lanes_table(report: dict[str, Any], source: str) -> str:
     ]
     for side in report["summary"]:
         speed = next(v for k, v in side.items() if k.startswith("requests_per_s_"))
-        p50 = side.get("p50_ms_1_client_lanes2_minus_lanes1")
-        later = "–" if p50 is None else f"{p50['median']:+.1f} ({p50['min']:+.1f} to {p50['max']:+.1f})"
-        lines.append(f"| {ARCH_LABELS.get(side['arch'], side['arch'])} | {side['backend']} | "
-                     f"{speed['median']:.2f}x ({speed['min']:.2f}-{speed['max']:.2f}) | {later} |")  # fmt: skip
+        lines.append(f"| {ARCH_LABELS.get(side['arch'], side['arch'])} | {side['backend']} | {_ratio_cell(speed)} | "
+                     f"{_difference_cell(side.get('p50_ms_1_client_lanes2_minus_lanes1'))} |")  # fmt: skip
     return "\n".join(lines) + "\n\n" + wrap(f"Median (range) over {rounds} rounds. " + describe(report, source))
 
 
 def serve_compile_table(report: dict[str, Any], source: str) -> str:
     """``xrayfm serve --compile`` against the same server without it, compared within alternating rounds: median
     and range per model and precision, and the seconds from a server's start to its first answer."""
-    rounds = len({r["round"] for r in report["runs"]})
-    most = max(r["clients"] for r in report["runs"])
+    rounds, most = _paired_shape(report)
     lines = [
         f"| model | precision | requests/s at {most} clients, compiled / eager | p50 at 1 client, compiled - eager "
         "(ms) | start to first answer, eager / compiled (s) |",
@@ -306,10 +317,9 @@ def serve_compile_table(report: dict[str, Any], source: str) -> str:
     ]
     for side in report["summary"]:
         speed = next(v for k, v in side.items() if k.startswith("requests_per_s_"))
-        p50, up = side["p50_ms_1_client_compiled_minus_eager"], side["startup_s"]
-        lines.append(f"| {ARCH_LABELS.get(side['arch'], side['arch'])} | {side['precision']} | "
-                     f"{speed['median']:.2f}x ({speed['min']:.2f}-{speed['max']:.2f}) | "
-                     f"{p50['median']:+.1f} ({p50['min']:+.1f} to {p50['max']:+.1f}) | "
+        up = side["startup_s"]
+        lines.append(f"| {ARCH_LABELS.get(side['arch'], side['arch'])} | {side['precision']} | {_ratio_cell(speed)} | "
+                     f"{_difference_cell(side['p50_ms_1_client_compiled_minus_eager'])} | "
                      f"{up['eager']['median']:.0f} / {up['compiled']['median']:.0f} "
                      f"({up['compiled']['min']:.0f}-{up['compiled']['max']:.0f}) |")  # fmt: skip
     text = f"Median (range) over {rounds} rounds, PyTorch backend. " + describe(report, source)
