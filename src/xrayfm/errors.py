@@ -7,6 +7,8 @@ CLI prints these as one line and exits non-zero; anything else is a bug.
 
 from __future__ import annotations
 
+import traceback
+
 
 class XrayfmError(Exception):
     """Base class of every error xrayfm raises on purpose."""
@@ -34,18 +36,52 @@ class UnknownNameError(XrayfmError):
 
 #: How PyTorch's DataLoader says one of its worker processes died: killed by a signal it saw, or gone without one.
 _WORKER_DIED = ("is killed by signal", "exited unexpectedly")
+#: How a worker's death shows when it dies while the main process is still receiving a batch from it: the
+#: connection that hands over the batch's shared memory is cut or empty, raised from inside the DataLoader.
+_CONNECTION_LOST = (EOFError, ConnectionError)
+#: PyTorch re-raises an exception from a worker's own code (e.g. a truncated gzip file's EOFError) with this in
+#: its message: that worker did not die.
+_RAISED_IN_WORKER = "in DataLoader worker process"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from or while handling, outermost first, as a traceback shows
+    them (a context hidden by ``raise ... from None`` left out; cycles cut)."""
+    seen: list[BaseException] = []
+    while exc is not None and not any(exc is s for s in seen):
+        seen.append(exc)
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return seen
+
+
+def _raised_by_the_loader(exc: BaseException) -> bool:
+    """Whether ``exc`` passed through PyTorch's DataLoader on its way up."""
+    frames = traceback.walk_tb(exc.__traceback__)
+    return any(f.f_code.co_filename.replace("\\", "/").endswith("torch/utils/data/dataloader.py") for f, _ in frames)
+
+
+def _worker_death_report(exc: BaseException) -> str | None:
+    """PyTorch's own words for one worker's death, or None when ``exc`` is not such a report."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    if isinstance(exc, RuntimeError) and "DataLoader worker" in text and any(w in text for w in _WORKER_DIED):
+        return first
+    if isinstance(exc, _CONNECTION_LOST) and _RAISED_IN_WORKER not in text and _raised_by_the_loader(exc):
+        return f"DataLoader worker connection lost: {type(exc).__name__}" + (f": {first}" if first else "")
+    return None
 
 
 def data_worker_death(exc: BaseException) -> str | None:
     """What to tell a user whose command stopped because a data-loading worker process died, or None when
-    ``exc`` is not that: PyTorch only says the worker was killed or "exited unexpectedly", which reads like a bug,
-    while the usual causes are a native image decoder crashing on a damaged file and the memory running out."""
-    text = str(exc)
-    if not isinstance(exc, RuntimeError) or "DataLoader worker" not in text or not any(w in text for w in _WORKER_DIED):
+    ``exc`` is not that: PyTorch only says the worker was killed or "exited unexpectedly" (or, when the worker died
+    while handing over a batch, raises a lost connection from inside the loader), which reads like a bug, while
+    the usual causes are a native image decoder crashing on a damaged file and the memory running out."""
+    reports = (_worker_death_report(e) for e in _chain(exc))
+    said = next((r for r in reports if r is not None), None)
+    if said is None:
         return None
-    first = text.strip().splitlines()[0]
     return (
-        f"a data-loading worker process died ({first}): most often an image decoder crashing on a damaged file "
+        f"a data-loading worker process died ({said}): most often an image decoder crashing on a damaged file "
         "(list such files with: xrayfm inspect ROOT --check -1) or the memory running out (try fewer --workers "
         "or a smaller batch); a training run resumes from its last checkpoint when the same command runs again"
     )
