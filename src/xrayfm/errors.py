@@ -44,6 +44,19 @@ _CONNECTION_LOST = (EOFError, ConnectionError)
 _RAISED_IN_WORKER = "in DataLoader worker process"
 
 
+def own_message(exc: BaseException) -> str:
+    """The message of ``exc`` as raised, also when PyTorch re-raised it from a DataLoader worker process: it then
+    reads "Caught ImageReadError in DataLoader worker process 0." followed by the worker's whole traceback, of
+    which only the original message (its last line, after the exception's name) is kept."""
+    text = str(exc)
+    if not text.startswith("Caught ") or _RAISED_IN_WORKER not in text.split("\n", 1)[0]:
+        return text
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    bare = f"\n{type(exc).__qualname__}: "  # builtins are printed without their module
+    at, size = max((text.rfind(name), len(name)), (text.rfind(bare), len(bare)))
+    return text[at + size :].strip() if at >= 0 else text
+
+
 def _chain(exc: BaseException) -> list[BaseException]:
     """``exc`` and the exceptions it was raised from or while handling, outermost first, as a traceback shows
     them (a context hidden by ``raise ... from None`` left out; cycles cut)."""

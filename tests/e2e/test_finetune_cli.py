@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,18 @@ def test_chestxray14_recipe_trains_the_findings_it_names(nih_root: Path, tmp_pat
     assert res.returncode == 0, res.stderr[-3000:]
     model, _ = load_task_model(out)
     assert [t.name for t in model.tasks] == ["findings"] and len(model.tasks[0].classes) == 14
+
+
+def test_a_damaged_image_read_by_a_loader_worker_ends_the_run_in_one_line(phantom: Path, tmp_path: Path) -> None:
+    # the loader's workers ignore SIGTERM (a stop signal lets the run save first); an error raised in one used to
+    # print PyTorch's "Caught ... in DataLoader worker process 0" with the worker's traceback, and then the process
+    # waited for ever for its workers at exit
+    damaged = tmp_path / "ph"
+    shutil.copytree(phantom, damaged)
+    for image in (damaged / "images").glob("*.png"):
+        image.write_bytes(image.read_bytes()[:300])  # the header stands, the pixels are cut short
+    res = run("finetune", "phantom", str(damaged), "--arch", "resnet18", "--steps", "4", "--workers", "1",
+              "--out", str(tmp_path / "run"), *FAST, timeout=240)  # fmt: skip
+    errors = [line for line in res.stderr.splitlines() if line.startswith("xrayfm:")]
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "DataLoader worker" not in res.stderr, res.stderr
+    assert len(errors) == 1 and errors[0].startswith(f"xrayfm: error: {damaged / 'images'}"), res.stderr

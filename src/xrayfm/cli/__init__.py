@@ -27,7 +27,7 @@ from xrayfm.cli.finetune import add_finetune_commands
 from xrayfm.cli.pretrain import add_pretrain_commands
 from xrayfm.cli.recipes import parse_with_recipe
 from xrayfm.cli.shards import add_shards_commands
-from xrayfm.errors import XrayfmError, data_worker_death
+from xrayfm.errors import XrayfmError, data_worker_death, own_message
 from xrayfm.progress import PROGRESS_LOGGER
 
 __all__ = ["build_parser", "main"]
@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except XrayfmError as exc:
         signum = getattr(exc, "signum", None)  # TrainingInterrupted: saved, then stopped by a signal
-        print(f"xrayfm: {'error: ' if signum is None else ''}{exc}", file=sys.stderr)
+        print(f"xrayfm: {'error: ' if signum is None else ''}{own_message(exc)}", file=sys.stderr)
         return 2 if signum is None else 128 + signum
     except KeyboardInterrupt:
         print("xrayfm: interrupted", file=sys.stderr)
@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if died is not None:  # not a bug: most likely a damaged file or too little memory
             print(f"xrayfm: error: {died}", file=sys.stderr)
             return 1
-        first = next(iter(str(exc).strip().splitlines()), "")
+        first = next(iter(own_message(exc).strip().splitlines()), "")
         hint = "" if verbose else " (run with -v for the traceback)"
         print(f"xrayfm: internal error: {type(exc).__name__}: {first}{hint}", file=sys.stderr)
         return 1

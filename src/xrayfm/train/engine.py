@@ -41,7 +41,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import asdict
 from pathlib import Path
@@ -55,6 +55,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from xrayfm.errors import XrayfmError
 from xrayfm.io.atomic import atomic_write_text
 from xrayfm.progress import PROGRESS_LOGGER, format_clock, progress, progress_enabled
+from xrayfm.train.batches import LoaderBatches
 from xrayfm.train.checkpoint import (
     CHECKPOINT,
     StopSignals,
@@ -196,9 +197,9 @@ def train(
                 f"cannot resume from {ckpt}: it holds no stream position (saved by a run that read another dataset "
                 "or by an older xrayfm); use a new --out"
             )
-        batches: Iterator[Any] = StreamBatches(
+        batches: StreamBatches | LoaderBatches = StreamBatches(
             dataset, batch_size=micro, num_workers=cfg.num_workers, collate_fn=collate_fn, state=state["loader"],
-            wrap=lambda ld: fabric.setup_dataloaders(ld, use_distributed_sampler=False), worker_init_fn=quiet_worker,
+            to_device=fabric.to_device, worker_init_fn=quiet_worker,
         )  # fmt: skip
     else:
         if data_order is None:
@@ -209,13 +210,14 @@ def train(
             SeededSamples(dataset, seed=cfg.seed, rank=rank), batch_size=micro, sampler=PositionSampler(order, start),
             num_workers=cfg.num_workers, collate_fn=collate_fn, worker_init_fn=quiet_worker,
         )  # fmt: skip
-        batches = iter(fabric.setup_dataloaders(loader, use_distributed_sampler=False))
+        batches = LoaderBatches(loader, fabric.to_device)
     loss_value = float("nan")
     lines = reports and not progress_enabled()  # no bar where nobody watches one: a line every log_every steps
     t0, seen, first, last_save = time.perf_counter(), 0, step, time.monotonic()
     module.train()
     bar = progress(range(step, cfg.steps), desc="training", total=cfg.steps - step, unit="step", show=reports)
-    with StopSignals() as stop, closing(bar):  # closing: an interrupted run's bar is cleared before its message
+    # closing: an interrupted run's bar is cleared before its message, and the loader's workers always stop
+    with StopSignals() as stop, closing(bar), closing(batches):
         for step in bar:
             if on_step is not None:
                 on_step(step)

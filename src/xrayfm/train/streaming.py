@@ -42,6 +42,7 @@ from xrayfm.data.registry import build_dataset
 from xrayfm.data.sample import Sample
 from xrayfm.data.shard_format import ShardDataset
 from xrayfm.errors import XrayfmError
+from xrayfm.train.batches import stop_workers
 from xrayfm.train.seeding import seed_sample
 
 
@@ -80,6 +81,17 @@ def stream_length(dataset: StreamingDataset, *, batch_size: int, num_workers: in
     return n
 
 
+class _StreamLoader(StreamingDataLoader):
+    """A ``StreamingDataLoader`` that keeps the iterator of its current epoch, whose workers
+    :meth:`StreamBatches.close` stops (LitData's ``__iter__`` wraps it in a generator of its own)."""
+
+    current: Iterator[Any] | None = None
+
+    def _get_iterator(self) -> Any:
+        self.current = super()._get_iterator()
+        return self.current
+
+
 class StreamBatches(Iterator[Any]):
     """Endless batches of a ``StreamingDataLoader``, epoch after epoch, and its state for checkpoints.
 
@@ -88,8 +100,7 @@ class StreamBatches(Iterator[Any]):
         batch_size: Samples per batch.
         num_workers: Loader workers.
         collate_fn: Batch collation (default: PyTorch's).
-        wrap: Applied to the loader before iterating (e.g. Fabric's ``setup_dataloaders``, which moves
-            batches to the device).
+        to_device: Applied to each batch (e.g. ``Fabric.to_device``).
         state: A loader state from :meth:`state_dict` (a checkpoint's), to continue from; empty = from the start.
         worker_init_fn: The loader workers' init function.
     """
@@ -101,30 +112,35 @@ class StreamBatches(Iterator[Any]):
         batch_size: int,
         num_workers: int,
         collate_fn: Callable | None = None,
-        wrap: Callable[[Any], Any] = lambda loader: loader,
+        to_device: Callable[[Any], Any] = lambda batch: batch,
         state: dict[str, Any] | None = None,
         worker_init_fn: Callable[[int], None] | None = None,
     ) -> None:
-        self.loader = StreamingDataLoader(
+        self.loader = _StreamLoader(
             dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn or default_collate,
             drop_last=True, worker_init_fn=worker_init_fn,
         )  # fmt: skip
         if state:
             self.loader.load_state_dict(state)
-        self._batches = wrap(self.loader)
-        self._iterator = iter(self._batches)
+        self._to_device = to_device
+        self._iterator = iter(self.loader)
 
     def __next__(self) -> Any:
         for _ in range(2):  # a resumed epoch may have no batch left: then the next epoch starts
             try:
-                return next(self._iterator)
+                return self._to_device(next(self._iterator))
             except StopIteration:
-                self._iterator = iter(self._batches)
+                self._iterator = iter(self.loader)
         raise XrayfmError("the stream gave no batch in a whole epoch; check the shards with xrayfm shards inspect")
 
     def state_dict(self) -> dict[str, Any]:
         """The loader's state after the batches handed out so far (LitData's, plain values only)."""
         return self.loader.state_dict()
+
+    def close(self) -> None:
+        """Stop the current epoch's loader workers (see :mod:`xrayfm.train.batches`); the batches end here."""
+        stop_workers(self.loader.current)
+        self.loader.current = None
 
 
 class SeededShards(ShardDataset):
