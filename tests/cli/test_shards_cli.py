@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,20 @@ def test_errors_are_one_line(
 def test_inspect_of_a_folder_that_is_not_shards(tmp_path: Path, capsys) -> None:
     assert main(["shards", "inspect", str(tmp_path)]) == 2
     assert "not a shard folder" in capsys.readouterr().err
+
+
+def test_unreadable_files_named_and_left_out_on_request(phantoms: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    source = tmp_path / "a"
+    shutil.copytree(phantoms[0], source)
+    damaged = sorted((source / "images").glob("*.png"))[:2]
+    for p in damaged:
+        p.write_bytes(p.read_bytes()[:200])
+    args = ["shards", "build", f"phantom:{source}", str(tmp_path / "out"), "--size", "32"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--skip-unreadable" in err and str(source / "images") in err
+    assert main([*args, "--skip-unreadable"]) == 0
+    text = capsys.readouterr().out
+    assert "left out as unreadable: 2 files" in text and all(f"- {p}: corrupt or truncated" in text for p in damaged)
+    assert main(["shards", "inspect", str(tmp_path / "out"), "--json"]) == 0
+    assert {Path(s["image"]) for s in json.loads(capsys.readouterr().out)["skipped"]} == set(damaged)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from xrayfm.data.pool import build_pool
 from xrayfm.data.shard_format import ShardDataset
 from xrayfm.data.shards import build_shards, inspect_shards, shard_shape
 from xrayfm.data.transforms import Resize
-from xrayfm.errors import DatasetError, MissingSplitError, XrayfmError
+from xrayfm.errors import DatasetError, ImageReadError, MissingSplitError, XrayfmError
 
 NARROW = "?label_columns=nodule,effusion&mask_columns=heart_mask&mask_classes=heart&boxes_file=None"
 
@@ -183,3 +184,32 @@ def test_real_pool_of_jsrt_and_nih_into_shards(shared_datasets: Path, tmp_path: 
     with_boxes = [s for s in samples if "boxes" in s]
     assert all(((s["boxes"] >= 0) & (s["boxes"] <= 64)).all() for s in with_boxes)
     assert float(np.mean([s["image"].mean() for s in samples])) > 0.1
+
+
+def test_unreadable_files_stop_the_build_or_are_left_out_and_tried_again(phantoms, tmp_path: Path) -> None:
+    source = tmp_path / "a"
+    shutil.copytree(phantoms[0], source)
+    train = [r.image for r in build_pool([f"phantom:{source}"], splits=("train",)).records]
+    damaged = train[:3]  # with part_size 3: the whole first part
+    originals = {p: p.read_bytes() for p in damaged}
+    for p in damaged:
+        p.write_bytes(originals[p][:200])
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    with pytest.raises(ImageReadError, match="truncated.*--skip-unreadable.*xrayfm inspect ROOT --check -1"):
+        build_shards([f"phantom:{source}"], out, size=32, part_size=3, splits=("train",))
+    # the build stopped by a damaged file resumes with the option: the flag is not part of its identity
+    manifest = build_shards([f"phantom:{source}"], out, size=32, part_size=3, splits=("train",), skip_unreadable=True)
+    left_out = {Path(s["image"]).name for p in manifest["parts"].values() for s in p.get("skipped", ())}
+    assert left_out == {p.name for p in damaged} and manifest["skipped"] == 3
+    assert manifest["total"] == len(train) - 3 == len(ShardDataset(out, "train")) > 0
+    assert any(p["samples"] == 0 and p["chunks"] == [] for p in manifest["parts"].values())  # a part of none
+    summary = inspect_shards(out)
+    assert len(summary["skipped"]) == 3 and all("truncated" in s["error"] for s in summary["skipped"])
+    for p in damaged:  # repaired: a rerun writes the parts that left files out again, and they get in
+        p.write_bytes(originals[p])
+    repaired = build_shards([f"phantom:{source}"], out, size=32, part_size=3, splits=("train",), skip_unreadable=True)
+    reference = build_shards([f"phantom:{source}"], fresh, size=32, part_size=3, splits=("train",))
+    assert repaired["skipped"] == 0 and repaired["total"] == len(train) == len(ShardDataset(out, "train"))
+    assert {k: [c["sha256"] for c in p["chunks"]] for k, p in repaired["parts"].items()} == {
+        k: [c["sha256"] for c in p["chunks"]] for k, p in reference["parts"].items()
+    }

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 #: Shipped recipes whose name starts with this are pool files (``xrayfm shards build pool_merged520k OUT``).
 POOL_RECIPE_PREFIX = "pool_"
 
+#: Unreadable files the summary names one by one; the manifest lists them all.
+SKIPPED_SHOWN = 10
 #: How a data source is written on the command line (shared by every command that takes a pool).
 SOURCE_HELP = (
     "ADAPTER:ROOT, with adapter options after '?' joined by '&' (values as in -o key=value), e.g. "
@@ -96,6 +98,13 @@ def format_shards_summary(s: dict[str, Any]) -> str:
         lines.append(f"  task {t['name']} ({t['kind']}): {', '.join(t['classes'])}")
     versions = ", ".join(f"{k} {v}" for k, v in s["versions"].items())
     lines.append(f"  chunks: {s['chunks']}, {_size(s['bytes'])}; built with {versions}")
+    skipped = s.get("skipped", [])
+    if skipped:
+        files = f"{len(skipped)} file{'s' if len(skipped) > 1 else ''}"
+        lines.append(f"  left out as unreadable: {files} (all in manifest.json, each part's 'skipped')")
+        lines += [f"    - {k['error']}" for k in skipped[:SKIPPED_SHOWN]]  # the error names its file
+        if len(skipped) > SKIPPED_SHOWN:
+            lines.append(f"    ... and {len(skipped) - SKIPPED_SHOWN} more")
     if "verified" in s:
         lines.append(f"  verify: {s['verified']} chunk files checked, {len(s['problems'])} problems")
         lines += [f"    - {p}" for p in s["problems"]]
@@ -109,7 +118,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     manifest = build_shards(
         sources, args.out, size=args.size, bits=args.bits, resize=args.resize, encoding=args.encoding,
         exclude_test=excluded, dedupe=args.dedupe, splits=_csv(args.splits), targets=_csv(args.targets),
-        seed=args.seed, chunk_mb=args.chunk_mb, part_size=args.part_size,
+        seed=args.seed, chunk_mb=args.chunk_mb, part_size=args.part_size, skip_unreadable=args.skip_unreadable,
     )  # fmt: skip
     if args.json:
         print(json.dumps(manifest, indent=2, default=str))
@@ -176,6 +185,11 @@ def add_shards_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the weight subsampling (default 0)")
     p.add_argument("--chunk-mb", type=float, default=64.0, help="target chunk file size in MB (default 64)")
     p.add_argument("--part-size", type=int, default=5000, help="samples per resumable part (default 5000)")
+    p.add_argument(
+        "--skip-unreadable", action="store_true",
+        help="leave out samples whose image or mask cannot be read (damaged, truncated), listing them in the "
+             "manifest and the summary, instead of stopping at the first; a rerun tries them again",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=cmd_build)
 

@@ -54,13 +54,18 @@ from xrayfm.data.shard_format import (
     read_manifest,
 )
 from xrayfm.data.transforms import Resize
-from xrayfm.errors import DatasetError, XrayfmError
+from xrayfm.errors import DatasetError, ImageReadError, XrayfmError
 from xrayfm.io.atomic import atomic_write_json
 from xrayfm.progress import progress
 
 log = logging.getLogger(__name__)
 
 RESIZE_MODES: tuple[str, ...] = ("shorter", "square")
+#: What to do about an unreadable file, told with the error that stops a build.
+UNREADABLE_HINT = (
+    "leave such files out with --skip-unreadable (skip_unreadable=True), or list them all first with: "
+    "xrayfm inspect ROOT --check -1"
+)
 INDEX_NAME = "index.json"
 
 
@@ -108,9 +113,14 @@ def _plan(pool: PooledDataset, splits: Sequence[str], part_size: int) -> dict[st
 
 
 def _write_part(
-    pool: XrayDataset, part: dict[str, Any], number: int, split_dir: Path, cfg: dict[str, Any]
+    pool: XrayDataset, part: dict[str, Any], number: int, split_dir: Path, cfg: dict[str, Any], skip_unreadable: bool
 ) -> dict[str, Any]:
-    """Write one part's samples as LitData chunks ``chunk-<number>-K.bin``; returns their index entries."""
+    """Write one part's samples as LitData chunks ``chunk-<number>-K.bin``; returns their index entries, the
+    samples written and, with ``skip_unreadable``, the files left out (``skipped``: image and error).
+
+    Raises:
+        ImageReadError: A sample's image or mask cannot be read, without ``skip_unreadable``.
+    """
     from litdata.streaming.writer import BinaryWriter
 
     for stale in split_dir.glob(f"chunk-{number}-*.bin"):
@@ -119,31 +129,49 @@ def _write_part(
     shutil.rmtree(staging, ignore_errors=True)
     writer = BinaryWriter(str(staging), chunk_bytes=cfg["chunk_bytes"])
     desc = f"shards {part['split']} part {number} ({part['source']})"
-    for k, i in enumerate(progress(part["indices"], desc=desc, unit="img")):
-        writer[k] = encode_sample(_resized(pool[i], cfg["size"], cfg["resize"]), bits=cfg["bits"],
-                                  encoding=cfg["encoding"])  # fmt: skip
+    written, skipped = 0, []
+    for i in progress(part["indices"], desc=desc, unit="img"):
+        try:
+            sample = pool[i]
+        except ImageReadError as exc:
+            if not skip_unreadable:
+                raise ImageReadError(f"{exc}; {UNREADABLE_HINT}") from exc
+            skipped.append({"image": str(pool.records[i].image), "error": str(exc)})
+            continue
+        writer[written] = encode_sample(_resized(sample, cfg["size"], cfg["resize"]), bits=cfg["bits"],
+                                        encoding=cfg["encoding"])  # fmt: skip
+        written += 1
+    entry: dict[str, Any] = {"samples": written, **({"skipped": skipped} if skipped else {})}
+    if not written:  # every file of the part was left out: no chunk, no index entry
+        shutil.rmtree(staging, ignore_errors=True)
+        return {**entry, "chunks": [], "litdata_config": None}
     writer.done()
     (index_file,) = staging.glob(f"*.{INDEX_NAME}")
-    written = json.loads(index_file.read_text(encoding="utf-8"))
+    index = json.loads(index_file.read_text(encoding="utf-8"))
     chunks = []
-    for k, chunk in enumerate(written["chunks"]):
+    for k, chunk in enumerate(index["chunks"]):
         name = f"chunk-{number}-{k}.bin"
         os.replace(staging / chunk["filename"], split_dir / name)
         chunks.append({**chunk, "filename": name, "sha256": file_sha256(split_dir / name)})
     shutil.rmtree(staging)
-    return {"chunks": chunks, "litdata_config": written["config"]}
+    return {**entry, "chunks": chunks, "litdata_config": index["config"]}
 
 
 def _write_index(split_dir: Path, parts: list[dict[str, Any]]) -> None:
-    """LitData's ``index.json`` of a split: its parts' chunks in order, under their shared config."""
-    config = parts[0]["litdata_config"]
-    if any(p["litdata_config"]["data_format"] != config["data_format"] for p in parts):
-        raise DatasetError(f"{split_dir}: parts were written with different sample layouts; rebuild into a new OUT")
+    """LitData's ``index.json`` of a split: its parts' chunks in order, under their shared config (none when no
+    part has a sample)."""
+    parts = [p for p in parts if p["chunks"]]
     chunks = [{k: v for k, v in c.items() if k != "sha256"} for p in parts for c in p["chunks"]]
     keep = {c["filename"] for c in chunks}
     for path in split_dir.glob("chunk-*.bin"):
         if path.name not in keep:
             path.unlink()
+    if not parts:
+        (split_dir / INDEX_NAME).unlink(missing_ok=True)
+        return
+    config = parts[0]["litdata_config"]
+    if any(p["litdata_config"]["data_format"] != config["data_format"] for p in parts):
+        raise DatasetError(f"{split_dir}: parts were written with different sample layouts; rebuild into a new OUT")
     atomic_write_json(split_dir / INDEX_NAME, {"chunks": chunks, "config": config})
 
 
@@ -185,6 +213,7 @@ def build_shards(
     seed: int = 0,
     chunk_mb: float = 64.0,
     part_size: int = 5000,
+    skip_unreadable: bool = False,
 ) -> dict[str, Any]:
     """Write a pool (or the pool of ``sources``) as pre-resized LitData shards; resumes an earlier build.
 
@@ -204,6 +233,10 @@ def build_shards(
         seed: See :func:`~xrayfm.data.pool.build_pool`.
         chunk_mb: Target size of a chunk file in MB.
         part_size: Samples per resumable part.
+        skip_unreadable: Leave out the samples whose image or mask cannot be read (damaged, truncated, of an
+            unsupported kind) instead of stopping at the first: each part lists its own (``skipped``), the
+            manifest counts them (``skipped``), and a rerun writes such parts again, so that files repaired
+            meanwhile get in. Not part of the build's identity: a build stopped by a damaged file resumes with it.
 
     Returns:
         The manifest written to ``OUT/manifest.json``.
@@ -211,6 +244,7 @@ def build_shards(
     Raises:
         XrayfmError: A bad size, bits, resize or encoding; ``out`` holds another build or other files.
         DatasetError: A source cannot be read, or the pool is empty.
+        ImageReadError: A sample cannot be read, without ``skip_unreadable``.
     """
     if bits not in BITS:
         raise XrayfmError(f"bits must be 8 or 16, not {bits}")
@@ -237,21 +271,23 @@ def build_shards(
         for number, part in enumerate(parts):
             name = f"{split}/{number}"
             old = done.get(name)
-            if old and old["key"] == part["key"] and all((split_dir / c["filename"]).is_file() for c in old["chunks"]):
+            if (old and old["key"] == part["key"] and not old.get("skipped")
+                    and all((split_dir / c["filename"]).is_file() for c in old["chunks"])):  # fmt: skip
                 continue
             log.info("writing %s (%d samples of %s)", name, part["samples"], part["source"])
             entry = {k: v for k, v in part.items() if k != "indices"}
-            done[name] = {**entry, **_write_part(pool, part, number, split_dir, config)}
+            done[name] = {**entry, **_write_part(pool, part, number, split_dir, config, skip_unreadable)}
             atomic_write_json(out / MANIFEST_NAME, manifest)
         _write_index(split_dir, [done[f"{split}/{n}"] for n in range(len(parts))])
     manifest["parts"] = {f"{s}/{n}": done[f"{s}/{n}"] for s, parts in plan.items() for n in range(len(parts))}
     counts: dict[str, dict[str, Any]] = {}
     for split, parts in plan.items():
         per_source: dict[str, int] = {}
-        for p in parts:
-            per_source[p["source"]] = per_source.get(p["source"], 0) + p["samples"]
+        for n, p in enumerate(parts):
+            per_source[p["source"]] = per_source.get(p["source"], 0) + done[f"{split}/{n}"]["samples"]
         counts[split] = {"total": sum(per_source.values()), "per_source": per_source}
-    manifest.update(counts=counts, total=sum(c["total"] for c in counts.values()), complete=True,
+    skipped = sum(len(p.get("skipped", ())) for p in manifest["parts"].values())
+    manifest.update(counts=counts, total=sum(c["total"] for c in counts.values()), skipped=skipped, complete=True,
                     updated=datetime.now(timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
     atomic_write_json(out / MANIFEST_NAME, manifest)
     return manifest
@@ -266,7 +302,8 @@ def inspect_shards(out: str | Path, *, verify: bool = False) -> dict[str, Any]:
 
     Returns:
         ``out``, ``complete``, the image settings, ``counts`` per split and source, ``sources``,
-        ``tasks``, ``versions``, ``chunks`` and ``bytes``; with ``verify`` also ``verified``
+        ``tasks``, ``versions``, ``chunks``, ``bytes`` and ``skipped`` (the files left out as unreadable: image,
+        error, part); with ``verify`` also ``verified``
         (files checked) and ``problems`` (missing or altered files, missing split indexes).
 
     Raises:
@@ -282,6 +319,7 @@ def inspect_shards(out: str | Path, *, verify: bool = False) -> dict[str, Any]:
         "total": m.get("total", 0), "sources": cfg["sources"], "exclude_test": cfg["exclude_test"],
         "tasks": m.get("tasks", []), "versions": m.get("versions", {}),
         "chunks": len(chunks), "bytes": sum(int(c["chunk_bytes"]) for _, c in chunks),
+        "skipped": [dict(s, part=name) for name, part in m.get("parts", {}).items() for s in part.get("skipped", ())],
     }  # fmt: skip
     if verify:
         problems = [f"{split}/{INDEX_NAME} is missing" for split in summary["counts"]
