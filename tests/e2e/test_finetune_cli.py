@@ -195,3 +195,4 @@ def test_a_damaged_image_read_by_a_loader_worker_ends_the_run_in_one_line(phanto
     errors = [line for line in res.stderr.splitlines() if line.startswith("xrayfm:")]
     assert res.returncode == 2 and "Traceback" not in res.stderr and "DataLoader worker" not in res.stderr, res.stderr
     assert len(errors) == 1 and errors[0].startswith(f"xrayfm: error: {damaged / 'images'}"), res.stderr
+    assert "xrayfm inspect ROOT --check -1" in errors[0]

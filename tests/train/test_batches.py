@@ -61,7 +61,8 @@ def test_an_error_raised_in_a_worker_leaves_no_worker_behind(live_workers: Calla
     with pytest.raises(ImageReadError) as caught, closing(LoaderBatches(_loader(Numbers(bad=3)))) as batches:
         list(batches)
     assert not live_workers()
-    assert own_message(caught.value) == "image3.png: truncated"  # not PyTorch's "Caught ... in DataLoader worker"
+    told = own_message(caught.value)  # not PyTorch's "Caught ... in DataLoader worker" with the worker's traceback
+    assert told.startswith("image3.png: truncated; list every file") and "xrayfm inspect ROOT --check -1" in told
 
 
 def test_without_closing_the_worker_outlives_the_error(live_workers: Callable) -> None:

@@ -17,6 +17,14 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from xrayfm.errors import ImageReadError, own_message
+
+#: What to do about a file that stops training, told with its error.
+UNREADABLE_HINT = (
+    "list every file of the dataset that cannot be read with: xrayfm inspect ROOT --check -1, and repair or "
+    "remove them (-o missing=skip leaves removed files out); the run resumes from its last checkpoint"
+)
+
 
 def stop_workers(iterator: Iterator[Any] | None) -> None:
     """Stop the worker processes of a DataLoader iterator now (no-op for one without workers or None).
@@ -32,6 +40,9 @@ def stop_workers(iterator: Iterator[Any] | None) -> None:
 class LoaderBatches(Iterator[Any]):
     """The batches of one pass over ``loader``, each moved by ``to_device``; :meth:`close` stops the workers.
 
+    An image or mask that cannot be read raises :class:`~xrayfm.errors.ImageReadError` with its own message (also
+    from a worker process) and how to list every such file of the dataset.
+
     Args:
         loader: The DataLoader (its sampler decides how many batches there are).
         to_device: Applied to each batch (e.g. ``Fabric.to_device``).
@@ -44,7 +55,11 @@ class LoaderBatches(Iterator[Any]):
     def __next__(self) -> Any:
         if self._iterator is None:
             raise StopIteration
-        return self._to_device(next(self._iterator))
+        try:
+            batch = next(self._iterator)
+        except ImageReadError as exc:  # one damaged file: say how to find them all, not one per run
+            raise ImageReadError(f"{own_message(exc)}; {UNREADABLE_HINT}") from exc
+        return self._to_device(batch)
 
     def close(self) -> None:
         """Stop the loader's workers; the batches end here."""
