@@ -34,6 +34,8 @@ class UnknownNameError(XrayfmError):
     """A registry lookup (dataset, model, policy) used a name that does not exist."""
 
 
+#: The command that lists every file of a dataset that cannot be read, named by each error that stops at one.
+LIST_UNREADABLE = "xrayfm inspect ROOT --check -1"
 #: How PyTorch's DataLoader says one of its worker processes died: killed by a signal it saw, or gone without one.
 _WORKER_DIED = ("is killed by signal", "exited unexpectedly")
 #: How a worker's death shows when it dies while the main process is still receiving a batch from it: the
@@ -95,6 +97,6 @@ def data_worker_death(exc: BaseException) -> str | None:
         return None
     return (
         f"a data-loading worker process died ({said}): most often an image decoder crashing on a damaged file "
-        "(list such files with: xrayfm inspect ROOT --check -1) or the memory running out (try fewer --workers "
+        f"(list such files with: {LIST_UNREADABLE}) or the memory running out (try fewer --workers "
         "or a smaller batch); a training run resumes from its last checkpoint when the same command runs again"
     )

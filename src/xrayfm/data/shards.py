@@ -54,7 +54,7 @@ from xrayfm.data.shard_format import (
     read_manifest,
 )
 from xrayfm.data.transforms import Resize
-from xrayfm.errors import DatasetError, ImageReadError, XrayfmError
+from xrayfm.errors import LIST_UNREADABLE, DatasetError, ImageReadError, XrayfmError
 from xrayfm.io.atomic import atomic_write_json
 from xrayfm.progress import progress
 
@@ -64,7 +64,7 @@ RESIZE_MODES: tuple[str, ...] = ("shorter", "square")
 #: What to do about an unreadable file, told with the error that stops a build.
 UNREADABLE_HINT = (
     "leave such files out with --skip-unreadable (skip_unreadable=True), or list them all first with: "
-    "xrayfm inspect ROOT --check -1"
+    f"{LIST_UNREADABLE}"
 )
 INDEX_NAME = "index.json"
 

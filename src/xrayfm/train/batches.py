@@ -17,11 +17,11 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from xrayfm.errors import ImageReadError, own_message
+from xrayfm.errors import LIST_UNREADABLE, ImageReadError, own_message
 
 #: What to do about a file that stops training, told with its error.
 UNREADABLE_HINT = (
-    "list every file of the dataset that cannot be read with: xrayfm inspect ROOT --check -1, and repair or "
+    f"list every file of the dataset that cannot be read with: {LIST_UNREADABLE}, and repair or "
     "remove them (-o missing=skip leaves removed files out); the run resumes from its last checkpoint"
 )
 
